@@ -1,0 +1,46 @@
+# Every target sets up what it needs on a fresh clone: the venv and the pinned stack.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/latest
+# DATASET: a hub id, a local folder (hub or official layout) or "synthetic".
+# Empty: $$URBANSOUND_DATASET, else the hub id danavery/urbansound8K.
+DATASET ?=
+# Extra runner arguments, e.g. PARAMS='-p train_folds "[1]" -p val_fold 2 -p test_fold 3'
+PARAMS ?=
+
+.PHONY: study test lab site bench sync clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -c 'from urbansound_nb.runner import configure_lab; print("JupyterLab settings:", configure_lab())'
+	touch $@
+
+## the study: every notebook headless on $(DATASET), then the report site
+study: $(STAMP)
+	$(BIN)/urbansound-nb run --run-dir $(RUN_DIR) $(if $(DATASET),--dataset $(DATASET)) $(PARAMS) --site
+
+## the tests: notebooks regenerated, package == fresh export, nbdev-test, pytest
+test: $(STAMP)
+	$(BIN)/urbansound-nb sync --no-export
+	$(BIN)/python -m pytest tests
+
+## JupyterLab, with nbs/*.py opening as notebooks
+lab: $(STAMP)
+	$(BIN)/urbansound-nb lab
+
+site: $(STAMP)
+	$(BIN)/urbansound-nb site --run-dir $(RUN_DIR)
+
+bench: $(STAMP)
+	$(BIN)/urbansound-nb bench $(if $(DATASET),--dataset $(DATASET))
+
+sync: $(STAMP)
+	$(BIN)/urbansound-nb sync
+
+clean:
+	rm -rf $(VENV) nbs/*.ipynb _site _docs

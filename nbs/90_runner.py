@@ -1,0 +1,340 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp runner
+
+# %% [markdown]
+# # Runner: sync, headless runs and the command line
+#
+# > From py:percent sources to notebooks with stable ids, exported modules, and parameterised papermill runs with one results file per notebook.
+
+# %% [markdown]
+# The notebooks of this study are stored as Jupytext **py:percent** text files: they diff and
+# merge like code, and JupyterLab opens them as notebooks. Three tools need real `.ipynb`
+# files, though: nbdev (export and test), papermill (headless runs) and the site renderer.
+# This notebook holds the glue, which the console script `urbansound-nb` exposes:
+#
+# | command | does |
+# |---|---|
+# | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` |
+# | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the study notebooks, headless, into a run directory |
+# | `urbansound-nb bench` | the feature-pipeline benchmark (notebook 02) |
+# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model (notebook 05) |
+# | `urbansound-nb site [--run-dir DIR]` | the report website of a run (notebook 91) |
+# | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks |
+
+# %%
+#| export
+from __future__ import annotations
+
+import argparse, ast, hashlib, json, os, shutil, subprocess, sys, time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from urbansound_nb.core import atomic_write_bytes, save_json
+
+# %% [markdown]
+# ## From text to notebooks with stable ids
+#
+# `jupytext --to ipynb` gives every cell a random id, and nbdev copies cell ids into the
+# exported modules (`# %% ../nbs/00_setup.ipynb #<id>`), so every export would rewrite every
+# module. Here a cell's id is a hash of its type and source (with a counter for identical
+# cells), so regenerating an unchanged notebook gives byte-identical output.
+
+# %%
+#| export
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+
+def stable_cell_ids(nb) -> list[str]:
+    "Ids derived from each cell's type and source; repeated cells get a numbered suffix."
+    seen, ids = {}, []
+    for cell in nb.cells:
+        h = hashlib.sha1(f"{cell.cell_type}\0{cell.source}".encode()).hexdigest()[:10]
+        seen[h] = seen.get(h, 0) + 1
+        ids.append(h if seen[h] == 1 else f"{h}-{seen[h]}")
+    return ids
+
+# %%
+#| export
+def py_to_notebook(py_path):
+    "Read a py:percent file as a notebook with stable cell ids and a python3 kernelspec."
+    import jupytext
+    nb = jupytext.read(py_path, fmt="py:percent")
+    for cell, cid in zip(nb.cells, stable_cell_ids(nb)):
+        cell.id = cid
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
+        if cell.cell_type == "code": cell.outputs, cell.execution_count = [], None
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    return nb
+
+def notebook_text(nb) -> str: return nbformat.writes(nb) + "\n"
+
+# %%
+import tempfile
+from fastcore.test import test_eq, test_ne
+_src = '# %%\n#| default_exp demo\n\n# %% [markdown]\n# # Demo\n\n# %% tags=["parameters"]\nx = 1\n\n# %%\nx\n\n# %%\nx\n'
+with tempfile.TemporaryDirectory() as d:
+    p = Path(d)/"demo.py"; p.write_text(_src)
+    nb1, nb2 = py_to_notebook(p), py_to_notebook(p)
+    test_eq(notebook_text(nb1), notebook_text(nb2))                      # byte-identical
+    test_eq(nb1.metadata.kernelspec.name, "python3")
+    test_eq(nb1.cells[2].metadata, {"tags": ["parameters"]})             # papermill finds its cell
+    test_eq(nb1.cells[4].id, nb1.cells[3].id + "-2")                     # identical cells, distinct ids
+    print([c.id for c in nb1.cells])
+
+# %% [markdown]
+# `sync` writes a notebook only when its text changed, then runs `nbdev-export` in the project
+# root (nbdev reads `[tool.nbdev]` from `pyproject.toml`). nbdev-export says nothing when it
+# finds no notebook, so `sync` checks that every source produced one.
+
+# %%
+#| export
+def project_root(start=None) -> Path:
+    "The nearest folder above `start` (default: cwd, then this package) with a pyproject.toml and nbs/."
+    for base in ([Path(start)] if start else [Path.cwd(), Path(__file__).resolve().parent]):
+        for d in [base.resolve(), *base.resolve().parents]:
+            if (d/"pyproject.toml").is_file() and (d/"nbs").is_dir(): return d
+    raise FileNotFoundError("no project root (a folder with pyproject.toml and nbs/) above the current directory")
+
+def notebook_sources(root=None) -> list[Path]:
+    "Every numbered py:percent notebook in nbs/, in order."
+    return sorted(p for p in (project_root(root)/"nbs").glob("[0-9][0-9]_*.py"))
+
+# %%
+#| export
+def sync(root=None, export: bool = True, quiet: bool = False) -> list[Path]:
+    "Generate nbs/*.ipynb from nbs/*.py (only where changed) and, with `export`, run nbdev-export."
+    root = project_root(root); written = []
+    sources = notebook_sources(root)
+    if not sources: raise FileNotFoundError(f"{root/'nbs'}: no numbered py:percent notebooks to sync")
+    for py in sources:
+        ipynb, text = py.with_suffix(".ipynb"), notebook_text(py_to_notebook(py))
+        if not ipynb.exists() or ipynb.read_text() != text:
+            atomic_write_bytes(ipynb, text.encode()); written.append(ipynb)
+    if not quiet: print(f"sync: {len(sources)} notebooks, {len(written)} regenerated")
+    if export: export_package(root)
+    return written
+
+def export_package(root=None):
+    "Run nbdev-export in the project root (with the same interpreter); fail loudly."
+    root = project_root(root)
+    exe = Path(sys.executable).parent/"nbdev-export"
+    subprocess.run([str(exe) if exe.exists() else "nbdev-export"], cwd=root, check=True)
+
+# %% [markdown]
+# ## Parameters from the command line
+#
+# `-p NAME VALUE` values are read as YAML, so `-p train_folds "[1,2]"`, `-p max_items null`
+# and `-p dataset ../data` all mean what they look like.
+
+# %%
+#| export
+def parse_value(text: str):
+    "A command-line parameter value: YAML (lists, null, numbers), else a Python literal, else the string."
+    try: return yaml.safe_load(text)
+    except yaml.YAMLError: pass
+    try: return ast.literal_eval(text)
+    except (ValueError, SyntaxError): return text
+
+# %%
+test_eq(parse_value("[1,2]"), [1, 2]); test_eq(parse_value("null"), None); test_eq(parse_value("3"), 3)
+test_eq(parse_value("../shared/data/urbansound8k-mini"), "../shared/data/urbansound8k-mini")
+test_eq(parse_value("danavery/urbansound8K"), "danavery/urbansound8K")
+
+# %% [markdown]
+# ## Running notebooks headless
+#
+# Each notebook runs with papermill, in `nbs/` (so relative paths mean what they mean in
+# JupyterLab), with its parameters cell overridden. A parameter that no selected notebook
+# declares is an error, not a silent no-op. The run stops at the first failing notebook,
+# naming it and the failing cell, and records every notebook's wall time in `timings.csv`.
+
+# %%
+#| export
+class RunFailed(RuntimeError):
+    "A notebook failed during `run_notebooks`."
+
+def select_notebooks(names=None, root=None) -> list[Path]:
+    "Study notebooks (numbers below 90) by number ('03'), stem or file name; all of them when `names` is empty."
+    study = [p for p in notebook_sources(root) if int(p.name[:2]) < 90]
+    if not names: return study
+    out = []
+    for n in names:
+        n = Path(str(n)).name.removesuffix(".py").removesuffix(".ipynb")
+        hit = [p for p in study if p.stem == n or p.name[:2] == n.zfill(2) or p.stem[3:] == n]
+        if not hit: raise SystemExit(f"no notebook {n!r}; choose from {[p.stem for p in study]}")
+        out += [h for h in hit if h not in out]
+    return out
+
+# %%
+#| export
+def notebook_parameters(ipynb) -> dict:
+    "The parameters a notebook declares in its `parameters` cell, as papermill sees them."
+    import papermill as pm
+    return pm.inspect_notebook(str(ipynb))
+
+def _failing_cell(nb_path) -> str:
+    "Where an executed notebook failed: the cell's execution count and first line."
+    nb = nbformat.read(nb_path, as_version=4)
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+            first = next((l for l in c.source.splitlines() if l.strip() and not l.startswith("#|")), "")
+            return f"cell {i} (In [{c.execution_count}]: {first[:80]})"
+    return "an unknown cell"
+
+# %%
+#| export
+def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None) -> Path:
+    "Execute the selected notebooks with papermill into `run_dir`; results land in `run_dir/results`."
+    import papermill as pm
+    root = project_root(root); params = dict(params or {})
+    run_dir = Path(run_dir).expanduser().resolve(); (run_dir/"results").mkdir(parents=True, exist_ok=True)
+    for key in ("cache_dir", "dataset"):  # paths are relative to where the command was typed, not nbs/
+        if isinstance(params.get(key), str) and Path(params[key]).expanduser().exists(): params[key] = str(Path(params[key]).expanduser().resolve())
+    params.setdefault("cache_dir", str(root/"cache")); params["run_dir"] = str(run_dir)
+    sync(root, export=False, quiet=True)
+    notebooks = select_notebooks(names, root)
+    declared = {nb: set(notebook_parameters(nb.with_suffix(".ipynb"))) for nb in notebooks}
+    unknown = set(params) - set().union(*declared.values())
+    if unknown: raise SystemExit(f"unknown parameter(s) {sorted(unknown)}: no selected notebook declares them "
+                                 f"(declared: {sorted(set().union(*declared.values()))})")
+    timings = _read_timings(run_dir)
+    for i, nb in enumerate(notebooks, 1):
+        own = {k: v for k, v in params.items() if k in declared[nb]}
+        out = run_dir/nb.with_suffix(".ipynb").name
+        print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True); t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb.with_suffix(".ipynb")), str(out), parameters=own, cwd=str(nb.parent),
+                                kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+        except pm.PapermillExecutionError as e:
+            timings[nb.stem] = dict(seconds=round(time.time()-t0, 1), status="failed"); _write_timings(run_dir, timings)
+            raise RunFailed(f"{nb.stem} failed in {_failing_cell(out)}: {e.ename}: {e.evalue}\n"
+                            f"executed notebook with the traceback: {out}") from None
+        timings[nb.stem] = dict(seconds=round(time.time()-t0, 1), status="ok"); _write_timings(run_dir, timings)
+        print(f"    {nb.stem}: {timings[nb.stem]['seconds']:.1f} s", flush=True)
+    return run_dir
+
+# %%
+#| export
+def _read_timings(run_dir) -> dict:
+    f = Path(run_dir)/"timings.csv"
+    if not f.exists(): return {}
+    rows = [l.split(",") for l in f.read_text().splitlines()[1:] if l.strip()]
+    return {r[0]: dict(seconds=float(r[1]), status=r[2]) for r in rows if len(r) == 3}
+
+def _write_timings(run_dir, timings: dict):
+    "Per-notebook wall times of this run directory, as CSV (written atomically)."
+    lines = ["notebook,seconds,status"] + [f"{k},{v['seconds']},{v['status']}" for k, v in sorted(timings.items())]
+    atomic_write_bytes(Path(run_dir)/"timings.csv", ("\n".join(lines) + "\n").encode())
+
+# %% [markdown]
+# Every notebook also runs with plain papermill on its generated `.ipynb` (after
+# `urbansound-nb sync`), from `nbs/`:
+#
+# ```sh
+# cd nbs && papermill 00_setup.ipynb ../runs/manual/00_setup.ipynb \
+#     -p dataset ../../shared/data/urbansound8k-mini -p run_dir ../runs/manual -y "train_folds: [1]"
+# ```
+
+# %% [markdown]
+# ## JupyterLab
+#
+# `urbansound-nb lab` makes Jupytext the default viewer of `.py` files **inside the virtual
+# environment** (`<venv>/share/jupyter/lab/settings/overrides.json`, never the user's home),
+# then starts JupyterLab in the project root. As root, JupyterLab needs `--allow-root`.
+
+# %%
+#| export
+LAB_OVERRIDES = {"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}
+
+def configure_lab(prefix=None) -> Path:
+    "Merge the jupytext default-viewer setting into the environment's JupyterLab overrides.json."
+    f = Path(prefix or sys.prefix)/"share"/"jupyter"/"lab"/"settings"/"overrides.json"
+    cur = json.loads(f.read_text()) if f.exists() else {}
+    for plugin, settings in LAB_OVERRIDES.items():
+        cur.setdefault(plugin, {}).setdefault("defaultViewers", {}).update(settings["defaultViewers"])
+    save_json(cur, f)
+    return f
+
+def lab_command(root=None, extra=()) -> list[str]:
+    "The command line that starts JupyterLab in the project root."
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={project_root(root)}", *extra]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in cmd: cmd.append("--allow-root")
+    return cmd
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    f = configure_lab(d); configure_lab(d)
+    test_eq(json.loads(f.read_text()), LAB_OVERRIDES)
+
+# %% [markdown]
+# ## The console script
+
+# %%
+#| export
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="urbansound-nb", description="Run, test and publish the UrbanSound8K notebook study.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sync", help="generate nbs/*.ipynb (stable ids) and export the package")
+    s.add_argument("--no-export", action="store_true", help="only generate the notebooks")
+    r = sub.add_parser("run", help="run study notebooks headless with papermill")
+    r.add_argument("notebooks", nargs="*", help="numbers (00) or names; default: all, in order")
+    r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    r.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest"))
+    r.add_argument("--dataset", help="shorthand for -p dataset VALUE")
+    r.add_argument("--site", action="store_true", help="build the report site when the run succeeds")
+    b = sub.add_parser("bench", help="benchmark the feature pipeline (prints figures; last line JSON)")
+    b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=int, default=512)
+    b.add_argument("--workers", type=int, default=None); b.add_argument("--sample-rate", type=int, default=22050)
+    p = sub.add_parser("predict", help="top-k classes of audio files with a saved checkpoint")
+    p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
+    p.add_argument("-k", "--top-k", type=int, default=3); p.add_argument("--json", action="store_true")
+    p.add_argument("--per-window", action="store_true", help="also report every window of long files")
+    w = sub.add_parser("site", help="build the report website of a run directory")
+    w.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest")); w.add_argument("--out", default=None)
+    l = sub.add_parser("lab", help="JupyterLab with the .py notebooks opening as notebooks")
+    l.add_argument("extra", nargs=argparse.REMAINDER)
+    return ap
+
+# %%
+#| export
+def main(argv=None):
+    "Entry point of the `urbansound-nb` console script."
+    args = _parser().parse_args(argv)
+    if args.command == "sync": sync(export=not args.no_export); return 0
+    if args.command == "run":
+        params = {k: parse_value(v) for k, v in args.param}
+        if args.dataset: params["dataset"] = args.dataset
+        try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
+        except RunFailed as e: print(f"FAILED: {e}", file=sys.stderr); return 1
+        print(f"run complete: {run_dir}")
+        if args.site: from urbansound_nb.site import build_site; build_site(run_dir)
+        return 0
+    if args.command == "bench":
+        from urbansound_nb.features import benchmark
+        benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate); return 0
+    if args.command == "predict":
+        from urbansound_nb.analysis import predict_cli
+        return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)
+    if args.command == "site":
+        from urbansound_nb.site import build_site
+        build_site(args.run_dir, args.out); return 0
+    if args.command == "lab":
+        print("JupyterLab settings:", configure_lab())
+        os.execv(sys.executable, lab_command(extra=[a for a in args.extra if a != "--"]))
+
+# %%
+test_eq(_parser().parse_args(["run", "00", "-p", "seed", "1", "-p", "train_folds", "[1]"]).param, [["seed", "1"], ["train_folds", "[1]"]])
