@@ -303,12 +303,18 @@ def decode_row(row: dict) -> tuple[np.ndarray, int]:
     name = row.get("slice_file_name", "clip")
     return decode_audio(audio_bytes(row["audio"], name), name)
 
-# %%
-def _encode(x, rate, fmt="WAV", subtype="PCM_16"):
-    buf = io.BytesIO(); sf.write(buf, x, rate, format=fmt, subtype=subtype); return buf.getvalue()
+# %% [markdown]
+# The reverse, `encode_audio`, makes test clips in any format soundfile writes:
 
+# %%
+#| export
+def encode_audio(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    "Encode samples ([n] or [n, channels]) as audio-file bytes."
+    buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); return buf.getvalue()
+
+# %%
 tone = np.sin(2*np.pi*440*np.arange(8000)/8000).astype(np.float32)*0.5
-x, r = decode_audio(_encode(np.stack([tone, tone], 1), 8000, subtype="PCM_U8"), "u8-stereo.wav")
+x, r = decode_audio(encode_audio(np.stack([tone, tone], 1), 8000, subtype="PCM_U8"), "u8-stereo.wav")
 test_eq((x.shape, x.dtype, r), ((8000,), np.float32, 8000))
 assert np.abs(x - tone).max() < 0.02  # 8-bit quantisation
 test_fail(lambda: decode_audio(b"", "empty.wav"), contains="empty.wav: the audio is empty")
@@ -358,7 +364,7 @@ def synthetic_urbansound(clips_per_class_fold: int = 3, folds: Sequence[int] = A
                 if k % 4 == 3: x = np.stack([x, x*0.8], 1)  # some stereo
                 fmt, sub = _SYNTH_FORMATS[(fold + cls + k) % len(_SYNTH_FORMATS)]
                 fs_id = 900000 + fold*1000 + cls*10 + k
-                rows.append(dict(audio=dict(bytes=_encode(x, rate, fmt, sub), path=f"synthetic-{fs_id}-{cls}-0-0.{fmt.lower()}"),
+                rows.append(dict(audio=dict(bytes=encode_audio(x, rate, fmt, sub), path=f"synthetic-{fs_id}-{cls}-0-0.{fmt.lower()}"),
                                  slice_file_name=f"synthetic-{fs_id}-{cls}-0-0.wav", fsID=fs_id, start=0.0, end=secs,
                                  salience=1 + (k % 2), fold=fold, classID=cls, **{"class": name}))
     return _dataset_from_rows(rows, description="SYNTHETIC stand-in for UrbanSound8K (generated, not real audio)")

@@ -21,7 +21,7 @@ import torch
 __all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'Params', 'resolve_dataset',
            'validate_params', 'check_fold_roles', 'seed_everything', 'pick_device', 'make_run_dir',
            'atomic_write_bytes', 'save_json', 'write_results', 'read_results', 'AudioDecodeError', 'decode_audio',
-           'audio_bytes', 'decode_row', 'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable',
+           'audio_bytes', 'decode_row', 'encode_audio', 'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable',
            'hub_unreachable_reason', 'load_hub', 'load_official', 'load_hub_layout', 'check_columns', 'metadata_frame',
            'stratified_subset', 'load_urbansound', 'class_names', 'FoldSplit', 'default_folds', 'fold_split',
            'split_class_counts']
@@ -192,6 +192,11 @@ def decode_row(row: dict) -> tuple[np.ndarray, int]:
     name = row.get("slice_file_name", "clip")
     return decode_audio(audio_bytes(row["audio"], name), name)
 
+# %% ../nbs/00_setup.ipynb #08dfae1fd1
+def encode_audio(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    "Encode samples ([n] or [n, channels]) as audio-file bytes."
+    buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); return buf.getvalue()
+
 # %% ../nbs/00_setup.ipynb #97596c24ab
 def _synthetic_sound(cls: int, n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
     "One clip of synthetic class `cls`: distinguishable by spectrum and rhythm, varied by `rng`."
@@ -210,7 +215,7 @@ def _synthetic_sound(cls: int, n: int, rate: int, rng: np.random.Generator) -> n
     x = x / (np.abs(x).max() + 1e-9) * rng.uniform(0.2, 0.9)
     return (x + 0.01*rng.standard_normal(n)).astype(np.float32)
 
-# %% ../nbs/00_setup.ipynb #3477554da3
+# %% ../nbs/00_setup.ipynb #02d49db47b
 _SYNTH_FORMATS = (("WAV", "PCM_16"), ("WAV", "FLOAT"), ("WAV", "PCM_24"), ("FLAC", "PCM_16"), ("WAV", "PCM_U8"))
 
 def synthetic_urbansound(clips_per_class_fold: int = 3, folds: Sequence[int] = ALL_FOLDS, seed: int = 0):
@@ -225,7 +230,7 @@ def synthetic_urbansound(clips_per_class_fold: int = 3, folds: Sequence[int] = A
                 if k % 4 == 3: x = np.stack([x, x*0.8], 1)  # some stereo
                 fmt, sub = _SYNTH_FORMATS[(fold + cls + k) % len(_SYNTH_FORMATS)]
                 fs_id = 900000 + fold*1000 + cls*10 + k
-                rows.append(dict(audio=dict(bytes=_encode(x, rate, fmt, sub), path=f"synthetic-{fs_id}-{cls}-0-0.{fmt.lower()}"),
+                rows.append(dict(audio=dict(bytes=encode_audio(x, rate, fmt, sub), path=f"synthetic-{fs_id}-{cls}-0-0.{fmt.lower()}"),
                                  slice_file_name=f"synthetic-{fs_id}-{cls}-0-0.wav", fsID=fs_id, start=0.0, end=secs,
                                  salience=1 + (k % 2), fold=fold, classID=cls, **{"class": name}))
     return _dataset_from_rows(rows, description="SYNTHETIC stand-in for UrbanSound8K (generated, not real audio)")

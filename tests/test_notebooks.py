@@ -1,0 +1,67 @@
+"""The notebook tooling: stable sync, the committed package equals a fresh export, nbdev-test really runs."""
+import filecmp, os, shutil, subprocess, sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from urbansound_nb.runner import notebook_sources, notebook_text, py_to_notebook, sync
+
+from conftest import ROOT
+
+
+def test_every_source_has_a_title_summary_and_default_exp():
+    sources = notebook_sources(ROOT)
+    assert len(sources) >= 2
+    for py in sources:
+        nb = py_to_notebook(py)
+        assert nb.cells[0].source.startswith("#| default_exp "), py.name
+        assert nb.cells[1].source.startswith("# "), f"{py.name}: second cell must be the H1 title"
+        assert "\n> " in nb.cells[1].source, f"{py.name}: the title cell needs a one-line summary"
+        if int(py.name[:2]) < 90:
+            assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1, f"{py.name}: one parameters cell"
+
+
+def test_sync_is_byte_identical_and_kernelspec(tmp_path):
+    for py in notebook_sources(ROOT):
+        a, b = notebook_text(py_to_notebook(py)), notebook_text(py_to_notebook(py))
+        assert a == b
+        nb = nbformat.reads(a, as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata.kernelspec.name == "python3"
+        assert len({c.id for c in nb.cells}) == len(nb.cells)
+
+
+def test_generated_notebooks_are_current():
+    # `make test` runs `urbansound-nb sync --no-export` first; a second sync must change nothing
+    assert sync(ROOT, export=False, quiet=True) == []
+
+
+def test_package_equals_a_fresh_export(tmp_path):
+    "Hand edits to urbansound_nb/ or a forgotten export make this fail."
+    proj = tmp_path/"proj"
+    (proj/"nbs").mkdir(parents=True); (proj/"urbansound_nb").mkdir()
+    shutil.copy(ROOT/"pyproject.toml", proj)
+    for py in notebook_sources(ROOT): shutil.copy(py, proj/"nbs")
+    shutil.copy(ROOT/"urbansound_nb"/"__init__.py", proj/"urbansound_nb")
+    sync(proj, export=True, quiet=True)
+    committed = sorted(p.relative_to(ROOT/"urbansound_nb") for p in (ROOT/"urbansound_nb").rglob("*.py"))
+    fresh = sorted(p.relative_to(proj/"urbansound_nb") for p in (proj/"urbansound_nb").rglob("*.py"))
+    assert committed == fresh, "modules differ: run `urbansound-nb sync` and commit urbansound_nb/"
+    differ = [str(p) for p in committed if (ROOT/"urbansound_nb"/p).read_text() != (proj/"urbansound_nb"/p).read_text()]
+    assert not differ, f"{differ} differ from a fresh export of nbs/: edit the notebooks, run `urbansound-nb sync`, commit"
+
+
+def test_nbdev_test_executes_every_notebook(venv_bin):
+    "nbdev-test exits 0 when it finds nothing to test; here finding nothing, or skipping one, is a failure."
+    env = {k: v for k, v in os.environ.items() if k != "IN_TEST"}
+    env["HF_HUB_OFFLINE"] = "1"
+    r = subprocess.run([str(venv_bin/"nbdev-test"), "--do-print", "--timing", "--n-workers", "2"], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=1500)
+    out = r.stdout + r.stderr
+    print(out[-5000:])
+    assert "No files were eligible" not in out
+    assert r.returncode == 0, out[-5000:]
+    for py in notebook_sources(ROOT):
+        assert f"Completed {py.with_suffix('.ipynb')}" in out, f"nbdev-test did not execute {py.name}"
+    assert "Success." in out

@@ -1,0 +1,65 @@
+"""The papermill runner and its command line."""
+import json, subprocess, sys, time
+
+import nbformat
+import pytest
+
+from urbansound_nb.runner import parse_value, select_notebooks
+
+from conftest import ROOT
+
+
+def cli(venv_bin, *args, timeout=900):
+    return subprocess.run([str(venv_bin/"urbansound-nb"), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_select_notebooks():
+    assert [p.stem for p in select_notebooks(["00"], ROOT)] == ["00_setup"]
+    assert [p.stem for p in select_notebooks(["00_setup.py"], ROOT)] == ["00_setup"]
+    assert all(int(p.name[:2]) < 90 for p in select_notebooks(None, ROOT))
+    with pytest.raises(SystemExit, match="no notebook"): select_notebooks(["42"], ROOT)
+
+
+def test_parse_value():
+    assert parse_value("[1,2]") == [1, 2] and parse_value("null") is None and parse_value("0.5") == 0.5
+
+
+def test_papermill_runs_setup_on_synthetic(venv_bin, tmp_path):
+    r = cli(venv_bin, "run", "00", "--dataset", "synthetic", "--run-dir", tmp_path, "-p", "train_folds", "[1,2,3]",
+            "-p", "val_fold", "4", "-p", "test_fold", "5", "-p", "max_items", "120")
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path/"results"/"00_setup.json").read_text())
+    assert res["entries"]["dataset"]["synthetic"] is True and res["entries"]["split"]["train_folds"] == [1, 2, 3]
+    assert res["entries"]["dataset"]["n_clips"] == 120
+    nb = nbformat.read(tmp_path/"00_setup.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "val_fold = 4" in injected[0].source
+    assert "00_setup," in (tmp_path/"timings.csv").read_text()
+
+
+def test_run_stops_naming_notebook_and_cell(venv_bin, tmp_path):
+    r = cli(venv_bin, "run", "00", "--dataset", "synthetic", "--run-dir", tmp_path, "-p", "val_fold", "3", "-p", "test_fold", "3")
+    assert r.returncode == 1
+    assert "00_setup failed in cell" in r.stderr and "ParameterError" in r.stderr and "must not see the test fold" in r.stderr
+
+
+def test_unknown_parameter_is_refused(venv_bin, tmp_path):
+    r = cli(venv_bin, "run", "00", "--run-dir", tmp_path, "-p", "epochz", "3")
+    assert r.returncode != 0 and "unknown parameter(s) ['epochz']" in r.stderr
+
+
+def test_hub_offline_fails_within_seconds(venv_bin, tmp_path):
+    t = time.time()
+    r = cli(venv_bin, "run", "00", "--run-dir", tmp_path)
+    assert r.returncode == 1 and time.time() - t < 60
+    assert "DatasetUnavailable" in r.stderr and "URBANSOUND_DATASET" in r.stderr
+
+
+@pytest.mark.parametrize("which", ["mini", "originals"])
+def test_runner_on_shared_data(venv_bin, tmp_path, which, request):
+    path = request.getfixturevalue(which)
+    r = cli(venv_bin, "run", "00", "--dataset", path, "--run-dir", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path/"results"/"00_setup.json").read_text())
+    assert res["entries"]["dataset"]["n_clips"] == {"mini": 2148, "originals": 34}[which]
