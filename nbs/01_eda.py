@@ -1,0 +1,266 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp eda
+
+# %% [markdown]
+# # Exploring UrbanSound8K
+#
+# > What is in the data: classes and folds, imbalance, durations, formats, salience, and one clip of each class to look at and listen to.
+
+# %% [markdown]
+# Before any model, the numbers a careful reader wants: how many clips per class and fold, how
+# unbalanced the classes are (and so what a trivial classifier scores), how long the clips
+# are, which audio formats the files use, and how often the labelled sound is only in the
+# background. Every table and figure below is computed by this run.
+
+# %%
+#| export
+from __future__ import annotations
+
+import base64, io, os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch, torchaudio
+from IPython.display import Audio
+from tqdm import tqdm
+
+from urbansound_nb.core import (audio_bytes, decode_row, encode_audio, fold_split, is_synthetic, load_urbansound,
+                                metadata_frame, split_class_counts, validate_params, write_results)
+
+# %% tags=["parameters"]
+dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
+train_folds = None
+val_fold = None
+test_fold = None
+sample_rate = 22050
+clip_seconds = 4.0
+seed = 0
+max_items = None
+epochs = 30             # unused here; shared by every notebook
+run_dir = "../runs/notebook"
+cache_dir = "../cache"
+header_sample = None    # audio headers to read: None for every clip, or a number for a random sample
+
+# %%
+#| hide
+if os.environ.get("IN_TEST"):
+    import tempfile; dataset, run_dir, cache_dir = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp()
+
+# %%
+params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
+                         epochs, run_dir, cache_dir)
+ds = load_urbansound(params.dataset, params.max_items, params.seed)
+meta = metadata_frame(ds)
+if is_synthetic(ds): print("NOTE: this run uses the SYNTHETIC stand-in, not UrbanSound8K; the numbers below describe it.")
+print(f"{params.dataset}: {len(ds):,} clips, {meta['class'].nunique()} classes, folds {sorted(meta['fold'].unique())}")
+
+# %% [markdown]
+# ## Classes and folds
+
+# %%
+#| export
+def class_fold_table(meta: pd.DataFrame) -> pd.DataFrame:
+    "Clips per class (rows) and fold (columns), with totals."
+    t = pd.crosstab(meta["class"], meta["fold"], margins=True, margins_name="total")
+    return t
+
+def imbalance_ratio(meta: pd.DataFrame) -> float:
+    "Clips of the largest class over clips of the smallest."
+    c = meta["class"].value_counts()
+    return float(c.max() / c.min())
+
+# %%
+from fastcore.test import test_eq
+_m = pd.DataFrame({"class": ["a", "a", "a", "b"], "fold": [1, 2, 2, 1]})
+test_eq(imbalance_ratio(_m), 3.0); test_eq(class_fold_table(_m).loc["total", "total"], 4)
+
+# %%
+table = class_fold_table(meta)
+table
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
+per_class = meta["class"].value_counts().sort_values()
+ax1.barh(per_class.index, per_class.values, color="tab:blue")
+ax1.set(title="Clips per class", xlabel="clips", ylabel="class")
+per_fold = meta["fold"].value_counts().sort_index()
+ax2.bar(per_fold.index.astype(str), per_fold.values, color="tab:green")
+ax2.set(title="Clips per fold", xlabel="fold", ylabel="clips")
+plt.show()
+ratio = imbalance_ratio(meta)
+print(f"imbalance: the largest class has {ratio:.1f}x the clips of the smallest "
+      f"({per_class.idxmax()} {per_class.max()}, {per_class.idxmin()} {per_class.min()})")
+
+# %% [markdown]
+# ## The split this run uses, and what chance scores on it
+#
+# A classifier that always answers the training folds' most common class, or guesses at random
+# in proportion to the training classes, sets the floor every model must clear. Imbalance lifts
+# the floor above 1/10.
+
+# %%
+#| export
+def chance_accuracies(train_labels, eval_labels) -> dict:
+    "Accuracy on `eval_labels` of the training majority class, and of guessing by training class frequency."
+    train, ev = pd.Series(np.asarray(train_labels)), pd.Series(np.asarray(eval_labels))
+    majority = train.value_counts().idxmax()
+    p_train = train.value_counts(normalize=True)
+    p_eval = ev.value_counts(normalize=True)
+    return dict(majority_class=majority, majority_accuracy=float((ev == majority).mean()),
+                random_guess_accuracy=float(sum(p_train.get(c, 0) * p for c, p in p_eval.items())),
+                uniform_guess_accuracy=1 / max(len(p_train), 1))
+
+# %%
+test_eq(chance_accuracies([0, 0, 1], [0, 1])["majority_accuracy"], 0.5)
+test_eq(round(chance_accuracies([0, 0, 1, 1], [0, 1])["random_guess_accuracy"], 6), 0.5)
+
+# %%
+split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
+print(f"train folds {split.train_folds}, validation fold {split.val_fold}, test fold {split.test_fold}")
+split_counts = split_class_counts(split)
+display(split_counts)
+chance = {name: chance_accuracies(split.train["classID"], sub["classID"]) for name, sub in (("val", split.val), ("test", split.test))}
+pd.DataFrame(chance).T.assign(majority_class=lambda d: [split.classes[int(c)] for c in d.majority_class])
+
+# %% [markdown]
+# ## Durations
+#
+# The metadata gives each clip's start and end in its source recording; the audio header gives
+# the decoded length. They should agree, and they show how many clips are shorter than 4 s.
+
+# %%
+#| export
+def audio_headers(ds, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
+    "Sample rate, channels, encoding and duration from each clip's header (all clips, or a random `sample`)."
+    idx = np.arange(len(ds)) if sample is None or sample >= len(ds) else np.sort(np.random.default_rng(seed).choice(len(ds), sample, replace=False))
+    rows, sub = [], ds.select(idx.tolist()).select_columns(["audio", "slice_file_name", "class"])
+    for batch in tqdm(sub.iter(batch_size=256), total=(len(idx) + 255) // 256, desc="audio headers", mininterval=2):
+        for a, name, cls in zip(batch["audio"], batch["slice_file_name"], batch["class"]):
+            info = sf.info(io.BytesIO(audio_bytes(a, name)))
+            rows.append(dict(slice_file_name=name, **{"class": cls}, sample_rate=info.samplerate, channels=info.channels,
+                             format=info.format, subtype=info.subtype, decoded_seconds=info.frames / info.samplerate))
+    return pd.DataFrame(rows, index=idx)
+
+# %%
+headers = audio_headers(ds, header_sample, params.seed)
+meta["metadata_seconds"] = meta["end"] - meta["start"]
+durations = meta.join(headers[["decoded_seconds"]], how="inner")
+print(f"headers read for {len(headers):,} of {len(ds):,} clips")
+durations.groupby("class")[["metadata_seconds", "decoded_seconds"]].describe().loc[:, (slice(None), ["mean", "min", "50%", "max"])].round(2)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
+bins = np.linspace(0, max(4.1, durations[["metadata_seconds", "decoded_seconds"]].max().max()), 42)
+for ax, col, label in zip(axes, ["metadata_seconds", "decoded_seconds"], ["metadata (end - start)", "decoded audio"]):
+    ax.hist(durations[col], bins=bins, color="tab:purple")
+    ax.set(title=f"Clip durations from the {label}", xlabel="duration (s)", ylabel="clips", yscale="log")
+plt.show()
+short = (durations["metadata_seconds"] < 3.99).mean()
+mismatch = (durations["metadata_seconds"] - durations["decoded_seconds"]).abs() > 0.05
+print(f"{short:.0%} of clips are shorter than 4 s by their metadata; "
+      f"{mismatch.mean():.0%} have a decoded length that differs from the metadata by more than 50 ms")
+
+# %% [markdown]
+# Where decoded and metadata durations disagree, the audio has been edited after the official
+# release (for example padded to 4 s): short sounds then carry no trailing silence. Notebook 02
+# explains why that matters ("duration cheating").
+
+# %% [markdown]
+# ## Formats: rates, channels and bit depths
+
+# %%
+fmt = headers.assign(encoding=headers["format"] + " " + headers["subtype"])
+display(pd.concat({"sample rate (Hz)": fmt["sample_rate"].value_counts(), "channels": fmt["channels"].value_counts(),
+                   "encoding": fmt["encoding"].value_counts()}).rename("clips").to_frame())
+
+# %% [markdown]
+# Every one of these decodes to float32 mono through `soundfile`, and notebook 02 resamples to
+# one rate.
+
+# %% [markdown]
+# ## Salience
+#
+# Each clip is labelled foreground (1: the sound dominates) or background (2: other sounds
+# dominate). Background clips are harder; notebook 05 measures by how much.
+
+# %%
+sal = pd.crosstab(meta["class"], meta["salience"].map({1: "foreground", 2: "background"}))
+sal["background share"] = (sal.get("background", 0) / sal.sum(axis=1)).round(2)
+sal
+
+# %%
+ax = sal[[c for c in ("foreground", "background") if c in sal]].plot.barh(stacked=True, figsize=(8, 4.5), color=["tab:orange", "tab:gray"])
+ax.set(title="Salience per class", xlabel="clips", ylabel="class"); plt.show()
+
+# %% [markdown]
+# ## One clip of each class
+#
+# Waveform, log-mel spectrogram (computed directly with torchaudio here; notebook 02 builds
+# the cached front end) and a player. Players are embedded as MP3 (about 20 KB per 4 s clip),
+# which every browser plays; on GitHub, which does not render players, the text below each
+# stands in.
+
+# %%
+#| export
+class ClipPlayer(Audio):
+    "An `IPython.display.Audio` player embedded as compact MP3, with a caption and a plain-text stand-in."
+    def __init__(self, samples: np.ndarray, rate: int, caption: str = ""):
+        if rate > 48000:  # MP3 tops out at 48 kHz
+            samples, rate = torchaudio.functional.resample(torch.from_numpy(samples), rate, 44100).numpy(), 44100
+        peak = float(np.abs(samples).max()) if len(samples) else 0.0
+        data = encode_audio(samples / peak * 0.9 if peak > 1 else samples, rate, "MP3", "MPEG_LAYER_III")
+        super().__init__(data=data)
+        self.mimetype, self.caption, self.seconds = "audio/mpeg", caption, len(samples) / rate
+    def _repr_html_(self):
+        return f'<div style="font-size:0.85em">{self.caption}</div>' + super()._repr_html_()
+    def __repr__(self): return f"[audio: {self.caption} ({self.seconds:.2f} s)]"
+
+# %%
+p = ClipPlayer(np.sin(np.arange(8000) / 4).astype(np.float32) * 0.3, 8000, "a test tone")
+assert 'audio/mpeg' in p._repr_html_() and "a test tone" in p._repr_html_(); test_eq(repr(p), "[audio: a test tone (1.00 s)]")
+
+# %%
+#| export
+def plot_clip(samples: np.ndarray, rate: int, title: str, n_mels: int = 64, axes=None):
+    "Waveform and log-mel spectrogram of one clip, with titles, axes and units."
+    if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 3), constrained_layout=True)
+    t = np.arange(len(samples)) / rate
+    axes[0].plot(t, samples, lw=0.5); axes[0].set(title=f"{title}: waveform", xlabel="time (s)", ylabel="amplitude")
+    mel = torchaudio.transforms.MelSpectrogram(rate, n_fft=1024, hop_length=256, n_mels=n_mels)(torch.from_numpy(samples))
+    db = 10 * torch.log10(mel.clamp_min(1e-10))
+    im = axes[1].imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=float(db.max()) - 80,
+                        extent=[0, len(samples) / rate, 0, n_mels])
+    axes[1].set(title=f"{title}: log-mel", xlabel="time (s)", ylabel="mel band")
+    plt.colorbar(im, ax=axes[1], label="power (dB)")
+    return axes
+
+# %%
+examples = meta.groupby("class", sort=True).head(1).sort_values("classID")
+for i, r in examples.iterrows():
+    x, rate = decode_row(ds[int(i)])
+    plot_clip(x, rate, f"{r['class']} ({r['slice_file_name']}, fold {r['fold']})"); plt.show()
+    display(ClipPlayer(x, rate, f"{r['class']}: {r['slice_file_name']}, {len(x)/rate:.2f} s at {rate} Hz"))
+
+# %%
+write_results(params.run_dir, "01_eda", {
+    "dataset": dict(n_clips=len(ds), n_classes=int(meta["class"].nunique()), imbalance_ratio=ratio,
+                    clips_per_class=meta["class"].value_counts().to_dict(), clips_per_fold={int(k): int(v) for k, v in per_fold.items()},
+                    share_shorter_than_4s=float(short), headers_read=len(headers),
+                    sample_rates={int(k): int(v) for k, v in fmt["sample_rate"].value_counts().items()},
+                    encodings=fmt["encoding"].value_counts().to_dict()),
+    "chance": chance}, dataset=params.dataset, split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))

@@ -1,0 +1,479 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp models
+
+# %% [markdown]
+# # CNNs on cached log-mels
+#
+# > The starting notebook's 3-block CNN as the reference, a residual CNN trained with a modern recipe, both chosen on the validation fold and tested once.
+
+# %% [markdown]
+# Two models, one protocol:
+#
+# * **SmallAudioCNN**, the starting notebook's model (three conv blocks with batch norm, ReLU
+#   and pooling, global average pooling, one linear layer), trained with its recipe: Adam at a
+#   constant 1e-3, no augmentation. One flaw is fixed: the starting notebook kept the epoch
+#   with the best *test* accuracy, which reports the luckiest of 30 test scores; here the
+#   epoch is chosen on the validation fold.
+# * **UrbanResNet**, a residual CNN sized for two CPU cores: a strided 5x5 stem, three residual
+#   stages (64, 128, 256 channels), pooling over frequency and then mean + max over time,
+#   dropout, and a linear classifier; about 1.2 M parameters. It is trained with AdamW, a
+#   one-cycle learning-rate schedule, label smoothing and mixup, and early stopping on the
+#   validation fold.
+#
+# Both read the feature cache of notebook 02 and never touch audio. The test fold is scored
+# once, with the checkpoint that the validation fold chose.
+
+# %%
+#| export
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# %%
+#| export train
+import copy, math, os, time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from urbansound_nb.core import atomic_write_bytes, pick_device, seed_everything
+from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMelSet, batch_frames
+from urbansound_nb.models import build_model
+
+# %%
+import os, time, json
+import numpy as np, pandas as pd, matplotlib.pyplot as plt
+from urbansound_nb.core import fold_split, is_synthetic, load_urbansound, metadata_frame, validate_params, write_results, make_run_dir
+from urbansound_nb.features import cache_logmels, band_stats, epoch_data_path
+from urbansound_nb.baselines import result_entry, confusion_pair, evaluate
+
+# %% tags=["parameters"]
+dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
+train_folds = None
+val_fold = None
+test_fold = None
+sample_rate = 22050
+clip_seconds = 4.0
+seed = 0
+max_items = None
+epochs = 30             # the most epochs either model trains; early stopping may end sooner
+run_dir = "../runs/notebook"
+cache_dir = "../cache"
+n_mels = 64
+n_fft = 1024
+hop_length = 512
+batch_size = 32
+patience = 10           # epochs without a better validation accuracy before stopping (the ResNet)
+models = ["small_cnn", "resnet"]
+multicrop = True        # sliding-window inference for clips longer than the model's input
+
+# %%
+#| hide
+if os.environ.get("IN_TEST"):
+    import tempfile; dataset, run_dir, cache_dir, epochs = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 2
+
+# %% [markdown]
+# ## Input standardisation inside the model
+#
+# Every model starts with a fixed layer that standardises each mel band with the training
+# folds' statistics (notebook 02's `band_stats`). Keeping them inside the model means a saved
+# checkpoint carries them, so prediction on new files needs no dataset.
+
+# %%
+#| export
+class Standardize(nn.Module):
+    "Per-band standardisation with fixed statistics: [B, n_mels, T] -> same shape."
+    def __init__(self, n_mels: int, mean=None, std=None):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_mels) if mean is None else torch.as_tensor(mean, dtype=torch.float32).clone())
+        self.register_buffer("std", torch.ones(n_mels) if std is None else torch.as_tensor(std, dtype=torch.float32).clone())
+    def forward(self, x): return (x - self.mean[:, None]) / self.std[:, None]
+
+# %% [markdown]
+# ## The reference: SmallAudioCNN
+
+# %%
+#| export
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    "3x3 convolution, batch norm, ReLU, 2x2 max pooling."
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+class SmallAudioCNN(nn.Module):
+    "The starting notebook's model: three conv blocks, global average pooling, a linear classifier."
+    def __init__(self, n_classes: int = 10, n_mels: int = 64, channels=(16, 32, 64), mean=None, std=None):
+        super().__init__()
+        self.norm = Standardize(n_mels, mean, std)
+        self.features = nn.Sequential(conv_block(1, channels[0]), conv_block(channels[0], channels[1]), conv_block(channels[1], channels[2]))
+        self.head = nn.Linear(channels[2], n_classes)
+    def forward(self, x):  # x: [B, n_mels, T] log-mel in dB
+        return self.head(self.features(self.norm(x)[:, None]).mean((2, 3)))
+
+# %%
+from fastcore.test import test_eq, test_close, test_fail
+m = SmallAudioCNN()
+test_eq(m(torch.randn(2, 64, 173)).shape, (2, 10))
+print(f"SmallAudioCNN: {sum(p.numel() for p in m.parameters()):,} parameters")
+
+# %% [markdown]
+# ## The stronger model: UrbanResNet
+#
+# Design choices, each for a reason:
+#
+# * **downsample early** (a stride-2 5x5 stem, then 2x2 pooling): the first layers at full
+#   resolution dominate the cost on a CPU, and 64x173 inputs carry more time detail than
+#   10 classes need;
+# * **residual blocks** train reliably at this depth without tuning;
+# * **pool frequency by averaging, then time by mean and max**: sound events are short or
+#   long, and max over time keeps a brief event (a gun shot, a bark) from being averaged away;
+# * **dropout before the classifier** and weight decay, because a few thousand clips are
+#   easy to memorise.
+
+# %%
+#| export
+class ResBlock(nn.Module):
+    "Two 3x3 convolutions with batch norm and a (projected) shortcut."
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.skip = nn.Identity() if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.skip(x))
+
+# %%
+#| export
+class UrbanResNet(nn.Module):
+    "A residual CNN for log-mels: strided stem, three residual stages, frequency-mean then time mean+max pooling."
+    def __init__(self, n_classes: int = 10, n_mels: int = 64, widths=(32, 64, 128, 256), dropout: float = 0.3, mean=None, std=None):
+        super().__init__()
+        self.norm = Standardize(n_mels, mean, std)
+        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stage1, self.stage2, self.stage3 = ResBlock(widths[0], widths[1]), ResBlock(widths[1], widths[2]), ResBlock(widths[2], widths[3])
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * widths[3], n_classes))
+    def forward(self, x):
+        x = F.max_pool2d(self.stem(self.norm(x)[:, None]), 2)
+        x = F.max_pool2d(self.stage1(x), 2)
+        x = F.max_pool2d(self.stage2(x), (2, 1))  # keep time resolution for the last stage
+        x = self.stage3(x).mean(2)                # average over frequency: [B, C, T]
+        return self.head(torch.cat([x.mean(-1), x.amax(-1)], 1))
+
+# %%
+#| export
+MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet}
+
+def build_model(name: str, **config) -> nn.Module:
+    "A model by name ('small_cnn' or 'resnet') with its configuration."
+    if name not in MODELS: raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    return MODELS[name](**config)
+
+def n_parameters(model: nn.Module) -> int: return sum(p.numel() for p in model.parameters())
+
+# %%
+r = build_model("resnet", n_classes=10, n_mels=64)
+test_eq(r(torch.randn(2, 64, 173)).shape, (2, 10))
+test_eq(r.eval()(torch.randn(1, 64, 40)).shape, (1, 10))   # any input length works
+test_fail(lambda: build_model("vgg"), contains="unknown model 'vgg'")
+print(f"UrbanResNet: {n_parameters(r):,} parameters")
+
+# %% [markdown]
+# ## Training
+#
+# One loop serves every model and every experiment of notebooks 06 and 07:
+#
+# * batches come from the cached `LogMelSet` (random crop in training, centre at evaluation);
+# * an optional `augment(x, y, generator)` hook transforms a batch (notebook 06 supplies them);
+# * **mixup** blends pairs of clips and their labels; **label smoothing** and optional **class
+#   weights** shape the loss;
+# * after every epoch the validation fold is scored; the best epoch by validation accuracy is
+#   saved as `models/<name>.pt`, and the last epoch (with optimizer, schedule and random state)
+#   as `models/<name>.last.pt`, from which an interrupted run resumes;
+# * training stops early after `patience` epochs without a better validation accuracy.
+
+# %%
+#| export train
+@dataclass
+class TrainConfig:
+    "How a model is trained."
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adamw"           # 'adamw' or 'adam'
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    schedule: str = "onecycle"         # 'onecycle' or 'constant'
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.0           # 0: no mixup
+    patience: int | None = 10          # None: no early stopping
+    seed: int = 0
+
+RECIPES = {  # the starting notebook's recipe for its model, and the modern one
+    "small_cnn": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", label_smoothing=0.0, mixup_alpha=0.0, patience=None),
+    "resnet": dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1, mixup_alpha=0.2, patience=10),
+}
+
+# %%
+#| export train
+def _optimizer(model, cfg: TrainConfig, steps: int):
+    if cfg.optimizer not in ("adam", "adamw"): raise ValueError(f"optimizer must be 'adam' or 'adamw', got {cfg.optimizer!r}")
+    opt = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle": sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.2)
+    elif cfg.schedule == "constant": sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    else: raise ValueError(f"schedule must be 'onecycle' or 'constant', got {cfg.schedule!r}")
+    return opt, sched
+
+def mixup(x, y, alpha: float, generator=None):
+    "Blend each clip with another of the batch: (mixed x, y, y of the partner, weight of y)."
+    lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
+    perm = torch.randperm(len(x), generator=generator)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+# %%
+#| export train
+@torch.no_grad()
+def predict_logits(model, ls: LogMelSet, idx, n_frames: int, multicrop: bool = False, batch_size: int = 128, device=None) -> torch.Tensor:
+    "Logits [len(idx), classes] from centre crops, or (multicrop) the mean softmax over half-overlapping windows."
+    device = device or next(model.parameters()).device
+    model.eval(); idx = torch.as_tensor(np.asarray(idx), dtype=torch.long); out = []
+    for chunk in idx.split(batch_size):
+        if not multicrop or int(ls.lengths[chunk].max()) <= n_frames:
+            out.append(model(batch_frames(ls, chunk, n_frames).to(device)).float().cpu()); continue
+        for i in chunk.tolist():  # long clips: every window, probabilities averaged (returned as log-probabilities)
+            L, hop = int(ls.lengths[i]), max(n_frames // 2, 1)
+            x = ls.data[i:i + 1, :, :max(L, n_frames)].float()
+            wins = torch.stack([x[0, :, s:s + n_frames] for s in range(0, max(L - n_frames, 0) + 1, hop)])
+            out.append(model(wins.to(device)).float().softmax(-1).mean(0, keepdim=True).log().cpu())
+    return torch.cat(out)
+
+# %%
+#| export train
+def _save(obj, path):
+    import io
+    buf = io.BytesIO(); torch.save(obj, buf); atomic_write_bytes(path, buf.getvalue())
+
+def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
+    "Everything predict needs: model name and config, weights, feature parameters, class names, clip length."
+    return dict(model=name, config=config, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                feature_params=asdict(fp), classes=list(classes), clip_seconds=float(clip_seconds), **info)
+
+def load_checkpoint(path, device="cpu"):
+    "A saved model (in eval mode) and its checkpoint dict."
+    ck = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(ck["model"], **ck["config"]); model.load_state_dict(ck["state_dict"])
+    return model.to(device).eval(), ck
+
+# %%
+#| export train
+def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
+                fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
+                device=None, progress: bool = True):
+    "Train model `name`, choose its epoch on `val_idx`; returns (best model, history). Resumes from `out_dir/<name>.last.pt`."
+    device = device or pick_device(); seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(name, **config).to(device)
+    train_idx = torch.as_tensor(np.asarray(train_idx)); y_all = ls.labels
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    opt, sched = _optimizer(model, cfg, cfg.epochs * steps_per_epoch)
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+    hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
+    last = Path(out_dir)/f"{name}.last.pt" if out_dir else None
+    if last and last.exists():
+        st = torch.load(last, map_location=device, weights_only=False)
+        if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx):
+            model.load_state_dict(st["state_dict"]); opt.load_state_dict(st["optimizer"]); sched.load_state_dict(st["scheduler"])
+            gen.set_state(st["generator"]); torch.set_rng_state(st["torch_rng"])
+            hist, best, start = st["history"], st["best"], st["epoch"] + 1
+            if progress: print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
+    best_state = copy.deepcopy(model.state_dict()) if start == 0 else torch.load(Path(out_dir)/f"{name}.pt", map_location=device, weights_only=False)["state_dict"]
+    bar = tqdm(range(start, cfg.epochs), desc=name, unit="epoch", disable=not progress, mininterval=5)
+    for epoch in bar:
+        model.train(); t0, t_data, tot, correct, n = time.time(), 0.0, 0.0, 0.0, 0
+        for b in train_idx[torch.randperm(len(train_idx), generator=gen)].split(cfg.batch_size):
+            td = time.time(); x, y = batch_frames(ls, b, n_frames, "random", generator=gen), y_all[b]
+            if augment is not None: x = augment(x, y, gen)
+            x, y = x.to(device), y.to(device); t_data += time.time() - td
+            xm, ya, yb, lam = mixup(x, y, cfg.mixup_alpha, gen) if cfg.mixup_alpha > 0 else (x, y, y, 1.0)
+            out = model(xm)
+            loss = lam * F.cross_entropy(out, ya, weight=weight, label_smoothing=cfg.label_smoothing)
+            if lam < 1: loss = loss + (1 - lam) * F.cross_entropy(out, yb, weight=weight, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+            tot += loss.item() * len(b); n += len(b)
+            correct += (lam * (out.argmax(1) == ya).float() + (1 - lam) * (out.argmax(1) == yb).float()).sum().item()
+        t_train = time.time() - t0
+        logits = predict_logits(model, ls, val_idx, n_frames, device=device)
+        yv = y_all[torch.as_tensor(np.asarray(val_idx))]
+        val_loss, val_acc = F.cross_entropy(logits, yv).item(), (logits.argmax(1) == yv).float().mean().item()
+        hist.append(dict(epoch=epoch + 1, train_loss=tot / n, train_accuracy=correct / n, val_loss=val_loss, val_accuracy=val_acc,
+                         lr=opt.param_groups[0]["lr"], seconds=time.time() - t0, data_seconds=t_data, train_seconds=t_train))
+        if val_acc > best["val_accuracy"]:
+            best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1); best_state = copy.deepcopy(model.state_dict())
+            if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg)), Path(out_dir)/f"{name}.pt")
+        if out_dir: _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
+                               torch_rng=torch.get_rng_state(), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
+                               n_train=len(train_idx)), last)
+        bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
+        if progress and not bar.disable and (epoch + 1) % 5 == 0: print(f"  {name} epoch {epoch+1}: loss {tot/n:.3f}, val acc {val_acc:.3f} (best {best['val_accuracy']:.3f} @ {best['epoch']})", flush=True)
+        if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience: break
+    model.load_state_dict(best_state)
+    return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
+
+# %% [markdown]
+# A smoke test on a few synthetic clips: training runs, writes both checkpoints, and a second
+# call resumes instead of starting again.
+
+# %%
+import tempfile
+from urbansound_nb.features import FeatureParams as _FP
+_ls = LogMelSet([np.random.randn(40, 16).astype(np.float16) + (i % 2) * 3 for i in range(24)], labels=[i % 2 for i in range(24)])
+with tempfile.TemporaryDirectory() as d:
+    cfg = TrainConfig(epochs=2, batch_size=8, patience=None)
+    m1, h1 = train_model("small_cnn", dict(n_classes=2, n_mels=16), _ls, range(16), range(16, 24), cfg, 32, _FP(n_mels=16), ["a", "b"], 1.0, d, progress=False)
+    assert (Path(d)/"small_cnn.pt").exists() and (Path(d)/"small_cnn.last.pt").exists()
+    m2, h2 = train_model("small_cnn", dict(n_classes=2, n_mels=16), _ls, range(16), range(16, 24), TrainConfig(epochs=3, batch_size=8, patience=None), 32, _FP(n_mels=16), ["a", "b"], 1.0, d, progress=False)
+    test_eq(len(h2["history"]), 3)   # a different config starts afresh
+    m3, h3 = train_model("small_cnn", dict(n_classes=2, n_mels=16), _ls, range(16), range(16, 24), TrainConfig(epochs=3, batch_size=8, patience=None), 32, _FP(n_mels=16), ["a", "b"], 1.0, d, progress=False)
+    test_eq(len(h3["history"]), 3)   # same config: resumed after epoch 3, nothing left to do
+    mm, ck = load_checkpoint(Path(d)/"small_cnn.pt")
+    test_eq(ck["classes"], ["a", "b"]); test_eq(predict_logits(mm, _ls, range(4), 32).shape, (4, 2))
+
+# %% [markdown]
+# ## This run's data
+
+# %%
+params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
+                         epochs, run_dir, cache_dir)
+run_path = make_run_dir(params.run_dir)
+ds = load_urbansound(params.dataset, params.max_items, params.seed)
+split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
+meta = metadata_frame(ds)
+fp = FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
+cache, keys, stats = cache_logmels(ds, fp, params.cache_dir)
+allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
+n_frames = fp.frames(params.clip_seconds)
+fold = meta["fold"].values
+tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
+mean, std = band_stats(allset, tr)
+print(f"{len(ds):,} clips", "(SYNTHETIC)" if is_synthetic(ds) else "", f"| train {len(tr)}, validation {len(va)}, test {len(te)} | input {fp.n_mels} x {n_frames}")
+print(f"features: {stats['computed']} computed, {stats['reused']} from the cache")
+
+# %% [markdown]
+# ## Training both models
+#
+# Same split, same features, same batch size and epoch budget; each model with its recipe.
+
+# %%
+#| export train
+def model_config(n_classes: int, fp: FeatureParams, mean, std) -> dict:
+    "A model's configuration: classes, bands, and the training folds' band statistics (so checkpoints carry them)."
+    return dict(n_classes=int(n_classes), n_mels=fp.n_mels, mean=[round(float(v), 5) for v in mean], std=[round(float(v), 5) for v in std])
+
+# %%
+trained, histories, results = {}, {}, {}
+for name in models:
+    cfg = TrainConfig(epochs=params.epochs, batch_size=batch_size, seed=params.seed, **{**RECIPES[name], "patience": RECIPES[name]["patience"] and patience})
+    config = model_config(len(split.classes), fp, mean, std)
+    t0 = time.time()
+    model, hist = train_model(name, config, allset, tr, va, cfg, n_frames, fp, split.classes, params.clip_seconds,
+                              run_path/"models", augment=None)
+    trained[name], histories[name] = model, hist
+    print(f"{name}: best validation accuracy {hist['best']['val_accuracy']:.3f} at epoch {hist['best']['epoch']} "
+          f"(stopped after {hist['stopped_epoch']}), {time.time() - t0:.0f} s")
+
+# %% [markdown]
+# ## Learning curves
+#
+# Training loss and accuracy are measured on the (augmented, mixed) training batches, so they
+# are not directly comparable with validation; the gap and the trends are what matter.
+
+# %%
+#| export train
+def plot_history(histories: dict, title: str = "Learning curves"):
+    "Loss and accuracy per epoch, training vs validation, one colour per model."
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
+    for (name, h), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        e = [r["epoch"] for r in h["history"]]
+        for ax, key in ((a1, "loss"), (a2, "accuracy")):
+            ax.plot(e, [r[f"train_{key}"] for r in h["history"]], "--", color=color, label=f"{name} train")
+            ax.plot(e, [r[f"val_{key}"] for r in h["history"]], "-", color=color, label=f"{name} validation")
+        a2.axvline(h["best"]["epoch"], color=color, lw=0.8, ls=":")
+    a1.set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy"); a2.set(title=f"{title}: accuracy (dotted: chosen epoch)", xlabel="epoch", ylabel="accuracy")
+    a1.legend(); a2.legend(); return fig
+
+# %%
+import matplotlib.pyplot as plt
+plot_history(histories, "CNNs"); plt.show()
+
+# %% [markdown]
+# ## The test fold, once
+#
+# Each model's chosen checkpoint scores the validation and test folds. With `multicrop`, clips
+# longer than the input would be scored by averaging half-overlapping windows; with 4 s inputs
+# and clips of at most 4 s it changes nothing here, but it matters for other clip lengths and
+# for `predict` on long files.
+
+# %%
+y = allset.labels.numpy()
+preds = {}
+for name, model in trained.items():
+    pv = predict_logits(model, allset, va, n_frames, multicrop).argmax(1).numpy()
+    pt = predict_logits(model, allset, te, n_frames, multicrop).argmax(1).numpy()
+    h = histories[name]; preds[name] = pt
+    data_s = sum(r["data_seconds"] for r in h["history"]); train_s = sum(r["train_seconds"] for r in h["history"])
+    results[name] = result_entry(y[va], pv, y[te], pt, split.classes, len(tr), sum(r["seconds"] for r in h["history"]),
+                                 epochs=h["stopped_epoch"], best_epoch=h["best"]["epoch"], parameters=n_parameters(model),
+                                 checkpoint=f"models/{name}.pt", recipe=RECIPES[name], data_path_share=data_s / max(train_s - data_s, 1e-9))
+table = pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1", "epochs", "best_epoch", "parameters", "seconds"]]
+table
+
+# %% [markdown]
+# How much the cached data path adds to an epoch: the time spent building batches from the
+# cache, as a share of the time spent in the model (forward, backward, optimiser step).
+
+# %%
+pd.DataFrame({n: dict(data_path_share=f"{r['data_path_share']:.1%}", seconds_per_epoch=round(r["seconds"] / max(r["epochs"], 1), 1)) for n, r in results.items()}).T
+
+# %%
+best_name = max(results, key=lambda k: results[k]["val_accuracy"])
+baselines = run_path/"results"/"03_baselines.json"
+ref = json.loads(baselines.read_text())["entries"] if baselines.exists() else {}
+rows = {k: ref[k] for k in ("logreg", "svm_rbf") if k in ref} | results
+comparison = pd.DataFrame({k: dict(val_accuracy=v["val_accuracy"], test_accuracy=v["test_accuracy"], macro_f1=v["macro_f1"]) for k, v in rows.items()}).T
+ax = comparison[["val_accuracy", "test_accuracy"]].plot.bar(figsize=(8, 4), rot=0, color=["tab:gray", "tab:blue"])
+ax.set(title=f"Test fold {split.test_fold}: baselines (notebook 03) and CNNs", xlabel="model", ylabel="accuracy"); ax.set_ylim(0, 1); plt.show()
+comparison.round(3)
+
+# %%
+small, res = results.get("small_cnn", {}).get("test_accuracy"), results.get("resnet", {}).get("test_accuracy")
+lines = [f"The model with the best validation accuracy is **{best_name}** ({results[best_name]['val_accuracy']:.1%} on validation fold {split.val_fold})."]
+if small is not None and res is not None:
+    lines.append(f"On test fold {split.test_fold}, UrbanResNet scores {res:.1%} against SmallAudioCNN's {small:.1%}: {100 * (res - small):+.1f} points.")
+if "logreg" in ref and res is not None:
+    lines.append(f"MFCC + logistic regression scored {ref['logreg']['test_accuracy']:.1%} on the same fold ({100 * (res - ref['logreg']['test_accuracy']):+.1f} points for UrbanResNet).")
+from IPython.display import Markdown
+Markdown(" ".join(lines))
+
+# %%
+confusion_pair(y[te], preds[best_name], split.classes, f"{best_name}, test fold {split.test_fold}"); plt.show()
+
+# %%
+write_results(run_path, "04_cnn", results, dataset=params.dataset, best_model=best_name,
+              split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
+              features=dict(feature_key=fp.key, n_frames=n_frames), history={k: v["history"] for k, v in histories.items()})
