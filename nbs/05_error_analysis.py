@@ -1,0 +1,337 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp analysis
+
+# %% [markdown]
+# # Error analysis, and predicting new files
+#
+# > Where the best CNN goes wrong: confusions, confident mistakes, salience and duration, and the same model applied to any audio file.
+
+# %% [markdown]
+# This notebook loads the checkpoint that notebook 04 chose on the validation fold (and trains
+# one only if the run directory has none), scores the test fold, and takes the errors apart.
+# Predictions are joined to clips by their file name, never by position in a loader. The last
+# section turns the checkpoint into a classifier for arbitrary audio files, which the command
+# `urbansound-nb predict` exposes.
+
+# %%
+#| export
+from __future__ import annotations
+
+import json, os, sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from urbansound_nb.core import AudioDecodeError, decode_audio
+from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, LogMelSet, batch_frames, fix_length, resample
+from urbansound_nb.train import load_checkpoint
+
+# %%
+import time
+from IPython.display import Markdown, display
+from sklearn.metrics import classification_report
+from urbansound_nb.core import decode_row, fold_split, is_synthetic, load_urbansound, metadata_frame, validate_params, write_results, make_run_dir, read_results
+from urbansound_nb.features import cache_logmels, band_stats
+from urbansound_nb.baselines import confusion_pair, evaluate
+from urbansound_nb.train import RECIPES, TrainConfig, model_config, predict_logits, train_model
+from urbansound_nb.eda import ClipPlayer
+
+# %% tags=["parameters"]
+dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
+train_folds = None
+val_fold = None
+test_fold = None
+sample_rate = 22050
+clip_seconds = 4.0
+seed = 0
+max_items = None
+epochs = 30             # used only when no checkpoint exists and one must be trained
+run_dir = "../runs/notebook"
+cache_dir = "../cache"
+model_name = None       # None: the model notebook 04 chose on validation (its results' best_model), else 'resnet' or 'small_cnn'
+n_examples = 6          # clips in each of the "confident mistakes" and "doubtful successes" tables
+
+# %%
+#| hide
+if os.environ.get("IN_TEST"):
+    import tempfile; dataset, run_dir, cache_dir, epochs = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 2
+
+# %% [markdown]
+# ## The model and the test fold
+
+# %%
+params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
+                         epochs, run_dir, cache_dir)
+run_path = make_run_dir(params.run_dir)
+ds = load_urbansound(params.dataset, params.max_items, params.seed)
+split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
+meta = metadata_frame(ds)
+cnn_results = run_path/"results"/"04_cnn.json"
+name = model_name or (json.loads(cnn_results.read_text())["best_model"] if cnn_results.exists() else "resnet")
+ckpt = run_path/"models"/f"{name}.pt"
+if ckpt.exists(): print(f"using {ckpt}")
+else: print(f"{ckpt} does not exist: training {name} now (notebook 04 normally does this)")
+
+# %%
+fp = FeatureParams(**json.loads(json.dumps(torch.load(ckpt, weights_only=False)["feature_params"]))) if ckpt.exists() else FeatureParams(sample_rate=params.sample_rate)
+cache, keys, _ = cache_logmels(ds, fp, params.cache_dir)
+allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
+n_frames = fp.frames(params.clip_seconds)
+fold = meta["fold"].values
+tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
+if not ckpt.exists():
+    mean, std = band_stats(allset, tr)
+    train_model(name, model_config(len(split.classes), fp, mean, std), allset, tr, va,
+                TrainConfig(epochs=params.epochs, seed=params.seed, **RECIPES[name]), n_frames, fp, split.classes, params.clip_seconds, run_path/"models")
+model, ck = load_checkpoint(ckpt)
+assert ck["classes"] == split.classes, f"the checkpoint's classes {ck['classes']} differ from this dataset's {split.classes}"
+print(f"{name}: epoch {ck.get('epoch')}, validation accuracy {ck.get('val_accuracy', float('nan')):.3f}", "(SYNTHETIC data)" if is_synthetic(ds) else "")
+
+# %% [markdown]
+# ## Predictions, joined by clip id
+
+# %%
+#| export
+def prediction_table(probs: np.ndarray, clip_ids, labels, classes, k: int = 3) -> pd.DataFrame:
+    "One row per clip: id, true and predicted class, confidence, and the top-k classes with probabilities."
+    probs = np.asarray(probs); top = np.argsort(-probs, 1)[:, :k]
+    df = pd.DataFrame({"slice_file_name": list(clip_ids), "true": [classes[i] for i in labels],
+                       "predicted": [classes[i] for i in top[:, 0]], "confidence": probs[np.arange(len(probs)), top[:, 0]]})
+    df["correct"] = df["true"] == df["predicted"]
+    df[f"top{k}"] = [", ".join(f"{classes[j]} {probs[i, j]:.2f}" for j in row) for i, row in enumerate(top)]
+    return df
+
+# %%
+from fastcore.test import test_eq, test_fail
+_t = prediction_table(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]), ["a.wav", "b.wav"], [0, 1], ["x", "y", "z"])
+test_eq(_t["predicted"].tolist(), ["x", "z"]); test_eq(_t["correct"].tolist(), [True, False]); test_eq(_t["top3"][0], "x 0.70, y 0.20, z 0.10")
+
+# %%
+probs = predict_logits(model, allset, te, n_frames, multicrop=True).softmax(-1).numpy()
+test_rows = meta.iloc[te]
+pred = prediction_table(probs, test_rows["slice_file_name"], test_rows["classID"].values, split.classes)
+# join on the clip id: metadata (salience, durations, fold) comes from the dataset, not from row order
+pred = pred.merge(meta.assign(duration=meta["end"] - meta["start"]), on="slice_file_name", validate="one_to_one")
+assert (pred["class"] == pred["true"]).all()
+acc = pred["correct"].mean()
+print(f"test fold {split.test_fold}: {len(pred)} clips, accuracy {acc:.1%}")
+print(classification_report(pred["true"], pred["predicted"], labels=split.classes, zero_division=0))
+
+# %%
+confusion_pair(pred["true"].map(split.classes.index), pred["predicted"].map(split.classes.index), split.classes, f"{name}, test fold {split.test_fold}"); plt.show()
+
+# %% [markdown]
+# ## The most confused pairs
+
+# %%
+#| export
+def confused_pairs(pred: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    "The most frequent (true, predicted) mistakes, with their share of the true class's clips."
+    wrong = pred[~pred["correct"]].groupby(["true", "predicted"]).size().rename("clips").reset_index()
+    wrong["share_of_true_class"] = wrong["clips"] / wrong["true"].map(pred["true"].value_counts())
+    return wrong.sort_values(["clips", "share_of_true_class"], ascending=False).head(top).reset_index(drop=True)
+
+# %%
+test_eq(confused_pairs(_t).iloc[0][["true", "predicted", "clips"]].tolist(), ["y", "z", 1])
+
+# %%
+pairs = confused_pairs(pred)
+display(pairs.round(3))
+if len(pairs):
+    ax = pairs.iloc[::-1].plot.barh(x="true", y="clips", figsize=(8, 4.5), legend=False, color="tab:red")
+    ax.set_yticks(range(len(pairs)), [f"{t} -> {p}" for t, p in zip(pairs["true"][::-1], pairs["predicted"][::-1])])
+    ax.set(title=f"Most confused pairs, test fold {split.test_fold}", xlabel="clips", ylabel="true -> predicted"); plt.show()
+
+# %% [markdown]
+# ## Confident mistakes and doubtful successes
+#
+# The most confident wrong predictions show what the model has learnt wrongly (or where a label
+# is debatable); the least confident right ones show where it is barely right.
+
+# %%
+#| export
+def plot_spectrogram_grid(ls: LogMelSet, rows: pd.DataFrame, n_frames: int, title: str, fp: FeatureParams | None = None):
+    "Log-mels of the clips in `rows` (needs columns index, true, predicted, confidence), one panel each."
+    n = len(rows); cols = min(n, 3); fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(5 * cols, 3.2 * ((n + cols - 1) // cols)), squeeze=False, constrained_layout=True)
+    secs = n_frames * (fp.hop_length / fp.sample_rate if fp else 1)
+    for ax, (_, r) in zip(axes.flat, rows.iterrows()):
+        im = ax.imshow(batch_frames(ls, [int(r["index"])], n_frames)[0], origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=20, extent=[0, secs, 0, ls.data.shape[1]])
+        ax.set_title(f"true {r['true']} / predicted {r['predicted']}\nconfidence {r['confidence']:.2f}", fontsize=9)
+        ax.set(xlabel="time (s)" if fp else "frame", ylabel="mel band")
+    for ax in axes.flat[n:]: ax.axis("off")
+    fig.suptitle(title); return fig
+
+# %%
+pred["index"] = pred["slice_file_name"].map(dict(zip(meta["slice_file_name"], meta.index)))
+show = ["slice_file_name", "true", "predicted", "confidence", "top3", "salience", "duration"]
+wrong = pred[~pred["correct"]].nlargest(n_examples, "confidence")
+right = pred[pred["correct"]].nsmallest(n_examples, "confidence")
+print("Most confident mistakes"); display(wrong[show].round(3))
+print("Least confident correct predictions"); display(right[show].round(3))
+
+# %%
+for rows, title in ((wrong, "Most confident mistakes"), (right, "Least confident correct predictions")):
+    if len(rows): plot_spectrogram_grid(allset, rows, n_frames, f"{title}, test fold {split.test_fold}", fp); plt.show()
+
+# %%
+for rows, title in ((wrong, "mistake"), (right, "doubtful success")):
+    for _, r in rows.head(3).iterrows():
+        x, rate = decode_row(ds[int(r["index"])])
+        display(ClipPlayer(x, rate, f"{title}: {r['slice_file_name']}, true {r['true']}, predicted {r['predicted']} ({r['confidence']:.2f})"))
+
+# %% [markdown]
+# ## Accuracy by salience and by duration
+#
+# Background clips (salience 2) bury the labelled sound under others. Short clips are where
+# "duration cheating" (notebook 02) would show: if the model won short clips by their silence,
+# short-clip accuracy would be suspiciously high for short-clip classes.
+
+# %%
+#| export
+DURATION_BINS = [0, 1, 2, 3, 3.99, np.inf]
+DURATION_LABELS = ["< 1 s", "1-2 s", "2-3 s", "3-4 s", "4 s"]
+
+def accuracy_by(pred: pd.DataFrame, column: str) -> pd.DataFrame:
+    "Clips and accuracy per value of `column`."
+    g = pred.groupby(column, observed=True)["correct"]
+    return pd.DataFrame({"clips": g.size(), "accuracy": g.mean()})
+
+# %%
+pred["salience_label"] = pred["salience"].map({1: "foreground", 2: "background"})
+pred["duration_bin"] = pd.cut(pred["duration"], DURATION_BINS, labels=DURATION_LABELS, right=False)
+by_sal, by_dur = accuracy_by(pred, "salience_label"), accuracy_by(pred, "duration_bin")
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
+a1.bar(by_sal.index, by_sal["accuracy"], color="tab:orange"); a1.set(title="Accuracy by salience", xlabel="salience", ylabel="accuracy", ylim=(0, 1))
+a2.bar(by_dur.index.astype(str), by_dur["accuracy"], color="tab:purple"); a2.set(title="Accuracy by clip duration (metadata)", xlabel="duration", ylabel="accuracy", ylim=(0, 1))
+for ax, t in ((a1, by_sal), (a2, by_dur)):
+    for i, (n, a) in enumerate(zip(t["clips"], t["accuracy"])): ax.text(i, a + 0.02, f"n={n}", ha="center", fontsize=8)
+plt.show()
+display(by_sal.round(3)); display(by_dur.round(3))
+
+# %% [markdown]
+# ## What the numbers say
+
+# %%
+per_class = pred.groupby("true")["correct"].mean().sort_values()
+lines = [f"On test fold {split.test_fold}, {name} classifies {acc:.1%} of {len(pred)} clips correctly.",
+         f"Its weakest classes are {per_class.index[0]} ({per_class.iloc[0]:.0%}) and {per_class.index[1]} ({per_class.iloc[1]:.0%}); "
+         f"its strongest are {per_class.index[-1]} ({per_class.iloc[-1]:.0%}) and {per_class.index[-2]} ({per_class.iloc[-2]:.0%})."]
+if len(pairs):
+    p0 = pairs.iloc[0]
+    lines.append(f"The most frequent confusion is {p0['true']} taken for {p0['predicted']} ({p0['clips']} clips, {p0['share_of_true_class']:.0%} of that class).")
+if {"foreground", "background"} <= set(by_sal.index):
+    gap = by_sal.loc["foreground", "accuracy"] - by_sal.loc["background", "accuracy"]
+    lines.append(f"Foreground clips are {'easier' if gap > 0 else 'not easier'}: {by_sal.loc['foreground', 'accuracy']:.0%} against {by_sal.loc['background', 'accuracy']:.0%} for background clips ({100 * gap:+.0f} points).")
+if len(by_dur) > 1:
+    lo, hi = by_dur["accuracy"].idxmin(), by_dur["accuracy"].idxmax()
+    lines.append(f"By duration, accuracy ranges from {by_dur.loc[lo, 'accuracy']:.0%} ({lo}, {by_dur.loc[lo, 'clips']} clips) to {by_dur.loc[hi, 'accuracy']:.0%} ({hi}, {by_dur.loc[hi, 'clips']} clips).")
+lines.append(f"Among the mistakes the median confidence is {pred.loc[~pred['correct'], 'confidence'].median():.2f}, against {pred.loc[pred['correct'], 'confidence'].median():.2f} for correct predictions." if (~pred["correct"]).any() else "There are no mistakes.")
+Markdown("\n\n".join(lines))
+
+# %% [markdown]
+# ## Predicting new files
+#
+# A checkpoint holds the model, its feature parameters, the class names and the clip length,
+# so it classifies any file soundfile reads, at any rate, bit depth or channel count. A file
+# longer than the clip length is cut into half-overlapping windows whose probabilities are
+# averaged (`per_window=True` also returns each window's). Empty, unreadable or silent files
+# get an error entry instead of a guess.
+
+# %%
+#| export
+SILENCE_PEAK = 1e-4  # a file whose samples never exceed this is treated as silence, not classified
+
+class Predictor:
+    "A saved checkpoint ready to classify audio files."
+    def __init__(self, checkpoint, device="cpu"):
+        self.model, self.ck = load_checkpoint(checkpoint, device)
+        self.fp, self.classes, self.device = FeatureParams(**self.ck["feature_params"]), self.ck["classes"], device
+        self.n_frames, self.front = self.fp.frames(self.ck["clip_seconds"]), LogMel(self.fp).to(device)
+
+    @torch.no_grad()
+    def window_probs(self, data: bytes, name: str = "clip") -> tuple[np.ndarray, list[float]]:
+        "Class probabilities of each window [windows, classes] and the windows' start times (s)."
+        samples, rate = decode_audio(data, name)
+        if np.abs(samples).max() < SILENCE_PEAK: raise AudioDecodeError(f"{name}: the audio is silent (peak {np.abs(samples).max():.1e}); nothing to classify")
+        wave = resample(torch.from_numpy(samples), rate, self.fp.sample_rate).to(self.device)
+        lm = self.front(wave)                                          # [n_mels, frames]
+        hop, T = max(self.n_frames // 2, 1), lm.shape[-1]
+        starts = list(range(0, max(T - self.n_frames, 0) + 1, hop))
+        if T > self.n_frames and starts[-1] + self.n_frames < T: starts.append(T - self.n_frames)  # cover the end
+        wins = torch.stack([fix_length(lm[:, s:s + self.n_frames], self.n_frames, "start", DB_FLOOR) for s in starts])
+        return self.model(wins).softmax(-1).cpu().numpy(), [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
+
+# %%
+#| export
+def _top(probs, classes, k): return [{"class": classes[i], "probability": round(float(probs[i]), 4)} for i in np.argsort(-probs)[:k]]
+
+def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False, predictor: Predictor | None = None) -> list[dict]:
+    "Top-k classes of each file: {'file', 'predictions', 'error'} (+ 'windows' with `per_window`); errors never stop the others."
+    pr, out = predictor or Predictor(checkpoint), []
+    for f in files:
+        rec = {"file": str(f), "predictions": [], "error": None}
+        try:
+            p = Path(f)
+            if not p.is_file(): raise AudioDecodeError(f"{f}: no such file")
+            probs, starts = pr.window_probs(p.read_bytes(), str(f))
+            rec["predictions"] = _top(probs.mean(0), pr.classes, top_k)
+            if per_window: rec["windows"] = [{"start_seconds": round(s, 3), "predictions": _top(w, pr.classes, top_k)} for s, w in zip(starts, probs)]
+        except (AudioDecodeError, OSError) as e: rec["error"] = str(e)
+        out.append(rec)
+    return out
+
+# %%
+#| export
+def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_window: bool = False) -> int:
+    "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
+    if not Path(checkpoint).is_file(): print(f"error: no checkpoint at {checkpoint}", file=sys.stderr); return 2
+    failed = 0
+    for rec in predict_files(checkpoint, files, top_k, per_window):
+        failed += rec["error"] is not None
+        if as_json: print(json.dumps(rec), flush=True); continue
+        if rec["error"]: print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr); continue
+        print(f"{rec['file']}: " + ", ".join(f"{p['class']} {p['probability']:.2f}" for p in rec["predictions"]))
+        for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: " + ", ".join(f"{p['class']} {p['probability']:.2f}" for p in w["predictions"]))
+    return 1 if failed else 0
+
+# %% [markdown]
+# Test clips written to disk in other formats (8-bit, 48 kHz stereo, a 9 s file), plus an empty,
+# a silent and a corrupt file:
+
+# %%
+import tempfile, soundfile as sf
+from urbansound_nb.core import encode_audio
+with tempfile.TemporaryDirectory() as d:
+    d = Path(d); r0 = pred.iloc[0]; x, rate = decode_row(ds[int(r0["index"])])
+    sf.write(d/"clip_u8.wav", x, rate, subtype="PCM_U8")
+    sf.write(d/"clip_48k_stereo.flac", np.stack([x, x], 1)[: len(x)], rate)  # soundfile keeps the rate; predict resamples
+    sf.write(d/"long_9s.wav", np.tile(x, int(np.ceil(9 * rate / len(x))))[: 9 * rate], rate)
+    (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(rate, np.float32), rate); (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
+    files = [d/n for n in ("clip_u8.wav", "clip_48k_stereo.flac", "long_9s.wav", "empty.wav", "silent.wav", "corrupt.wav")]
+    recs = predict_files(ckpt, files, per_window=True)
+    for rec in recs: print(Path(rec["file"]).name, "->", rec["error"] or ", ".join(f"{p['class']} {p['probability']:.2f}" for p in rec["predictions"]))
+    test_eq([r["error"] is None for r in recs], [True, True, True, False, False, False])
+    assert len(recs[2]["windows"]) >= 4 and "silent" in recs[4]["error"] and "empty" in recs[3]["error"]
+print(f"(true class of the clip: {r0['true']})")
+
+# %%
+write_results(run_path, "05_error_analysis", {name: dict(
+    **{k: v for k, v in evaluate(pred["true"].map(split.classes.index), pred["predicted"].map(split.classes.index), split.classes).items()},
+    test_accuracy=float(acc), n_test=len(pred), confused_pairs=pairs.to_dict("records"),
+    accuracy_by_salience=by_sal["accuracy"].to_dict(), accuracy_by_duration={str(k): v for k, v in by_dur["accuracy"].items()},
+    checkpoint=str(ckpt.relative_to(run_path)))}, dataset=params.dataset, interpretation=lines)

@@ -1,0 +1,259 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp augment
+
+# %% [markdown]
+# # Does augmentation help? A controlled experiment
+#
+# > Same split, model, epochs, batch size and schedule; only the augmentation changes, each condition over several seeds, compared pair by pair with no augmentation.
+
+# %% [markdown]
+# The starting notebook tried a "SpecAugment-lite" (random frequency and time masks) once, saw
+# accuracy drop, and concluded it hurt. One run per condition cannot say that: two runs of the
+# same recipe with different seeds differ by several points on a fold of a few hundred clips.
+# Here every condition is trained with the same seeds, so each seed gives a *paired*
+# difference against "none", and the conclusion rests on all of them:
+#
+# | condition | what changes |
+# |---|---|
+# | `none` | nothing: the baseline recipe |
+# | `specaugment_lite` | two frequency masks (up to 8 bands) and two time masks (up to 20 frames) per clip |
+# | `shift_gain` | a random circular time shift and a random gain of +-6 dB |
+# | `mixup` | mixup of clip pairs (alpha 0.2) |
+# | `class_weights` | the loss weighted by inverse class frequency (the starting notebook computed these weights but never used them) |
+
+# %%
+#| export
+from __future__ import annotations
+
+import json, math, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from urbansound_nb.core import read_results, save_json
+from urbansound_nb.features import FeatureParams, LogMelSet
+from urbansound_nb.train import TrainConfig, predict_logits, train_model
+
+# %%
+import os
+import matplotlib.pyplot as plt
+from scipy import stats as sstats
+from IPython.display import Markdown
+from urbansound_nb.core import fold_split, is_synthetic, load_urbansound, metadata_frame, validate_params, write_results, make_run_dir
+from urbansound_nb.features import cache_logmels, band_stats
+from urbansound_nb.baselines import result_entry
+from urbansound_nb.train import model_config
+
+# %% tags=["parameters"]
+dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
+train_folds = None
+val_fold = None
+test_fold = None
+sample_rate = 22050
+clip_seconds = 4.0
+seed = 0
+max_items = None
+epochs = 10             # per training run; every condition and seed trains exactly this long
+run_dir = "../runs/notebook"
+cache_dir = "../cache"
+seeds = 3               # seeds per condition (seed, seed+1, ...)
+model = "small_cnn"     # the model every condition trains
+conditions = ["none", "specaugment_lite", "shift_gain", "mixup", "class_weights"]
+
+# %%
+#| hide
+if os.environ.get("IN_TEST"):
+    import tempfile; dataset, run_dir, cache_dir, epochs, seeds = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 1, 2
+
+# %% [markdown]
+# ## The augmentations
+#
+# Each works on a batch of log-mels in dB, `[batch, bands, frames]`, on any device, with the
+# training loop's random generator so that a seed fixes everything.
+
+# %%
+#| export
+def spec_augment_lite(x: torch.Tensor, y=None, generator=None, n_masks: int = 2, max_bands: int = 8, max_frames: int = 20) -> torch.Tensor:
+    "SpecAugment-lite: `n_masks` frequency and time masks per clip, filled with the clip's mean level."
+    x = x.clone(); B, F_, T = x.shape; fill = x.mean((1, 2))
+    r = lambda hi: torch.randint(0, max(hi, 1), (B,), generator=generator)
+    for _ in range(n_masks):
+        fw, tw = r(max_bands + 1), r(max_frames + 1)
+        f0, t0 = (torch.rand(B, generator=generator) * (F_ - fw + 1)).long(), (torch.rand(B, generator=generator) * (T - tw + 1)).long()
+        fmask = (torch.arange(F_)[None] >= f0[:, None]) & (torch.arange(F_)[None] < (f0 + fw)[:, None])
+        tmask = (torch.arange(T)[None] >= t0[:, None]) & (torch.arange(T)[None] < (t0 + tw)[:, None])
+        x = torch.where(fmask[:, :, None] | tmask[:, None, :], fill[:, None, None], x)
+    return x
+
+# %%
+#| export
+def shift_gain(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 6.0) -> torch.Tensor:
+    "A random circular time shift per clip and a random gain of +-`max_gain_db` dB (a shift of the log-mel levels)."
+    B, F_, T = x.shape
+    shift = torch.randint(0, T, (B,), generator=generator)
+    cols = (torch.arange(T)[None] - shift[:, None]) % T
+    gain = (torch.rand(B, generator=generator) * 2 - 1) * max_gain_db
+    return x.gather(2, cols[:, None, :].expand(-1, F_, -1)) + gain[:, None, None]
+
+def inverse_frequency_weights(labels, n_classes: int) -> np.ndarray:
+    "Class weights proportional to 1 / class frequency, averaging 1."
+    counts = np.bincount(np.asarray(labels), minlength=n_classes).astype(float)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+    return w / w[counts > 0].mean()
+
+# %%
+from fastcore.test import test_eq, test_ne, test_close
+g = torch.Generator().manual_seed(0); xb = torch.randn(4, 16, 50)
+a = spec_augment_lite(xb, generator=g)
+test_eq(a.shape, xb.shape); assert (a != xb).any() and (a == xb).float().mean() > 0.3
+s = shift_gain(xb, generator=torch.Generator().manual_seed(1))
+test_close(torch.sort(s[0, 0] - s[0, 0].mean()).values, torch.sort(xb[0, 0] - xb[0, 0].mean()).values, eps=1e-4)  # same frames, shifted
+test_close(inverse_frequency_weights([0, 0, 0, 1], 2), np.array([0.5, 1.5]))
+
+# %%
+#| export
+CONDITIONS = {  # name -> (augment hook, TrainConfig overrides, use class weights)
+    "none": (None, {}, False),
+    "specaugment_lite": (spec_augment_lite, {}, False),
+    "shift_gain": (shift_gain, {}, False),
+    "mixup": (None, {"mixup_alpha": 0.2}, False),
+    "class_weights": (None, {}, True),
+}
+BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.0, mixup_alpha=0.0, patience=None)
+
+# %% [markdown]
+# ## One training run per (condition, seed), resumable
+#
+# Every finished run is recorded at once in `results/06_augmentation.runs.json`; an interrupted
+# experiment picks up where it stopped.
+
+# %%
+#| export
+def run_experiment(conditions, seeds, ls: LogMelSet, tr, va, te, model: str, config: dict, epochs: int, n_frames: int,
+                   fp: FeatureParams, classes, clip_seconds: float, record_path=None, batch_size: int = 32) -> pd.DataFrame:
+    "Train `model` once per condition and seed; returns one row per run (validation and test accuracy)."
+    done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
+    y = ls.labels.numpy()
+    for cond in conditions:
+        if cond not in CONDITIONS: raise ValueError(f"unknown condition {cond!r}; choose from {sorted(CONDITIONS)}")
+        augment, overrides, weighted = CONDITIONS[cond]
+        for s in seeds:
+            key = f"{cond}/seed{s}/{model}/{epochs}"
+            if key in done: continue
+            t0 = time.time(); cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=s, **{**BASE_RECIPE, **overrides})
+            w = inverse_frequency_weights(y[tr], len(classes)) if weighted else None
+            m, h = train_model(model, config, ls, tr, va, cfg, n_frames, fp, classes, clip_seconds, None, augment, w, progress=False)
+            pv, pt = (predict_logits(m, ls, idx, n_frames).argmax(1).numpy() for idx in (va, te))
+            done[key] = dict(condition=cond, seed=s, **result_entry(y[va], pv, y[te], pt, classes, len(tr), time.time() - t0, best_epoch=h["best"]["epoch"]))
+            if record_path: save_json(done, record_path)
+            print(f"  {cond:17s} seed {s}: validation {done[key]['val_accuracy']:.3f}, test {done[key]['test_accuracy']:.3f} ({time.time()-t0:.0f} s)", flush=True)
+    keys = [f"{c}/seed{s}/{model}/{epochs}" for c in conditions for s in seeds]
+    return pd.DataFrame([done[k] for k in keys])
+
+# %% [markdown]
+# ## The experiment
+
+# %%
+params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
+                         epochs, run_dir, cache_dir)
+run_path = make_run_dir(params.run_dir)
+ds = load_urbansound(params.dataset, params.max_items, params.seed)
+split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
+meta = metadata_frame(ds)
+fp = FeatureParams(sample_rate=params.sample_rate)
+cache, keys, _ = cache_logmels(ds, fp, params.cache_dir)
+allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
+n_frames = fp.frames(params.clip_seconds)
+fold = meta["fold"].values
+tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
+mean, std = band_stats(allset, tr)
+seed_list = list(range(params.seed, params.seed + int(seeds)))
+print(f"{model}, {params.epochs} epochs, seeds {seed_list}, {len(conditions)} conditions: {len(conditions) * len(seed_list)} runs",
+      "(SYNTHETIC data)" if is_synthetic(ds) else "")
+
+# %%
+runs = run_experiment(conditions, seed_list, allset, tr, va, te, model, model_config(len(split.classes), fp, mean, std),
+                      params.epochs, n_frames, fp, split.classes, params.clip_seconds, run_path/"results"/"06_augmentation.runs.json")
+runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "seconds"]].round(3)
+
+# %% [markdown]
+# ## Results: mean +- standard deviation over seeds
+
+# %%
+#| export
+def summarise(runs: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
+    "Per condition: mean and std of validation and test accuracy, and the paired test difference to `baseline`."
+    g = runs.groupby("condition", sort=False)
+    out = pd.DataFrame({"val_mean": g["val_accuracy"].mean(), "val_std": g["val_accuracy"].std(ddof=1),
+                        "test_mean": g["test_accuracy"].mean(), "test_std": g["test_accuracy"].std(ddof=1), "seeds": g.size()})
+    base = runs[runs["condition"] == baseline].set_index("seed")
+    for c in out.index:
+        d = runs[runs["condition"] == c].set_index("seed")["test_accuracy"] - base["test_accuracy"]
+        dv = runs[runs["condition"] == c].set_index("seed")["val_accuracy"] - base["val_accuracy"]
+        out.loc[c, "test_diff_mean"], out.loc[c, "test_diff_std"] = d.mean(), d.std(ddof=1)
+        out.loc[c, "val_diff_mean"] = dv.mean()
+        out.loc[c, "seeds_better"] = int((d > 0).sum())
+        out.loc[c, "paired_t_p"] = sstats.ttest_rel(runs[runs["condition"] == c].set_index("seed")["test_accuracy"].loc[base.index], base["test_accuracy"]).pvalue if c != baseline and len(d.dropna()) > 1 and d.std() > 0 else np.nan
+    return out
+
+# %%
+summary = summarise(runs)
+summary.round(3)
+
+# %%
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
+xs = np.arange(len(summary))
+a1.bar(xs - 0.2, summary["val_mean"], 0.4, yerr=summary["val_std"], capsize=3, label="validation", color="tab:gray")
+a1.bar(xs + 0.2, summary["test_mean"], 0.4, yerr=summary["test_std"], capsize=3, label="test", color="tab:blue")
+a1.set_xticks(xs, summary.index, rotation=20); a1.set(title=f"Accuracy per condition (mean +- std, {len(seed_list)} seeds)", xlabel="condition", ylabel="accuracy"); a1.legend()
+for c, color in zip(summary.index, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+    d = runs[runs["condition"] == c].set_index("seed")["test_accuracy"] - runs[runs["condition"] == "none"].set_index("seed")["test_accuracy"]
+    a2.scatter([c] * len(d), 100 * d, color=color); a2.plot([c], [100 * d.mean()], "k_", ms=20)
+a2.axhline(0, color="black", lw=0.8); a2.tick_params(axis="x", rotation=20)
+a2.set(title="Paired test difference to 'none' (one dot per seed, bar: mean)", xlabel="condition", ylabel="accuracy difference (points)")
+plt.show()
+
+# %% [markdown]
+# ## Conclusion from this run
+
+# %%
+spec = summary.loc["specaugment_lite"] if "specaugment_lite" in summary.index else None
+lines = []
+for c, r in summary.drop(index="none", errors="ignore").iterrows():
+    verdict = ("helped" if r["test_diff_mean"] > 0 else "hurt") if r["seeds_better"] in (0, r["seeds"]) else "made no consistent difference"
+    lines.append(f"- **{c}**: test accuracy {100 * r['test_diff_mean']:+.1f} points on average against 'none' "
+                 f"(better on {int(r['seeds_better'])} of {int(r['seeds'])} seeds, paired t-test p = {r['paired_t_p']:.2f}); it {verdict}.")
+if spec is not None:
+    agree = spec["test_diff_mean"] < 0
+    lines.append(f"\nThe starting notebook found that SpecAugment-lite lowered accuracy. This run {'agrees' if agree else 'does not agree'}: "
+                 f"{100 * spec['test_diff_mean']:+.1f} points on the test fold, {100 * spec['val_diff_mean']:+.1f} on validation. "
+                 + ("With this few seeds and a difference within the seed-to-seed spread, neither direction is established."
+                    if not (spec["seeds_better"] in (0, spec["seeds"]) and abs(spec["test_diff_mean"]) > spec["test_diff_std"]) else
+                    "The direction held on every seed and exceeds the seed-to-seed spread of the differences."))
+lines.append(f"\n(Seeds: {len(seed_list)}, {params.epochs} epochs per run, model {model}; more seeds narrow these estimates.)")
+Markdown("\n".join(lines))
+
+# %%
+entries = {c: dict(val_accuracy=r["val_mean"], val_accuracy_std=r["val_std"], test_accuracy=r["test_mean"], test_accuracy_std=r["test_std"],
+                   macro_f1=float(runs[runs["condition"] == c]["macro_f1"].mean()),
+                   per_class_accuracy=runs[runs["condition"] == c]["per_class_accuracy"].apply(pd.Series).mean().to_dict(),
+                   n_train=len(tr), n_val=len(va), n_test=len(te), seconds=float(runs[runs["condition"] == c]["seconds"].sum()),
+                   seeds=int(r["seeds"]), test_diff_vs_none=r["test_diff_mean"], paired_t_p=r["paired_t_p"],
+                   per_seed=runs[runs["condition"] == c][["seed", "val_accuracy", "test_accuracy"]].to_dict("records"))
+           for c, r in summary.iterrows()}
+write_results(run_path, "06_augmentation", entries, dataset=params.dataset, model=model, epochs=params.epochs, seeds=seed_list,
+              conclusion=lines, split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))
