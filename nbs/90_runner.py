@@ -28,7 +28,7 @@
 # |---|---|
 # | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` |
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the study notebooks, headless, into a run directory |
-# | `urbansound-nb bench` | the feature-pipeline benchmark (notebook 02) |
+# | `urbansound-nb bench [--dataset D] [--max-items N]` | the feature-pipeline benchmark (notebook 02) |
 # | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model (notebook 05) |
 # | `urbansound-nb site [--run-dir DIR]` | the report website of a run (notebook 91) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks |
@@ -343,7 +343,8 @@ def main(argv=None):
         return 0
     if args.command == "bench":
         from urbansound_nb.features import benchmark
-        benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate); return 0
+        from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
+        benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate, model=SmallAudioCNN()); return 0
     if args.command == "predict":
         from urbansound_nb.analysis import predict_cli
         return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)

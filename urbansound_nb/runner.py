@@ -222,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     l.add_argument("extra", nargs=argparse.REMAINDER)
     return ap
 
-# %% ../nbs/90_runner.ipynb #cf82ed31b1
+# %% ../nbs/90_runner.ipynb #67b4681640
 def main(argv=None):
     "Entry point of the `urbansound-nb` console script."
     args = _parser().parse_args(argv)
@@ -237,7 +237,8 @@ def main(argv=None):
         return 0
     if args.command == "bench":
         from urbansound_nb.features import benchmark
-        benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate); return 0
+        from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
+        benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate, model=SmallAudioCNN()); return 0
     if args.command == "predict":
         from urbansound_nb.analysis import predict_cli
         return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)

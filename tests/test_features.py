@@ -1,0 +1,83 @@
+"""The feature cache: computed once, keyed by parameters and content, resumable; the batch path."""
+import numpy as np
+import pytest
+import torch
+
+from urbansound_nb.core import load_urbansound, stratified_subset
+from urbansound_nb.features import (DB_FLOOR, FeatureCache, FeatureParams, LogMel, LogMelSet, batch_frames, cache_logmels,
+                                    fix_length, load_waveform, mfcc_from_logmel)
+
+FP = FeatureParams(sample_rate=16000, n_mels=32, n_fft=512, hop_length=256)
+
+
+@pytest.fixture(scope="module")
+def synth(): return load_urbansound("synthetic", max_items=60)
+
+
+def test_cache_is_computed_once_and_reused(synth, tmp_path):
+    c1, k1, s1 = cache_logmels(synth, FP, tmp_path, workers=2, progress=False)
+    assert s1["computed"] == len(synth) and len(c1) == len(set(k1))
+    c2, k2, s2 = cache_logmels(synth, FP, tmp_path, workers=2, progress=False)
+    assert k2 == k1 and s2["computed"] == 0 and s2["reused"] == len(synth)
+    for k in k1[:5]: np.testing.assert_array_equal(c1.get(k), c2.get(k))
+
+
+def test_a_new_parameter_makes_a_new_cache(synth, tmp_path):
+    cache_logmels(synth, FP, tmp_path, progress=False)
+    other = FeatureParams(sample_rate=16000, n_mels=40, n_fft=512, hop_length=256)
+    c, _, s = cache_logmels(synth, other, tmp_path, progress=False)
+    assert s["computed"] == len(synth) and c.get(next(iter(c.index))).shape[1] == 40
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_interrupted_extraction_resumes(synth, tmp_path, monkeypatch):
+    import urbansound_nb.features as F
+    calls, real = {"n": 0}, F._clip_logmel
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 40: raise KeyboardInterrupt("simulated interruption")
+        return real(*a, **k)
+    monkeypatch.setattr(F, "_clip_logmel", flaky)
+    with pytest.raises(KeyboardInterrupt): F.cache_logmels(synth, FP, tmp_path, workers=1, shard_size=16, progress=False)
+    monkeypatch.setattr(F, "_clip_logmel", real)
+    done = len(FeatureCache(tmp_path, FP))
+    assert 0 < done < len(synth)  # complete shards survived, nothing half-written is visible
+    _, _, s = F.cache_logmels(synth, FP, tmp_path, workers=1, shard_size=16, progress=False)
+    assert s["computed"] == len(synth) - done
+
+
+def test_corrupt_clip_is_named(tmp_path):
+    ds = load_urbansound("synthetic", max_items=12)
+    rows = ds.to_list(); rows[3]["audio"] = {"bytes": b"not audio at all" * 4, "path": "x.wav"}
+    from urbansound_nb.core import _dataset_from_rows, AudioDecodeError
+    bad = _dataset_from_rows(rows)
+    with pytest.raises(AudioDecodeError, match=rows[3]["slice_file_name"]): cache_logmels(bad, FP, tmp_path, progress=False)
+
+
+def test_logmel_front_end_and_padding():
+    lm = LogMel(FP)(torch.zeros(2, 16000))
+    assert lm.shape == (2, 32, FP.frames(1.0)) and float(lm.max()) == DB_FLOOR
+    x = torch.arange(10.)
+    assert fix_length(x, 4).tolist() == [3, 4, 5, 6] and fix_length(x, 12)[-2:].tolist() == [0, 0]
+    with pytest.raises(ValueError): fix_length(x, 4, "middle")
+
+
+def test_batches_crop_and_pad():
+    ls = LogMelSet([np.full((n, 4), n, np.float16) for n in (3, 20)], labels=[0, 1])
+    b = batch_frames(ls, [0, 1], 8)
+    assert b.shape == (2, 4, 8) and b[0, 0, 3:].eq(DB_FLOOR).all() and b[1].eq(20).all()
+    assert batch_frames(ls, [1], 8, "random").shape == (1, 4, 8)
+
+
+def test_resampling_and_mfcc():
+    from urbansound_nb.core import encode_audio
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100)).astype(np.float32)
+    w = load_waveform(encode_audio(tone, 44100), 16000)
+    assert abs(len(w) - 16000) <= 1
+    m = mfcc_from_logmel(torch.randn(2, 32, 10), 13)
+    assert m.shape == (2, 13, 10)
+
+
+def test_feature_parameters_are_validated():
+    with pytest.raises(ValueError, match="'hop_length'"): FeatureParams(n_fft=256, hop_length=512)
+    with pytest.raises(ValueError, match="'n_mels'"): FeatureParams(n_mels=0)

@@ -1,0 +1,60 @@
+"""The whole study, reduced (few epochs, seeds and items), on the real mini data: every notebook, results, predict, site."""
+import json, os, subprocess
+
+import pytest
+
+from conftest import ROOT
+
+NOTEBOOKS = ["00_setup", "01_eda", "02_preprocessing", "03_baselines", "04_cnn", "05_error_analysis", "06_augmentation", "07_cross_validation"]
+
+
+@pytest.fixture(scope="module")
+def reduced_run(mini, tmp_path_factory, venv_bin):
+    run = tmp_path_factory.mktemp("run")
+    cmd = [str(venv_bin/"urbansound-nb"), "run", "--dataset", str(mini), "--run-dir", str(run), "--site",
+           "-p", "max_items", "240", "-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32",
+           "-p", "cache_dir", str(tmp_path_factory.mktemp("cache")), "-p", "conditions", "[none, specaugment_lite, mixup]"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run
+
+
+def test_every_notebook_ran_and_wrote_results(reduced_run):
+    for nb in NOTEBOOKS:
+        assert (reduced_run/f"{nb}.ipynb").exists(), nb
+        assert (reduced_run/"results"/f"{nb}.json").exists(), nb
+    timings = (reduced_run/"timings.csv").read_text()
+    assert all(f"{nb}," in timings for nb in NOTEBOOKS)
+
+
+def test_results_follow_the_convention(reduced_run):
+    keys = {"val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy", "n_train", "n_val", "n_test", "seconds"}
+    for nb in ("03_baselines", "04_cnn", "06_augmentation"):
+        entries = json.loads((reduced_run/"results"/f"{nb}.json").read_text())["entries"]
+        for name, e in entries.items(): assert keys <= set(e), (nb, name, keys - set(e))
+    cnn = json.loads((reduced_run/"results"/"04_cnn.json").read_text())
+    assert cnn["best_model"] in cnn["entries"] and {"small_cnn", "resnet"} <= set(cnn["entries"])
+    assert all("parameters" in e and "epochs" in e for e in cnn["entries"].values())
+    for name in cnn["entries"]: assert (reduced_run/"models"/f"{name}.pt").exists()
+    cv = json.loads((reduced_run/"results"/"07_cross_validation.json").read_text())
+    assert cv["summary"]["folds"] == 3
+
+
+def test_site_pages(reduced_run):
+    site = reduced_run/"site"
+    for nb in NOTEBOOKS: assert (site/f"{nb}.html").exists()
+    assert "<audio" in (site/"01_eda.html").read_text() and "data:image/png;base64" in (site/"04_cnn.html").read_text()
+    assert "04_cnn" in (site/"results.html").read_text() and "urbansound_nb" in (site/"index.html").read_text()
+
+
+def test_predict_classifies_every_original_format(reduced_run, originals, venv_bin, tmp_path):
+    files = sorted(str(p) for p in (originals/"audio").rglob("*.wav"))
+    (tmp_path/"empty.wav").write_bytes(b"")
+    ck = reduced_run/"models"/"resnet.pt"
+    r = subprocess.run([str(venv_bin/"urbansound-nb"), "predict", str(ck), *files, str(tmp_path/"empty.wav"), "--json", "-k", "3"],
+                       capture_output=True, text=True, timeout=600)
+    recs = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(recs) == len(files) + 1 and r.returncode == 1          # the empty file fails, the others are classified
+    assert all(rec["error"] is None and len(rec["predictions"]) == 3 for rec in recs[:-1])
+    assert "empty" in recs[-1]["error"] and recs[-1]["predictions"] == []
+    assert abs(sum(p["probability"] for p in recs[0]["predictions"])) <= 1.0001
