@@ -309,14 +309,21 @@ def decode_row(row: dict) -> tuple[np.ndarray, int]:
 # %%
 #| export
 def encode_audio(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
-    "Encode samples ([n] or [n, channels]) as audio-file bytes."
-    buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); return buf.getvalue()
+    "Encode samples ([n] or [n, channels]) as audio-file bytes; the same samples always give the same bytes."
+    buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); data = bytearray(buf.getvalue())
+    # libsndfile stamps the PEAK chunk of float WAV/AIFF files with the current time; zero the stamp so that
+    # identical audio hashes identically (the feature cache is keyed by content)
+    peak = data.find(b"PEAK")
+    if peak >= 0: data[peak + 12:peak + 16] = bytes(4)
+    return bytes(data)
 
 # %%
 tone = np.sin(2*np.pi*440*np.arange(8000)/8000).astype(np.float32)*0.5
 x, r = decode_audio(encode_audio(np.stack([tone, tone], 1), 8000, subtype="PCM_U8"), "u8-stereo.wav")
 test_eq((x.shape, x.dtype, r), ((8000,), np.float32, 8000))
 assert np.abs(x - tone).max() < 0.02  # 8-bit quantisation
+f1 = encode_audio(tone, 8000, subtype="FLOAT"); time.sleep(1.1)
+test_eq(encode_audio(tone, 8000, subtype="FLOAT"), f1)  # deterministic, although libsndfile time-stamps float WAVs
 test_fail(lambda: decode_audio(b"", "empty.wav"), contains="empty.wav: the audio is empty")
 test_fail(lambda: decode_audio(b"RIFF\x00garbage" * 10, "bad.wav"), contains="bad.wav: soundfile cannot decode")
 

@@ -346,7 +346,7 @@ class LogMelSet:
         self.lengths = torch.tensor([len(f) for f in frames])
         self.data = torch.full((len(frames), n_mels, int(self.lengths.max())), DB_FLOOR, dtype=torch.float16)
         for i, f in enumerate(frames): self.data[i, :, :len(f)] = torch.from_numpy(np.array(f, dtype=np.float16)).T  # a copy: the cache is read-only
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.labels = None if labels is None else torch.as_tensor(np.array(labels), dtype=torch.long)  # a copy: pandas arrays may be read-only
     def __len__(self): return len(self.data)
 
     @classmethod
@@ -416,6 +416,40 @@ train_idx = np.flatnonzero(np.isin(meta["fold"].values, split.train_folds))
 mean, std = band_stats(allset, train_idx)
 test_eq(mean.shape, (fp.n_mels,))
 print(f"train-fold band means {mean.min():.1f} .. {mean.max():.1f} dB, stds {std.min():.1f} .. {std.max():.1f} dB")
+
+# %% [markdown]
+# ## Everything a modelling notebook needs, in one call
+#
+# Notebooks 03-07 all start the same way: load the dataset, split it by fold, compute (or read)
+# the cached log-mels, and find which clips are in the training, validation and test folds.
+# `study_data` does exactly that, so the protocol (and the fold bookkeeping) lives in one place.
+
+# %%
+#| export
+@dataclass
+class StudyData:
+    "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
+    ds: object; split: object; meta: object; fp: FeatureParams; logmels: LogMelSet
+    clip_seconds: float; n_frames: int; train: np.ndarray; val: np.ndarray; test: np.ndarray; cache_stats: dict
+    def band_stats(self): return band_stats(self.logmels, self.train)  # training folds only: no leak
+
+def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
+    "Load `params.dataset`, split it by fold and read (or compute) its log-mels with `fp` (default: 64 bands)."
+    ds = load_urbansound(params.dataset, params.max_items, params.seed)
+    split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)
+    fp = fp or FeatureParams(sample_rate=params.sample_rate)
+    cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, progress=progress)
+    fold = meta["fold"].values
+    tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
+    return StudyData(ds, split, meta, fp, LogMelSet.from_cache(cache, keys, meta["classID"].values),
+                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats)
+
+# %%
+data = study_data(params, fp)
+test_eq(data.cache_stats["computed"], 0)               # everything came from the cache filled above
+test_eq(data.train, train_idx); test_eq(len(data.val), len(split.val)); test_eq(len(data.test), len(split.test))
+test_close(data.band_stats()[0], mean)
+print(f"train {len(data.train)}, validation {len(data.val)}, test {len(data.test)} clips; inputs {fp.n_mels} x {data.n_frames}")
 
 # %% [markdown]
 # ## MFCCs from the same cache

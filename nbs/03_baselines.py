@@ -47,8 +47,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from urbansound_nb.core import fold_split, is_synthetic, load_urbansound, metadata_frame, seed_everything, validate_params, write_results
-from urbansound_nb.features import FeatureParams, LogMelSet, cache_logmels, mfcc_from_logmel
+from urbansound_nb.core import is_synthetic, seed_everything, validate_params, write_results
+from urbansound_nb.features import FeatureParams, LogMelSet, mfcc_from_logmel, study_data
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -142,12 +142,8 @@ def confusion_pair(y_true, y_pred, classes, title: str):
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
 seed_everything(params.seed)
-ds = load_urbansound(params.dataset, params.max_items, params.seed)
-split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
-meta = metadata_frame(ds)
-fp = FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
-cache, keys, stats = cache_logmels(ds, fp, params.cache_dir)
-allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
+data = study_data(params, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length))
+ds, split, meta, fp, allset, stats = data.ds, data.split, data.meta, data.fp, data.logmels, data.cache_stats
 print(f"{len(ds):,} clips", "(SYNTHETIC)" if is_synthetic(ds) else "", f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
 print(f"train folds {split.train_folds} ({len(split.train)} clips), validation fold {split.val_fold} ({len(split.val)}), test fold {split.test_fold} ({len(split.test)})")
 
@@ -184,8 +180,7 @@ test_close(s[0, :4], mfcc_from_logmel(toy.data[0:1, :, :3].float(), 4)[0].mean(-
 
 # %%
 X = mfcc_stats(allset, n_mfcc, deltas)
-fold = meta["fold"].values
-tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
+tr, va, te = data.train, data.val, data.test
 y = meta["classID"].values
 print(f"features: {X.shape[1]} per clip; train {len(tr)}, validation {len(va)}, test {len(te)}")
 

@@ -45,10 +45,10 @@ from urbansound_nb.train import load_checkpoint
 import time
 from IPython.display import Markdown, display
 from sklearn.metrics import classification_report
-from urbansound_nb.core import decode_row, fold_split, is_synthetic, load_urbansound, metadata_frame, validate_params, write_results, make_run_dir, read_results
-from urbansound_nb.features import cache_logmels, band_stats
+from urbansound_nb.core import decode_row, is_synthetic, validate_params, write_results, make_run_dir, read_results
+from urbansound_nb.features import study_data
 from urbansound_nb.baselines import confusion_pair, evaluate
-from urbansound_nb.train import RECIPES, TrainConfig, model_config, predict_logits, train_model
+from urbansound_nb.train import fit, predict_logits
 from urbansound_nb.eda import ClipPlayer
 
 # %% tags=["parameters"]
@@ -78,27 +78,19 @@ if os.environ.get("IN_TEST"):
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
 run_path = make_run_dir(params.run_dir)
-ds = load_urbansound(params.dataset, params.max_items, params.seed)
-split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
-meta = metadata_frame(ds)
 cnn_results = run_path/"results"/"04_cnn.json"
 name = model_name or (json.loads(cnn_results.read_text())["best_model"] if cnn_results.exists() else "resnet")
 ckpt = run_path/"models"/f"{name}.pt"
-if ckpt.exists(): print(f"using {ckpt}")
-else: print(f"{ckpt} does not exist: training {name} now (notebook 04 normally does this)")
-
-# %%
-fp = FeatureParams(**json.loads(json.dumps(torch.load(ckpt, weights_only=False)["feature_params"]))) if ckpt.exists() else FeatureParams(sample_rate=params.sample_rate)
-cache, keys, _ = cache_logmels(ds, fp, params.cache_dir)
-allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
-n_frames = fp.frames(params.clip_seconds)
-fold = meta["fold"].values
-tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
-if not ckpt.exists():
-    mean, std = band_stats(allset, tr)
-    train_model(name, model_config(len(split.classes), fp, mean, std), allset, tr, va,
-                TrainConfig(epochs=params.epochs, seed=params.seed, **RECIPES[name]), n_frames, fp, split.classes, params.clip_seconds, run_path/"models")
-model, ck = load_checkpoint(ckpt)
+model, ck = load_checkpoint(ckpt) if ckpt.exists() else (None, None)
+# the checkpoint says which features its model reads
+data = study_data(params, FeatureParams(**ck["feature_params"]) if ck else None)
+ds, split, meta, fp, allset, n_frames = data.ds, data.split, data.meta, data.fp, data.logmels, data.n_frames
+tr, va, te = data.train, data.val, data.test
+if model is None:
+    print(f"{ckpt} does not exist: training {name} now (notebook 04 normally does this)")
+    fit(name, data, params.epochs, params.seed, run_path/"models")
+    model, ck = load_checkpoint(ckpt)
+print(f"using {ckpt}")
 assert ck["classes"] == split.classes, f"the checkpoint's classes {ck['classes']} differ from this dataset's {split.classes}"
 print(f"{name}: epoch {ck.get('epoch')}, validation accuracy {ck.get('val_accuracy', float('nan')):.3f}", "(SYNTHETIC data)" if is_synthetic(ds) else "")
 

@@ -32,6 +32,10 @@
 # | `shift_gain` | a random circular time shift and a random gain of +-6 dB |
 # | `mixup` | mixup of clip pairs (alpha 0.2) |
 # | `class_weights` | the loss weighted by inverse class frequency (the starting notebook computed these weights but never used them) |
+# | `recording_variation` | notebook 04's augmentation: time stretch, band shift, random equalisation and gain |
+#
+# `recording_variation` is not in the default list of conditions, so that the default run stays
+# within its time budget; add it with `-p conditions "[none, recording_variation]"`.
 
 # %%
 #| export
@@ -44,19 +48,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from urbansound_nb.core import read_results, save_json
-from urbansound_nb.features import FeatureParams, LogMelSet
-from urbansound_nb.train import TrainConfig, predict_logits, train_model
+from scipy import stats as sstats
+
+from urbansound_nb.baselines import result_entry
+from urbansound_nb.core import save_json
+from urbansound_nb.features import StudyData
+from urbansound_nb.train import fit, predict_logits
 
 # %%
 import os
 import matplotlib.pyplot as plt
-from scipy import stats as sstats
 from IPython.display import Markdown
-from urbansound_nb.core import fold_split, is_synthetic, load_urbansound, metadata_frame, validate_params, write_results, make_run_dir
-from urbansound_nb.features import cache_logmels, band_stats
-from urbansound_nb.baselines import result_entry
-from urbansound_nb.train import model_config
+from urbansound_nb.core import is_synthetic, validate_params, write_results, make_run_dir
+from urbansound_nb.features import study_data
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -78,6 +82,7 @@ conditions = ["none", "specaugment_lite", "shift_gain", "mixup", "class_weights"
 #| hide
 if os.environ.get("IN_TEST"):
     import tempfile; dataset, run_dir, cache_dir, epochs, seeds = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 1, 2
+    conditions = [*conditions, "recording_variation"]
 
 # %% [markdown]
 # ## The augmentations
@@ -132,8 +137,11 @@ CONDITIONS = {  # name -> (augment hook, TrainConfig overrides, use class weight
     "shift_gain": (shift_gain, {}, False),
     "mixup": (None, {"mixup_alpha": 0.2}, False),
     "class_weights": (None, {}, True),
+    "recording_variation": (None, {"augmentation": "recording_variation"}, False),  # notebook 04's recipe augmentation
 }
-BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.0, mixup_alpha=0.0, patience=None)
+# every condition starts from this recipe, whatever the model's own recipe adds (its augmentation, say)
+BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.0, mixup_alpha=0.0,
+                   patience=None, augmentation="none")
 
 # %% [markdown]
 # ## One training run per (condition, seed), resumable
@@ -143,21 +151,19 @@ BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onec
 
 # %%
 #| export
-def run_experiment(conditions, seeds, ls: LogMelSet, tr, va, te, model: str, config: dict, epochs: int, n_frames: int,
-                   fp: FeatureParams, classes, clip_seconds: float, record_path=None, batch_size: int = 32) -> pd.DataFrame:
-    "Train `model` once per condition and seed; returns one row per run (validation and test accuracy)."
+def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, record_path=None, batch_size: int = 32) -> pd.DataFrame:
+    "Train `model` on `data` once per condition and seed; returns one row per run (validation and test accuracy)."
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
-    y = ls.labels.numpy()
+    y, tr, va, te, classes = data.logmels.labels.numpy(), data.train, data.val, data.test, data.split.classes
     for cond in conditions:
         if cond not in CONDITIONS: raise ValueError(f"unknown condition {cond!r}; choose from {sorted(CONDITIONS)}")
         augment, overrides, weighted = CONDITIONS[cond]
         for s in seeds:
             key = f"{cond}/seed{s}/{model}/{epochs}"
             if key in done: continue
-            t0 = time.time(); cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=s, **{**BASE_RECIPE, **overrides})
-            w = inverse_frequency_weights(y[tr], len(classes)) if weighted else None
-            m, h = train_model(model, config, ls, tr, va, cfg, n_frames, fp, classes, clip_seconds, None, augment, w, progress=False)
-            pv, pt = (predict_logits(m, ls, idx, n_frames).argmax(1).numpy() for idx in (va, te))
+            t0 = time.time(); w = inverse_frequency_weights(y[tr], len(classes)) if weighted else None
+            m, h = fit(model, data, epochs, s, None, augment, w, progress=False, batch_size=batch_size, **{**BASE_RECIPE, **overrides})
+            pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames).argmax(1).numpy() for idx in (va, te))
             done[key] = dict(condition=cond, seed=s, **result_entry(y[va], pv, y[te], pt, classes, len(tr), time.time() - t0, best_epoch=h["best"]["epoch"]))
             if record_path: save_json(done, record_path)
             print(f"  {cond:17s} seed {s}: validation {done[key]['val_accuracy']:.3f}, test {done[key]['test_accuracy']:.3f} ({time.time()-t0:.0f} s)", flush=True)
@@ -171,23 +177,14 @@ def run_experiment(conditions, seeds, ls: LogMelSet, tr, va, te, model: str, con
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
 run_path = make_run_dir(params.run_dir)
-ds = load_urbansound(params.dataset, params.max_items, params.seed)
-split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
-meta = metadata_frame(ds)
-fp = FeatureParams(sample_rate=params.sample_rate)
-cache, keys, _ = cache_logmels(ds, fp, params.cache_dir)
-allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
-n_frames = fp.frames(params.clip_seconds)
-fold = meta["fold"].values
-tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
-mean, std = band_stats(allset, tr)
+data = study_data(params)
+ds, split, tr, va, te = data.ds, data.split, data.train, data.val, data.test
 seed_list = list(range(params.seed, params.seed + int(seeds)))
 print(f"{model}, {params.epochs} epochs, seeds {seed_list}, {len(conditions)} conditions: {len(conditions) * len(seed_list)} runs",
       "(SYNTHETIC data)" if is_synthetic(ds) else "")
 
 # %%
-runs = run_experiment(conditions, seed_list, allset, tr, va, te, model, model_config(len(split.classes), fp, mean, std),
-                      params.epochs, n_frames, fp, split.classes, params.clip_seconds, run_path/"results"/"06_augmentation.runs.json")
+runs = run_experiment(conditions, seed_list, data, model, params.epochs, run_path/"results"/"06_augmentation.runs.json")
 runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "seconds"]].round(3)
 
 # %% [markdown]
@@ -234,7 +231,10 @@ plt.show()
 spec = summary.loc["specaugment_lite"] if "specaugment_lite" in summary.index else None
 lines = []
 for c, r in summary.drop(index="none", errors="ignore").iterrows():
-    verdict = ("helped" if r["test_diff_mean"] > 0 else "hurt") if r["seeds_better"] in (0, r["seeds"]) else "made no consistent difference"
+    direction = "helped" if r["test_diff_mean"] > 0 else "hurt"
+    if r["seeds_better"] not in (0, r["seeds"]): verdict = "made no consistent difference"
+    elif r["paired_t_p"] < 0.05: verdict = direction
+    else: verdict = f"{direction} on every seed, which with {int(r['seeds'])} seeds is suggestive, not established"
     lines.append(f"- **{c}**: test accuracy {100 * r['test_diff_mean']:+.1f} points on average against 'none' "
                  f"(better on {int(r['seeds_better'])} of {int(r['seeds'])} seeds, paired t-test p = {r['paired_t_p']:.2f}); it {verdict}.")
 if spec is not None:
@@ -243,7 +243,7 @@ if spec is not None:
                  f"{100 * spec['test_diff_mean']:+.1f} points on the test fold, {100 * spec['val_diff_mean']:+.1f} on validation. "
                  + ("With this few seeds and a difference within the seed-to-seed spread, neither direction is established."
                     if not (spec["seeds_better"] in (0, spec["seeds"]) and abs(spec["test_diff_mean"]) > spec["test_diff_std"]) else
-                    "The direction held on every seed and exceeds the seed-to-seed spread of the differences."))
+                    f"The direction held on every seed and exceeds the seed-to-seed spread of the differences (paired t-test p = {spec['paired_t_p']:.2f})."))
 lines.append(f"\n(Seeds: {len(seed_list)}, {params.epochs} epochs per run, model {model}; more seeds narrow these estimates.)")
 Markdown("\n".join(lines))
 

@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 import json, time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +40,15 @@ import pandas as pd
 
 from urbansound_nb.core import save_json
 from urbansound_nb.baselines import result_entry
-from urbansound_nb.features import FeatureParams, LogMelSet, band_stats
-from urbansound_nb.train import RECIPES, TrainConfig, model_config, predict_logits, train_model
+from urbansound_nb.features import StudyData
+from urbansound_nb.train import fit, predict_logits
 
 # %%
 import os
 import matplotlib.pyplot as plt
 from IPython.display import Markdown
-from urbansound_nb.core import is_synthetic, load_urbansound, metadata_frame, validate_params, write_results, make_run_dir, class_names
-from urbansound_nb.features import cache_logmels
+from urbansound_nb.core import is_synthetic, validate_params, write_results, make_run_dir
+from urbansound_nb.features import study_data
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -93,20 +94,19 @@ test_fail(lambda: cv_plan([1, 2]), contains="at least 3 folds")
 
 # %%
 #| export
-def cross_validate(plan, ls: LogMelSet, fold_of: np.ndarray, model: str, epochs: int, n_frames: int, fp: FeatureParams,
-                   classes, clip_seconds: float, seed: int = 0, record_path=None) -> pd.DataFrame:
+def cross_validate(plan, data: StudyData, model: str, epochs: int, seed: int = 0, record_path=None) -> pd.DataFrame:
     "Train and test `model` once per entry of `plan`; each fold's result is saved to `record_path` as it finishes."
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
-    y = ls.labels.numpy()
+    y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
     for p in plan:
         key = f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}"
         if key in done: continue
         tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (p["train_folds"], [p["val_fold"]], [p["test_fold"]]))
-        mean, std = band_stats(ls, tr)  # statistics of this split's training folds only
-        t0 = time.time(); cfg = TrainConfig(epochs=epochs, seed=seed, **RECIPES[model])
-        m, h = train_model(model, model_config(len(classes), fp, mean, std), ls, tr, va, cfg, n_frames, fp, classes, clip_seconds, None, progress=False)
-        pv, pt = (predict_logits(m, ls, idx, n_frames, multicrop=True).argmax(1).numpy() for idx in (va, te))
-        done[key] = dict(**p, **result_entry(y[va], pv, y[te], pt, classes, len(tr), time.time() - t0, best_epoch=h["best"]["epoch"]))
+        # this split's folds; fit takes its band statistics from these training folds only
+        t0, split_data = time.time(), replace(data, train=tr, val=va, test=te)
+        m, h = fit(model, split_data, epochs, seed, progress=False)
+        pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy() for idx in (va, te))
+        done[key] = dict(**p, **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0, best_epoch=h["best"]["epoch"]))
         if record_path: save_json(done, record_path)
         print(f"  test fold {p['test_fold']:2d} (validation {p['val_fold']}): test accuracy {done[key]['test_accuracy']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     return pd.DataFrame([done[f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}"] for p in plan])
@@ -117,19 +117,15 @@ def cross_validate(plan, ls: LogMelSet, fold_of: np.ndarray, model: str, epochs:
 # %%
 params = validate_params(dataset, None, None, None, sample_rate, clip_seconds, seed, max_items, epochs, run_dir, cache_dir)
 run_path = make_run_dir(params.run_dir)
-ds = load_urbansound(params.dataset, params.max_items, params.seed)
-meta = metadata_frame(ds); classes = class_names(ds)
-fp = FeatureParams(sample_rate=params.sample_rate)
-cache, keys, stats = cache_logmels(ds, fp, params.cache_dir)
-allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
+data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
+ds, meta, stats = data.ds, data.meta, data.cache_stats
 plan = cv_plan(meta["fold"].unique(), folds)
 print(f"{model}, {params.epochs} epochs per fold, {len(plan)} folds", "(SYNTHETIC data)" if is_synthetic(ds) else "",
       f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
 pd.DataFrame(plan)
 
 # %%
-cv = cross_validate(plan, allset, meta["fold"].values, model, params.epochs, fp.frames(params.clip_seconds), fp, classes,
-                    params.clip_seconds, params.seed, run_path/"results"/"07_cross_validation.folds.json")
+cv = cross_validate(plan, data, model, params.epochs, params.seed, run_path/"results"/"07_cross_validation.folds.json")
 cv[["test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1", "best_epoch", "seconds"]].round(3)
 
 # %%

@@ -192,10 +192,15 @@ def decode_row(row: dict) -> tuple[np.ndarray, int]:
     name = row.get("slice_file_name", "clip")
     return decode_audio(audio_bytes(row["audio"], name), name)
 
-# %% ../nbs/00_setup.ipynb #08dfae1fd1
+# %% ../nbs/00_setup.ipynb #ad9a9a98b6
 def encode_audio(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
-    "Encode samples ([n] or [n, channels]) as audio-file bytes."
-    buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); return buf.getvalue()
+    "Encode samples ([n] or [n, channels]) as audio-file bytes; the same samples always give the same bytes."
+    buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); data = bytearray(buf.getvalue())
+    # libsndfile stamps the PEAK chunk of float WAV/AIFF files with the current time; zero the stamp so that
+    # identical audio hashes identically (the feature cache is keyed by content)
+    peak = data.find(b"PEAK")
+    if peak >= 0: data[peak + 12:peak + 16] = bytes(4)
+    return bytes(data)
 
 # %% ../nbs/00_setup.ipynb #97596c24ab
 def _synthetic_sound(cls: int, n: int, rate: int, rng: np.random.Generator) -> np.ndarray:

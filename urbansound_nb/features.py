@@ -23,8 +23,8 @@ from .core import (atomic_write_bytes, audio_bytes, decode_audio, load_urbansoun
 
 # %% auto #0
 __all__ = ['FEATURE_VERSION', 'DB_FLOOR', 'FeatureParams', 'LogMel', 'resample', 'load_waveform', 'fix_length', 'clip_key',
-           'FeatureCache', 'cache_logmels', 'LogMelSet', 'batch_frames', 'band_stats', 'mfcc_from_logmel', 'benchmark',
-           'epoch_data_path']
+           'FeatureCache', 'cache_logmels', 'LogMelSet', 'batch_frames', 'band_stats', 'StudyData', 'study_data',
+           'mfcc_from_logmel', 'benchmark', 'epoch_data_path']
 
 # %% ../nbs/02_preprocessing.ipynb #5aeb389441
 FEATURE_VERSION = 1  # bump when the computation below changes: old caches are then ignored
@@ -169,7 +169,7 @@ def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, 
                  extract_seconds=round(time.time() - hashed, 3), workers=workers, device=str(device))
     return cache, keys, stats
 
-# %% ../nbs/02_preprocessing.ipynb #e3c5b7f897
+# %% ../nbs/02_preprocessing.ipynb #f9b2308915
 class LogMelSet:
     "Log-mel frames of clips in a fixed order, padded into one tensor [clips, n_mels, max_frames]."
     def __init__(self, frames: list, labels=None, fp: FeatureParams | None = None):
@@ -177,7 +177,7 @@ class LogMelSet:
         self.lengths = torch.tensor([len(f) for f in frames])
         self.data = torch.full((len(frames), n_mels, int(self.lengths.max())), DB_FLOOR, dtype=torch.float16)
         for i, f in enumerate(frames): self.data[i, :, :len(f)] = torch.from_numpy(np.array(f, dtype=np.float16)).T  # a copy: the cache is read-only
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.labels = None if labels is None else torch.as_tensor(np.array(labels), dtype=torch.long)  # a copy: pandas arrays may be read-only
     def __len__(self): return len(self.data)
 
     @classmethod
@@ -209,6 +209,25 @@ def band_stats(ls: LogMelSet, idx=None) -> tuple[torch.Tensor, torch.Tensor]:
         total = total + (d * mask).sum((0, 2)); sq = sq + (d.square() * mask).sum((0, 2)); count += int(mask.sum())
     mean = total / count
     return mean, (sq / count - mean.square()).clamp_min(1e-6).sqrt()
+
+# %% ../nbs/02_preprocessing.ipynb #9f5cabb4bb
+@dataclass
+class StudyData:
+    "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
+    ds: object; split: object; meta: object; fp: FeatureParams; logmels: LogMelSet
+    clip_seconds: float; n_frames: int; train: np.ndarray; val: np.ndarray; test: np.ndarray; cache_stats: dict
+    def band_stats(self): return band_stats(self.logmels, self.train)  # training folds only: no leak
+
+def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
+    "Load `params.dataset`, split it by fold and read (or compute) its log-mels with `fp` (default: 64 bands)."
+    ds = load_urbansound(params.dataset, params.max_items, params.seed)
+    split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)
+    fp = fp or FeatureParams(sample_rate=params.sample_rate)
+    cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, progress=progress)
+    fold = meta["fold"].values
+    tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
+    return StudyData(ds, split, meta, fp, LogMelSet.from_cache(cache, keys, meta["classID"].values),
+                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats)
 
 # %% ../nbs/02_preprocessing.ipynb #e734b95aea
 def mfcc_from_logmel(logmel: torch.Tensor, n_mfcc: int = 40) -> torch.Tensor:

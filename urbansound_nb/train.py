@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-__all__ = ['RECIPES', 'TrainConfig', 'mixup', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'plot_history']
+__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'fit', 'plot_history']
 
-# %% ../nbs/04_cnn.ipynb #d43b079bda
+# %% ../nbs/04_cnn.ipynb #337a2dafbd
 import copy, math, os, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,10 +19,38 @@ from torch import nn
 from tqdm import tqdm
 
 from .core import atomic_write_bytes, pick_device, seed_everything
-from .features import DB_FLOOR, FeatureParams, LogMelSet, batch_frames
+from .features import DB_FLOOR, FeatureParams, LogMelSet, StudyData, batch_frames
 from .models import build_model
 
-# %% ../nbs/04_cnn.ipynb #83318682f7
+# %% ../nbs/04_cnn.ipynb #8a85f7e9b8
+def time_stretch(x: torch.Tensor, generator=None, max_factor: float = 1.25) -> torch.Tensor:
+    "Stretch a batch [B, bands, frames] in time by one random factor in [1/max_factor, max_factor], keeping its length."
+    T = x.shape[-1]; r = math.exp((float(torch.rand(1, generator=generator)) * 2 - 1) * math.log(max_factor))
+    x = F.interpolate(x, size=max(2, round(T * r)), mode="linear", align_corners=False)
+    return x[..., :T] if x.shape[-1] >= T else F.pad(x, (0, T - x.shape[-1]), value=DB_FLOOR)  # a shrunk clip ends in silence
+
+def band_shift(x: torch.Tensor, generator=None, max_shift: int | None = None) -> torch.Tensor:
+    "Shift each clip's bands up or down by up to `max_shift` (default: 1/16 of the bands), repeating the edge band."
+    B, n, T = x.shape; k = max_shift if max_shift is not None else max(1, n // 16)
+    s = torch.randint(-k, k + 1, (B,), generator=generator)
+    rows = (torch.arange(n)[None] - s[:, None]).clamp(0, n - 1)
+    return x.gather(1, rows[:, :, None].expand(-1, -1, T))
+
+def random_eq(x: torch.Tensor, generator=None, max_db=(6.0, 4.0, 3.0)) -> torch.Tensor:
+    "Add a random smooth curve over the bands to each clip: tilt, bow and wiggle (Chebyshev polynomials) of up to `max_db` dB."
+    B, n, _ = x.shape; f = torch.linspace(-1, 1, n)
+    c = (torch.rand(B, 3, generator=generator) * 2 - 1) * torch.tensor(max_db)
+    curve = c[:, :1] * f + c[:, 1:2] * (2 * f**2 - 1) + c[:, 2:] * (4 * f**3 - 3 * f)
+    return x + curve[:, :, None]
+
+def recording_variation(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 6.0) -> torch.Tensor:
+    "The augmentation of the UrbanResNet recipe: time stretch, band shift, random equalisation and gain."
+    x = random_eq(band_shift(time_stretch(x, generator), generator), generator)
+    return x + ((torch.rand(len(x), generator=generator) * 2 - 1) * max_gain_db)[:, None, None]
+
+AUGMENTATIONS = {"none": None, "recording_variation": recording_variation}  # the names a TrainConfig may use
+
+# %% ../nbs/04_cnn.ipynb #6cf2b39535
 @dataclass
 class TrainConfig:
     "How a model is trained."
@@ -34,12 +62,14 @@ class TrainConfig:
     schedule: str = "onecycle"         # 'onecycle' or 'constant'
     label_smoothing: float = 0.1
     mixup_alpha: float = 0.0           # 0: no mixup
+    augmentation: str = "none"         # a name from AUGMENTATIONS, applied to every training batch
     patience: int | None = 10          # None: no early stopping
     seed: int = 0
 
 RECIPES = {  # the starting notebook's recipe for its model, and the modern one
     "small_cnn": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", label_smoothing=0.0, mixup_alpha=0.0, patience=None),
-    "resnet": dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1, mixup_alpha=0.2, patience=10),
+    "resnet": dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1, mixup_alpha=0.2,
+                   augmentation="recording_variation", patience=10),
 }
 
 # %% ../nbs/04_cnn.ipynb #8ff044c26c
@@ -89,14 +119,17 @@ def load_checkpoint(path, device="cpu"):
     model = build_model(ck["model"], **ck["config"]); model.load_state_dict(ck["state_dict"])
     return model.to(device).eval(), ck
 
-# %% ../nbs/04_cnn.ipynb #9d94dea653
+# %% ../nbs/04_cnn.ipynb #d05be6d94d
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
                 device=None, progress: bool = True):
     "Train model `name`, choose its epoch on `val_idx`; returns (best model, history). Resumes from `out_dir/<name>.last.pt`."
     device = device or pick_device(); seed_everything(cfg.seed)
+    if cfg.augmentation not in AUGMENTATIONS: raise ValueError(f"unknown augmentation {cfg.augmentation!r}; choose from {sorted(AUGMENTATIONS)}")
+    recipe_augment = AUGMENTATIONS[cfg.augmentation]
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(name, **config).to(device)
+    # channels-last convolutions: measured 1.15x (UrbanResNet) and 1.7x (SmallAudioCNN) faster training on 2 CPU cores
+    model = build_model(name, **config).to(device, memory_format=torch.channels_last)
     train_idx = torch.as_tensor(np.asarray(train_idx)); y_all = ls.labels
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     opt, sched = _optimizer(model, cfg, cfg.epochs * steps_per_epoch)
@@ -116,6 +149,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
         model.train(); t0, t_data, tot, correct, n = time.time(), 0.0, 0.0, 0.0, 0
         for b in train_idx[torch.randperm(len(train_idx), generator=gen)].split(cfg.batch_size):
             td = time.time(); x, y = batch_frames(ls, b, n_frames, "random", generator=gen), y_all[b]
+            if recipe_augment is not None: x = recipe_augment(x, y, gen)
             if augment is not None: x = augment(x, y, gen)
             x, y = x.to(device), y.to(device); t_data += time.time() - td
             xm, ya, yb, lam = mixup(x, y, cfg.mixup_alpha, gen) if cfg.mixup_alpha > 0 else (x, y, y, 1.0)
@@ -143,10 +177,18 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
     model.load_state_dict(best_state)
     return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
 
-# %% ../nbs/04_cnn.ipynb #1354b62d55
+# %% ../nbs/04_cnn.ipynb #9b99ca2d81
 def model_config(n_classes: int, fp: FeatureParams, mean, std) -> dict:
     "A model's configuration: classes, bands, and the training folds' band statistics (so checkpoints carry them)."
     return dict(n_classes=int(n_classes), n_mels=fp.n_mels, mean=[round(float(v), 5) for v in mean], std=[round(float(v), 5) for v in std])
+
+def fit(name: str, data: StudyData, epochs: int, seed: int = 0, out_dir=None, augment=None, class_weights=None,
+        progress: bool = True, **overrides):
+    "Train model `name` with its recipe (`RECIPES`, changed by `overrides`) on `data`'s training folds, its epoch chosen on the validation fold."
+    cfg = TrainConfig(epochs=epochs, seed=seed, **{**RECIPES[name], **overrides})
+    mean, std = data.band_stats()
+    return train_model(name, model_config(len(data.split.classes), data.fp, mean, std), data.logmels, data.train, data.val, cfg,
+                       data.n_frames, data.fp, data.split.classes, data.clip_seconds, out_dir, augment, class_weights, progress=progress)
 
 # %% ../nbs/04_cnn.ipynb #4f7fbcc3af
 def plot_history(histories: dict, title: str = "Learning curves"):
