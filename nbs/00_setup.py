@@ -36,10 +36,10 @@
 #| export
 from __future__ import annotations
 
-import io, json, math, os, random, socket, tempfile, threading, time
-from dataclasses import asdict, dataclass, field
+import io, json, os, random, socket, tempfile, threading, time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -312,8 +312,9 @@ def encode_audio(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str 
     "Encode samples ([n] or [n, channels]) as audio-file bytes; the same samples always give the same bytes."
     buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); data = bytearray(buf.getvalue())
     # libsndfile stamps the PEAK chunk of float WAV/AIFF files with the current time; zero the stamp so that
-    # identical audio hashes identically (the feature cache is keyed by content)
-    peak = data.find(b"PEAK")
+    # identical audio hashes identically (the feature cache is keyed by content). The chunk sits in the header,
+    # before the samples: search only there, so that sample bytes that happen to spell PEAK are never touched.
+    peak = data.find(b"PEAK", 0, 512) if subtype in ("FLOAT", "DOUBLE") else -1
     if peak >= 0: data[peak + 12:peak + 16] = bytes(4)
     return bytes(data)
 
@@ -361,7 +362,6 @@ _SYNTH_FORMATS = (("WAV", "PCM_16"), ("WAV", "FLOAT"), ("WAV", "PCM_24"), ("FLAC
 
 def synthetic_urbansound(clips_per_class_fold: int = 3, folds: Sequence[int] = ALL_FOLDS, seed: int = 0):
     "A small dataset of ten synthetic sound classes with UrbanSound8K's columns and folds."
-    from datasets import Dataset
     rng, rows = np.random.default_rng(seed), []
     for fold in folds:
         for cls, name in enumerate(URBANSOUND_CLASSES):
@@ -646,6 +646,7 @@ for name, sub in split.items():
     print(f"{name:5s} {sub[0]['slice_file_name']:28s} {sub[0]['class']:17s} {len(x)/r:5.2f} s at {r} Hz")
 
 # %%
+from dataclasses import asdict
 make_run_dir(params.run_dir)
 path = write_results(params.run_dir, "00_setup", {
     "dataset": dict(n_clips=len(ds), folds=sorted(set(ds["fold"])), classes=split.classes, synthetic=is_synthetic(ds),

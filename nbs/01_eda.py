@@ -28,8 +28,7 @@
 #| export
 from __future__ import annotations
 
-import base64, io, os
-from pathlib import Path
+import io
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,8 +38,11 @@ import torch, torchaudio
 from IPython.display import Audio
 from tqdm import tqdm
 
-from urbansound_nb.core import (audio_bytes, decode_row, encode_audio, fold_split, is_synthetic, load_urbansound,
-                                metadata_frame, split_class_counts, validate_params, write_results)
+from urbansound_nb.core import audio_bytes, encode_audio
+
+# %%
+import os
+from urbansound_nb.core import decode_row, fold_split, is_synthetic, load_urbansound, metadata_frame, split_class_counts, validate_params, write_results
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -76,8 +78,7 @@ print(f"{params.dataset}: {len(ds):,} clips, {meta['class'].nunique()} classes, 
 #| export
 def class_fold_table(meta: pd.DataFrame) -> pd.DataFrame:
     "Clips per class (rows) and fold (columns), with totals."
-    t = pd.crosstab(meta["class"], meta["fold"], margins=True, margins_name="total")
-    return t
+    return pd.crosstab(meta["class"], meta["fold"], margins=True, margins_name="total")
 
 def imbalance_ratio(meta: pd.DataFrame) -> float:
     "Clips of the largest class over clips of the smallest."

@@ -33,7 +33,7 @@
 #| export
 from __future__ import annotations
 
-import hashlib, json, math, os, time
+import hashlib, io, json, os, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,8 +44,11 @@ import torchaudio
 from torch import nn
 from tqdm import tqdm
 
-from urbansound_nb.core import (atomic_write_bytes, audio_bytes, decode_audio, load_urbansound, fold_split,
-                                is_synthetic, metadata_frame, pick_device, save_json, validate_params, write_results)
+from urbansound_nb.core import (atomic_write_bytes, audio_bytes, decode_audio, fold_split, load_urbansound, metadata_frame,
+                                pick_device, save_json)
+
+# %%
+from urbansound_nb.core import is_synthetic, validate_params, write_results
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -280,7 +283,7 @@ def _clip_logmel(data: bytes, name: str, front: LogMel, device) -> np.ndarray:
 def _write_shard(cache: FeatureCache, keys: list, frames: list):
     "One shard: the frames first, then (atomically) the index that makes them visible."
     name = "shard-" + hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
-    buf = __import__("io").BytesIO(); np.save(buf, np.concatenate(frames) if frames else np.zeros((0, cache.fp.n_mels), np.float16))
+    buf = io.BytesIO(); np.save(buf, np.concatenate(frames) if frames else np.zeros((0, cache.fp.n_mels), np.float16))
     atomic_write_bytes(cache.dir/f"{name}.npy", buf.getvalue())
     offs = np.cumsum([0] + [len(f) for f in frames[:-1]]).tolist()
     atomic_write_bytes(cache.dir/f"{name}.json", json.dumps({"clips": [[k, o, len(f)] for k, o, f in zip(keys, offs, frames)]}).encode())

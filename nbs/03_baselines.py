@@ -34,21 +34,26 @@
 #| export
 from __future__ import annotations
 
-import os, time
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 import torchaudio
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import classification_report, confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from urbansound_nb.features import LogMelSet, mfcc_from_logmel
+
+# %%
+import os
+import pandas as pd
+from sklearn.metrics import classification_report
 from urbansound_nb.core import is_synthetic, seed_everything, validate_params, write_results
-from urbansound_nb.features import FeatureParams, LogMelSet, mfcc_from_logmel, study_data
+from urbansound_nb.features import FeatureParams, study_data
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -206,7 +211,7 @@ pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1"]]
 
 # %%
 #| export
-def select_on_validation(make_model, grid: list[dict], X, y, tr, va, te, classes, name: str = "") -> tuple[dict, object]:
+def select_on_validation(make_model, grid: list[dict], X, y, tr, va, te, classes) -> tuple[dict, object]:
     "Fit `make_model(**g)` for each g in `grid` on `tr`, choose by accuracy on `va`, then score `te` once."
     t0, scores, best = time.time(), [], None
     for g in grid:
@@ -230,13 +235,13 @@ def rbf_svm(C: float = 10.0, gamma="scale"):
 
 # %%
 results["logreg"], logreg = select_on_validation(logistic_regression, [dict(C=c) for c in (0.01, 0.1, 1.0, 10.0)],
-                                                  X, y, tr, va, te, split.classes, "logreg")
+                                                  X, y, tr, va, te, split.classes)
 pd.DataFrame(results["logreg"]["validation_grid"])
 
 # %%
 n_feat = X.shape[1]
 svm_grid = [dict(C=c, gamma=g / n_feat) for c in (1.0, 10.0, 100.0) for g in (0.25, 1.0, 4.0)]
-results["svm_rbf"], svm = select_on_validation(rbf_svm, svm_grid, X, y, tr, va, te, split.classes, "svm")
+results["svm_rbf"], svm = select_on_validation(rbf_svm, svm_grid, X, y, tr, va, te, split.classes)
 pd.DataFrame(results["svm_rbf"]["validation_grid"]).round(4)
 
 # %% [markdown]

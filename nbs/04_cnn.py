@@ -46,15 +46,14 @@ from torch import nn
 
 # %%
 #| export train
-import copy, math, os, time
-from dataclasses import asdict, dataclass, field
+import copy, io, math, time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from urbansound_nb.core import atomic_write_bytes, pick_device, seed_everything
@@ -319,6 +318,12 @@ def mixup(x, y, alpha: float, generator=None):
 
 # %%
 #| export train
+def window_starts(total: int, n_frames: int) -> list[int]:
+    "Start frames of half-overlapping windows of `n_frames` over `total` frames; the last window ends where the clip ends."
+    starts = list(range(0, max(total - n_frames, 0) + 1, max(n_frames // 2, 1)))
+    if total > n_frames and starts[-1] + n_frames < total: starts.append(total - n_frames)
+    return starts
+
 @torch.no_grad()
 def predict_logits(model, ls: LogMelSet, idx, n_frames: int, multicrop: bool = False, batch_size: int = 128, device=None) -> torch.Tensor:
     "Logits [len(idx), classes] from centre crops, or (multicrop) the mean softmax over half-overlapping windows."
@@ -328,16 +333,17 @@ def predict_logits(model, ls: LogMelSet, idx, n_frames: int, multicrop: bool = F
         if not multicrop or int(ls.lengths[chunk].max()) <= n_frames:
             out.append(model(batch_frames(ls, chunk, n_frames).to(device)).float().cpu()); continue
         for i in chunk.tolist():  # long clips: every window, probabilities averaged (returned as log-probabilities)
-            L, hop = int(ls.lengths[i]), max(n_frames // 2, 1)
-            x = ls.data[i:i + 1, :, :max(L, n_frames)].float()
-            wins = torch.stack([x[0, :, s:s + n_frames] for s in range(0, max(L - n_frames, 0) + 1, hop)])
+            L = int(ls.lengths[i]); x = ls.data[i, :, :max(L, n_frames)].float()
+            wins = torch.stack([x[:, s:s + n_frames] for s in window_starts(L, n_frames)])
             out.append(model(wins.to(device)).float().softmax(-1).mean(0, keepdim=True).log().cpu())
     return torch.cat(out)
 
 # %%
+test_eq(window_starts(10, 4), [0, 2, 4, 6]); test_eq(window_starts(11, 4), [0, 2, 4, 6, 7]); test_eq(window_starts(3, 4), [0])
+
+# %%
 #| export train
 def _save(obj, path):
-    import io
     buf = io.BytesIO(); torch.save(obj, buf); atomic_write_bytes(path, buf.getvalue())
 
 def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
@@ -426,6 +432,7 @@ with tempfile.TemporaryDirectory() as d:
     m3, h3 = train_model("small_cnn", dict(n_classes=2, n_mels=16), _ls, range(16), range(16, 24), TrainConfig(epochs=3, batch_size=8, patience=None), 32, FeatureParams(n_mels=16), ["a", "b"], 1.0, d, progress=False)
     test_eq(len(h3["history"]), 3)   # same config: resumed after epoch 3, nothing left to do
     mm, ck = load_checkpoint(Path(d)/"small_cnn.pt")
+    test_eq(predict_logits(mm, _ls, range(2), 10, multicrop=True).shape, (2, 2))   # 40-frame clips in 10-frame windows
     test_eq(ck["classes"], ["a", "b"]); test_eq(predict_logits(mm, _ls, range(4), 32).shape, (4, 2))
 
 # %% [markdown]

@@ -29,7 +29,7 @@
 #| export
 from __future__ import annotations
 
-import json, os, sys
+import json, sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -39,10 +39,10 @@ import torch
 
 from urbansound_nb.core import AudioDecodeError, decode_audio
 from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, LogMelSet, batch_frames, fix_length, resample
-from urbansound_nb.train import load_checkpoint
+from urbansound_nb.train import load_checkpoint, window_starts
 
 # %%
-import time
+import os
 from IPython.display import Markdown, display
 from sklearn.metrics import classification_report
 from urbansound_nb.core import decode_row, is_synthetic, validate_params, write_results, make_run_dir, read_results
@@ -166,6 +166,7 @@ def plot_spectrogram_grid(ls: LogMelSet, rows: pd.DataFrame, n_frames: int, titl
         ax.set_title(f"true {r['true']} / predicted {r['predicted']}\nconfidence {r['confidence']:.2f}", fontsize=9)
         ax.set(xlabel="time (s)" if fp else "frame", ylabel="mel band")
     for ax in axes.flat[n:]: ax.axis("off")
+    fig.colorbar(im, ax=axes, label="power (dB)", shrink=0.8)
     fig.suptitle(title); return fig
 
 # %%
@@ -262,9 +263,7 @@ class Predictor:
         if np.abs(samples).max() < SILENCE_PEAK: raise AudioDecodeError(f"{name}: the audio is silent (peak {np.abs(samples).max():.1e}); nothing to classify")
         wave = resample(torch.from_numpy(samples), rate, self.fp.sample_rate).to(self.device)
         lm = self.front(wave)                                          # [n_mels, frames]
-        hop, T = max(self.n_frames // 2, 1), lm.shape[-1]
-        starts = list(range(0, max(T - self.n_frames, 0) + 1, hop))
-        if T > self.n_frames and starts[-1] + self.n_frames < T: starts.append(T - self.n_frames)  # cover the end
+        starts = window_starts(lm.shape[-1], self.n_frames)           # the windows notebook 04's multi-crop scoring uses
         wins = torch.stack([fix_length(lm[:, s:s + self.n_frames], self.n_frames, "start", DB_FLOOR) for s in starts])
         return self.model(wins).softmax(-1).cpu().numpy(), [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
 
@@ -311,10 +310,10 @@ from urbansound_nb.core import encode_audio
 with tempfile.TemporaryDirectory() as d:
     d = Path(d); r0 = pred.iloc[0]; x, rate = decode_row(ds[int(r0["index"])])
     sf.write(d/"clip_u8.wav", x, rate, subtype="PCM_U8")
-    sf.write(d/"clip_48k_stereo.flac", np.stack([x, x], 1)[: len(x)], rate)  # soundfile keeps the rate; predict resamples
+    sf.write(d/"clip_stereo.flac", np.stack([x, x], 1)[: len(x)], rate)  # soundfile keeps the rate; predict resamples
     sf.write(d/"long_9s.wav", np.tile(x, int(np.ceil(9 * rate / len(x))))[: 9 * rate], rate)
     (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(rate, np.float32), rate); (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
-    files = [d/n for n in ("clip_u8.wav", "clip_48k_stereo.flac", "long_9s.wav", "empty.wav", "silent.wav", "corrupt.wav")]
+    files = [d/n for n in ("clip_u8.wav", "clip_stereo.flac", "long_9s.wav", "empty.wav", "silent.wav", "corrupt.wav")]
     recs = predict_files(ckpt, files, per_window=True)
     for rec in recs: print(Path(rec["file"]).name, "->", rec["error"] or ", ".join(f"{p['class']} {p['probability']:.2f}" for p in rec["predictions"]))
     test_eq([r["error"] is None for r in recs], [True, True, True, False, False, False])

@@ -41,7 +41,7 @@
 #| export
 from __future__ import annotations
 
-import json, math, time
+import json, time
 from pathlib import Path
 
 import numpy as np

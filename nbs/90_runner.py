@@ -37,7 +37,7 @@
 #| export
 from __future__ import annotations
 
-import argparse, ast, hashlib, json, os, shutil, subprocess, sys, time
+import argparse, ast, hashlib, json, os, subprocess, sys, time
 from pathlib import Path
 
 import nbformat

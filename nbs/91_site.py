@@ -60,7 +60,7 @@ def executed_notebooks(run_dir) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob("[0-9][0-9]_*.ipynb"))
 
 # %%
-from fastcore.test import test_eq
+from fastcore.test import test_eq, test_fail
 _nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("#| default_exp x"), nbformat.v4.new_markdown_cell("# Title\n\n> Summary line.")])
 test_eq(notebook_title(_nb), ("Title", "Summary line."))
 
@@ -86,11 +86,12 @@ def results_tables(run_dir) -> dict[str, pd.DataFrame]:
     if t.exists(): out["wall time per notebook"] = pd.read_csv(t).set_index("notebook")
     return out
 
+def _table_html(df: pd.DataFrame) -> str: return df.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="results")
+
 def results_markdown(run_dir) -> str:
     "The results page as Markdown (for Quarto) with HTML tables."
     parts = ["# Results\n\n> Every results file of this run, gathered. Accuracies are fractions; seconds are wall time.\n"]
-    for name, df in results_tables(run_dir).items():
-        parts.append(f"## {name}\n\n" + df.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="results") + "\n")
+    for name, df in results_tables(run_dir).items(): parts.append(f"## {name}\n\n{_table_html(df)}\n")
     return "\n".join(parts)
 
 # %% [markdown]
@@ -143,8 +144,7 @@ def _nbconvert(run_dir: Path, out: Path, root: Path):
         (out/f"{nb.stem}.html").write_text(body[:i] + nav + "<div class='usn-main'>" + body[i:].replace("</body>", "</div></body>", 1))
     readme = markdown2html_mistune((root/"README.md").read_text())
     (out/"index.html").write_text(_page(readme, "urbansound_nb", pages, "index.html"))
-    results = "".join(f"<h2>{html.escape(n)}</h2>" + df.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="results")
-                      for n, df in results_tables(run_dir).items())
+    results = "".join(f"<h2>{html.escape(n)}</h2>{_table_html(df)}" for n, df in results_tables(run_dir).items())
     (out/"results.html").write_text(_page("<h1>Results</h1><p>Every results file of this run. Accuracies are fractions; seconds are wall time.</p>" + results,
                                           "Results", pages, "results.html"))
 
@@ -155,6 +155,7 @@ def build_site(run_dir, out=None, renderer: str | None = None) -> Path:
     run_dir = Path(run_dir).resolve(); out = Path(out) if out else run_dir/"site"; root = project_root()
     if not executed_notebooks(run_dir): raise FileNotFoundError(f"{run_dir}: no executed notebooks; run `urbansound-nb run --run-dir {run_dir}` first")
     renderer = renderer or ("quarto" if shutil.which("quarto") else "nbconvert")
+    if renderer not in ("quarto", "nbconvert"): raise ValueError(f"renderer must be 'quarto' or 'nbconvert', got {renderer!r}")
     if renderer == "quarto": _quarto(run_dir, out, root)
     else:
         print("quarto is not on the PATH: rendering with nbconvert (offline) instead")
@@ -176,3 +177,4 @@ with tempfile.TemporaryDirectory() as d:
     site = build_site(d, renderer="nbconvert")
     test_eq(sorted(p.name for p in site.iterdir()), ["00_demo.html", "index.html", "results.html"])
     assert "Demo page" in (site/"00_demo.html").read_text() and "0.250" in (site/"results.html").read_text()
+    test_fail(lambda: build_site(d, renderer="mkdocs"), contains="renderer must be 'quarto' or 'nbconvert'")

@@ -32,7 +32,7 @@ def executed_notebooks(run_dir) -> list[Path]:
     "The executed study notebooks of a run directory, in order."
     return sorted(p for p in Path(run_dir).glob("[0-9][0-9]_*.ipynb"))
 
-# %% ../nbs/91_site.ipynb #36d719ff6c
+# %% ../nbs/91_site.ipynb #3fb7dcf7bb
 RESULT_COLUMNS = ["val_accuracy", "test_accuracy", "macro_f1", "n_train", "n_val", "n_test", "epochs", "seconds"]
 
 def results_tables(run_dir) -> dict[str, pd.DataFrame]:
@@ -47,11 +47,12 @@ def results_tables(run_dir) -> dict[str, pd.DataFrame]:
     if t.exists(): out["wall time per notebook"] = pd.read_csv(t).set_index("notebook")
     return out
 
+def _table_html(df: pd.DataFrame) -> str: return df.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="results")
+
 def results_markdown(run_dir) -> str:
     "The results page as Markdown (for Quarto) with HTML tables."
     parts = ["# Results\n\n> Every results file of this run, gathered. Accuracies are fractions; seconds are wall time.\n"]
-    for name, df in results_tables(run_dir).items():
-        parts.append(f"## {name}\n\n" + df.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="results") + "\n")
+    for name, df in results_tables(run_dir).items(): parts.append(f"## {name}\n\n{_table_html(df)}\n")
     return "\n".join(parts)
 
 # %% ../nbs/91_site.ipynb #3bb1193f5b
@@ -81,7 +82,7 @@ def _page(body: str, title: str, pages, here) -> str:
     "A standalone page with the site's sidebar."
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}</head><body>{_nav(pages, here)}<main class='usn-main'>{body}</main></body></html>"
 
-# %% ../nbs/91_site.ipynb #0fed219430
+# %% ../nbs/91_site.ipynb #fe9a90b5b8
 def _nbconvert(run_dir: Path, out: Path, root: Path):
     "Render the run with nbconvert (no Quarto needed): one self-contained page per notebook, plus index and results."
     from nbconvert import HTMLExporter
@@ -98,17 +99,17 @@ def _nbconvert(run_dir: Path, out: Path, root: Path):
         (out/f"{nb.stem}.html").write_text(body[:i] + nav + "<div class='usn-main'>" + body[i:].replace("</body>", "</div></body>", 1))
     readme = markdown2html_mistune((root/"README.md").read_text())
     (out/"index.html").write_text(_page(readme, "urbansound_nb", pages, "index.html"))
-    results = "".join(f"<h2>{html.escape(n)}</h2>" + df.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="results")
-                      for n, df in results_tables(run_dir).items())
+    results = "".join(f"<h2>{html.escape(n)}</h2>{_table_html(df)}" for n, df in results_tables(run_dir).items())
     (out/"results.html").write_text(_page("<h1>Results</h1><p>Every results file of this run. Accuracies are fractions; seconds are wall time.</p>" + results,
                                           "Results", pages, "results.html"))
 
-# %% ../nbs/91_site.ipynb #d69bd62245
+# %% ../nbs/91_site.ipynb #458c9b73b5
 def build_site(run_dir, out=None, renderer: str | None = None) -> Path:
     "Build the report website of `run_dir` into `out` (default `run_dir/site`): Quarto if installed, else nbconvert."
     run_dir = Path(run_dir).resolve(); out = Path(out) if out else run_dir/"site"; root = project_root()
     if not executed_notebooks(run_dir): raise FileNotFoundError(f"{run_dir}: no executed notebooks; run `urbansound-nb run --run-dir {run_dir}` first")
     renderer = renderer or ("quarto" if shutil.which("quarto") else "nbconvert")
+    if renderer not in ("quarto", "nbconvert"): raise ValueError(f"renderer must be 'quarto' or 'nbconvert', got {renderer!r}")
     if renderer == "quarto": _quarto(run_dir, out, root)
     else:
         print("quarto is not on the PATH: rendering with nbconvert (offline) instead")

@@ -4,18 +4,17 @@
 
 from __future__ import annotations
 
-__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'fit', 'plot_history']
+__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'fit', 'plot_history']
 
-# %% ../nbs/04_cnn.ipynb #337a2dafbd
-import copy, math, os, time
-from dataclasses import asdict, dataclass, field
+# %% ../nbs/04_cnn.ipynb #b52289f07a
+import copy, io, math, time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from .core import atomic_write_bytes, pick_device, seed_everything
@@ -87,7 +86,13 @@ def mixup(x, y, alpha: float, generator=None):
     perm = torch.randperm(len(x), generator=generator)
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
 
-# %% ../nbs/04_cnn.ipynb #062f2d7248
+# %% ../nbs/04_cnn.ipynb #50d7a71132
+def window_starts(total: int, n_frames: int) -> list[int]:
+    "Start frames of half-overlapping windows of `n_frames` over `total` frames; the last window ends where the clip ends."
+    starts = list(range(0, max(total - n_frames, 0) + 1, max(n_frames // 2, 1)))
+    if total > n_frames and starts[-1] + n_frames < total: starts.append(total - n_frames)
+    return starts
+
 @torch.no_grad()
 def predict_logits(model, ls: LogMelSet, idx, n_frames: int, multicrop: bool = False, batch_size: int = 128, device=None) -> torch.Tensor:
     "Logits [len(idx), classes] from centre crops, or (multicrop) the mean softmax over half-overlapping windows."
@@ -97,15 +102,13 @@ def predict_logits(model, ls: LogMelSet, idx, n_frames: int, multicrop: bool = F
         if not multicrop or int(ls.lengths[chunk].max()) <= n_frames:
             out.append(model(batch_frames(ls, chunk, n_frames).to(device)).float().cpu()); continue
         for i in chunk.tolist():  # long clips: every window, probabilities averaged (returned as log-probabilities)
-            L, hop = int(ls.lengths[i]), max(n_frames // 2, 1)
-            x = ls.data[i:i + 1, :, :max(L, n_frames)].float()
-            wins = torch.stack([x[0, :, s:s + n_frames] for s in range(0, max(L - n_frames, 0) + 1, hop)])
+            L = int(ls.lengths[i]); x = ls.data[i, :, :max(L, n_frames)].float()
+            wins = torch.stack([x[:, s:s + n_frames] for s in window_starts(L, n_frames)])
             out.append(model(wins.to(device)).float().softmax(-1).mean(0, keepdim=True).log().cpu())
     return torch.cat(out)
 
-# %% ../nbs/04_cnn.ipynb #7fcd1013b2
+# %% ../nbs/04_cnn.ipynb #a783879e2a
 def _save(obj, path):
-    import io
     buf = io.BytesIO(); torch.save(obj, buf); atomic_write_bytes(path, buf.getvalue())
 
 def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
