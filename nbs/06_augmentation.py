@@ -34,8 +34,10 @@
 # | `class_weights` | the loss weighted by inverse class frequency (the starting notebook computed these weights but never used them) |
 # | `recording_variation` | notebook 04's augmentation: time stretch, band shift, random equalisation and gain |
 #
-# `recording_variation` is not in the default list of conditions, so that the default run stays
-# within its time budget; add it with `-p conditions "[none, recording_variation]"`.
+# `mixup` and `recording_variation` are not in the default list of conditions, so that the
+# default run stays within its time budget; add them with
+# `-p conditions "[none, mixup, recording_variation]"`. (On the mini data, mixup measured
+# +0.4 points over three seeds, p = 0.83: no consistent difference for this small CNN.)
 
 # %%
 #| export
@@ -76,13 +78,13 @@ run_dir = "../runs/notebook"
 cache_dir = "../cache"
 seeds = 3               # seeds per condition (seed, seed+1, ...)
 model = "small_cnn"     # the model every condition trains
-conditions = ["none", "specaugment_lite", "shift_gain", "mixup", "class_weights"]
+conditions = ["none", "specaugment_lite", "shift_gain", "class_weights"]
 
 # %%
 #| hide
 if os.environ.get("IN_TEST"):
     import tempfile; dataset, run_dir, cache_dir, epochs, seeds = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 1, 2
-    conditions = [*conditions, "recording_variation"]
+    conditions = [*conditions, "mixup", "recording_variation"]
 
 # %% [markdown]
 # ## The augmentations

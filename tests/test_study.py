@@ -35,6 +35,7 @@ def test_results_follow_the_convention(reduced_run):
     cnn = json.loads((reduced_run/"results"/"04_cnn.json").read_text())
     assert cnn["best_model"] in cnn["entries"] and {"small_cnn", "resnet"} <= set(cnn["entries"])
     assert all("parameters" in e and "epochs" in e for e in cnn["entries"].values())
+    assert cnn["entries"]["resnet"]["seeds"] == [0, 1]                # UrbanResNet: two seeds, averaged
     for name in cnn["entries"]: assert (reduced_run/"models"/f"{name}.pt").exists()
     cv = json.loads((reduced_run/"results"/"07_cross_validation.json").read_text())
     assert cv["summary"]["folds"] == 3

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['MODELS', 'Standardize', 'conv_block', 'SmallAudioCNN', 'ResBlock', 'UrbanResNet', 'build_model', 'n_parameters']
+__all__ = ['MODELS', 'Standardize', 'conv_block', 'SmallAudioCNN', 'ResBlock', 'UrbanResNet', 'SeedEnsemble', 'build_model',
+           'n_parameters']
 
 # %% ../nbs/04_cnn.ipynb #237585f2c9
 class Standardize(nn.Module):
@@ -65,11 +66,21 @@ class UrbanResNet(nn.Module):
         x = self.stage3(x).mean(2)                # average over frequency: [B, C, T]
         return self.head(torch.cat([x.mean(-1), x.amax(-1)], 1))
 
-# %% ../nbs/04_cnn.ipynb #b437e6e1c0
-MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet}
+# %% ../nbs/04_cnn.ipynb #fbb74e12a6
+class SeedEnsemble(nn.Module):
+    "Models trained with different seeds, averaged: log of their mean class probabilities."
+    def __init__(self, members: list):  # members: [{"model": name, "config": {...}}, ...]
+        super().__init__()
+        if not members: raise ValueError("a SeedEnsemble needs at least one member")
+        self.members = nn.ModuleList([build_model(m["model"], **m["config"]) for m in members])
+    def forward(self, x):
+        return torch.stack([m(x).softmax(-1) for m in self.members]).mean(0).log()
+
+# %% ../nbs/04_cnn.ipynb #49e8f67fc9
+MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet, "ensemble": SeedEnsemble}
 
 def build_model(name: str, **config) -> nn.Module:
-    "A model by name ('small_cnn' or 'resnet') with its configuration."
+    "A model by name ('small_cnn', 'resnet' or 'ensemble') with its configuration."
     if name not in MODELS: raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     return MODELS[name](**config)
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'fit', 'plot_history']
+__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'fit', 'fit_ensemble', 'plot_history']
 
 # %% ../nbs/04_cnn.ipynb #b52289f07a
 import copy, io, math, time
@@ -193,11 +193,28 @@ def fit(name: str, data: StudyData, epochs: int, seed: int = 0, out_dir=None, au
     return train_model(name, model_config(len(data.split.classes), data.fp, mean, std), data.logmels, data.train, data.val, cfg,
                        data.n_frames, data.fp, data.split.classes, data.clip_seconds, out_dir, augment, class_weights, progress=progress)
 
-# %% ../nbs/04_cnn.ipynb #4f7fbcc3af
+# %% ../nbs/04_cnn.ipynb #31ed7d386e
+def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, progress: bool = True, **overrides):
+    "Train `name` once per seed with `fit` and average the members (`SeedEnsemble`): (model, history of all members)."
+    seeds = [int(s) for s in seeds]
+    if not seeds: raise ValueError("fit_ensemble needs at least one seed")
+    fits = [fit(name, data, epochs, s, Path(out_dir)/f"{name}.seed{s}" if out_dir else None, progress=progress, **overrides) for s in seeds]
+    config = dict(members=[dict(model=name, config=model_config(len(data.split.classes), data.fp, *data.band_stats()))] * len(seeds))
+    model = build_model("ensemble", **config)
+    for slot, (member, _) in zip(model.members, fits): slot.load_state_dict(member.state_dict())
+    yv = data.logmels.labels[torch.as_tensor(data.val)]
+    val_acc = float((predict_logits(model, data.logmels, data.val, data.n_frames).argmax(1) == yv).float().mean())
+    best = dict(val_accuracy=val_acc, epoch=[h["best"]["epoch"] for _, h in fits], member_val_accuracy=[h["best"]["val_accuracy"] for _, h in fits])
+    if out_dir: _save(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds, seeds=seeds, **best), Path(out_dir)/f"{name}.pt")
+    history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
+    return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits), members={s: h for s, (_, h) in zip(seeds, fits)})
+
+# %% ../nbs/04_cnn.ipynb #3e80a05b80
 def plot_history(histories: dict, title: str = "Learning curves"):
     "Loss and accuracy per epoch, training vs validation, one colour per model."
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
-    for (name, h), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+    curves = [(f"{name} seed {s}" if "members" in h else name, m) for name, h in histories.items() for s, m in h.get("members", {None: h}).items()]
+    for (name, h), color in zip(curves, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         e = [r["epoch"] for r in h["history"]]
         for ax, key in ((a1, "loss"), (a2, "accuracy")):
             ax.plot(e, [r[f"train_{key}"] for r in h["history"]], "--", color=color, label=f"{name} train")
