@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib, io, json, os, time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -434,7 +434,12 @@ class StudyData:
     "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
     ds: object; split: object; meta: object; fp: FeatureParams; logmels: LogMelSet
     clip_seconds: float; n_frames: int; train: np.ndarray; val: np.ndarray; test: np.ndarray; cache_stats: dict
-    def band_stats(self): return band_stats(self.logmels, self.train)  # training folds only: no leak
+    # not an __init__ argument, so dataclasses.replace (another split of the same clips) starts without it
+    _band_stats: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    def band_stats(self):
+        "Per-band mean and std of the training folds only (no leak), computed once per StudyData."
+        if self._band_stats is None: self._band_stats = band_stats(self.logmels, self.train)
+        return self._band_stats
 
 def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
     "Load `params.dataset`, split it by fold and read (or compute) its log-mels with `fp` (default: 64 bands)."
@@ -452,6 +457,10 @@ data = study_data(params, fp)
 test_eq(data.cache_stats["computed"], 0)               # everything came from the cache filled above
 test_eq(data.train, train_idx); test_eq(len(data.val), len(split.val)); test_eq(len(data.test), len(split.test))
 test_close(data.band_stats()[0], mean)
+assert data.band_stats() is data.band_stats()           # computed once
+from dataclasses import replace
+other = replace(data, train=data.val)                   # another split starts afresh: its own statistics
+assert not torch.equal(other.band_stats()[0], data.band_stats()[0])
 print(f"train {len(data.train)}, validation {len(data.val)}, test {len(data.test)} clips; inputs {fp.n_mels} x {data.n_frames}")
 
 # %% [markdown]

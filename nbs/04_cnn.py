@@ -197,9 +197,11 @@ class UrbanResNet(nn.Module):
 # Averaging two 30-epoch models gains 3.3 points over one on average, at twice the cost; two
 # 20-epoch models gain 1.9 points at 4/3 of it. The default (`resnet_seeds=2`,
 # `resnet_epochs=20`) takes the cheaper one so that the whole study stays within 20 minutes
-# on two cores; `-p resnet_epochs 30` buys the rest where time allows. `SeedEnsemble` holds such members and returns the log of their mean probability,
-# so everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop
-# scoring, `predict`) takes it unchanged, and its checkpoint is a checkpoint like any other.
+# on two cores; `-p resnet_epochs 30` buys the rest where time allows.
+#
+# `SeedEnsemble` holds such members and returns the log of their mean probability, so
+# everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop scoring,
+# `predict`) takes it unchanged, and its checkpoint is a checkpoint like any other.
 
 # %%
 #| export
@@ -260,10 +262,10 @@ test_fail(lambda: SeedEnsemble([]), contains="at least one member")
 # over-fits after about ten epochs. Adding SpecAugment-lite masks and a second clip mixed in as
 # background did not help further (63.4%), nor did 128 mel bands (63.4%, at twice the cost),
 # training on random 1.5 s crops (59.6%) or removing each clip's mean spectrum (60.9%).
-# Later trials on both arrangements of the seeds table above (A and B) found no gain in adding the
-# deltas and delta-deltas of the log-mel as input channels (59.6% and 62.1%, against 62.3% and
-# 66.7% without), and an unclear one in 60 epochs (63.2% and 69.3%, one seed). One seed per trial is a weak basis; notebook 06
-# measures such choices over several seeds.
+# Later trials on both arrangements of the seeds table above (A and B) found no gain in adding
+# the deltas and delta-deltas of the log-mel as input channels (59.6% and 62.1%, against 62.3%
+# and 66.7% without), and an unclear one in 60 epochs (63.2% and 69.3%, one seed). One seed per
+# trial is a weak basis; notebook 06 measures such choices over several seeds.
 
 # %%
 #| export train
@@ -525,6 +527,7 @@ def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, p
     "Train `name` once per seed with `fit` and average the members (`SeedEnsemble`): (model, history of all members)."
     seeds = [int(s) for s in seeds]
     if not seeds: raise ValueError("fit_ensemble needs at least one seed")
+    if len(seeds) == 1: return fit(name, data, epochs, seeds[0], out_dir, progress=progress, **overrides)  # a plain model and checkpoint
     fits = [fit(name, data, epochs, s, Path(out_dir)/f"{name}.seed{s}" if out_dir else None, progress=progress, **overrides) for s in seeds]
     config = dict(members=[dict(model=name, config=model_config(len(data.split.classes), data.fp, *data.band_stats()))] * len(seeds))
     model = build_model("ensemble", **config)
@@ -547,20 +550,20 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(ck["model"], "ensemble"); test_eq(ck["seeds"], [0, 1])
     test_close(predict_logits(loaded, _ls, range(24), 32), predict_logits(ens, _ls, range(24), 32))
     test_fail(lambda: fit_ensemble("small_cnn", _data, 2, [], d), contains="at least one seed")
+    single, sh = fit_ensemble("small_cnn", _data, 2, [0], d, progress=False, batch_size=8)
+    assert "members" not in sh and not isinstance(single, SeedEnsemble)   # one seed: what fit gives
 
 # %%
 trained, histories, results = {}, {}, {}
 for name in models:
     t0 = time.time(); recipe = dict(batch_size=batch_size, patience=RECIPES[name]["patience"] and patience)
-    if name == "resnet" and resnet_seeds > 1:
+    if name == "resnet":  # `resnet_seeds` trainings of `resnet_epochs`, averaged (one seed: a single model)
         model, hist = fit_ensemble(name, data, min(resnet_epochs, params.epochs), range(params.seed, params.seed + resnet_seeds), run_path/"models", **recipe)
-        print(f"{name}: {resnet_seeds} members, validation accuracy {', '.join(f'{v:.3f}' for v in hist['best']['member_val_accuracy'])} "
-              f"at epochs {hist['best']['epoch']}; averaged: {hist['best']['val_accuracy']:.3f}, {time.time() - t0:.0f} s")
-    else:
-        model, hist = fit(name, data, min(resnet_epochs, params.epochs) if name == "resnet" else params.epochs, params.seed, run_path/"models", **recipe)
-        print(f"{name}: best validation accuracy {hist['best']['val_accuracy']:.3f} at epoch {hist['best']['epoch']} "
-              f"(stopped after {hist['stopped_epoch']}), {time.time() - t0:.0f} s")
+    else: model, hist = fit(name, data, params.epochs, params.seed, run_path/"models", **recipe)
     trained[name], histories[name] = model, hist
+    members = f" (members {', '.join(f'{v:.3f}' for v in hist['best']['member_val_accuracy'])})" if "members" in hist else ""
+    print(f"{name}: validation accuracy {hist['best']['val_accuracy']:.3f}{members}, chosen epoch {hist['best']['epoch']}, "
+          f"{hist['stopped_epoch']} epochs trained, {time.time() - t0:.0f} s")
 
 # %% [markdown]
 # ## Learning curves

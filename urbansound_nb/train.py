@@ -193,11 +193,12 @@ def fit(name: str, data: StudyData, epochs: int, seed: int = 0, out_dir=None, au
     return train_model(name, model_config(len(data.split.classes), data.fp, mean, std), data.logmels, data.train, data.val, cfg,
                        data.n_frames, data.fp, data.split.classes, data.clip_seconds, out_dir, augment, class_weights, progress=progress)
 
-# %% ../nbs/04_cnn.ipynb #31ed7d386e
+# %% ../nbs/04_cnn.ipynb #4ea354795b
 def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, progress: bool = True, **overrides):
     "Train `name` once per seed with `fit` and average the members (`SeedEnsemble`): (model, history of all members)."
     seeds = [int(s) for s in seeds]
     if not seeds: raise ValueError("fit_ensemble needs at least one seed")
+    if len(seeds) == 1: return fit(name, data, epochs, seeds[0], out_dir, progress=progress, **overrides)  # a plain model and checkpoint
     fits = [fit(name, data, epochs, s, Path(out_dir)/f"{name}.seed{s}" if out_dir else None, progress=progress, **overrides) for s in seeds]
     config = dict(members=[dict(model=name, config=model_config(len(data.split.classes), data.fp, *data.band_stats()))] * len(seeds))
     model = build_model("ensemble", **config)
