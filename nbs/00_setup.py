@@ -36,7 +36,7 @@
 #| export
 from __future__ import annotations
 
-import io, json, os, random, socket, tempfile, threading, time
+import io, json, os, random, socket, tempfile, threading, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +45,11 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
+from tqdm import TqdmWarning
+
+# `datasets` and `huggingface_hub` use tqdm.auto, which in a kernel without ipywidgets warns
+# "IProgress not found" into every executed notebook and falls back to the text bar we want anyway
+warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 # %% [markdown]
 # ## Parameters

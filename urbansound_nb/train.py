@@ -122,7 +122,7 @@ def load_checkpoint(path, device="cpu"):
     model = build_model(ck["model"], **ck["config"]); model.load_state_dict(ck["state_dict"])
     return model.to(device).eval(), ck
 
-# %% ../nbs/04_cnn.ipynb #d05be6d94d
+# %% ../nbs/04_cnn.ipynb #1afcf1e8fa
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
                 device=None, progress: bool = True):
@@ -147,7 +147,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
             hist, best, start = st["history"], st["best"], st["epoch"] + 1
             if progress: print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
     best_state = copy.deepcopy(model.state_dict()) if start == 0 else torch.load(Path(out_dir)/f"{name}.pt", map_location=device, weights_only=False)["state_dict"]
-    bar = tqdm(range(start, cfg.epochs), desc=name, unit="epoch", disable=not progress, mininterval=5)
+    bar = tqdm(range(start, cfg.epochs), desc=name, unit="epoch", disable=not progress or start >= cfg.epochs, mininterval=5)  # a finished run shows no empty bar
     for epoch in bar:
         model.train(); t0, t_data, tot, correct, n = time.time(), 0.0, 0.0, 0.0, 0
         for b in train_idx[torch.randperm(len(train_idx), generator=gen)].split(cfg.batch_size):
@@ -210,11 +210,14 @@ def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, p
     history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
     return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits), members={s: h for s, (_, h) in zip(seeds, fits)})
 
-# %% ../nbs/04_cnn.ipynb #3e80a05b80
+# %% ../nbs/04_cnn.ipynb #9428fd1b45
 def plot_history(histories: dict, title: str = "Learning curves"):
     "Loss and accuracy per epoch, training vs validation, one colour per model."
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
-    curves = [(f"{name} seed {s}" if "members" in h else name, m) for name, h in histories.items() for s, m in h.get("members", {None: h}).items()]
+    curves = []  # (label, history of one training): an ensemble contributes one curve per member
+    for name, h in histories.items():
+        if "members" in h: curves += [(f"{name} seed {seed}", member) for seed, member in h["members"].items()]
+        else: curves.append((name, h))
     for (name, h), color in zip(curves, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         e = [r["epoch"] for r in h["history"]]
         for ax, key in ((a1, "loss"), (a2, "accuracy")):
