@@ -203,6 +203,9 @@ class UrbanResNet(nn.Module):
 # parameters, a 20-epoch training in 53 s instead of 170 s), four averaged members reach 62.0%
 # (A) and 63.6% (B); at three quarters of the width (0.68 M, 105 s), three reach 65.4% and
 # 64.7%; the default pair of full-width members, 66.7% and 63.0%, costs about the same time.
+# Frequency-wise residual normalisation after the first two stages (ResNorm, Kim et al. 2021,
+# meant for recordings from unseen devices) did not pay either: 63.4% for the pair on A
+# (66.7% without it), and 65.1% against 63.0% for seed 0 alone on B.
 #
 # `SeedEnsemble` holds such members and returns the log of their mean probability, so
 # everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop scoring,
