@@ -549,6 +549,19 @@ def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, p
     history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
     return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits), members={s: h for s, (_, h) in zip(seeds, fits)})
 
+# %% [markdown]
+# `fit_study_model` is how this study trains each model, in notebook 04 and wherever a later
+# notebook must train one because 04 left no checkpoint: UrbanResNet as `resnet_seeds`
+# trainings of `resnet_epochs` averaged, any other model once for `epochs`.
+
+# %%
+#| export train
+def fit_study_model(name: str, data: StudyData, epochs: int, seed: int = 0, out_dir=None, resnet_seeds: int = 2,
+                    resnet_epochs: int = 20, progress: bool = True, **overrides):
+    "Train `name` as the study does: UrbanResNet `resnet_seeds` times (seeds `seed`, `seed + 1`, ...; min(`resnet_epochs`, `epochs`) each) averaged, other models once."
+    if name != "resnet": return fit(name, data, epochs, seed, out_dir, progress=progress, **overrides)
+    return fit_ensemble(name, data, min(resnet_epochs, epochs), range(seed, seed + resnet_seeds), out_dir, progress, **overrides)
+
 # %%
 with tempfile.TemporaryDirectory() as d:
     from types import SimpleNamespace
@@ -562,14 +575,15 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: fit_ensemble("small_cnn", _data, 2, [], d), contains="at least one seed")
     single, sh = fit_ensemble("small_cnn", _data, 2, [0], d, progress=False, batch_size=8)
     assert "members" not in sh and not isinstance(single, SeedEnsemble)   # one seed: what fit gives
+    _, other = fit_study_model("small_cnn", _data, 2, 0, Path(d)/"study", progress=False, batch_size=8)
+    assert "members" not in other                                          # only UrbanResNet is averaged over seeds
 
 # %%
 trained, histories, results = {}, {}, {}
 for name in models:
-    t0 = time.time(); recipe = dict(batch_size=batch_size, patience=RECIPES[name]["patience"] and patience)
-    if name == "resnet":  # `resnet_seeds` trainings of `resnet_epochs`, averaged (one seed: a single model)
-        model, hist = fit_ensemble(name, data, min(resnet_epochs, params.epochs), range(params.seed, params.seed + resnet_seeds), run_path/"models", **recipe)
-    else: model, hist = fit(name, data, params.epochs, params.seed, run_path/"models", **recipe)
+    t0 = time.time()
+    model, hist = fit_study_model(name, data, params.epochs, params.seed, run_path/"models", resnet_seeds, resnet_epochs,
+                                  batch_size=batch_size, patience=RECIPES[name]["patience"] and patience)
     trained[name], histories[name] = model, hist
     members = f" (members {', '.join(f'{v:.3f}' for v in hist['best']['member_val_accuracy'])})" if "members" in hist else ""
     print(f"{name}: validation accuracy {hist['best']['val_accuracy']:.3f}{members}, chosen epoch {hist['best']['epoch']}, "
@@ -583,14 +597,18 @@ for name in models:
 
 # %%
 #| export train
-def plot_history(histories: dict, title: str = "Learning curves"):
-    "Loss and accuracy per epoch, training vs validation, one colour per model."
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
-    curves = []  # (label, history of one training): an ensemble contributes one curve per member
+def trainings(histories: dict) -> list[tuple[str, dict]]:
+    "(label, history) of each training behind `histories` (model name -> history): an ensemble gives one per member."
+    out = []
     for name, h in histories.items():
-        if "members" in h: curves += [(f"{name} seed {seed}", member) for seed, member in h["members"].items()]
-        else: curves.append((name, h))
-    for (name, h), color in zip(curves, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        if "members" in h: out += [(f"{name} seed {seed}", member) for seed, member in h["members"].items()]
+        else: out.append((name, h))
+    return out
+
+def plot_history(histories: dict, title: str = "Learning curves"):
+    "Loss and accuracy per epoch, training vs validation, one colour per training."
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
+    for (name, h), color in zip(trainings(histories), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         e = [r["epoch"] for r in h["history"]]
         for ax, key in ((a1, "loss"), (a2, "accuracy")):
             ax.plot(e, [r[f"train_{key}"] for r in h["history"]], "--", color=color, label=f"{name} train")
@@ -601,6 +619,7 @@ def plot_history(histories: dict, title: str = "Learning curves"):
 
 # %%
 import matplotlib.pyplot as plt
+test_eq(trainings({"a": dict(history=[]), "b": dict(members={0: "h0", 1: "h1"})}), [("a", dict(history=[])), ("b seed 0", "h0"), ("b seed 1", "h1")])
 plot_history(histories, "CNNs"); plt.show()
 
 # %% [markdown]
@@ -651,7 +670,7 @@ if small is not None and res is not None:
 if "logreg" in ref and res is not None:
     lines.append(f"MFCC + logistic regression scored {ref['logreg']['test_accuracy']:.1%} on the same fold ({100 * (res - ref['logreg']['test_accuracy']):+.1f} points for UrbanResNet).")
 for name, h in histories.items():  # how much choosing the best of many noisy epochs flatters the validation figure
-    runs = list(h.get("members", {None: h}).values())
+    runs = [run for _, run in trainings({name: h})]
     chosen = np.mean([m["best"]["val_accuracy"] for m in runs])
     tail = np.mean([np.mean([r["val_accuracy"] for r in m["history"][-5:]]) for m in runs])
     lines.append(f"{name}'s chosen epoch{'s' if len(runs) > 1 else ''} scored {chosen:.1%} on validation, its last five epochs "

@@ -48,7 +48,7 @@ from sklearn.metrics import classification_report
 from urbansound_nb.core import decode_row, is_synthetic, validate_params, write_results, make_run_dir, read_results
 from urbansound_nb.features import study_data
 from urbansound_nb.baselines import confusion_pair, evaluate
-from urbansound_nb.train import fit, fit_ensemble, predict_logits
+from urbansound_nb.train import fit_study_model, predict_logits
 from urbansound_nb.eda import ClipPlayer
 
 # %% tags=["parameters"]
@@ -60,9 +60,7 @@ sample_rate = 22050
 clip_seconds = 4.0
 seed = 0
 max_items = None
-epochs = 30             # this and the two below are used only when no checkpoint exists and one must be trained
-resnet_seeds = 2        # as notebook 04: UrbanResNet averages this many trainings
-resnet_epochs = 20      # as notebook 04: epochs of each of them (at most `epochs`)
+epochs = 30             # used only when no checkpoint exists and one must be trained (as notebook 04 trains it by default)
 run_dir = "../runs/notebook"
 cache_dir = "../cache"
 model_name = None       # None: the model notebook 04 chose on validation (its results' best_model), else 'resnet' or 'small_cnn'
@@ -90,8 +88,7 @@ ds, split, meta, fp, allset, n_frames = data.ds, data.split, data.meta, data.fp,
 tr, va, te = data.train, data.val, data.test
 if model is None:
     print(f"{ckpt} does not exist: training {name} now (notebook 04 normally does this)")
-    if name == "resnet": fit_ensemble(name, data, min(resnet_epochs, params.epochs), range(params.seed, params.seed + resnet_seeds), run_path/"models")
-    else: fit(name, data, params.epochs, params.seed, run_path/"models")
+    fit_study_model(name, data, params.epochs, params.seed, run_path/"models")
     model, ck = load_checkpoint(ckpt)
 print(f"using {ckpt}")
 assert ck["classes"] == split.classes, f"the checkpoint's classes {ck['classes']} differ from this dataset's {split.classes}"

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'fit', 'fit_ensemble', 'plot_history']
+__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
 
 # %% ../nbs/04_cnn.ipynb #b52289f07a
 import copy, io, math, time
@@ -210,15 +210,26 @@ def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, p
     history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
     return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits), members={s: h for s, (_, h) in zip(seeds, fits)})
 
-# %% ../nbs/04_cnn.ipynb #9428fd1b45
-def plot_history(histories: dict, title: str = "Learning curves"):
-    "Loss and accuracy per epoch, training vs validation, one colour per model."
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
-    curves = []  # (label, history of one training): an ensemble contributes one curve per member
+# %% ../nbs/04_cnn.ipynb #a3065169e6
+def fit_study_model(name: str, data: StudyData, epochs: int, seed: int = 0, out_dir=None, resnet_seeds: int = 2,
+                    resnet_epochs: int = 20, progress: bool = True, **overrides):
+    "Train `name` as the study does: UrbanResNet `resnet_seeds` times (seeds `seed`, `seed + 1`, ...; min(`resnet_epochs`, `epochs`) each) averaged, other models once."
+    if name != "resnet": return fit(name, data, epochs, seed, out_dir, progress=progress, **overrides)
+    return fit_ensemble(name, data, min(resnet_epochs, epochs), range(seed, seed + resnet_seeds), out_dir, progress, **overrides)
+
+# %% ../nbs/04_cnn.ipynb #f9a1e0625d
+def trainings(histories: dict) -> list[tuple[str, dict]]:
+    "(label, history) of each training behind `histories` (model name -> history): an ensemble gives one per member."
+    out = []
     for name, h in histories.items():
-        if "members" in h: curves += [(f"{name} seed {seed}", member) for seed, member in h["members"].items()]
-        else: curves.append((name, h))
-    for (name, h), color in zip(curves, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        if "members" in h: out += [(f"{name} seed {seed}", member) for seed, member in h["members"].items()]
+        else: out.append((name, h))
+    return out
+
+def plot_history(histories: dict, title: str = "Learning curves"):
+    "Loss and accuracy per epoch, training vs validation, one colour per training."
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
+    for (name, h), color in zip(trainings(histories), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         e = [r["epoch"] for r in h["history"]]
         for ax, key in ((a1, "loss"), (a2, "accuracy")):
             ax.plot(e, [r[f"train_{key}"] for r in h["history"]], "--", color=color, label=f"{name} train")
