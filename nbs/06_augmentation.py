@@ -194,20 +194,28 @@ runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "secon
 
 # %%
 #| export
-def summarise(runs: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
-    "Per condition: mean and std of validation and test accuracy, and the paired test difference to `baseline`."
-    g = runs.groupby("condition", sort=False)
+def summarise(runs: pd.DataFrame, baseline: str = "none", by: str = "condition", pair: str = "seed") -> pd.DataFrame:
+    "Per `by` value: mean and std of validation and test accuracy, and the test difference to `baseline`, paired on `pair`."
+    g = runs.groupby(by, sort=False)
     out = pd.DataFrame({"val_mean": g["val_accuracy"].mean(), "val_std": g["val_accuracy"].std(ddof=1),
-                        "test_mean": g["test_accuracy"].mean(), "test_std": g["test_accuracy"].std(ddof=1), "seeds": g.size()})
-    base = runs[runs["condition"] == baseline].set_index("seed")
+                        "test_mean": g["test_accuracy"].mean(), "test_std": g["test_accuracy"].std(ddof=1), f"{pair}s": g.size()})
+    base = runs[runs[by] == baseline].set_index(pair)
     for c in out.index:
-        d = runs[runs["condition"] == c].set_index("seed")["test_accuracy"] - base["test_accuracy"]
-        dv = runs[runs["condition"] == c].set_index("seed")["val_accuracy"] - base["val_accuracy"]
+        this = runs[runs[by] == c].set_index(pair)
+        d, dv = this["test_accuracy"] - base["test_accuracy"], this["val_accuracy"] - base["val_accuracy"]
         out.loc[c, "test_diff_mean"], out.loc[c, "test_diff_std"] = d.mean(), d.std(ddof=1)
         out.loc[c, "val_diff_mean"] = dv.mean()
-        out.loc[c, "seeds_better"] = int((d > 0).sum())
-        out.loc[c, "paired_t_p"] = sstats.ttest_rel(runs[runs["condition"] == c].set_index("seed")["test_accuracy"].loc[base.index], base["test_accuracy"]).pvalue if c != baseline and len(d.dropna()) > 1 and d.std() > 0 else np.nan
+        out.loc[c, f"{pair}s_better"] = int((d > 0).sum())
+        out.loc[c, "paired_t_p"] = sstats.ttest_rel(this["test_accuracy"].loc[base.index], base["test_accuracy"]).pvalue if c != baseline and len(d.dropna()) > 1 and d.std() > 0 else np.nan
     return out
+
+# %% [markdown]
+# The same comparison serves notebook 07, where models are paired on test folds instead of conditions on seeds:
+
+# %%
+toy = pd.DataFrame(dict(model=["a", "a", "b", "b"], test_fold=[1, 2, 1, 2], val_accuracy=[.5, .6, .4, .5], test_accuracy=[.5, .7, .4, .5]))
+toy_summary = summarise(toy, baseline="b", by="model", pair="test_fold")
+test_close(toy_summary.loc["a", "test_diff_mean"], 0.15); test_eq(toy_summary.loc["a", "test_folds_better"], 2); test_eq(toy_summary.loc["b", "test_folds"], 2)
 
 # %%
 summary = summarise(runs)

@@ -26,6 +26,12 @@
 # the cache, computed once for all folds; each fold's result is recorded as soon as it is done,
 # so an interrupted run resumes. On the full dataset this is the official 10-fold figure; on a
 # subset with fewer folds it is the same protocol over the folds there are.
+#
+# Each model is trained as notebook 04 trains it. By default only UrbanResNet is cross-validated,
+# as one model per fold (`resnet_seeds = 1`; notebook 04 averages two) for 12 epochs, to keep the
+# whole study within its time budget. `-p models "[resnet, small_cnn]"` adds the starting
+# notebook's SmallAudioCNN on the same folds, and the last section then compares the two fold by
+# fold: a claim that one model beats another rests on that comparison, not on one test fold.
 
 # %%
 #| export
@@ -41,14 +47,15 @@ import pandas as pd
 from urbansound_nb.core import save_json
 from urbansound_nb.baselines import result_entry
 from urbansound_nb.features import StudyData
-from urbansound_nb.train import fit, predict_logits
+from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
 
 # %%
 import os
 import matplotlib.pyplot as plt
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 from urbansound_nb.core import is_synthetic, validate_params, write_results, make_run_dir
 from urbansound_nb.features import study_data
+from urbansound_nb.augment import summarise
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -62,13 +69,16 @@ max_items = None
 epochs = 12             # per fold (early stopping may end sooner)
 run_dir = "../runs/notebook"
 cache_dir = "../cache"
-model = "resnet"        # 'resnet' or 'small_cnn', trained with its recipe from notebook 04
+models = ["resnet"]     # models to cross-validate, each with its recipe from notebook 04: 'resnet', 'small_cnn' or both
+reference = "small_cnn" # with several models, the others are compared with this one fold by fold
+resnet_seeds = 1        # UrbanResNet averaged over this many seeds per fold (notebook 04 averages 2; each costs a training)
 folds = None            # folds to cross-validate; None: every fold present
 
 # %%
 #| hide
 if os.environ.get("IN_TEST"):
     import tempfile; dataset, run_dir, cache_dir, epochs, folds = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 1, [1, 2, 3]
+    models = ["resnet", "small_cnn"]
 
 # %% [markdown]
 # ## The plan
@@ -94,57 +104,97 @@ test_fail(lambda: cv_plan([1, 2]), contains="at least 3 folds")
 
 # %%
 #| export
-def cross_validate(plan, data: StudyData, model: str, epochs: int, seed: int = 0, record_path=None) -> pd.DataFrame:
-    "Train and test `model` once per entry of `plan`; each fold's result is saved to `record_path` as it finishes."
+def cross_validate(plan, data: StudyData, model: str, epochs: int, seed: int = 0, record_path=None, resnet_seeds: int = 1) -> pd.DataFrame:
+    "Train `model` as notebook 04 does (`fit_study_model`) and test it once per entry of `plan`; each fold's result is saved to `record_path` as it finishes."
+    if model not in RECIPES: raise ValueError(f"unknown model {model!r}; choose from {sorted(RECIPES)}")
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
     y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
-    for p in plan:
-        key = f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}"
+    members = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""  # a single model keeps the keys of earlier runs
+    keys = [f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{members}" for p in plan]
+    for p, key in zip(plan, keys):
         if key in done: continue
         tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (p["train_folds"], [p["val_fold"]], [p["test_fold"]]))
         # this split's folds; fit takes its band statistics from these training folds only
         t0, split_data = time.time(), replace(data, train=tr, val=va, test=te)
-        m, h = fit(model, split_data, epochs, seed, progress=False)
+        m, h = fit_study_model(model, split_data, epochs, seed, resnet_seeds=resnet_seeds, resnet_epochs=epochs, progress=False)
         pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy() for idx in (va, te))
         done[key] = dict(**p, **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0, best_epoch=h["best"]["epoch"]))
         if record_path: save_json(done, record_path)
-        print(f"  test fold {p['test_fold']:2d} (validation {p['val_fold']}): test accuracy {done[key]['test_accuracy']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    return pd.DataFrame([done[f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}"] for p in plan])
+        print(f"  {model}, test fold {p['test_fold']:2d} (validation {p['val_fold']}): test accuracy {done[key]['test_accuracy']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    return pd.DataFrame([dict(model=model, **done[k]) for k in keys])
+
+# %%
+test_fail(lambda: cross_validate([], None, "vgg", 1), contains="unknown model 'vgg'")
 
 # %% [markdown]
 # ## Running it
 
 # %%
 params = validate_params(dataset, None, None, None, sample_rate, clip_seconds, seed, max_items, epochs, run_dir, cache_dir)
+model_list = [models] if isinstance(models, str) else list(models)
+unknown = [m for m in model_list if m not in RECIPES]
+if not model_list or unknown: raise ValueError(f"models must name one or more of {sorted(RECIPES)}; got {models!r}")
+if int(resnet_seeds) < 1: raise ValueError(f"resnet_seeds must be 1 or more, got {resnet_seeds!r}")
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
 ds, meta, stats = data.ds, data.meta, data.cache_stats
 plan = cv_plan(meta["fold"].unique(), folds)
-print(f"{model}, {params.epochs} epochs per fold, {len(plan)} folds", "(SYNTHETIC data)" if is_synthetic(ds) else "",
-      f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
+print(f"{', '.join(model_list)}: {params.epochs} epochs per fold", f"(UrbanResNet: {resnet_seeds} seeds averaged)" if "resnet" in model_list and resnet_seeds > 1 else "",
+      f"| {len(plan)} folds", "(SYNTHETIC data)" if is_synthetic(ds) else "", f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
 pd.DataFrame(plan)
 
 # %%
-cv = cross_validate(plan, data, model, params.epochs, params.seed, run_path/"results"/"07_cross_validation.folds.json")
-cv[["test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1", "best_epoch", "seconds"]].round(3)
+record = run_path/"results"/"07_cross_validation.folds.json"
+cv = pd.concat([cross_validate(plan, data, m, params.epochs, params.seed, record, int(resnet_seeds)) for m in model_list], ignore_index=True)
+cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1", "best_epoch", "seconds"]].round(3)
 
 # %%
-mean_acc, std_acc = cv["test_accuracy"].mean(), cv["test_accuracy"].std(ddof=1)
-ax = cv.plot.bar(x="test_fold", y="test_accuracy", figsize=(9, 4), legend=False, color="tab:blue", rot=0)
-ax.axhline(mean_acc, color="black", ls="--", lw=1, label=f"mean {mean_acc:.3f}")
-ax.axhspan(mean_acc - std_acc, mean_acc + std_acc, color="gray", alpha=0.2, label=f"+- 1 std ({std_acc:.3f})")
-ax.set(title=f"{model}: test accuracy per fold ({len(cv)}-fold cross-validation)", xlabel="test fold", ylabel="accuracy", ylim=(0, 1)); ax.legend()
+by_model = cv.groupby("model", sort=False)["test_accuracy"].agg(["mean", "std"])
+per_fold = cv.pivot(index="test_fold", columns="model", values="test_accuracy")[model_list]
+colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+ax = per_fold.plot.bar(figsize=(9, 4), rot=0, color=colors[:len(model_list)], width=0.8)
+for m, color in zip(model_list, colors):
+    ax.axhline(by_model.loc[m, "mean"], color=color, ls="--", lw=1, label=f"{m} mean {by_model.loc[m, 'mean']:.3f} (std {by_model.loc[m, 'std']:.3f})")
+ax.set(title=f"Test accuracy per fold ({len(plan)}-fold cross-validation)", xlabel="test fold", ylabel="accuracy", ylim=(0, 1)); ax.legend(fontsize=8)
 plt.show()
 
 # %%
-per_class = pd.DataFrame(cv["per_class_accuracy"].tolist()).mean().sort_values()
-Markdown(f"**{len(cv)}-fold cross-validation of {model}: {mean_acc:.1%} +- {std_acc:.1%}** (mean +- standard deviation over test folds; "
-         f"range {cv['test_accuracy'].min():.1%} to {cv['test_accuracy'].max():.1%}). "
-         f"Hardest class on average: {per_class.index[0]} ({per_class.iloc[0]:.0%}); easiest: {per_class.index[-1]} ({per_class.iloc[-1]:.0%})."
-         + ("" if len(cv) == 10 else f" These are {len(cv)} folds, not the official ten: compare with published 10-fold figures only loosely."))
+per_class = {m: pd.DataFrame(g["per_class_accuracy"].tolist()).mean().sort_values() for m, g in cv.groupby("model", sort=False)}
+Markdown(" ".join(f"**{len(plan)}-fold cross-validation of {m}: {by_model.loc[m, 'mean']:.1%} +- {by_model.loc[m, 'std']:.1%}** (mean +- standard deviation over "
+                  f"test folds; range {per_fold[m].min():.1%} to {per_fold[m].max():.1%}). Hardest class on average: {per_class[m].index[0]} "
+                  f"({per_class[m].iloc[0]:.0%}); easiest: {per_class[m].index[-1]} ({per_class[m].iloc[-1]:.0%})." for m in model_list)
+         + ("" if len(plan) == 10 else f" These are {len(plan)} folds, not the official ten: compare with published 10-fold figures only loosely."))
+
+# %% [markdown]
+# ## Model against model, fold by fold
+#
+# When several models are cross-validated, each is compared with the reference (by default the
+# starting notebook's SmallAudioCNN) on the same test folds. Folds differ far more than models
+# do, so the paired differences, not the two means, carry the comparison; with few folds the
+# paired t-test has little power, and how many folds each model wins says as much.
 
 # %%
-write_results(run_path, "07_cross_validation", {f"fold{int(r.test_fold)}": {k: r[k] for k in
+compared = len(model_list) > 1 and reference in model_list
+paired = summarise(cv, baseline=reference, by="model", pair="test_fold") if compared else None
+if compared:
+    lines = []
+    for m in (m for m in model_list if m != reference):
+        d = (per_fold[m] - per_fold[reference]) * 100
+        lines.append(f"- **{m} - {reference}: {d.mean():+.1f} points** on average over {len(d)} test folds (per fold: "
+                     + ", ".join(f"{f}: {v:+.1f}" for f, v in d.items()) + f"); better on {int((d > 0).sum())} of {len(d)} folds"
+                     + (f", paired t-test p = {paired.loc[m, 'paired_t_p']:.2f}." if not np.isnan(paired.loc[m, "paired_t_p"]) else "."))
+    display(paired.round(3)); display(Markdown("\n".join(lines)))
+else:
+    print(f"no paired comparison: it needs several models, {reference!r} among them (models = {model_list})")
+
+# %%
+summary = dict(folds=len(plan), models={m: dict(mean_test_accuracy=by_model.loc[m, "mean"], std_test_accuracy=by_model.loc[m, "std"],
+                                                mean_macro_f1=float(cv[cv["model"] == m]["macro_f1"].mean())) for m in model_list})
+if compared:
+    summary["differences"] = {m: dict(reference=reference, mean_test_difference=float(paired.loc[m, "test_diff_mean"]),
+                                      folds_better=int(paired.loc[m, "test_folds_better"]), paired_t_p=float(paired.loc[m, "paired_t_p"]),
+                                      per_fold={f"fold{f}": float(per_fold.loc[f, m] - per_fold.loc[f, reference]) for f in per_fold.index})
+                              for m in model_list if m != reference}
+write_results(run_path, "07_cross_validation", {f"{r.model}/fold{int(r.test_fold)}": {k: r[k] for k in
               ("val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy", "n_train", "n_val", "n_test", "seconds", "val_fold", "train_folds", "best_epoch")}
-              for _, r in cv.iterrows()}, dataset=params.dataset, model=model, epochs=params.epochs,
-              summary=dict(folds=len(cv), mean_test_accuracy=mean_acc, std_test_accuracy=std_acc, mean_macro_f1=float(cv["macro_f1"].mean())))
+              for _, r in cv.iterrows()}, dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_seeds=int(resnet_seeds), summary=summary)
