@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'train_model', 'model_config', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
+__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'stop_early', 'train_model', 'model_config', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
 
 # %% ../nbs/04_cnn.ipynb #b52289f07a
 import copy, io, math, time
@@ -122,7 +122,13 @@ def load_checkpoint(path, device="cpu"):
     model = build_model(ck["model"], **ck["config"]); model.load_state_dict(ck["state_dict"])
     return model.to(device).eval(), ck
 
-# %% ../nbs/04_cnn.ipynb #1afcf1e8fa
+# %% ../nbs/04_cnn.ipynb #a5ed4709e9
+def stop_early(cfg: TrainConfig, epoch: int, best_epoch: int, lr: float) -> bool:
+    "After `epoch` (from 1): `patience` epochs without a better validation accuracy and, under one-cycle, a learning rate below 1/4 of its peak."
+    if not cfg.patience or epoch - best_epoch < cfg.patience: return False
+    return cfg.schedule != "onecycle" or lr < cfg.lr / 4
+
+# %% ../nbs/04_cnn.ipynb #35186b0606
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
                 device=None, progress: bool = True):
@@ -176,7 +182,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
                                n_train=len(train_idx)), last)
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0: print(f"  {name} epoch {epoch+1}: loss {tot/n:.3f}, val acc {val_acc:.3f} (best {best['val_accuracy']:.3f} @ {best['epoch']})", flush=True)
-        if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience: break
+        if stop_early(cfg, epoch + 1, best["epoch"], opt.param_groups[0]["lr"]): break
     model.load_state_dict(best_state)
     return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
 
