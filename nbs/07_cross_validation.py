@@ -109,8 +109,8 @@ def cross_validate(plan, data: StudyData, model: str, epochs: int, seed: int = 0
     if model not in RECIPES: raise ValueError(f"unknown model {model!r}; choose from {sorted(RECIPES)}")
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
     y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
-    members = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""  # a single model keeps the keys of earlier runs
-    keys = [f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{members}" for p in plan]
+    seeds_suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""  # a single model keeps the keys of earlier runs
+    keys = [f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{seeds_suffix}" for p in plan]
     for p, key in zip(plan, keys):
         if key in done: continue
         tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (p["train_folds"], [p["val_fold"]], [p["test_fold"]]))
@@ -135,6 +135,7 @@ model_list = [models] if isinstance(models, str) else list(models)
 unknown = [m for m in model_list if m not in RECIPES]
 if not model_list or unknown: raise ValueError(f"models must name one or more of {sorted(RECIPES)}; got {models!r}")
 if int(resnet_seeds) < 1: raise ValueError(f"resnet_seeds must be 1 or more, got {resnet_seeds!r}")
+resnet_seeds = int(resnet_seeds)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
 ds, meta, stats = data.ds, data.meta, data.cache_stats
@@ -145,22 +146,25 @@ pd.DataFrame(plan)
 
 # %%
 record = run_path/"results"/"07_cross_validation.folds.json"
-cv = pd.concat([cross_validate(plan, data, m, params.epochs, params.seed, record, int(resnet_seeds)) for m in model_list], ignore_index=True)
+cv = pd.concat([cross_validate(plan, data, m, params.epochs, params.seed, record, resnet_seeds) for m in model_list], ignore_index=True)
 cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1", "best_epoch", "seconds"]].round(3)
 
 # %%
-by_model = cv.groupby("model", sort=False)["test_accuracy"].agg(["mean", "std"])
+compared = len(model_list) > 1 and reference in model_list
+# per model: mean and std over folds and, when compared, the differences to the reference paired on test folds
+by_model = summarise(cv, baseline=reference if compared else model_list[0], by="model", pair="test_fold")
 per_fold = cv.pivot(index="test_fold", columns="model", values="test_accuracy")[model_list]
+fold_diffs = per_fold.sub(per_fold[reference], axis=0) if compared else None
 colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 ax = per_fold.plot.bar(figsize=(9, 4), rot=0, color=colors[:len(model_list)], width=0.8)
 for m, color in zip(model_list, colors):
-    ax.axhline(by_model.loc[m, "mean"], color=color, ls="--", lw=1, label=f"{m} mean {by_model.loc[m, 'mean']:.3f} (std {by_model.loc[m, 'std']:.3f})")
+    ax.axhline(by_model.loc[m, "test_mean"], color=color, ls="--", lw=1, label=f"{m} mean {by_model.loc[m, 'test_mean']:.3f} (std {by_model.loc[m, 'test_std']:.3f})")
 ax.set(title=f"Test accuracy per fold ({len(plan)}-fold cross-validation)", xlabel="test fold", ylabel="accuracy", ylim=(0, 1)); ax.legend(fontsize=8)
 plt.show()
 
 # %%
 per_class = {m: pd.DataFrame(g["per_class_accuracy"].tolist()).mean().sort_values() for m, g in cv.groupby("model", sort=False)}
-Markdown(" ".join(f"**{len(plan)}-fold cross-validation of {m}: {by_model.loc[m, 'mean']:.1%} +- {by_model.loc[m, 'std']:.1%}** (mean +- standard deviation over "
+Markdown(" ".join(f"**{len(plan)}-fold cross-validation of {m}: {by_model.loc[m, 'test_mean']:.1%} +- {by_model.loc[m, 'test_std']:.1%}** (mean +- standard deviation over "
                   f"test folds; range {per_fold[m].min():.1%} to {per_fold[m].max():.1%}). Hardest class on average: {per_class[m].index[0]} "
                   f"({per_class[m].iloc[0]:.0%}); easiest: {per_class[m].index[-1]} ({per_class[m].iloc[-1]:.0%})." for m in model_list)
          + ("" if len(plan) == 10 else f" These are {len(plan)} folds, not the official ten: compare with published 10-fold figures only loosely."))
@@ -174,27 +178,25 @@ Markdown(" ".join(f"**{len(plan)}-fold cross-validation of {m}: {by_model.loc[m,
 # paired t-test has little power, and how many folds each model wins says as much.
 
 # %%
-compared = len(model_list) > 1 and reference in model_list
-paired = summarise(cv, baseline=reference, by="model", pair="test_fold") if compared else None
 if compared:
     lines = []
     for m in (m for m in model_list if m != reference):
-        d = (per_fold[m] - per_fold[reference]) * 100
-        lines.append(f"- **{m} - {reference}: {d.mean():+.1f} points** on average over {len(d)} test folds (per fold: "
-                     + ", ".join(f"{f}: {v:+.1f}" for f, v in d.items()) + f"); better on {int((d > 0).sum())} of {len(d)} folds"
-                     + (f", paired t-test p = {paired.loc[m, 'paired_t_p']:.2f}." if not np.isnan(paired.loc[m, "paired_t_p"]) else "."))
-    display(paired.round(3)); display(Markdown("\n".join(lines)))
+        r = by_model.loc[m]
+        lines.append(f"- **{m} - {reference}: {100 * r['test_diff_mean']:+.1f} points** on average over {len(plan)} test folds (per fold: "
+                     + ", ".join(f"{f}: {100 * v:+.1f}" for f, v in fold_diffs[m].items()) + f"); better on {int(r['test_folds_better'])} of {len(plan)} folds"
+                     + (f", paired t-test p = {r['paired_t_p']:.2f}." if not np.isnan(r["paired_t_p"]) else "."))
+    display(by_model.round(3)); display(Markdown("\n".join(lines)))
 else:
     print(f"no paired comparison: it needs several models, {reference!r} among them (models = {model_list})")
 
 # %%
-summary = dict(folds=len(plan), models={m: dict(mean_test_accuracy=by_model.loc[m, "mean"], std_test_accuracy=by_model.loc[m, "std"],
+summary = dict(folds=len(plan), models={m: dict(mean_test_accuracy=by_model.loc[m, "test_mean"], std_test_accuracy=by_model.loc[m, "test_std"],
                                                 mean_macro_f1=float(cv[cv["model"] == m]["macro_f1"].mean())) for m in model_list})
 if compared:
-    summary["differences"] = {m: dict(reference=reference, mean_test_difference=float(paired.loc[m, "test_diff_mean"]),
-                                      folds_better=int(paired.loc[m, "test_folds_better"]), paired_t_p=float(paired.loc[m, "paired_t_p"]),
-                                      per_fold={f"fold{f}": float(per_fold.loc[f, m] - per_fold.loc[f, reference]) for f in per_fold.index})
+    summary["differences"] = {m: dict(reference=reference, mean_test_difference=float(by_model.loc[m, "test_diff_mean"]),
+                                      folds_better=int(by_model.loc[m, "test_folds_better"]), paired_t_p=float(by_model.loc[m, "paired_t_p"]),
+                                      per_fold={f"fold{f}": float(v) for f, v in fold_diffs[m].items()})
                               for m in model_list if m != reference}
 write_results(run_path, "07_cross_validation", {f"{r.model}/fold{int(r.test_fold)}": {k: r[k] for k in
               ("val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy", "n_train", "n_val", "n_test", "seconds", "val_fold", "train_folds", "best_epoch")}
-              for _, r in cv.iterrows()}, dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_seeds=int(resnet_seeds), summary=summary)
+              for _, r in cv.iterrows()}, dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_seeds=resnet_seeds, summary=summary)

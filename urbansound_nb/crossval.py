@@ -33,14 +33,14 @@ def cv_plan(present, folds=None) -> list[dict]:
     return [dict(test_fold=k, val_fold=present[(present.index(k) + 1) % len(present)],
                  train_folds=[f for f in present if f not in (k, present[(present.index(k) + 1) % len(present)])]) for k in folds]
 
-# %% ../nbs/07_cross_validation.ipynb #8beb63254f
+# %% ../nbs/07_cross_validation.ipynb #e968066339
 def cross_validate(plan, data: StudyData, model: str, epochs: int, seed: int = 0, record_path=None, resnet_seeds: int = 1) -> pd.DataFrame:
     "Train `model` as notebook 04 does (`fit_study_model`) and test it once per entry of `plan`; each fold's result is saved to `record_path` as it finishes."
     if model not in RECIPES: raise ValueError(f"unknown model {model!r}; choose from {sorted(RECIPES)}")
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
     y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
-    members = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""  # a single model keeps the keys of earlier runs
-    keys = [f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{members}" for p in plan]
+    seeds_suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""  # a single model keeps the keys of earlier runs
+    keys = [f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{seeds_suffix}" for p in plan]
     for p, key in zip(plan, keys):
         if key in done: continue
         tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (p["train_folds"], [p["val_fold"]], [p["test_fold"]]))
