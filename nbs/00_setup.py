@@ -107,7 +107,7 @@ def _as_int(name, value, lo=None, hi=None):
         raise ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}")
     return out
 
-def _as_folds(name, value):
+def as_folds(name, value):
     "A fold list from a list, a single fold or a string such as '1,2'."
     if isinstance(value, str): value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
     if not isinstance(value, (list, tuple)): value = [value]
@@ -115,6 +115,15 @@ def _as_folds(name, value):
     if not folds: raise ParameterError(f"parameter {name!r}: needs at least one fold")
     if len(set(folds)) != len(folds): raise ParameterError(f"parameter {name!r}: fold listed twice in {folds}")
     return sorted(folds)
+
+def as_names(name, value, choices) -> list[str]:
+    "A list of names out of `choices` from a list, one name, or a string such as '[a, b]' (how plain papermill's -p passes a list)."
+    if isinstance(value, str): value = [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ParameterError(f"parameter {name!r}: expected one or more of {sorted(choices)}, got {value!r}")
+    unknown = [v for v in value if v not in choices]
+    if unknown: raise ParameterError(f"parameter {name!r}: unknown {unknown}; choose from {sorted(choices)}")
+    return list(value)
 
 # %%
 #| export
@@ -148,7 +157,7 @@ def validate_params(dataset=None, train_folds=None, val_fold=None, test_fold=Non
     "Check the shared parameters and return them as `Params`; unknown names are an error."
     if extra: raise ParameterError(f"unknown parameter(s) {sorted(extra)}; known: {[f for f in Params.__dataclass_fields__]}")
     p = Params(dataset=resolve_dataset(dataset),
-               train_folds=None if train_folds is None else _as_folds("train_folds", train_folds),
+               train_folds=None if train_folds is None else as_folds("train_folds", train_folds),
                val_fold=None if val_fold is None else _as_int("val_fold", val_fold, 1, 10),
                test_fold=None if test_fold is None else _as_int("test_fold", test_fold, 1, 10),
                sample_rate=_as_int("sample_rate", sample_rate, 4000, 192000), seed=_as_int("seed", seed, 0),
@@ -184,6 +193,11 @@ test_fail(lambda: validate_params(val_fold="nine"), contains="'val_fold': expect
 test_fail(lambda: validate_params(epochs=0), contains="outside 1..10000")
 test_fail(lambda: validate_params(clip_seconds="long"), contains="'clip_seconds'")
 test_fail(lambda: validate_params(lr=0.1), contains="unknown parameter")
+# list parameters of later notebooks: `urbansound-nb run` passes YAML lists, plain papermill `-p` a string
+test_eq(as_names("models", "[resnet, 'small_cnn']", ["resnet", "small_cnn"]), ["resnet", "small_cnn"])
+test_eq(as_names("models", ["resnet"], ["resnet", "small_cnn"]), ["resnet"]); test_eq(as_names("models", "resnet", ["resnet"]), ["resnet"])
+test_fail(lambda: as_names("models", "[vgg]", ["resnet"]), contains="parameter 'models': unknown ['vgg']")
+test_fail(lambda: as_names("models", "[]", ["resnet"]), contains="expected one or more")
 test_eq(validate_params(train_folds="1,2").train_folds, [1, 2])
 test_eq(validate_params(train_folds=3).train_folds, [3])
 

@@ -64,7 +64,7 @@ from urbansound_nb.models import build_model
 # %%
 import os, time, json
 import numpy as np, pandas as pd, matplotlib.pyplot as plt
-from urbansound_nb.core import is_synthetic, validate_params, write_results, make_run_dir
+from urbansound_nb.core import as_names, is_synthetic, validate_params, write_results, make_run_dir
 from urbansound_nb.features import study_data
 from urbansound_nb.baselines import result_entry, confusion_pair, evaluate
 
@@ -527,6 +527,7 @@ with tempfile.TemporaryDirectory() as d:
 # %%
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
+models = as_names('models', models, RECIPES)   # a list, also when plain papermill passes it as a string
 run_path = make_run_dir(params.run_dir)
 data = study_data(params, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length))
 ds, split, fp, allset, n_frames = data.ds, data.split, data.fp, data.logmels, data.n_frames

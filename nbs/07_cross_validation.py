@@ -53,7 +53,7 @@ from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
 import os
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
-from urbansound_nb.core import is_synthetic, validate_params, write_results, make_run_dir
+from urbansound_nb.core import as_folds, as_names, is_synthetic, validate_params, write_results, make_run_dir
 from urbansound_nb.features import study_data
 from urbansound_nb.augment import summarise
 
@@ -131,15 +131,13 @@ test_fail(lambda: cross_validate([], None, "vgg", 1), contains="unknown model 'v
 
 # %%
 params = validate_params(dataset, None, None, None, sample_rate, clip_seconds, seed, max_items, epochs, run_dir, cache_dir)
-model_list = [models] if isinstance(models, str) else list(models)
-unknown = [m for m in model_list if m not in RECIPES]
-if not model_list or unknown: raise ValueError(f"models must name one or more of {sorted(RECIPES)}; got {models!r}")
+model_list = as_names("models", models, RECIPES)
 if int(resnet_seeds) < 1: raise ValueError(f"resnet_seeds must be 1 or more, got {resnet_seeds!r}")
 resnet_seeds = int(resnet_seeds)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
 ds, meta, stats = data.ds, data.meta, data.cache_stats
-plan = cv_plan(meta["fold"].unique(), folds)
+plan = cv_plan(meta["fold"].unique(), None if folds is None else as_folds("folds", folds))
 print(f"{', '.join(model_list)}: {params.epochs} epochs per fold", f"(UrbanResNet: {resnet_seeds} seeds averaged)" if "resnet" in model_list and resnet_seeds > 1 else "",
       f"| {len(plan)} folds", "(SYNTHETIC data)" if is_synthetic(ds) else "", f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
 pd.DataFrame(plan)

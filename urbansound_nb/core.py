@@ -23,13 +23,13 @@ from tqdm import TqdmWarning
 warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 # %% auto #0
-__all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'Params', 'resolve_dataset',
-           'validate_params', 'check_fold_roles', 'seed_everything', 'pick_device', 'make_run_dir',
-           'atomic_write_bytes', 'save_json', 'write_results', 'read_results', 'AudioDecodeError', 'decode_audio',
-           'audio_bytes', 'decode_row', 'encode_audio', 'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable',
-           'hub_unreachable_reason', 'load_hub', 'load_official', 'load_hub_layout', 'check_columns', 'metadata_frame',
-           'stratified_subset', 'load_urbansound', 'class_names', 'FoldSplit', 'default_folds', 'fold_split',
-           'split_class_counts']
+__all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'as_folds', 'as_names',
+           'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles', 'seed_everything', 'pick_device',
+           'make_run_dir', 'atomic_write_bytes', 'save_json', 'write_results', 'read_results', 'AudioDecodeError',
+           'decode_audio', 'audio_bytes', 'decode_row', 'encode_audio', 'synthetic_urbansound', 'is_synthetic',
+           'DatasetUnavailable', 'hub_unreachable_reason', 'load_hub', 'load_official', 'load_hub_layout',
+           'check_columns', 'metadata_frame', 'stratified_subset', 'load_urbansound', 'class_names', 'FoldSplit',
+           'default_folds', 'fold_split', 'split_class_counts']
 
 # %% ../nbs/00_setup.ipynb #087dbabe4d
 HUB_ID = "danavery/urbansound8K"
@@ -42,7 +42,7 @@ ALL_FOLDS = tuple(range(1, 11))
 class ParameterError(ValueError):
     "A notebook parameter has a value the study cannot use."
 
-# %% ../nbs/00_setup.ipynb #0ac8f85b66
+# %% ../nbs/00_setup.ipynb #6fef5bdb6f
 def _as_int(name, value, lo=None, hi=None):
     "`value` as an int within [lo, hi], or a `ParameterError` naming `name`."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, str)):
@@ -55,7 +55,7 @@ def _as_int(name, value, lo=None, hi=None):
         raise ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}")
     return out
 
-def _as_folds(name, value):
+def as_folds(name, value):
     "A fold list from a list, a single fold or a string such as '1,2'."
     if isinstance(value, str): value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
     if not isinstance(value, (list, tuple)): value = [value]
@@ -63,6 +63,15 @@ def _as_folds(name, value):
     if not folds: raise ParameterError(f"parameter {name!r}: needs at least one fold")
     if len(set(folds)) != len(folds): raise ParameterError(f"parameter {name!r}: fold listed twice in {folds}")
     return sorted(folds)
+
+def as_names(name, value, choices) -> list[str]:
+    "A list of names out of `choices` from a list, one name, or a string such as '[a, b]' (how plain papermill's -p passes a list)."
+    if isinstance(value, str): value = [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ParameterError(f"parameter {name!r}: expected one or more of {sorted(choices)}, got {value!r}")
+    unknown = [v for v in value if v not in choices]
+    if unknown: raise ParameterError(f"parameter {name!r}: unknown {unknown}; choose from {sorted(choices)}")
+    return list(value)
 
 # %% ../nbs/00_setup.ipynb #733fa95740
 @dataclass
@@ -87,14 +96,14 @@ def resolve_dataset(dataset=None):
         raise ParameterError(f"parameter 'dataset': expected a hub id, a folder or 'synthetic', got {ds!r}")
     return str(ds)
 
-# %% ../nbs/00_setup.ipynb #d42d3d1ae9
+# %% ../nbs/00_setup.ipynb #8ad1de0681
 def validate_params(dataset=None, train_folds=None, val_fold=None, test_fold=None, sample_rate=22050,
                     clip_seconds=4.0, seed=0, max_items=None, epochs=30, run_dir="runs/notebook",
                     cache_dir="cache", **extra) -> Params:
     "Check the shared parameters and return them as `Params`; unknown names are an error."
     if extra: raise ParameterError(f"unknown parameter(s) {sorted(extra)}; known: {[f for f in Params.__dataclass_fields__]}")
     p = Params(dataset=resolve_dataset(dataset),
-               train_folds=None if train_folds is None else _as_folds("train_folds", train_folds),
+               train_folds=None if train_folds is None else as_folds("train_folds", train_folds),
                val_fold=None if val_fold is None else _as_int("val_fold", val_fold, 1, 10),
                test_fold=None if test_fold is None else _as_int("test_fold", test_fold, 1, 10),
                sample_rate=_as_int("sample_rate", sample_rate, 4000, 192000), seed=_as_int("seed", seed, 0),
