@@ -116,6 +116,14 @@ def as_folds(name, value):
     if len(set(folds)) != len(folds): raise ParameterError(f"parameter {name!r}: fold listed twice in {folds}")
     return sorted(folds)
 
+def as_fraction(name, value) -> float:
+    "`value` as a number in (0, 1], or a `ParameterError` naming `name`."
+    try: out = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError): out = None
+    if isinstance(value, bool) or out is None or not 0 < out <= 1:
+        raise ParameterError(f"parameter {name!r}: expected a number in (0, 1], got {value!r}")
+    return out
+
 def as_names(name, value, choices) -> list[str]:
     "A list of names out of `choices` from a list, one name, or a string such as '[a, b]' (how plain papermill's -p passes a list)."
     if isinstance(value, str): value = [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",") if v.strip()]
@@ -649,6 +657,36 @@ test_fail(lambda: fold_split(synth), contains="no fold is left for training")
 s = fold_split(synthetic_urbansound(1, folds=[1, 2, 3]))
 test_eq((s.train_folds, s.val_fold, s.test_fold), ([1], 2, 3))
 test_fail(lambda: fold_split(synth, [1], 2, 7), contains="fold(s) [7] not in this dataset")
+
+# %% [markdown]
+# A learning curve needs smaller training sets that keep the protocol: clips of one recording
+# are near-duplicates, so a subset takes or leaves *whole recordings* (`fsID`), the same share of
+# each class's recordings, never some clips of one.
+
+# %%
+#| export
+def recording_subset(meta: pd.DataFrame, idx, fraction: float, seed: int = 0, name: str = "fraction") -> np.ndarray:
+    "The rows `idx` of `meta` that belong to `fraction` of each class's recordings (at least one), chosen reproducibly from `seed`."
+    fraction, idx = as_fraction(name, fraction), np.asarray(idx)
+    if fraction == 1: return idx
+    rows, rng, keep = meta.iloc[idx], np.random.default_rng(seed), []
+    for cls, group in rows.groupby("classID"):
+        recordings = rng.permutation(np.array(sorted(group["fsID"].unique())))
+        keep += [(cls, r) for r in recordings[:max(1, round(len(recordings) * fraction))]]
+    chosen = pd.MultiIndex.from_frame(rows[["classID", "fsID"]]).isin(keep)
+    return idx[chosen]
+
+# %%
+_m = pd.DataFrame(dict(classID=[0] * 8 + [1] * 4, fsID=[1, 1, 2, 2, 3, 3, 4, 4, 9, 9, 8, 8]))
+half = recording_subset(_m, np.arange(12), 0.5, seed=1)
+test_eq(len(half), 6); test_eq(sorted(set(_m.classID[half])), [0, 1])          # every class kept
+for r, g in _m.groupby("fsID"): assert set(g.index) <= set(half) or not set(g.index) & set(half)   # whole recordings only
+test_eq(recording_subset(_m, np.arange(12), 0.5, seed=1), half)               # reproducible
+test_eq(len(recording_subset(_m, np.arange(12), 0.01)), 4)                    # at least one recording per class
+test_eq(recording_subset(_m, [3, 5], 1.0), [3, 5])
+test_fail(lambda: recording_subset(_m, np.arange(12), 0, name="train_fraction"), contains="'train_fraction': expected a number in (0, 1]")
+test_fail(lambda: recording_subset(_m, np.arange(12), 1.5), contains="got 1.5")
+test_eq(as_fraction("f", "0.25"), 0.25); test_fail(lambda: as_fraction("f", True), contains="got True")
 
 # %%
 split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)

@@ -14,7 +14,7 @@ def reduced_run(mini, tmp_path_factory, venv_bin):
     cmd = [str(venv_bin/"urbansound-nb"), "run", "--dataset", str(mini), "--run-dir", str(run), "--site",
            "-p", "max_items", "240", "-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32",
            "-p", "cache_dir", str(tmp_path_factory.mktemp("cache")), "-p", "conditions", "[none, specaugment_lite, mixup]",
-           "-p", "models", "[resnet, small_cnn]"]
+           "-p", "models", "[resnet, small_cnn]", "-p", "train_fraction", "0.5"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return run
@@ -38,6 +38,8 @@ def test_results_follow_the_convention(reduced_run):
     assert all("parameters" in e and "epochs" in e for e in cnn["entries"].values())
     assert cnn["entries"]["resnet"]["seeds"] == [0, 1]                # UrbanResNet: two seeds, averaged
     for name in cnn["entries"]: assert (reduced_run/"models"/f"{name}.pt").exists()
+    setup = json.loads((reduced_run/"results"/"00_setup.json").read_text())["entries"]["split"]
+    assert cnn["split"]["train_fraction"] == 0.5 and 0 < cnn["entries"]["resnet"]["n_train"] < setup["n_train"]   # half the recordings
     cv = json.loads((reduced_run/"results"/"07_cross_validation.json").read_text())
     assert cv["summary"]["folds"] == 3 and set(cv["summary"]["models"]) == {"resnet", "small_cnn"}
     assert set(cv["summary"]["differences"]["resnet"]["per_fold"]) == {"fold1", "fold2", "fold3"}   # paired on the same test folds

@@ -23,13 +23,13 @@ from tqdm import TqdmWarning
 warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 # %% auto #0
-__all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'as_folds', 'as_names',
-           'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles', 'seed_everything', 'pick_device',
-           'make_run_dir', 'atomic_write_bytes', 'save_json', 'write_results', 'read_results', 'AudioDecodeError',
-           'decode_audio', 'audio_bytes', 'decode_row', 'encode_audio', 'synthetic_urbansound', 'is_synthetic',
-           'DatasetUnavailable', 'hub_unreachable_reason', 'load_hub', 'load_official', 'load_hub_layout',
-           'check_columns', 'metadata_frame', 'stratified_subset', 'load_urbansound', 'class_names', 'FoldSplit',
-           'default_folds', 'fold_split', 'split_class_counts']
+__all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'as_folds', 'as_fraction',
+           'as_names', 'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles', 'seed_everything',
+           'pick_device', 'make_run_dir', 'atomic_write_bytes', 'save_json', 'write_results', 'read_results',
+           'AudioDecodeError', 'decode_audio', 'audio_bytes', 'decode_row', 'encode_audio', 'synthetic_urbansound',
+           'is_synthetic', 'DatasetUnavailable', 'hub_unreachable_reason', 'load_hub', 'load_official',
+           'load_hub_layout', 'check_columns', 'metadata_frame', 'stratified_subset', 'load_urbansound', 'class_names',
+           'FoldSplit', 'default_folds', 'fold_split', 'split_class_counts', 'recording_subset']
 
 # %% ../nbs/00_setup.ipynb #087dbabe4d
 HUB_ID = "danavery/urbansound8K"
@@ -42,7 +42,7 @@ ALL_FOLDS = tuple(range(1, 11))
 class ParameterError(ValueError):
     "A notebook parameter has a value the study cannot use."
 
-# %% ../nbs/00_setup.ipynb #6fef5bdb6f
+# %% ../nbs/00_setup.ipynb #f96a3047ac
 def _as_int(name, value, lo=None, hi=None):
     "`value` as an int within [lo, hi], or a `ParameterError` naming `name`."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, str)):
@@ -63,6 +63,14 @@ def as_folds(name, value):
     if not folds: raise ParameterError(f"parameter {name!r}: needs at least one fold")
     if len(set(folds)) != len(folds): raise ParameterError(f"parameter {name!r}: fold listed twice in {folds}")
     return sorted(folds)
+
+def as_fraction(name, value) -> float:
+    "`value` as a number in (0, 1], or a `ParameterError` naming `name`."
+    try: out = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError): out = None
+    if isinstance(value, bool) or out is None or not 0 < out <= 1:
+        raise ParameterError(f"parameter {name!r}: expected a number in (0, 1], got {value!r}")
+    return out
 
 def as_names(name, value, choices) -> list[str]:
     "A list of names out of `choices` from a list, one name, or a string such as '[a, b]' (how plain papermill's -p passes a list)."
@@ -434,3 +442,15 @@ def split_class_counts(split: FoldSplit) -> pd.DataFrame:
     df.index = split.classes
     df.loc["total"] = df.sum()
     return df
+
+# %% ../nbs/00_setup.ipynb #c1938dd19c
+def recording_subset(meta: pd.DataFrame, idx, fraction: float, seed: int = 0, name: str = "fraction") -> np.ndarray:
+    "The rows `idx` of `meta` that belong to `fraction` of each class's recordings (at least one), chosen reproducibly from `seed`."
+    fraction, idx = as_fraction(name, fraction), np.asarray(idx)
+    if fraction == 1: return idx
+    rows, rng, keep = meta.iloc[idx], np.random.default_rng(seed), []
+    for cls, group in rows.groupby("classID"):
+        recordings = rng.permutation(np.array(sorted(group["fsID"].unique())))
+        keep += [(cls, r) for r in recordings[:max(1, round(len(recordings) * fraction))]]
+    chosen = pd.MultiIndex.from_frame(rows[["classID", "fsID"]]).isin(keep)
+    return idx[chosen]

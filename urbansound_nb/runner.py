@@ -136,7 +136,7 @@ def _failing_cell(nb_path) -> str:
             return f"cell {i} (In [{c.execution_count}]: {first[:80]})"
     return "an unknown cell"
 
-# %% ../nbs/90_runner.ipynb #2cd4a9977e
+# %% ../nbs/90_runner.ipynb #b8a3fea1e1
 def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None) -> Path:
     "Execute the selected notebooks with papermill into `run_dir`; results land in `run_dir/results`."
     import papermill as pm
@@ -157,8 +157,9 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
         out = run_dir/nb.with_suffix(".ipynb").name
         print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True); t0 = time.time()
         try:
-            pm.execute_notebook(str(nb.with_suffix(".ipynb")), str(out), parameters=own, cwd=str(nb.parent),
-                                kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+            # ipykernel 7 warns on every start that its local TCP sockets are unencrypted; errors still show
+            pm.execute_notebook(str(nb.with_suffix(".ipynb")), str(out), parameters=own, cwd=str(nb.parent), kernel_name="python3",
+                                progress_bar=False, execution_timeout=timeout, extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except pm.PapermillExecutionError as e:
             timings[nb.stem] = dict(seconds=round(time.time()-t0, 1), status="failed"); _write_timings(run_dir, timings)
             raise RunFailed(f"{nb.stem} failed in {_failing_cell(out)}: {e.ename}: {e.evalue}\n"
