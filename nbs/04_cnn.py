@@ -207,7 +207,10 @@ class UrbanResNet(nn.Module):
 # 64.7%; the default pair of full-width members, 66.7% and 63.0%, costs about the same time.
 # Frequency-wise residual normalisation after the first two stages (ResNorm, Kim et al. 2021,
 # meant for recordings from unseen devices) did not pay either: 63.4% for the pair on A
-# (66.7% without it), and 65.1% against 63.0% for seed 0 alone on B.
+# (66.7% without it), and 65.1% against 63.0% for seed 0 alone on B. Nor did per-channel energy
+# normalisation (PCEN, an automatic gain control per band with a 0.4 s smoother, computed in the
+# model from the cached log-mels) in place of the fixed standardisation: for seed 0 alone, 58.2%
+# on A and 54.9% on B, against 62.2% and 63.0%.
 #
 # `SeedEnsemble` holds such members and returns the log of their mean probability, so
 # everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop scoring,
