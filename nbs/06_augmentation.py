@@ -61,7 +61,7 @@ from urbansound_nb.train import fit, predict_logits
 import os
 import matplotlib.pyplot as plt
 from IPython.display import Markdown
-from urbansound_nb.core import as_names, is_synthetic, validate_params, write_results, make_run_dir
+from urbansound_nb.core import as_int, as_names, is_synthetic, validate_params, write_results, make_run_dir
 from urbansound_nb.features import study_data
 
 # %% tags=["parameters"]
@@ -182,7 +182,7 @@ conditions = as_names('conditions', conditions, CONDITIONS)   # a list, also whe
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)
 ds, split, tr, va, te = data.ds, data.split, data.train, data.val, data.test
-seed_list = list(range(params.seed, params.seed + int(seeds)))
+seed_list = list(range(params.seed, params.seed + as_int("seeds", seeds, 1)))
 print(f"{model}, {params.epochs} epochs, seeds {seed_list}, {len(conditions)} conditions: {len(conditions) * len(seed_list)} runs",
       "(SYNTHETIC data)" if is_synthetic(ds) else "")
 

@@ -23,13 +23,14 @@ from tqdm import TqdmWarning
 warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 # %% auto #0
-__all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'as_folds', 'as_fraction',
-           'as_names', 'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles', 'seed_everything',
-           'pick_device', 'make_run_dir', 'atomic_write_bytes', 'save_json', 'write_results', 'read_results',
-           'AudioDecodeError', 'decode_audio', 'audio_bytes', 'decode_row', 'encode_audio', 'synthetic_urbansound',
-           'is_synthetic', 'DatasetUnavailable', 'hub_unreachable_reason', 'load_hub', 'load_official',
-           'load_hub_layout', 'check_columns', 'metadata_frame', 'stratified_subset', 'load_urbansound', 'class_names',
-           'FoldSplit', 'default_folds', 'fold_split', 'split_class_counts', 'recording_subset']
+__all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'as_int', 'as_folds',
+           'as_fraction', 'as_names', 'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles',
+           'seed_everything', 'pick_device', 'make_run_dir', 'atomic_write_bytes', 'save_json', 'write_results',
+           'read_results', 'AudioDecodeError', 'decode_audio', 'audio_bytes', 'decode_row', 'encode_audio',
+           'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable', 'hub_unreachable_reason', 'load_hub',
+           'load_official', 'load_hub_layout', 'check_columns', 'metadata_frame', 'stratified_subset',
+           'load_urbansound', 'class_names', 'FoldSplit', 'default_folds', 'fold_split', 'split_class_counts',
+           'recording_subset']
 
 # %% ../nbs/00_setup.ipynb #087dbabe4d
 HUB_ID = "danavery/urbansound8K"
@@ -42,9 +43,9 @@ ALL_FOLDS = tuple(range(1, 11))
 class ParameterError(ValueError):
     "A notebook parameter has a value the study cannot use."
 
-# %% ../nbs/00_setup.ipynb #f96a3047ac
-def _as_int(name, value, lo=None, hi=None):
-    "`value` as an int within [lo, hi], or a `ParameterError` naming `name`."
+# %% ../nbs/00_setup.ipynb #b58e66534e
+def as_int(name, value, lo=None, hi=None):
+    "`value` as an int within [lo, hi], or a `ParameterError` naming `name` (also for the integer parameters of later notebooks)."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, str)):
         raise ParameterError(f"parameter {name!r}: expected an integer, got {value!r}")
     try: out = int(str(value).strip()) if not isinstance(value, float) else int(value)
@@ -59,7 +60,7 @@ def as_folds(name, value):
     "A fold list from a list, a single fold or a string such as '1,2'."
     if isinstance(value, str): value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
     if not isinstance(value, (list, tuple)): value = [value]
-    folds = [_as_int(name, v, 1, 10) for v in value]
+    folds = [as_int(name, v, 1, 10) for v in value]
     if not folds: raise ParameterError(f"parameter {name!r}: needs at least one fold")
     if len(set(folds)) != len(folds): raise ParameterError(f"parameter {name!r}: fold listed twice in {folds}")
     return sorted(folds)
@@ -104,7 +105,7 @@ def resolve_dataset(dataset=None):
         raise ParameterError(f"parameter 'dataset': expected a hub id, a folder or 'synthetic', got {ds!r}")
     return str(ds)
 
-# %% ../nbs/00_setup.ipynb #8ad1de0681
+# %% ../nbs/00_setup.ipynb #a4ac21aeca
 def validate_params(dataset=None, train_folds=None, val_fold=None, test_fold=None, sample_rate=22050,
                     clip_seconds=4.0, seed=0, max_items=None, epochs=30, run_dir="runs/notebook",
                     cache_dir="cache", **extra) -> Params:
@@ -112,11 +113,11 @@ def validate_params(dataset=None, train_folds=None, val_fold=None, test_fold=Non
     if extra: raise ParameterError(f"unknown parameter(s) {sorted(extra)}; known: {[f for f in Params.__dataclass_fields__]}")
     p = Params(dataset=resolve_dataset(dataset),
                train_folds=None if train_folds is None else as_folds("train_folds", train_folds),
-               val_fold=None if val_fold is None else _as_int("val_fold", val_fold, 1, 10),
-               test_fold=None if test_fold is None else _as_int("test_fold", test_fold, 1, 10),
-               sample_rate=_as_int("sample_rate", sample_rate, 4000, 192000), seed=_as_int("seed", seed, 0),
-               max_items=None if max_items is None else _as_int("max_items", max_items, 1),
-               epochs=_as_int("epochs", epochs, 1, 10000), run_dir=Path(run_dir), cache_dir=Path(cache_dir))
+               val_fold=None if val_fold is None else as_int("val_fold", val_fold, 1, 10),
+               test_fold=None if test_fold is None else as_int("test_fold", test_fold, 1, 10),
+               sample_rate=as_int("sample_rate", sample_rate, 4000, 192000), seed=as_int("seed", seed, 0),
+               max_items=None if max_items is None else as_int("max_items", max_items, 1),
+               epochs=as_int("epochs", epochs, 1, 10000), run_dir=Path(run_dir), cache_dir=Path(cache_dir))
     try: p.clip_seconds = float(clip_seconds)
     except (TypeError, ValueError): raise ParameterError(f"parameter 'clip_seconds': expected seconds, got {clip_seconds!r}") from None
     if not 0.1 <= p.clip_seconds <= 30: raise ParameterError(f"parameter 'clip_seconds': {p.clip_seconds} is outside 0.1..30 s")
