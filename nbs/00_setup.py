@@ -104,7 +104,8 @@ def as_int(name, value, lo=None, hi=None):
     if isinstance(value, float) and value != out:
         raise ParameterError(f"parameter {name!r}: expected an integer, got {value!r}")
     if (lo is not None and out < lo) or (hi is not None and out > hi):
-        raise ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}")
+        raise ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}" if lo is not None and hi is not None else
+                             f"parameter {name!r}: must be at {'least ' + str(lo) if hi is None else 'most ' + str(hi)}, got {out}")
     return out
 
 def as_folds(name, value):
@@ -199,6 +200,7 @@ test_fail(lambda: validate_params(val_fold=3, test_fold=3), contains="must not s
 test_fail(lambda: validate_params(train_folds=[1, 2], test_fold=2), contains="'test_fold'=2 is also in 'train_folds'")
 test_fail(lambda: validate_params(val_fold="nine"), contains="'val_fold': expected an integer")
 test_fail(lambda: validate_params(epochs=0), contains="outside 1..10000")
+test_fail(lambda: as_int("resnet_seeds", 0, 1), contains="'resnet_seeds': must be at least 1, got 0")
 test_fail(lambda: validate_params(clip_seconds="long"), contains="'clip_seconds'")
 test_fail(lambda: validate_params(lr=0.1), contains="unknown parameter")
 # list parameters of later notebooks: `urbansound-nb run` passes YAML lists, plain papermill `-p` a string
