@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import hashlib, io, json, os, time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,34 +290,71 @@ def _write_shard(cache: FeatureCache, keys: list, frames: list):
     atomic_write_bytes(cache.dir/f"{name}.json", json.dumps({"clips": [[k, o, len(f)] for k, o, f in zip(keys, offs, frames)]}).encode())
     for k, o, f in zip(keys, offs, frames): cache.index[k] = (f"{name}.npy", o, len(f))
 
+# %% [markdown]
+# Extraction reads each clip not yet cached twice: once to hash it, once to compute its
+# log-mel. Memory then holds only the few chunks of 32 clips being worked on, never the whole
+# dataset (the official release is about 6 GB of audio). Chunks are collected in order, so a
+# shard's content does not depend on which thread finished first.
+
+# %%
+#| export
+def _hash_clips(ds, cache: FeatureCache) -> tuple[list, dict]:
+    "Every clip's key in order, and {key: row} for the clips not yet in `cache` (their rows, not their bytes)."
+    keys, todo = [], {}
+    for _, datas in _clip_batches(ds):
+        for d in datas:
+            k = clip_key(d)
+            if k not in cache and k not in todo: todo[k] = len(keys)
+            keys.append(k)
+    return keys, todo
+
+# %%
+#| export
+def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device, workers: int, shard_size: int, bar):
+    "Compute and store the log-mels of the rows in `todo`, reading their audio again 32 clips at a time."
+    keys, pending, inflight = list(todo), ([], []), deque()
+    def work(ks, names, datas): return ks, [_clip_logmel(d, n, front, device) for n, d in zip(names, datas)]
+    def collect(keep: int):  # oldest chunk first; a full shard is written at once
+        nonlocal pending
+        while len(inflight) > keep:
+            ks, frames = inflight.popleft().result()
+            pending[0].extend(ks); pending[1].extend(frames); bar.update(len(ks))
+            if len(pending[0]) >= shard_size: _write_shard(cache, *pending); pending = ([], [])
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            for i, (names, datas) in enumerate(_clip_batches(ds.select(list(todo.values())), 32)):
+                inflight.append(ex.submit(work, keys[32 * i:32 * (i + 1)], names, datas))
+                collect(2 * workers)  # at most 2 chunks per thread in memory, however large the dataset
+            collect(0)
+    finally:
+        if pending[0]: _write_shard(cache, *pending)  # clips finished before an error or interruption are kept
+
+# %%
+import tempfile
+from datasets import concatenate_datasets
+tiny = load_urbansound("synthetic", max_items=12)
+tiny = concatenate_datasets([tiny, tiny.select([0])])                     # the first clip twice
+with tempfile.TemporaryDirectory() as d:
+    c = FeatureCache(d, fp); ks, todo = _hash_clips(tiny, c)
+    test_eq(len(ks), 13); test_eq(ks[12], ks[0]); test_eq(list(todo.values()), list(range(12)))  # the copy is not computed again
+    _extract_missing(c, tiny, todo, LogMel(fp), "cpu", 2, 256, tqdm(disable=True))
+    test_eq(len(c), 12); test_eq(_hash_clips(tiny, c)[1], {})             # all cached now
+
 # %%
 #| export
 def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, device=None,
                   shard_size: int = 256, progress: bool = True) -> tuple[FeatureCache, list[str], dict]:
     "Make sure every clip of `ds` is in the cache; return the cache, the clips' keys in order, and statistics."
-    cache, keys, todo, t0 = FeatureCache(cache_dir, fp), [], {}, time.time()
-    for names, datas in _clip_batches(ds):
-        for n, d in zip(names, datas):
-            k = clip_key(d); keys.append(k)
-            if k not in cache and k not in todo: todo[k] = (n, d)
-    hashed = time.time()
+    t0 = time.time(); cache = FeatureCache(cache_dir, fp)
+    keys, todo = _hash_clips(ds, cache); hashed = time.time()
     device = torch.device(device) if device else pick_device()
-    front, workers = LogMel(fp).to(device), workers or os.cpu_count() or 1
-    items, threads = list(todo.items()), torch.get_num_threads()
+    front, workers, threads = LogMel(fp).to(device), workers or os.cpu_count() or 1, torch.get_num_threads()
+    bar = tqdm(total=len(todo), desc=f"log-mel {fp.key}", unit="clip", disable=not progress or not todo, mininterval=2)
     torch.set_num_threads(1)  # one core per worker thread: the threads are the parallelism
     try:
-        bar = tqdm(total=len(items), desc=f"log-mel {fp.key}", unit="clip", disable=not progress or not items, mininterval=2)
-        def work(chunk): return [k for k, _ in chunk], [_clip_logmel(d, n, front, device) for _, (n, d) in chunk]
-        # small work chunks keep every thread busy; finished clips are written in shards of `shard_size`
-        chunks, pending = [items[i:i + 32] for i in range(0, len(items), 32)], ([], [])
-        with ThreadPoolExecutor(workers) as ex:
-            for ks, frames in ex.map(work, chunks):
-                pending[0].extend(ks); pending[1].extend(frames); bar.update(len(ks))
-                if len(pending[0]) >= shard_size: _write_shard(cache, *pending); pending = ([], [])
-        if pending[0]: _write_shard(cache, *pending)
-        bar.close()
-    finally: torch.set_num_threads(threads)
-    stats = dict(clips=len(keys), computed=len(items), reused=len(keys) - len(items), hash_seconds=round(hashed - t0, 3),
+        if todo: _extract_missing(cache, ds, todo, front, device, workers, shard_size, bar)
+    finally: torch.set_num_threads(threads); bar.close()
+    stats = dict(clips=len(keys), computed=len(todo), reused=len(keys) - len(todo), hash_seconds=round(hashed - t0, 3),
                  extract_seconds=round(time.time() - hashed, 3), workers=workers, device=str(device))
     return cache, keys, stats
 

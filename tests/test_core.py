@@ -67,6 +67,7 @@ def test_max_items_is_stratified_and_reproducible():
 def test_official_layout(originals):
     ds = load_urbansound(str(originals))
     assert ds.column_names == list(COLUMNS) and len(ds) == 34 and not is_synthetic(ds)
+    assert ds[0]["audio"]["bytes"] is None  # read from disk when needed
     rates = set()
     for row in ds:  # every real format of the official release decodes
         x, r = decode_row(row); rates.add(r); assert x.dtype == np.float32 and len(x) > 0
@@ -111,6 +112,21 @@ def test_missing_path_and_columns(tmp_path):
     (tmp_path/"metadata"/"UrbanSound8K.csv").write_text(
         "slice_file_name,fsID,start,end,salience,fold,classID,class\na.wav,1,0,1,1,1,0,air_conditioner\n")
     with pytest.raises(DatasetUnavailable, match="missing, e.g."): load_urbansound(str(tmp_path))
+
+
+def test_official_layout_reads_files_on_demand(tmp_path, monkeypatch):
+    "The official layout keeps paths, not bytes (the full release is ~6 GB), and works from a relative path."
+    root = tmp_path/"US8K"; (root/"metadata").mkdir(parents=True); (root/"audio"/"fold1").mkdir(parents=True)
+    rows = synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(3)).to_list()
+    for r in rows: (root/"audio"/"fold1"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])
+    metadata_frame(synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(3))).to_csv(root/"metadata"/"UrbanSound8K.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    ds = load_urbansound("US8K")
+    assert len(ds) == 3 and all(a["bytes"] is None and os.path.isabs(a["path"]) for a in ds["audio"])
+    monkeypatch.chdir("/")  # paths stay valid wherever the notebook runs next
+    for row, src in zip(ds, rows): np.testing.assert_allclose(decode_row(row)[0], decode_audio(src["audio"]["bytes"])[0])
+    os.remove(root/"audio"/"fold1"/rows[0]["slice_file_name"])   # a file removed after loading: named, not a crash
+    with pytest.raises(AudioDecodeError, match=rows[0]["slice_file_name"]): decode_row(ds[0])
 
 
 def test_parameter_validation():

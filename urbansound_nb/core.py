@@ -327,10 +327,10 @@ def load_hub(hub_id: str = HUB_ID, fallbacks: Sequence[str] | None = None):
     why = f"the Hugging Face hub is unreachable ({offline}) and no local cache holds it" if offline else "loading failed"
     raise DatasetUnavailable(f"Cannot load UrbanSound8K from the hub: {why}.\n" + "\n".join(failures) + "\n" + _LOCAL_HELP)
 
-# %% ../nbs/00_setup.ipynb #aaa84616ae
+# %% ../nbs/00_setup.ipynb #268d1e6cca
 def load_official(root) -> "datasets.Dataset":
     "Load a folder in the official layout: metadata/UrbanSound8K.csv and audio/foldN/<slice_file_name>."
-    root = Path(root); csv = root/"metadata"/"UrbanSound8K.csv"
+    root = Path(root).expanduser().absolute(); csv = root/"metadata"/"UrbanSound8K.csv"
     meta = pd.read_csv(csv)
     missing = [c for c in COLUMNS if c != "audio" and c not in meta.columns]
     if missing: raise DatasetUnavailable(f"{csv}: missing column(s) {missing}; expected the official header {list(COLUMNS[1:])}")
@@ -338,7 +338,9 @@ def load_official(root) -> "datasets.Dataset":
     for r in meta.to_dict("records"):
         wav = root/"audio"/f"fold{int(r['fold'])}"/r["slice_file_name"]
         if not wav.is_file(): absent.append(str(wav.relative_to(root))); continue
-        rows.append(dict(r, audio=dict(bytes=wav.read_bytes(), path=str(wav))))
+        # the path only: reading the bytes here would hold the whole download (about 6 GB) in memory
+        # in every notebook; `audio_bytes` reads each file when a clip is needed
+        rows.append(dict(r, audio=dict(bytes=None, path=str(wav))))
     if absent: raise DatasetUnavailable(f"{root}: {len(absent)} clip(s) listed in the metadata are missing, e.g. {absent[:3]}")
     if not rows: raise DatasetUnavailable(f"{csv} lists no clips")
     return _dataset_from_rows(rows, description=f"UrbanSound8K, official layout at {root}")
