@@ -104,8 +104,9 @@ def as_int(name, value, lo=None, hi=None):
     if isinstance(value, float) and value != out:
         raise ParameterError(f"parameter {name!r}: expected an integer, got {value!r}")
     if (lo is not None and out < lo) or (hi is not None and out > hi):
-        raise ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}" if lo is not None and hi is not None else
-                             f"parameter {name!r}: must be at {'least ' + str(lo) if hi is None else 'most ' + str(hi)}, got {out}")
+        if lo is not None and hi is not None: raise ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}")
+        raise ParameterError(f"parameter {name!r}: must be at least {lo}, got {out}" if hi is None else
+                             f"parameter {name!r}: must be at most {hi}, got {out}")
     return out
 
 def as_folds(name, value):
@@ -447,7 +448,7 @@ x, r = decode_row(synth[0]); print(synth[0]["slice_file_name"], x.shape, r)
 # 2. **a local folder in the hub layout** (parquet shards), such as a downloaded hub copy;
 # 3. **a folder in the official layout**, `metadata/UrbanSound8K.csv` + `audio/foldN/*.wav`,
 #    exactly what the official download unpacks to; the table holds each file's absolute path
-#    and the bytes are read when a clip is needed (on a stand-in of the release's size, 5.6 GB,
+#    and the bytes are read when a clip is needed (on a stand-in of the release's size and formats,
 #    holding the bytes took 13 GB of memory and 39 s in every notebook; paths take 0.7 GB and 3 s);
 # 4. **`synthetic`**, the stand-in above.
 #

@@ -117,9 +117,9 @@ def test_missing_path_and_columns(tmp_path):
 def test_official_layout_reads_files_on_demand(tmp_path, monkeypatch):
     "The official layout keeps paths, not bytes (the full release is ~6 GB), and works from a relative path."
     root = tmp_path/"US8K"; (root/"metadata").mkdir(parents=True); (root/"audio"/"fold1").mkdir(parents=True)
-    rows = synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(3)).to_list()
+    synth = synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(3)); rows = synth.to_list()
     for r in rows: (root/"audio"/"fold1"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])
-    metadata_frame(synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(3))).to_csv(root/"metadata"/"UrbanSound8K.csv", index=False)
+    metadata_frame(synth).to_csv(root/"metadata"/"UrbanSound8K.csv", index=False)
     monkeypatch.chdir(tmp_path)
     ds = load_urbansound("US8K")
     assert len(ds) == 3 and all(a["bytes"] is None and os.path.isabs(a["path"]) for a in ds["audio"])

@@ -43,7 +43,7 @@ ALL_FOLDS = tuple(range(1, 11))
 class ParameterError(ValueError):
     "A notebook parameter has a value the study cannot use."
 
-# %% ../nbs/00_setup.ipynb #d324d908fa
+# %% ../nbs/00_setup.ipynb #5252b565e7
 def as_int(name, value, lo=None, hi=None):
     "`value` as an int within [lo, hi], or a `ParameterError` naming `name` (also for the integer parameters of later notebooks)."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, str)):
@@ -53,8 +53,9 @@ def as_int(name, value, lo=None, hi=None):
     if isinstance(value, float) and value != out:
         raise ParameterError(f"parameter {name!r}: expected an integer, got {value!r}")
     if (lo is not None and out < lo) or (hi is not None and out > hi):
-        raise ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}" if lo is not None and hi is not None else
-                             f"parameter {name!r}: must be at {'least ' + str(lo) if hi is None else 'most ' + str(hi)}, got {out}")
+        if lo is not None and hi is not None: raise ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}")
+        raise ParameterError(f"parameter {name!r}: must be at least {lo}, got {out}" if hi is None else
+                             f"parameter {name!r}: must be at most {hi}, got {out}")
     return out
 
 def as_folds(name, value):
