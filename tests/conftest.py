@@ -26,3 +26,13 @@ def originals(): return _need(ORIGINALS)
 def venv_bin():
     import sys
     return Path(sys.executable).parent
+
+
+def write_official_layout(root: Path, n_clips: int = 3) -> list[dict]:
+    "A folder in the official layout (metadata CSV + audio/fold1/*.wav) of `n_clips` generated clips; returns their rows."
+    from urbansound_nb.core import metadata_frame, synthetic_urbansound
+    (root/"metadata").mkdir(parents=True); (root/"audio"/"fold1").mkdir(parents=True)
+    synth = synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(n_clips)); rows = synth.to_list()
+    for r in rows: (root/"audio"/"fold1"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])
+    metadata_frame(synth).to_csv(root/"metadata"/"UrbanSound8K.csv", index=False)
+    return rows

@@ -4,6 +4,7 @@ import io, os, time
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import write_official_layout
 
 from urbansound_nb.core import (COLUMNS, AudioDecodeError, DatasetUnavailable, ParameterError, decode_audio, decode_row,
                                 fold_split, is_synthetic, load_urbansound, metadata_frame, split_class_counts,
@@ -68,10 +69,13 @@ def test_official_layout(originals):
     ds = load_urbansound(str(originals))
     assert ds.column_names == list(COLUMNS) and len(ds) == 34 and not is_synthetic(ds)
     assert ds[0]["audio"]["bytes"] is None  # read from disk when needed
-    rates = set()
+    rates, lengths = set(), []
     for row in ds:  # every real format of the official release decodes
-        x, r = decode_row(row); rates.add(r); assert x.dtype == np.float32 and len(x) > 0
+        x, r = decode_row(row); rates.add(r); lengths.append(len(x)); assert x.dtype == np.float32 and len(x) > 0
     assert {11025, 44100, 48000, 96000} <= rates
+    from urbansound_nb.eda import audio_headers
+    h = audio_headers(ds)  # read from the files' headers alone, and agreeing with the decoded audio
+    assert set(h["sample_rate"]) == rates and (h["decoded_seconds"] * h["sample_rate"]).round().astype(int).tolist() == lengths
 
 
 def test_hub_layout_folder(mini):
@@ -116,10 +120,7 @@ def test_missing_path_and_columns(tmp_path):
 
 def test_official_layout_reads_files_on_demand(tmp_path, monkeypatch):
     "The official layout keeps paths, not bytes (the full release is ~6 GB), and works from a relative path."
-    root = tmp_path/"US8K"; (root/"metadata").mkdir(parents=True); (root/"audio"/"fold1").mkdir(parents=True)
-    synth = synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(3)); rows = synth.to_list()
-    for r in rows: (root/"audio"/"fold1"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])
-    metadata_frame(synth).to_csv(root/"metadata"/"UrbanSound8K.csv", index=False)
+    root = tmp_path/"US8K"; rows = write_official_layout(root, 3)
     monkeypatch.chdir(tmp_path)
     ds = load_urbansound("US8K")
     assert len(ds) == 3 and all(a["bytes"] is None and os.path.isabs(a["path"]) for a in ds["audio"])

@@ -1,7 +1,10 @@
 """The feature cache: computed once, keyed by parameters and content, resumable; the batch path."""
+import os, time
+
 import numpy as np
 import pytest
 import torch
+from conftest import write_official_layout
 
 from urbansound_nb.core import load_urbansound, stratified_subset
 from urbansound_nb.features import (DB_FLOOR, FeatureCache, FeatureParams, LogMel, LogMelSet, batch_frames, cache_logmels,
@@ -44,6 +47,23 @@ def test_interrupted_extraction_resumes(synth, tmp_path, monkeypatch):
     assert 0 < done < len(synth)  # complete shards survived, nothing half-written is visible
     _, _, s = F.cache_logmels(synth, FP, tmp_path, workers=1, shard_size=16, progress=False)
     assert s["computed"] == len(synth) - done
+
+
+def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
+    "The official layout's clips are files: their keys are remembered, and a changed file is hashed and computed afresh."
+    import urbansound_nb.features as F
+    from urbansound_nb.core import AudioDecodeError
+    monkeypatch.setattr(F.FileKeys, "fresh_seconds", 0)  # the files were written a moment ago
+    root = tmp_path/"US8K"; rows = write_official_layout(root, 4); ds = load_urbansound(str(root))
+    _, keys, s1 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
+    _, keys2, s2 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
+    assert (s1["hashed"], s1["computed"], s2["hashed"], s2["computed"], keys2) == (4, 4, 0, 0, keys)
+    time.sleep(0.05)  # past the clock tick of file times
+    (root/"audio"/"fold1"/rows[1]["slice_file_name"]).write_bytes(rows[0]["audio"]["bytes"])  # now a copy of clip 0
+    _, keys3, s3 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
+    assert (s3["hashed"], s3["computed"], keys3[1]) == (1, 0, keys[0])  # read again, and found in the cache under clip 0's content
+    os.remove(root/"audio"/"fold1"/rows[3]["slice_file_name"])
+    with pytest.raises(AudioDecodeError, match=rows[3]["slice_file_name"]): cache_logmels(ds, FP, tmp_path/"cache", progress=False)
 
 
 def test_corrupt_clip_is_named(tmp_path):

@@ -24,8 +24,8 @@ from .core import (atomic_write_bytes, audio_bytes, decode_audio, fold_split, lo
 
 # %% auto #0
 __all__ = ['FEATURE_VERSION', 'DB_FLOOR', 'FeatureParams', 'LogMel', 'resample', 'load_waveform', 'fix_length', 'clip_key',
-           'FeatureCache', 'cache_logmels', 'LogMelSet', 'batch_frames', 'band_stats', 'StudyData', 'study_data',
-           'mfcc_from_logmel', 'benchmark', 'epoch_data_path']
+           'FeatureCache', 'FileKeys', 'cache_logmels', 'LogMelSet', 'batch_frames', 'band_stats', 'StudyData',
+           'study_data', 'mfcc_from_logmel', 'benchmark', 'epoch_data_path']
 
 # %% ../nbs/02_preprocessing.ipynb #5aeb389441
 FEATURE_VERSION = 1  # bump when the computation below changes: old caches are then ignored
@@ -140,15 +140,44 @@ def _write_shard(cache: FeatureCache, keys: list, frames: list):
     atomic_write_bytes(cache.dir/f"{name}.json", json.dumps({"clips": [[k, o, len(f)] for k, o, f in zip(keys, offs, frames)]}).encode())
     for k, o, f in zip(keys, offs, frames): cache.index[k] = (f"{name}.npy", o, len(f))
 
-# %% ../nbs/02_preprocessing.ipynb #1eb85c46e9
-def _hash_clips(ds, cache: FeatureCache) -> tuple[list, dict]:
+# %% ../nbs/02_preprocessing.ipynb #a3b427eff7
+class FileKeys:
+    "Content keys of audio files remembered by path, size, modification and status-change times and inode, in `cache_dir/file_keys.json`."
+    fresh_seconds = 2.0  # a file changed this recently is hashed but not remembered
+
+    def __init__(self, cache_dir):
+        self.path = Path(cache_dir).expanduser()/"file_keys.json"
+        try: self.entries = json.loads(self.path.read_text()) if self.path.exists() else {}
+        except (OSError, ValueError): self.entries = {}  # a damaged memo costs a rehash, nothing else
+        if not isinstance(self.entries, dict): self.entries = {}
+        self.hashed, self.changed = 0, False
+
+    def key(self, audio: dict, name: str = "clip") -> str:
+        "A clip's content key: remembered when its file is unchanged, else hashed from its bytes."
+        path = audio.get("path") if audio and audio.get("bytes") is None else None
+        try: st = os.stat(path) if path else None
+        except OSError: st = None  # reading it below raises the error that names the clip
+        sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] if st else None
+        known = self.entries.get(path) if sig else None
+        if isinstance(known, list) and known[:-1] == sig: return known[-1]
+        k = clip_key(audio_bytes(audio, name)); self.hashed += 1
+        if sig and time.time_ns() - st.st_ctime_ns > self.fresh_seconds * 1e9: self.entries[path] = [*sig, k]; self.changed = True
+        return k
+
+    def save(self):
+        if self.changed: save_json(self.entries, self.path); self.changed = False
+
+# %% ../nbs/02_preprocessing.ipynb #a491dee8bf
+def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dict]:
     "Every clip's key in order, and {key: row} for the clips not yet in `cache` (their rows, not their bytes)."
     keys, todo = [], {}
-    for _, datas in _clip_batches(ds):
-        for d in datas:
-            k = clip_key(d)
-            if k not in cache and k not in todo: todo[k] = len(keys)
-            keys.append(k)
+    try:
+        for batch in ds.select_columns(["audio", "slice_file_name"]).iter(batch_size=256):
+            for audio, name in zip(batch["audio"], batch["slice_file_name"]):
+                k = file_keys.key(audio, name)
+                if k not in cache and k not in todo: todo[k] = len(keys)
+                keys.append(k)
+    finally: file_keys.save()  # the files hashed before an unreadable one stay remembered
     return keys, todo
 
 # %% ../nbs/02_preprocessing.ipynb #5386abcfc7
@@ -171,12 +200,12 @@ def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device,
     finally:
         if pending[0]: _write_shard(cache, *pending)  # clips finished before an error or interruption are kept
 
-# %% ../nbs/02_preprocessing.ipynb #009fb5a1c8
+# %% ../nbs/02_preprocessing.ipynb #733eeb9c9d
 def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, device=None,
                   shard_size: int = 256, progress: bool = True) -> tuple[FeatureCache, list[str], dict]:
     "Make sure every clip of `ds` is in the cache; return the cache, the clips' keys in order, and statistics."
-    t0 = time.time(); cache = FeatureCache(cache_dir, fp)
-    keys, todo = _hash_clips(ds, cache); hashed = time.time()
+    t0 = time.time(); cache, file_keys = FeatureCache(cache_dir, fp), FileKeys(cache_dir)
+    keys, todo = _hash_clips(ds, cache, file_keys); hashed = time.time()
     device = torch.device(device) if device else pick_device()
     front, workers, threads = LogMel(fp).to(device), workers or os.cpu_count() or 1, torch.get_num_threads()
     bar = tqdm(total=len(todo), desc=f"log-mel {fp.key}", unit="clip", disable=not progress or not todo, mininterval=2)
@@ -184,7 +213,7 @@ def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, 
     try:
         if todo: _extract_missing(cache, ds, todo, front, device, workers, shard_size, bar)
     finally: torch.set_num_threads(threads); bar.close()
-    stats = dict(clips=len(keys), computed=len(todo), reused=len(keys) - len(todo), hash_seconds=round(hashed - t0, 3),
+    stats = dict(clips=len(keys), computed=len(todo), reused=len(keys) - len(todo), hashed=file_keys.hashed, hash_seconds=round(hashed - t0, 3),
                  extract_seconds=round(time.time() - hashed, 3), workers=workers, device=str(device))
     return cache, keys, stats
 
