@@ -38,7 +38,7 @@ import torch, torchaudio
 from IPython.display import Audio
 from tqdm import tqdm
 
-from urbansound_nb.core import AudioDecodeError, audio_bytes, encode_audio
+from urbansound_nb.core import AudioDecodeError, audio_bytes, audio_file, encode_audio
 
 # %%
 import os
@@ -153,7 +153,7 @@ pd.DataFrame(chance).T.assign(majority_class=lambda d: [split.classes[int(c)] fo
 #| export
 def audio_header(audio: dict, name: str = "clip"):
     "soundfile's header of one clip (`sf.info`): from its file when it has one, else from its bytes; errors name the clip."
-    path = audio.get("path") if audio and audio.get("bytes") is None else None
+    path = audio_file(audio)
     source = path if path and os.path.isfile(path) else io.BytesIO(audio_bytes(audio, name))
     try: return sf.info(source)
     except Exception as e: raise AudioDecodeError(f"{name}: soundfile cannot read its header ({e})") from None

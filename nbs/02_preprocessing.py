@@ -45,8 +45,8 @@ import torchaudio
 from torch import nn
 from tqdm import tqdm
 
-from urbansound_nb.core import (atomic_write_bytes, audio_bytes, decode_audio, fold_split, load_urbansound, metadata_frame,
-                                pick_device, save_json)
+from urbansound_nb.core import (atomic_write_bytes, audio_bytes, audio_file, decode_audio, fold_split, load_urbansound,
+                                metadata_frame, pick_device, save_json)
 
 # %%
 from urbansound_nb.core import is_synthetic, validate_params, write_results
@@ -291,12 +291,6 @@ def _write_shard(cache: FeatureCache, keys: list, frames: list):
     for k, o, f in zip(keys, offs, frames): cache.index[k] = (f"{name}.npy", o, len(f))
 
 # %% [markdown]
-# Extraction reads each clip not yet cached twice: once to hash it, once to compute its
-# log-mel. Memory then holds only the few chunks of 32 clips being worked on, never the whole
-# dataset (the official release is about 6 GB of audio). Chunks are collected in order, so a
-# shard's content does not depend on which thread finished first.
-
-# %% [markdown]
 # Finding a clip's key means reading and hashing its bytes, and every notebook does it to look
 # its features up. For the official layout, whose clips are files, that reads the whole release
 # in each notebook: on a full-size stand-in (5.3 GB, see the README), 13 s with the files in the
@@ -329,7 +323,7 @@ class FileKeys:
 
     def key(self, audio: dict, name: str = "clip") -> str:
         "A clip's content key: remembered when its file is unchanged, else hashed from its bytes."
-        path = audio.get("path") if audio and audio.get("bytes") is None else None
+        path = audio_file(audio)
         try: st = os.stat(path) if path else None
         except OSError: st = None  # reading it below raises the error that names the clip
         sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] if st else None
@@ -376,6 +370,12 @@ def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dic
                 keys.append(k)
     finally: file_keys.save()  # the files hashed before an unreadable one stay remembered
     return keys, todo
+
+# %% [markdown]
+# Extraction reads each clip not yet cached twice: once to hash it, once to compute its
+# log-mel. Memory then holds only the few chunks of 32 clips being worked on, never the whole
+# dataset (the official release is about 6 GB of audio). Chunks are collected in order, so a
+# shard's content does not depend on which thread finished first.
 
 # %%
 #| export

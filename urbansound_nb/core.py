@@ -26,9 +26,9 @@ warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWa
 __all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'as_int', 'as_folds',
            'as_fraction', 'as_names', 'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles',
            'seed_everything', 'pick_device', 'make_run_dir', 'atomic_write_bytes', 'save_json', 'write_results',
-           'read_results', 'AudioDecodeError', 'decode_audio', 'audio_bytes', 'decode_row', 'encode_audio',
-           'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable', 'hub_unreachable_reason', 'load_hub',
-           'load_official', 'load_hub_layout', 'check_columns', 'metadata_frame', 'stratified_subset',
+           'read_results', 'AudioDecodeError', 'decode_audio', 'audio_file', 'audio_bytes', 'decode_row',
+           'encode_audio', 'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable', 'hub_unreachable_reason',
+           'load_hub', 'load_official', 'load_hub_layout', 'check_columns', 'metadata_frame', 'stratified_subset',
            'load_urbansound', 'class_names', 'FoldSplit', 'default_folds', 'fold_split', 'split_class_counts',
            'recording_subset']
 
@@ -203,12 +203,16 @@ def decode_audio(data: bytes, name: str = "clip") -> tuple[np.ndarray, int]:
     if samples.shape[0] == 0: raise AudioDecodeError(f"{name}: the file holds no samples")
     return samples.mean(axis=1, dtype=np.float32), int(rate)
 
-# %% ../nbs/00_setup.ipynb #27e99ac330
+# %% ../nbs/00_setup.ipynb #c4d146447b
+def audio_file(audio: dict | None) -> str | None:
+    "The path of a clip held as a file (a path and no bytes, as the official layout gives), else None."
+    return audio["path"] if audio and audio.get("bytes") is None and audio.get("path") else None
+
 def audio_bytes(audio: dict, name: str = "clip") -> bytes:
     "The encoded bytes of an `audio` cell ({bytes, path}), read from `path` when `bytes` is absent."
     if audio is None: raise AudioDecodeError(f"{name}: no audio")
-    data = audio.get("bytes")
-    if data is None and audio.get("path") and Path(audio["path"]).is_file(): data = Path(audio["path"]).read_bytes()
+    path, data = audio_file(audio), audio.get("bytes")
+    if path and Path(path).is_file(): data = Path(path).read_bytes()
     if data is None: raise AudioDecodeError(f"{name}: neither bytes nor a readable path ({audio.get('path')!r})")
     return data
 
