@@ -39,7 +39,7 @@ import torch
 
 from urbansound_nb.core import AudioDecodeError, decode_audio
 from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, LogMelSet, batch_frames, fix_length, resample
-from urbansound_nb.train import load_checkpoint, window_starts
+from urbansound_nb.train import CheckpointError, load_checkpoint, window_starts
 
 # %%
 import os
@@ -291,8 +291,10 @@ def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False, p
 def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_window: bool = False) -> int:
     "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
     if not Path(checkpoint).is_file(): print(f"error: no checkpoint at {checkpoint}", file=sys.stderr); return 2
+    try: predictor = Predictor(checkpoint)
+    except CheckpointError as e: print(f"error: {e}", file=sys.stderr); return 2
     failed = 0
-    for rec in predict_files(checkpoint, files, top_k, per_window):
+    for rec in predict_files(checkpoint, files, top_k, per_window, predictor):
         failed += rec["error"] is not None
         if as_json: print(json.dumps(rec), flush=True); continue
         if rec["error"]: print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr); continue
@@ -319,6 +321,17 @@ with tempfile.TemporaryDirectory() as d:
     test_eq([r["error"] is None for r in recs], [True, True, True, False, False, False])
     assert len(recs[2]["windows"]) >= 4 and "silent" in recs[4]["error"] and "empty" in recs[3]["error"]
 print(f"(true class of the clip: {r0['true']})")
+
+# %% [markdown]
+# The command exits with status 2, naming the file, when what it is given is not a checkpoint
+# (here a training state, `.last.pt`, which holds no feature parameters or class names):
+
+# %%
+import contextlib, io
+with tempfile.TemporaryDirectory() as d:
+    torch.save(dict(state_dict={}, epoch=3), Path(d)/"resnet.last.pt"); err = io.StringIO()
+    with contextlib.redirect_stderr(err): test_eq(predict_cli(Path(d)/"resnet.last.pt", [Path(d)/"clip.wav"]), 2)
+    print(err.getvalue()); assert "not a model checkpoint of this study" in err.getvalue()
 
 # %%
 write_results(run_path, "05_error_analysis", {name: dict(

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-__all__ = ['AUGMENTATIONS', 'RECIPES', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'load_checkpoint', 'stop_early', 'train_model', 'model_config', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
+__all__ = ['AUGMENTATIONS', 'RECIPES', 'CHECKPOINT_KEYS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'CheckpointError', 'load_checkpoint', 'stop_early', 'train_model', 'model_config', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
 
 # %% ../nbs/04_cnn.ipynb #b52289f07a
 import copy, io, math, time
@@ -107,7 +107,7 @@ def predict_logits(model, ls: LogMelSet, idx, n_frames: int, multicrop: bool = F
             out.append(model(wins.to(device)).float().softmax(-1).mean(0, keepdim=True).log().cpu())
     return torch.cat(out)
 
-# %% ../nbs/04_cnn.ipynb #a783879e2a
+# %% ../nbs/04_cnn.ipynb #5a89639942
 def _save(obj, path):
     buf = io.BytesIO(); torch.save(obj, buf); atomic_write_bytes(path, buf.getvalue())
 
@@ -116,10 +116,21 @@ def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, 
     return dict(model=name, config=config, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
                 feature_params=asdict(fp), classes=list(classes), clip_seconds=float(clip_seconds), **info)
 
+class CheckpointError(ValueError):
+    "A file that is not a usable checkpoint of this study."
+
+CHECKPOINT_KEYS = ("model", "config", "state_dict", "feature_params", "classes", "clip_seconds")
+
 def load_checkpoint(path, device="cpu"):
-    "A saved model (in eval mode) and its checkpoint dict."
-    ck = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(ck["model"], **ck["config"]); model.load_state_dict(ck["state_dict"])
+    "A saved model (in eval mode) and its checkpoint dict; a `CheckpointError` naming the file if it is not one."
+    try: ck = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError: raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e: raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:  # e.g. a `.last.pt` training state, or a bare state dict
+        raise CheckpointError(f"{path}: not a model checkpoint of this study (missing {', '.join(missing)}); use models/<name>.pt of a run")
+    try: model = build_model(ck["model"], **ck["config"]); model.load_state_dict(ck["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as e: raise CheckpointError(f"{path}: its weights do not fit its model {ck['model']!r} ({e})") from None
     return model.to(device).eval(), ck
 
 # %% ../nbs/04_cnn.ipynb #a5ed4709e9
