@@ -346,8 +346,9 @@ fig.colorbar(im, ax=axes, label="dB"); plt.show()
 #   often used for image classification, lowered a 20-epoch training from 62.2% to 54.6% on
 #   arrangement A and from 63.0% to 60.8% on B;
 # * after every epoch the validation fold is scored; the best epoch by validation accuracy is
-#   saved as `models/<name>.pt`, and the last epoch (with optimizer, schedule and random state)
-#   as `models/<name>.last.pt`, from which an interrupted run resumes;
+#   saved as `models/<name>.pt` with the folds it was trained, validated and tested on, and
+#   the last epoch (with optimizer, schedule and random state) as `models/<name>.last.pt`, from
+#   which an interrupted run resumes;
 # * training stops early after `patience` epochs without a better validation accuracy; under the
 #   one-cycle schedule only once the learning rate has annealed below a quarter of its peak
 #   (`stop_early`).
@@ -471,8 +472,8 @@ test_eq(stop_early(TrainConfig(patience=None), 30, 4, 1e-4), False)
 #| export train
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
-                device=None, progress: bool = True):
-    "Train model `name`, choose its epoch on `val_idx`; returns (best model, history). Resumes from `out_dir/<name>.last.pt`."
+                device=None, progress: bool = True, info: dict | None = None):
+    "Train model `name`, choose its epoch on `val_idx`; returns (best model, history). Resumes from `out_dir/<name>.last.pt`; `info` goes into the saved checkpoint."
     device = device or pick_device(); seed_everything(cfg.seed)
     if cfg.augmentation not in AUGMENTATIONS: raise ValueError(f"unknown augmentation {cfg.augmentation!r}; choose from {sorted(AUGMENTATIONS)}")
     recipe_augment = AUGMENTATIONS[cfg.augmentation]
@@ -516,7 +517,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
                          lr=opt.param_groups[0]["lr"], seconds=time.time() - t0, data_seconds=t_data, train_seconds=t_train))
         if val_acc > best["val_accuracy"]:
             best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1); best_state = copy.deepcopy(model.state_dict())
-            if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg)), Path(out_dir)/f"{name}.pt")
+            if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})), Path(out_dir)/f"{name}.pt")
         if out_dir: _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
                                torch_rng=torch.get_rng_state(), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
                                n_train=len(train_idx)), last)
@@ -581,13 +582,19 @@ def model_config(n_classes: int, fp: FeatureParams, mean, std) -> dict:
     "A model's configuration: classes, bands, and the training folds' band statistics (so checkpoints carry them)."
     return dict(n_classes=int(n_classes), n_mels=fp.n_mels, mean=[round(float(v), 5) for v in mean], std=[round(float(v), 5) for v in std])
 
+def split_folds(data: StudyData) -> dict:
+    "The folds `data`'s training, validation and test clips come from, as a checkpoint records them."
+    fold = data.meta["fold"].to_numpy()
+    return {part: sorted(int(f) for f in set(fold[np.asarray(idx, dtype=int)])) for part, idx in (("train", data.train), ("val", data.val), ("test", data.test))}
+
 def fit(name: str, data: StudyData, epochs: int, seed: int = 0, out_dir=None, augment=None, class_weights=None,
         progress: bool = True, **overrides):
     "Train model `name` with its recipe (`RECIPES`, changed by `overrides`) on `data`'s training folds, its epoch chosen on the validation fold."
     cfg = TrainConfig(epochs=epochs, seed=seed, **{**RECIPES[name], **overrides})
     mean, std = data.band_stats()
     return train_model(name, model_config(len(data.split.classes), data.fp, mean, std), data.logmels, data.train, data.val, cfg,
-                       data.n_frames, data.fp, data.split.classes, data.clip_seconds, out_dir, augment, class_weights, progress=progress)
+                       data.n_frames, data.fp, data.split.classes, data.clip_seconds, out_dir, augment, class_weights, progress=progress,
+                       info=dict(folds=split_folds(data)))
 
 # %% [markdown]
 # UrbanResNet is trained `resnet_seeds` times, with seeds `seed`, `seed + 1`, ..., each member's
@@ -609,7 +616,7 @@ def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, p
     yv = data.logmels.labels[torch.as_tensor(data.val)]
     val_acc = float((predict_logits(model, data.logmels, data.val, data.n_frames).argmax(1) == yv).float().mean())
     best = dict(val_accuracy=val_acc, epoch=[h["best"]["epoch"] for _, h in fits], member_val_accuracy=[h["best"]["val_accuracy"] for _, h in fits])
-    if out_dir: _save(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds, seeds=seeds, **best), Path(out_dir)/f"{name}.pt")
+    if out_dir: _save(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds, seeds=seeds, folds=split_folds(data), **best), Path(out_dir)/f"{name}.pt")
     history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
     return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits), members={s: h for s, (_, h) in zip(seeds, fits)})
 
@@ -629,12 +636,14 @@ def fit_study_model(name: str, data: StudyData, epochs: int, seed: int = 0, out_
 # %%
 with tempfile.TemporaryDirectory() as d:
     from types import SimpleNamespace
-    _data = StudyData(None, SimpleNamespace(classes=["a", "b"]), None, FeatureParams(n_mels=16), _ls, 1.0, 32, np.arange(16), np.arange(16, 24), np.arange(16, 24), {})
+    _data = StudyData(None, SimpleNamespace(classes=["a", "b"]), pd.DataFrame(dict(fold=[1] * 16 + [2] * 4 + [3] * 4)), FeatureParams(n_mels=16), _ls, 1.0, 32, np.arange(16), np.arange(16, 24), np.arange(16, 24), {})
     ens, eh = fit_ensemble("small_cnn", _data, 2, [0, 1], d, progress=False, batch_size=8)
     test_eq(len(ens.members), 2); test_eq(eh["stopped_epoch"], 4); test_eq(sorted(eh["members"]), [0, 1])
     assert (Path(d)/"small_cnn.seed1"/"small_cnn.last.pt").exists()
     loaded, ck = load_checkpoint(Path(d)/"small_cnn.pt")
     test_eq(ck["model"], "ensemble"); test_eq(ck["seeds"], [0, 1])
+    test_eq(ck["folds"], dict(train=[1], val=[2, 3], test=[2, 3]))          # which folds it has seen, for notebook 05 to check
+    test_eq(load_checkpoint(Path(d)/"small_cnn.seed1"/"small_cnn.pt")[1]["folds"], ck["folds"])
     test_close(predict_logits(loaded, _ls, range(24), 32), predict_logits(ens, _ls, range(24), 32))
     test_fail(lambda: fit_ensemble("small_cnn", _data, 2, [], d), contains="at least one seed")
     single, sh = fit_ensemble("small_cnn", _data, 2, [0], d, progress=False, batch_size=8)

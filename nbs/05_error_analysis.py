@@ -38,8 +38,8 @@ import pandas as pd
 import torch
 
 from urbansound_nb.core import AudioDecodeError, decode_audio
-from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, LogMelSet, batch_frames, fix_length, resample
-from urbansound_nb.train import CheckpointError, load_checkpoint, window_starts
+from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, LogMelSet, batch_frames, fix_length, resample, StudyData
+from urbansound_nb.train import CheckpointError, load_checkpoint, split_folds, window_starts
 
 # %%
 import os
@@ -73,6 +73,34 @@ if os.environ.get("IN_TEST"):
 
 # %% [markdown]
 # ## The model and the test fold
+#
+# The checkpoint must come from this run's split. A run directory reused with other folds would
+# otherwise hand this notebook a model that may have trained on the very clips it is about to
+# be tested on, and the analysis would look better than any held-out test; so a checkpoint
+# records the folds it was trained, validated and tested on, and a mismatch stops here.
+
+# %%
+#| export
+def check_checkpoint_split(ck: dict, data: StudyData, path) -> None:
+    "Refuse a checkpoint whose classes or folds differ from those of this run's `data`: its test would not be held out."
+    classes = list(data.split.classes)
+    if ck["classes"] != classes: raise CheckpointError(f"{path}: its classes {ck['classes']} differ from this dataset's {classes}")
+    have, want = ck.get("folds"), split_folds(data)
+    if have is None or have == want: return   # None: saved before checkpoints recorded their folds
+    seen = " It has seen this run's test fold." if set(want["test"]) & set(have["train"] + have["val"]) else ""
+    raise CheckpointError(f"{path} was trained on folds {have['train']} and validated on {have['val']}, but this run trains on "
+                          f"{want['train']}, validates on {want['val']} and tests on {want['test']}.{seen} Run notebook 04 "
+                          "with the same folds and another run directory, or pass that run's directory here.")
+
+# %%
+from fastcore.test import test_eq, test_fail
+from types import SimpleNamespace
+_d = SimpleNamespace(split=SimpleNamespace(classes=["a", "b"]), meta=pd.DataFrame(dict(fold=[1, 1, 2, 3])), train=[0, 1], val=[2], test=[3])
+check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1], val=[2], test=[3])), _d, "m.pt")
+check_checkpoint_split(dict(classes=["a", "b"]), _d, "m.pt")          # an older checkpoint, without folds
+test_fail(lambda: check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[3], val=[2], test=[1])), _d, "m.pt"),
+          contains="It has seen this run's test fold")
+test_fail(lambda: check_checkpoint_split(dict(classes=["b", "a"]), _d, "m.pt"), contains="m.pt: its classes")
 
 # %%
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
@@ -91,7 +119,7 @@ if model is None:
     fit_study_model(name, data, params.epochs, params.seed, run_path/"models")
     model, ck = load_checkpoint(ckpt)
 print(f"using {ckpt}")
-assert ck["classes"] == split.classes, f"the checkpoint's classes {ck['classes']} differ from this dataset's {split.classes}"
+check_checkpoint_split(ck, data, ckpt)
 print(f"{name}: epoch {ck.get('epoch')}, validation accuracy {ck.get('val_accuracy', float('nan')):.3f}", "(SYNTHETIC data)" if is_synthetic(ds) else "")
 
 # %% [markdown]
@@ -109,7 +137,6 @@ def prediction_table(probs: np.ndarray, clip_ids, labels, classes, k: int = 3) -
     return df
 
 # %%
-from fastcore.test import test_eq, test_fail
 _t = prediction_table(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]), ["a.wav", "b.wav"], [0, 1], ["x", "y", "z"])
 test_eq(_t["predicted"].tolist(), ["x", "z"]); test_eq(_t["correct"].tolist(), [True, False]); test_eq(_t["top3"][0], "x 0.70, y 0.20, z 0.10")
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-__all__ = ['AUGMENTATIONS', 'RECIPES', 'CHECKPOINT_KEYS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'CheckpointError', 'load_checkpoint', 'stop_early', 'train_model', 'model_config', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
+__all__ = ['AUGMENTATIONS', 'RECIPES', 'CHECKPOINT_KEYS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'CheckpointError', 'load_checkpoint', 'stop_early', 'train_model', 'model_config', 'split_folds', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
 
 # %% ../nbs/04_cnn.ipynb #b52289f07a
 import copy, io, math, time
@@ -139,11 +139,11 @@ def stop_early(cfg: TrainConfig, epoch: int, best_epoch: int, lr: float) -> bool
     if not cfg.patience or epoch - best_epoch < cfg.patience: return False
     return cfg.schedule != "onecycle" or lr < cfg.lr / 4
 
-# %% ../nbs/04_cnn.ipynb #35186b0606
+# %% ../nbs/04_cnn.ipynb #367d6f51b8
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
-                device=None, progress: bool = True):
-    "Train model `name`, choose its epoch on `val_idx`; returns (best model, history). Resumes from `out_dir/<name>.last.pt`."
+                device=None, progress: bool = True, info: dict | None = None):
+    "Train model `name`, choose its epoch on `val_idx`; returns (best model, history). Resumes from `out_dir/<name>.last.pt`; `info` goes into the saved checkpoint."
     device = device or pick_device(); seed_everything(cfg.seed)
     if cfg.augmentation not in AUGMENTATIONS: raise ValueError(f"unknown augmentation {cfg.augmentation!r}; choose from {sorted(AUGMENTATIONS)}")
     recipe_augment = AUGMENTATIONS[cfg.augmentation]
@@ -187,7 +187,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
                          lr=opt.param_groups[0]["lr"], seconds=time.time() - t0, data_seconds=t_data, train_seconds=t_train))
         if val_acc > best["val_accuracy"]:
             best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1); best_state = copy.deepcopy(model.state_dict())
-            if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg)), Path(out_dir)/f"{name}.pt")
+            if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})), Path(out_dir)/f"{name}.pt")
         if out_dir: _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
                                torch_rng=torch.get_rng_state(), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
                                n_train=len(train_idx)), last)
@@ -197,10 +197,15 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
     model.load_state_dict(best_state)
     return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
 
-# %% ../nbs/04_cnn.ipynb #9b99ca2d81
+# %% ../nbs/04_cnn.ipynb #15111972c2
 def model_config(n_classes: int, fp: FeatureParams, mean, std) -> dict:
     "A model's configuration: classes, bands, and the training folds' band statistics (so checkpoints carry them)."
     return dict(n_classes=int(n_classes), n_mels=fp.n_mels, mean=[round(float(v), 5) for v in mean], std=[round(float(v), 5) for v in std])
+
+def split_folds(data: StudyData) -> dict:
+    "The folds `data`'s training, validation and test clips come from, as a checkpoint records them."
+    fold = data.meta["fold"].to_numpy()
+    return {part: sorted(int(f) for f in set(fold[np.asarray(idx, dtype=int)])) for part, idx in (("train", data.train), ("val", data.val), ("test", data.test))}
 
 def fit(name: str, data: StudyData, epochs: int, seed: int = 0, out_dir=None, augment=None, class_weights=None,
         progress: bool = True, **overrides):
@@ -208,9 +213,10 @@ def fit(name: str, data: StudyData, epochs: int, seed: int = 0, out_dir=None, au
     cfg = TrainConfig(epochs=epochs, seed=seed, **{**RECIPES[name], **overrides})
     mean, std = data.band_stats()
     return train_model(name, model_config(len(data.split.classes), data.fp, mean, std), data.logmels, data.train, data.val, cfg,
-                       data.n_frames, data.fp, data.split.classes, data.clip_seconds, out_dir, augment, class_weights, progress=progress)
+                       data.n_frames, data.fp, data.split.classes, data.clip_seconds, out_dir, augment, class_weights, progress=progress,
+                       info=dict(folds=split_folds(data)))
 
-# %% ../nbs/04_cnn.ipynb #4ea354795b
+# %% ../nbs/04_cnn.ipynb #df1c740e5e
 def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, progress: bool = True, **overrides):
     "Train `name` once per seed with `fit` and average the members (`SeedEnsemble`): (model, history of all members)."
     seeds = [int(s) for s in seeds]
@@ -223,7 +229,7 @@ def fit_ensemble(name: str, data: StudyData, epochs: int, seeds, out_dir=None, p
     yv = data.logmels.labels[torch.as_tensor(data.val)]
     val_acc = float((predict_logits(model, data.logmels, data.val, data.n_frames).argmax(1) == yv).float().mean())
     best = dict(val_accuracy=val_acc, epoch=[h["best"]["epoch"] for _, h in fits], member_val_accuracy=[h["best"]["val_accuracy"] for _, h in fits])
-    if out_dir: _save(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds, seeds=seeds, **best), Path(out_dir)/f"{name}.pt")
+    if out_dir: _save(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds, seeds=seeds, folds=split_folds(data), **best), Path(out_dir)/f"{name}.pt")
     history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
     return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits), members={s: h for s, (_, h) in zip(seeds, fits)})
 
