@@ -135,6 +135,12 @@ def as_names(name, value, choices) -> list[str]:
     if unknown: raise ParameterError(f"parameter {name!r}: unknown {unknown}; choose from {sorted(choices)}")
     return list(value)
 
+def as_name(name, value, choices) -> str:
+    "One name out of `choices`, or a `ParameterError` naming the parameter."
+    names = as_names(name, value, choices)
+    if len(names) != 1: raise ParameterError(f"parameter {name!r}: expected one of {sorted(choices)}, got {names}")
+    return names[0]
+
 # %%
 #| export
 @dataclass
@@ -209,6 +215,9 @@ test_eq(as_names("models", "[resnet, 'small_cnn']", ["resnet", "small_cnn"]), ["
 test_eq(as_names("models", ["resnet"], ["resnet", "small_cnn"]), ["resnet"]); test_eq(as_names("models", "resnet", ["resnet"]), ["resnet"])
 test_fail(lambda: as_names("models", "[vgg]", ["resnet"]), contains="parameter 'models': unknown ['vgg']")
 test_fail(lambda: as_names("models", "[]", ["resnet"]), contains="expected one or more")
+test_eq(as_name("model", "resnet", ["resnet", "small_cnn"]), "resnet")
+test_fail(lambda: as_name("model", "vgg", ["resnet"]), contains="parameter 'model': unknown ['vgg']")
+test_fail(lambda: as_name("model", ["resnet", "resnet"], ["resnet"]), contains="expected one of ['resnet']")
 test_eq(validate_params(train_folds="1,2").train_folds, [1, 2])
 test_eq(validate_params(train_folds=3).train_folds, [3])
 

@@ -42,7 +42,7 @@ from urbansound_nb.core import AudioDecodeError, audio_bytes, audio_file, encode
 
 # %%
 import os
-from urbansound_nb.core import decode_row, fold_split, is_synthetic, load_urbansound, metadata_frame, split_class_counts, validate_params, write_results
+from urbansound_nb.core import as_int, decode_row, fold_split, is_synthetic, load_urbansound, metadata_frame, split_class_counts, validate_params, write_results
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -66,6 +66,7 @@ if os.environ.get("IN_TEST"):
 # %%
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
+header_sample = None if header_sample is None else as_int("header_sample", header_sample, 1)
 ds = load_urbansound(params.dataset, params.max_items, params.seed)
 meta = metadata_frame(ds)
 if is_synthetic(ds): print("NOTE: this run uses the SYNTHETIC stand-in, not UrbanSound8K; the numbers below describe it.")

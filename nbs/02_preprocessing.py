@@ -49,7 +49,7 @@ from urbansound_nb.core import (atomic_write_bytes, audio_bytes, audio_file, dec
                                 metadata_frame, pick_device, save_json)
 
 # %%
-from urbansound_nb.core import is_synthetic, validate_params, write_results
+from urbansound_nb.core import as_int, is_synthetic, validate_params, write_results
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -77,6 +77,8 @@ if os.environ.get("IN_TEST"):
 # %%
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
+workers = None if workers is None else as_int("workers", workers, 1)
+bench_items = as_int("bench_items", bench_items, 1)
 ds = load_urbansound(params.dataset, params.max_items, params.seed)
 split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
 print(f"{len(ds):,} clips from {params.dataset}", "(SYNTHETIC stand-in)" if is_synthetic(ds) else "")

@@ -45,10 +45,10 @@ from urbansound_nb.train import CheckpointError, load_checkpoint, split_folds, w
 import os
 from IPython.display import Markdown, display
 from sklearn.metrics import classification_report
-from urbansound_nb.core import decode_row, is_synthetic, validate_params, write_results, make_run_dir, read_results
+from urbansound_nb.core import as_int, as_name, decode_row, is_synthetic, validate_params, write_results, make_run_dir, read_results
 from urbansound_nb.features import study_data
 from urbansound_nb.baselines import confusion_pair, evaluate
-from urbansound_nb.train import fit_study_model, predict_logits
+from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
 from urbansound_nb.eda import ClipPlayer
 
 # %% tags=["parameters"]
@@ -105,6 +105,8 @@ test_fail(lambda: check_checkpoint_split(dict(classes=["b", "a"]), _d, "m.pt"), 
 # %%
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
+model_name = None if model_name is None else as_name("model_name", model_name, RECIPES)
+n_examples = as_int("n_examples", n_examples, 1)
 run_path = make_run_dir(params.run_dir)
 cnn_results = run_path/"results"/"04_cnn.json"
 name = model_name or (json.loads(cnn_results.read_text())["best_model"] if cnn_results.exists() else "resnet")

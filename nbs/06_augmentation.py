@@ -61,8 +61,9 @@ from urbansound_nb.train import fit, predict_logits
 import os
 import matplotlib.pyplot as plt
 from IPython.display import Markdown
-from urbansound_nb.core import as_int, as_names, is_synthetic, validate_params, write_results, make_run_dir
+from urbansound_nb.core import as_int, as_name, as_names, is_synthetic, validate_params, write_results, make_run_dir
 from urbansound_nb.features import study_data
+from urbansound_nb.train import RECIPES
 
 # %% tags=["parameters"]
 dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
@@ -179,6 +180,7 @@ def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, 
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
 conditions = as_names('conditions', conditions, CONDITIONS)   # a list, also when plain papermill passes it as a string
+model = as_name("model", model, RECIPES)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)
 ds, split, tr, va, te = data.ds, data.split, data.train, data.val, data.test

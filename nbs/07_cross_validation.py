@@ -53,7 +53,7 @@ from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
 import os
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
-from urbansound_nb.core import as_folds, as_int, as_names, is_synthetic, validate_params, write_results, make_run_dir
+from urbansound_nb.core import as_folds, as_int, as_name, as_names, is_synthetic, validate_params, write_results, make_run_dir
 from urbansound_nb.features import study_data
 from urbansound_nb.augment import summarise
 
@@ -132,6 +132,7 @@ test_fail(lambda: cross_validate([], None, "vgg", 1), contains="unknown model 'v
 # %%
 params = validate_params(dataset, None, None, None, sample_rate, clip_seconds, seed, max_items, epochs, run_dir, cache_dir)
 model_list = as_names("models", models, RECIPES)
+reference = as_name("reference", reference, RECIPES)
 resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn

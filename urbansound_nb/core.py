@@ -24,7 +24,7 @@ warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWa
 
 # %% auto #0
 __all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'as_int', 'as_folds',
-           'as_fraction', 'as_names', 'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles',
+           'as_fraction', 'as_names', 'as_name', 'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles',
            'seed_everything', 'pick_device', 'make_run_dir', 'atomic_write_bytes', 'save_json', 'write_results',
            'read_results', 'AudioDecodeError', 'decode_audio', 'audio_file', 'audio_bytes', 'decode_row',
            'encode_audio', 'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable', 'hub_unreachable_reason',
@@ -43,7 +43,7 @@ ALL_FOLDS = tuple(range(1, 11))
 class ParameterError(ValueError):
     "A notebook parameter has a value the study cannot use."
 
-# %% ../nbs/00_setup.ipynb #5252b565e7
+# %% ../nbs/00_setup.ipynb #ab9cc6bf23
 def as_int(name, value, lo=None, hi=None):
     "`value` as an int within [lo, hi], or a `ParameterError` naming `name` (also for the integer parameters of later notebooks)."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, str)):
@@ -83,6 +83,12 @@ def as_names(name, value, choices) -> list[str]:
     unknown = [v for v in value if v not in choices]
     if unknown: raise ParameterError(f"parameter {name!r}: unknown {unknown}; choose from {sorted(choices)}")
     return list(value)
+
+def as_name(name, value, choices) -> str:
+    "One name out of `choices`, or a `ParameterError` naming the parameter."
+    names = as_names(name, value, choices)
+    if len(names) != 1: raise ParameterError(f"parameter {name!r}: expected one of {sorted(choices)}, got {names}")
+    return names[0]
 
 # %% ../nbs/00_setup.ipynb #733fa95740
 @dataclass
