@@ -135,6 +135,13 @@ def as_names(name, value, choices) -> list[str]:
     if unknown: raise ParameterError(f"parameter {name!r}: unknown {unknown}; choose from {sorted(choices)}")
     return list(value)
 
+def as_bool(name, value) -> bool:
+    "`value` as a bool (also from 'true'/'false', 'yes'/'no', 1/0, as plain papermill may pass them), or a `ParameterError` naming `name`."
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if isinstance(value, (bool, np.bool_)): return bool(value)
+    if isinstance(value, (int, str)) and str(value).strip().lower() in words: return words[str(value).strip().lower()]
+    raise ParameterError(f"parameter {name!r}: expected true or false, got {value!r}")
+
 def as_name(name, value, choices) -> str:
     "One name out of `choices`, or a `ParameterError` naming the parameter."
     names = as_names(name, value, choices)
@@ -215,6 +222,8 @@ test_eq(as_names("models", "[resnet, 'small_cnn']", ["resnet", "small_cnn"]), ["
 test_eq(as_names("models", ["resnet"], ["resnet", "small_cnn"]), ["resnet"]); test_eq(as_names("models", "resnet", ["resnet"]), ["resnet"])
 test_fail(lambda: as_names("models", "[vgg]", ["resnet"]), contains="parameter 'models': unknown ['vgg']")
 test_fail(lambda: as_names("models", "[]", ["resnet"]), contains="expected one or more")
+test_eq([as_bool("deltas", v) for v in (True, "False", "yes", 0, np.True_)], [True, False, True, False, True])
+test_fail(lambda: as_bool("deltas", "maybe"), contains="parameter 'deltas': expected true or false, got 'maybe'")
 test_eq(as_name("model", "resnet", ["resnet", "small_cnn"]), "resnet")
 test_fail(lambda: as_name("model", "vgg", ["resnet"]), contains="parameter 'model': unknown ['vgg']")
 test_fail(lambda: as_name("model", ["resnet", "resnet"], ["resnet"]), contains="expected one of ['resnet']")

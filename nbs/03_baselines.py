@@ -52,7 +52,7 @@ from urbansound_nb.features import LogMelSet, mfcc_from_logmel
 import os
 import pandas as pd
 from sklearn.metrics import classification_report
-from urbansound_nb.core import as_int, is_synthetic, seed_everything, validate_params, write_results
+from urbansound_nb.core import as_bool, as_int, is_synthetic, seed_everything, validate_params, write_results
 from urbansound_nb.features import FeatureParams, study_data
 
 # %% tags=["parameters"]
@@ -147,6 +147,7 @@ def confusion_pair(y_true, y_pred, classes, title: str):
 params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
                          epochs, run_dir, cache_dir)
 n_mfcc = as_int("n_mfcc", n_mfcc, 1, as_int("n_mels", n_mels, 1))   # the cepstrum of n_mels bands has at most n_mels coefficients
+deltas = as_bool("deltas", deltas)
 seed_everything(params.seed)
 data = study_data(params, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length))
 ds, split, meta, fp, allset, stats = data.ds, data.split, data.meta, data.fp, data.logmels, data.cache_stats

@@ -65,7 +65,7 @@ from urbansound_nb.models import build_model
 import os, time, json
 import numpy as np, pandas as pd, matplotlib.pyplot as plt
 from dataclasses import replace
-from urbansound_nb.core import as_fraction, as_int, as_names, is_synthetic, recording_subset, validate_params, write_results, make_run_dir
+from urbansound_nb.core import as_bool, as_fraction, as_int, as_names, is_synthetic, recording_subset, validate_params, write_results, make_run_dir
 from urbansound_nb.features import study_data
 from urbansound_nb.baselines import result_entry, confusion_pair, evaluate
 
@@ -561,6 +561,7 @@ params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate,
                          epochs, run_dir, cache_dir)
 models = as_names('models', models, RECIPES)   # a list, also when plain papermill passes it as a string
 train_fraction = as_fraction("train_fraction", train_fraction)
+multicrop = as_bool("multicrop", multicrop)
 resnet_seeds, resnet_epochs = as_int("resnet_seeds", resnet_seeds, 1), as_int("resnet_epochs", resnet_epochs, 1)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length))

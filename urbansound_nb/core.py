@@ -24,13 +24,13 @@ warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWa
 
 # %% auto #0
 __all__ = ['HUB_ID', 'DATASET_ENV', 'COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'ParameterError', 'as_int', 'as_folds',
-           'as_fraction', 'as_names', 'as_name', 'Params', 'resolve_dataset', 'validate_params', 'check_fold_roles',
-           'seed_everything', 'pick_device', 'make_run_dir', 'atomic_write_bytes', 'save_json', 'write_results',
-           'read_results', 'AudioDecodeError', 'decode_audio', 'audio_file', 'audio_bytes', 'decode_row',
-           'encode_audio', 'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable', 'hub_unreachable_reason',
-           'load_hub', 'load_official', 'load_hub_layout', 'check_columns', 'metadata_frame', 'stratified_subset',
-           'load_urbansound', 'class_names', 'FoldSplit', 'default_folds', 'fold_split', 'split_class_counts',
-           'recording_subset']
+           'as_fraction', 'as_names', 'as_bool', 'as_name', 'Params', 'resolve_dataset', 'validate_params',
+           'check_fold_roles', 'seed_everything', 'pick_device', 'make_run_dir', 'atomic_write_bytes', 'save_json',
+           'write_results', 'read_results', 'AudioDecodeError', 'decode_audio', 'audio_file', 'audio_bytes',
+           'decode_row', 'encode_audio', 'synthetic_urbansound', 'is_synthetic', 'DatasetUnavailable',
+           'hub_unreachable_reason', 'load_hub', 'load_official', 'load_hub_layout', 'check_columns', 'metadata_frame',
+           'stratified_subset', 'load_urbansound', 'class_names', 'FoldSplit', 'default_folds', 'fold_split',
+           'split_class_counts', 'recording_subset']
 
 # %% ../nbs/00_setup.ipynb #087dbabe4d
 HUB_ID = "danavery/urbansound8K"
@@ -43,7 +43,7 @@ ALL_FOLDS = tuple(range(1, 11))
 class ParameterError(ValueError):
     "A notebook parameter has a value the study cannot use."
 
-# %% ../nbs/00_setup.ipynb #ab9cc6bf23
+# %% ../nbs/00_setup.ipynb #73a886368e
 def as_int(name, value, lo=None, hi=None):
     "`value` as an int within [lo, hi], or a `ParameterError` naming `name` (also for the integer parameters of later notebooks)."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, str)):
@@ -83,6 +83,13 @@ def as_names(name, value, choices) -> list[str]:
     unknown = [v for v in value if v not in choices]
     if unknown: raise ParameterError(f"parameter {name!r}: unknown {unknown}; choose from {sorted(choices)}")
     return list(value)
+
+def as_bool(name, value) -> bool:
+    "`value` as a bool (also from 'true'/'false', 'yes'/'no', 1/0, as plain papermill may pass them), or a `ParameterError` naming `name`."
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if isinstance(value, (bool, np.bool_)): return bool(value)
+    if isinstance(value, (int, str)) and str(value).strip().lower() in words: return words[str(value).strip().lower()]
+    raise ParameterError(f"parameter {name!r}: expected true or false, got {value!r}")
 
 def as_name(name, value, choices) -> str:
     "One name out of `choices`, or a `ParameterError` naming the parameter."
