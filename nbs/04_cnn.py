@@ -210,12 +210,13 @@ class UrbanResNet(nn.Module):
 # (66.7% without it), and 65.1% against 63.0% for seed 0 alone on B. Nor did per-channel energy
 # normalisation (PCEN, an automatic gain control per band with a 0.4 s smoother, computed in the
 # model from the cached log-mels) in place of the fixed standardisation: for seed 0 alone, 58.2%
-# on A and 54.9% on B, against 62.2% and 63.0%. Three more trials, seed 0, 20 epochs, lost to
-# the same 62.2% and 63.0%: telling the classifier *where* in frequency a pattern sits, by
-# flattening the last stage's four frequency rows into its channels and projecting them
-# (1.48 M parameters), gave 59.1% and 63.6%; pooling frequency by mean and max instead of mean,
-# 58.6% and 60.9%; and scoring an exponential moving average of the weights (decay 0.99 per
-# step) instead of the weights themselves, 58.2% and 61.6%.
+# on A and 54.9% on B, against 62.2% and 63.0%. Three more trials, seed 0 and 20 epochs each,
+# measured against the same 62.2% and 63.0%, did not pay either. Telling the classifier *where*
+# in frequency a pattern sits, by flattening the last stage's four frequency rows into its
+# channels and projecting them (1.48 M parameters), gave 59.1% and 63.6%, 1.3 points lower on
+# average. Pooling frequency by mean and max instead of mean gave 58.6% and 60.9%. Scoring an
+# exponential moving average of the weights (decay 0.99 per step) instead of the weights
+# themselves gave 58.2% and 61.6%.
 #
 # `SeedEnsemble` holds such members and returns the log of their mean probability, so
 # everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop scoring,
