@@ -489,7 +489,8 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
     last = Path(out_dir)/f"{name}.last.pt" if out_dir else None
     if last and last.exists():
         st = torch.load(last, map_location=device, weights_only=False)
-        if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx):
+        # the same training only: recipe, model, training set size and (where recorded) folds; a state saved before folds were recorded has no 'info'
+        if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx) and st.get("info", info) == info:
             model.load_state_dict(st["state_dict"]); opt.load_state_dict(st["optimizer"]); sched.load_state_dict(st["scheduler"])
             gen.set_state(st["generator"]); torch.set_rng_state(st["torch_rng"])
             hist, best, start = st["history"], st["best"], st["epoch"] + 1
@@ -521,7 +522,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
             if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})), Path(out_dir)/f"{name}.pt")
         if out_dir: _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
                                torch_rng=torch.get_rng_state(), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
-                               n_train=len(train_idx)), last)
+                               n_train=len(train_idx), info=info), last)
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0: print(f"  {name} epoch {epoch+1}: loss {tot/n:.3f}, val acc {val_acc:.3f} (best {best['val_accuracy']:.3f} @ {best['epoch']})", flush=True)
         if stop_early(cfg, epoch + 1, best["epoch"], opt.param_groups[0]["lr"]): break
@@ -543,6 +544,8 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(len(h2["history"]), 3)   # a different config starts afresh
     m3, h3 = train_model("small_cnn", dict(n_classes=2, n_mels=16), _ls, range(16), range(16, 24), TrainConfig(epochs=3, batch_size=8, patience=None), 32, FeatureParams(n_mels=16), ["a", "b"], 1.0, d, progress=False)
     test_eq(len(h3["history"]), 3)   # same config: resumed after epoch 3, nothing left to do
+    _, h4 = train_model("small_cnn", dict(n_classes=2, n_mels=16), _ls, range(16), range(16, 24), TrainConfig(epochs=3, batch_size=8, patience=None), 32, FeatureParams(n_mels=16), ["a", "b"], 1.0, d, progress=False, info=dict(folds=dict(train=[2])))
+    test_eq(len(h4["history"]), 3); assert torch.load(Path(d)/"small_cnn.pt", weights_only=False)["folds"] == dict(train=[2])  # other folds: trained afresh
     mm, ck = load_checkpoint(Path(d)/"small_cnn.pt")
     test_eq(predict_logits(mm, _ls, range(2), 10, multicrop=True).shape, (2, 2))   # 40-frame clips in 10-frame windows
     test_eq(ck["classes"], ["a", "b"]); test_eq(predict_logits(mm, _ls, range(4), 32).shape, (4, 2))

@@ -139,7 +139,7 @@ def stop_early(cfg: TrainConfig, epoch: int, best_epoch: int, lr: float) -> bool
     if not cfg.patience or epoch - best_epoch < cfg.patience: return False
     return cfg.schedule != "onecycle" or lr < cfg.lr / 4
 
-# %% ../nbs/04_cnn.ipynb #367d6f51b8
+# %% ../nbs/04_cnn.ipynb #9cedb955b2
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
                 device=None, progress: bool = True, info: dict | None = None):
@@ -158,7 +158,8 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
     last = Path(out_dir)/f"{name}.last.pt" if out_dir else None
     if last and last.exists():
         st = torch.load(last, map_location=device, weights_only=False)
-        if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx):
+        # the same training only: recipe, model, training set size and (where recorded) folds; a state saved before folds were recorded has no 'info'
+        if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx) and st.get("info", info) == info:
             model.load_state_dict(st["state_dict"]); opt.load_state_dict(st["optimizer"]); sched.load_state_dict(st["scheduler"])
             gen.set_state(st["generator"]); torch.set_rng_state(st["torch_rng"])
             hist, best, start = st["history"], st["best"], st["epoch"] + 1
@@ -190,7 +191,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
             if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})), Path(out_dir)/f"{name}.pt")
         if out_dir: _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
                                torch_rng=torch.get_rng_state(), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
-                               n_train=len(train_idx)), last)
+                               n_train=len(train_idx), info=info), last)
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0: print(f"  {name} epoch {epoch+1}: loss {tot/n:.3f}, val acc {val_acc:.3f} (best {best['val_accuracy']:.3f} @ {best['epoch']})", flush=True)
         if stop_early(cfg, epoch + 1, best["epoch"], opt.param_groups[0]["lr"]): break
