@@ -225,8 +225,11 @@ class UrbanResNet(nn.Module):
 # By the best epoch, which is what the study selects on, none beats the baseline on both
 # arrangements. The mean of the last five epochs does not reward one lucky epoch (the
 # baseline's 62.2% on A is a peak at epoch 10). By that measure every trial is ahead on A, and
-# the frequency-row head is ahead on B too. That head is therefore the one to measure again
-# with more seeds, and on more data than one fold.
+# the frequency-row head is ahead on B too. A second seed did not confirm that head. With seed 1
+# it scored 60.4% on A and 61.9% on B by the best epoch (57.2% and 60.0% over the last five),
+# against the baseline's 67.2% and 59.5% (65.5% and 55.1%). Over both seeds and both
+# arrangements it averages 61.3% against 63.0% by the best epoch, and 59.4% against 59.1% over
+# the last five epochs: no better.
 #
 # `SeedEnsemble` holds such members and returns the log of their mean probability, so
 # everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop scoring,
