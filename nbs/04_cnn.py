@@ -500,7 +500,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
     last = Path(out_dir)/f"{name}.last.pt" if out_dir else None
-    if last and last.exists():
+    if last and last.exists() and (Path(out_dir)/f"{name}.pt").exists():  # without the best checkpoint, the last state alone cannot finish the run
         st = torch.load(last, map_location=device, weights_only=False)
         # the same training only: recipe, model, training set size and (where recorded) folds; a state saved before folds were recorded has no 'info'
         if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx) and st.get("info", info) == info:
@@ -559,6 +559,9 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(len(h3["history"]), 3)   # same config: resumed after epoch 3, nothing left to do
     _, h4 = train_model("small_cnn", dict(n_classes=2, n_mels=16), _ls, range(16), range(16, 24), TrainConfig(epochs=3, batch_size=8, patience=None), 32, FeatureParams(n_mels=16), ["a", "b"], 1.0, d, progress=False, info=dict(folds=dict(train=[2])))
     test_eq(len(h4["history"]), 3); assert torch.load(Path(d)/"small_cnn.pt", weights_only=False)["folds"] == dict(train=[2])  # other folds: trained afresh
+    (Path(d)/"small_cnn.pt").unlink()                                       # the best checkpoint deleted, the last state kept: trained afresh
+    _, h5 = train_model("small_cnn", dict(n_classes=2, n_mels=16), _ls, range(16), range(16, 24), TrainConfig(epochs=3, batch_size=8, patience=None), 32, FeatureParams(n_mels=16), ["a", "b"], 1.0, d, progress=False, info=dict(folds=dict(train=[2])))
+    test_eq(len(h5["history"]), 3); assert (Path(d)/"small_cnn.pt").exists()
     mm, ck = load_checkpoint(Path(d)/"small_cnn.pt")
     test_eq(predict_logits(mm, _ls, range(2), 10, multicrop=True).shape, (2, 2))   # 40-frame clips in 10-frame windows
     test_eq(ck["classes"], ["a", "b"]); test_eq(predict_logits(mm, _ls, range(4), 32).shape, (4, 2))

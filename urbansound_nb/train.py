@@ -139,7 +139,7 @@ def stop_early(cfg: TrainConfig, epoch: int, best_epoch: int, lr: float) -> bool
     if not cfg.patience or epoch - best_epoch < cfg.patience: return False
     return cfg.schedule != "onecycle" or lr < cfg.lr / 4
 
-# %% ../nbs/04_cnn.ipynb #9cedb955b2
+# %% ../nbs/04_cnn.ipynb #ebde790fc8
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
                 device=None, progress: bool = True, info: dict | None = None):
@@ -156,7 +156,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
     last = Path(out_dir)/f"{name}.last.pt" if out_dir else None
-    if last and last.exists():
+    if last and last.exists() and (Path(out_dir)/f"{name}.pt").exists():  # without the best checkpoint, the last state alone cannot finish the run
         st = torch.load(last, map_location=device, weights_only=False)
         # the same training only: recipe, model, training set size and (where recorded) folds; a state saved before folds were recorded has no 'info'
         if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx) and st.get("info", info) == info:
