@@ -319,8 +319,7 @@ def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False, p
 #| export
 def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_window: bool = False) -> int:
     "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
-    if not Path(checkpoint).is_file(): print(f"error: no checkpoint at {checkpoint}", file=sys.stderr); return 2
-    try: predictor = Predictor(checkpoint)
+    try: predictor = Predictor(checkpoint)  # a missing, unreadable or wrong file: a CheckpointError naming it
     except CheckpointError as e: print(f"error: {e}", file=sys.stderr); return 2
     failed = 0
     for rec in predict_files(checkpoint, files, top_k, per_window, predictor):
