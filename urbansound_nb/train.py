@@ -139,7 +139,7 @@ def stop_early(cfg: TrainConfig, epoch: int, best_epoch: int, lr: float) -> bool
     if not cfg.patience or epoch - best_epoch < cfg.patience: return False
     return cfg.schedule != "onecycle" or lr < cfg.lr / 4
 
-# %% ../nbs/04_cnn.ipynb #ebde790fc8
+# %% ../nbs/04_cnn.ipynb #ce158c810f
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
                 device=None, progress: bool = True, info: dict | None = None):
@@ -157,7 +157,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
     hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
     last = Path(out_dir)/f"{name}.last.pt" if out_dir else None
     if last and last.exists() and (Path(out_dir)/f"{name}.pt").exists():  # without the best checkpoint, the last state alone cannot finish the run
-        st = torch.load(last, map_location=device, weights_only=False)
+        st = torch.load(last, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors; weights and optimizer state move to `device` as they load
         # the same training only: recipe, model, training set size and (where recorded) folds; a state saved before folds were recorded has no 'info'
         if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx) and st.get("info", info) == info:
             model.load_state_dict(st["state_dict"]); opt.load_state_dict(st["optimizer"]); sched.load_state_dict(st["scheduler"])
