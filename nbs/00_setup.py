@@ -236,12 +236,13 @@ test_eq(validate_params(train_folds=3).train_folds, [3])
 # One seed drives Python, NumPy and PyTorch. The device is the best one present: CUDA, then
 # Apple's MPS, then the CPU; everything in the study also runs on two CPU cores.
 #
-# On the CPU a seeded training repeats exactly. On a GPU it does not by default: cuDNN picks
-# its convolution algorithms by timing them, and some of them add in a varying order. On an
-# H100, two seed-0 trainings of each model on the mini data chose different epochs with
-# different validation accuracies (59.8% and 60.8% for UrbanResNet). With cuDNN held to its
-# deterministic algorithms they matched epoch for epoch, at about the same speed (7.8 s
-# against 7.4 s for 20 UrbanResNet epochs), so `seed_everything` asks for them.
+# On the CPU a seeded training repeats exactly. On a GPU it does not by default: some of
+# cuDNN's convolution algorithms (those of the backward pass in particular) add partial sums
+# in a varying order. On an H100, two seed-0 trainings of each model on the mini data went
+# different ways (best validation accuracy 59.8% and 60.8% for UrbanResNet, 52.9% and 52.7% for
+# SmallAudioCNN). With cuDNN held to its deterministic algorithms, and its benchmark mode (which
+# picks algorithms by timing them) off, they matched epoch for epoch at about the same speed
+# (7.8 s against 7.4 s for 20 UrbanResNet epochs), so `seed_everything` sets both.
 
 # %%
 #| export

@@ -745,7 +745,7 @@ plot_history(histories, "CNNs"); plt.show()
 # ## How much one run's gap tells
 #
 # The seed moves both models' scores, so one run's gap is one draw. Ten draws on each
-# arrangement (A: train 1, validate 2, test 3; B: train 2, validate 1, test 3) put a spread on
+# arrangement of the mini data (A: train 1, validate 2, test 3; B: train 2, validate 1, test 3) put a spread on
 # it: SmallAudioCNN with seed *s* and the UrbanResNet pair with seeds 2*s* and 2*s* + 1, for
 # *s* = 0..9, trained as this notebook trains them (`fit`, `fit_ensemble`), plus SmallAudioCNN
 # trained the way the pair is (UrbanResNet's recipe, 20 epochs, two seeds averaged) to separate
