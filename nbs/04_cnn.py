@@ -745,13 +745,13 @@ plot_history(histories, "CNNs"); plt.show()
 # ## How much one run's gap tells
 #
 # The seed moves both models' scores, so one run's gap is one draw. Ten draws on each
-# arrangement of the mini data (A: train 1, validate 2, test 3; B: train 2, validate 1, test 3) put a spread on
-# it: SmallAudioCNN with seed *s* and the UrbanResNet pair with seeds 2*s* and 2*s* + 1, for
-# *s* = 0..9, trained as this notebook trains them (`fit`, `fit_ensemble`), plus SmallAudioCNN
-# trained the way the pair is (UrbanResNet's recipe, 20 epochs, two seeds averaged) to separate
-# the recipe from the architecture. These 100 trainings ran on one H100 GPU in about 4.5 minutes,
-# before cuDNN was held to deterministic algorithms (see 00), so a rerun will not repeat them
-# exactly. Mean ± standard deviation over the ten seeds:
+# arrangement of the mini data (A: train 1, validate 2, test 3; B: train 2, validate 1, test 3)
+# put a spread on it: SmallAudioCNN with seed *s* and the UrbanResNet pair with seeds 2*s* and
+# 2*s* + 1, for *s* = 0..9, trained as this notebook trains them (`fit`, `fit_ensemble`), plus
+# SmallAudioCNN trained the way the pair is (UrbanResNet's recipe, 20 epochs, two seeds
+# averaged) to separate the recipe from the architecture. These 100 trainings ran on one H100
+# GPU in about 4.5 minutes, before cuDNN was held to deterministic algorithms (see 00), so a
+# rerun will not repeat them exactly. Mean ± standard deviation over the ten seeds:
 #
 # | | A: validation | A: test | B: validation | B: test |
 # |---|---|---|---|---|
@@ -762,11 +762,11 @@ plot_history(histories, "CNNs"); plt.show()
 #
 # On test fold 3 the lead ranged from +1.8 to +11.6 points over the ten seeds on A, and from
 # +6.7 to +15.8 on B. The default run (seed 0 on A, +3.1 points on two CPU cores) lies in the
-# lower part of that range. No seed reached the study's target of a 20-point lead.
-# Most of the lead comes from the architecture, not the recipe: SmallAudioCNN trained with
-# UrbanResNet's recipe gains 3.6 points of validation accuracy on A and 1.3 on B, while the
-# pair stays 7 points ahead of it on validation on both arrangements. On test, the recipe helps
-# SmallAudioCNN on A (+2.4 points) and hurts it on B (-2.5 points).
+# lower part of that range. No seed reached the study's target of a 20-point lead. Most of the
+# lead comes from the architecture, not the recipe: SmallAudioCNN trained with UrbanResNet's
+# recipe gains 3.6 points of validation accuracy on A and 1.3 on B, while the pair stays 7
+# points ahead of it on validation on both arrangements. On test, the recipe helps SmallAudioCNN
+# on A (+2.4 points) and hurts it on B (-2.5 points).
 
 # %% [markdown]
 # ## The test fold, once
