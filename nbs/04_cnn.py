@@ -482,6 +482,34 @@ test_eq(stop_early(TrainConfig(patience=10), 30, 4, 1e-4), True)
 test_eq(stop_early(TrainConfig(patience=10), 30, 25, 1e-4), False)    # improved recently
 test_eq(stop_early(TrainConfig(patience=None), 30, 4, 1e-4), False)
 
+# %% [markdown]
+# An interrupted training resumes where it stopped and, on the CPU, repeats the uninterrupted run
+# exactly: the last state keeps the batch generator's and torch's random state. On a GPU,
+# dropout draws from the GPU's own generator, so its state is kept too (and restored only on a
+# device of the same kind).
+
+# %%
+#| export train
+def device_rng_state(device):
+    "(device kind, RNG state) of a GPU `device`, whose generator dropout draws from there; None on the CPU."
+    kind = torch.device(device).type
+    if kind == "cuda": return kind, torch.cuda.get_rng_state(device)
+    if kind == "mps": return kind, torch.mps.get_rng_state()
+    return None
+
+def set_device_rng_state(saved, device) -> bool:
+    "Restore `device_rng_state`'s result on `device` if it was saved on a device of the same kind; whether it was."
+    kind = torch.device(device).type
+    if not saved or saved[0] != kind: return False
+    if kind == "cuda": torch.cuda.set_rng_state(saved[1], device)
+    else: torch.mps.set_rng_state(saved[1])
+    return True
+
+# %%
+test_eq(device_rng_state("cpu"), None)
+test_eq(set_device_rng_state(None, "cpu"), False)
+test_eq(set_device_rng_state(("cuda", torch.zeros(16, dtype=torch.uint8)), "cpu"), False)   # a GPU's state is not applied on the CPU
+
 # %%
 #| export train
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
@@ -505,7 +533,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
         # the same training only: recipe, model, training set size and (where recorded) folds; a state saved before folds were recorded has no 'info'
         if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx) and st.get("info", info) == info:
             model.load_state_dict(st["state_dict"]); opt.load_state_dict(st["optimizer"]); sched.load_state_dict(st["scheduler"])
-            gen.set_state(st["generator"]); torch.set_rng_state(st["torch_rng"])
+            gen.set_state(st["generator"]); torch.set_rng_state(st["torch_rng"]); set_device_rng_state(st.get("device_rng"), device)
             hist, best, start = st["history"], st["best"], st["epoch"] + 1
             if progress: print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
     best_state = copy.deepcopy(model.state_dict()) if start == 0 else torch.load(Path(out_dir)/f"{name}.pt", map_location=device, weights_only=False)["state_dict"]
@@ -534,7 +562,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
             best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1); best_state = copy.deepcopy(model.state_dict())
             if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})), Path(out_dir)/f"{name}.pt")
         if out_dir: _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
-                               torch_rng=torch.get_rng_state(), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
+                               torch_rng=torch.get_rng_state(), device_rng=device_rng_state(device), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
                                n_train=len(train_idx), info=info), last)
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0: print(f"  {name} epoch {epoch+1}: loss {tot/n:.3f}, val acc {val_acc:.3f} (best {best['val_accuracy']:.3f} @ {best['epoch']})", flush=True)
@@ -572,6 +600,34 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: load_checkpoint(Path(d)/"absent.pt"), contains="absent.pt: no such checkpoint")
     torch.save(dict(ck, config=dict(ck["config"], n_classes=3)), Path(d)/"wrong.pt")
     test_fail(lambda: load_checkpoint(Path(d)/"wrong.pt"), contains="its weights do not fit its model 'small_cnn'")
+
+# %% [markdown]
+# An interruption costs nothing but time: a training stopped after its second epoch and resumed
+# ends with the same history and weights as one run straight through, with the whole recipe
+# drawing random numbers (crops, recording variation, mixup, dropout).
+
+# %%
+class _Interrupt(Exception): pass
+
+def _train_small_resnet(d, stop_after_batches=None):
+    "UrbanResNet at a tiny width with its full recipe; raises _Interrupt after `stop_after_batches` training batches."
+    calls = [0]
+    def hook(x, y, gen):
+        calls[0] += 1
+        if stop_after_batches is not None and calls[0] > stop_after_batches: raise _Interrupt
+        return x
+    cfg = TrainConfig(epochs=4, batch_size=8, **RECIPES["resnet"])
+    return train_model("resnet", dict(n_classes=2, n_mels=16, widths=(4, 8, 8, 8)), _ls, range(16), range(16, 24), cfg, 32,
+                       FeatureParams(n_mels=16), ["a", "b"], 1.0, d, augment=hook, progress=False)
+
+with tempfile.TemporaryDirectory() as straight, tempfile.TemporaryDirectory() as interrupted:
+    m_straight, h_straight = _train_small_resnet(straight)
+    test_fail(lambda: _train_small_resnet(interrupted, stop_after_batches=5), exc=_Interrupt)   # in epoch 3 (2 batches an epoch)
+    test_eq(torch.load(Path(interrupted)/"resnet.last.pt", weights_only=False)["epoch"], 1)    # epochs 1 and 2 were saved
+    m_resumed, h_resumed = _train_small_resnet(interrupted)
+    test_eq(h_resumed["history"][-1]["epoch"], 4)
+    test_eq([(r["train_loss"], r["val_loss"]) for r in h_resumed["history"]], [(r["train_loss"], r["val_loss"]) for r in h_straight["history"]])
+    for k, v in m_straight.state_dict().items(): test_eq(m_resumed.state_dict()[k], v)
 
 # %% [markdown]
 # ## This run's data

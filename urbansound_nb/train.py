@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-__all__ = ['AUGMENTATIONS', 'RECIPES', 'CHECKPOINT_KEYS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'CheckpointError', 'load_checkpoint', 'stop_early', 'train_model', 'model_config', 'split_folds', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
+__all__ = ['AUGMENTATIONS', 'RECIPES', 'CHECKPOINT_KEYS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'TrainConfig', 'mixup', 'window_starts', 'predict_logits', 'checkpoint_dict', 'CheckpointError', 'load_checkpoint', 'stop_early', 'device_rng_state', 'set_device_rng_state', 'train_model', 'model_config', 'split_folds', 'fit', 'fit_ensemble', 'fit_study_model', 'trainings', 'plot_history']
 
 # %% ../nbs/04_cnn.ipynb #b52289f07a
 import copy, io, math, time
@@ -139,7 +139,23 @@ def stop_early(cfg: TrainConfig, epoch: int, best_epoch: int, lr: float) -> bool
     if not cfg.patience or epoch - best_epoch < cfg.patience: return False
     return cfg.schedule != "onecycle" or lr < cfg.lr / 4
 
-# %% ../nbs/04_cnn.ipynb #ce158c810f
+# %% ../nbs/04_cnn.ipynb #641bb65377
+def device_rng_state(device):
+    "(device kind, RNG state) of a GPU `device`, whose generator dropout draws from there; None on the CPU."
+    kind = torch.device(device).type
+    if kind == "cuda": return kind, torch.cuda.get_rng_state(device)
+    if kind == "mps": return kind, torch.mps.get_rng_state()
+    return None
+
+def set_device_rng_state(saved, device) -> bool:
+    "Restore `device_rng_state`'s result on `device` if it was saved on a device of the same kind; whether it was."
+    kind = torch.device(device).type
+    if not saved or saved[0] != kind: return False
+    if kind == "cuda": torch.cuda.set_rng_state(saved[1], device)
+    else: torch.mps.set_rng_state(saved[1])
+    return True
+
+# %% ../nbs/04_cnn.ipynb #f61f176647
 def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg: TrainConfig, n_frames: int,
                 fp: FeatureParams, classes, clip_seconds: float, out_dir=None, augment=None, class_weights=None,
                 device=None, progress: bool = True, info: dict | None = None):
@@ -161,7 +177,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
         # the same training only: recipe, model, training set size and (where recorded) folds; a state saved before folds were recorded has no 'info'
         if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx) and st.get("info", info) == info:
             model.load_state_dict(st["state_dict"]); opt.load_state_dict(st["optimizer"]); sched.load_state_dict(st["scheduler"])
-            gen.set_state(st["generator"]); torch.set_rng_state(st["torch_rng"])
+            gen.set_state(st["generator"]); torch.set_rng_state(st["torch_rng"]); set_device_rng_state(st.get("device_rng"), device)
             hist, best, start = st["history"], st["best"], st["epoch"] + 1
             if progress: print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
     best_state = copy.deepcopy(model.state_dict()) if start == 0 else torch.load(Path(out_dir)/f"{name}.pt", map_location=device, weights_only=False)["state_dict"]
@@ -190,7 +206,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
             best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1); best_state = copy.deepcopy(model.state_dict())
             if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})), Path(out_dir)/f"{name}.pt")
         if out_dir: _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
-                               torch_rng=torch.get_rng_state(), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
+                               torch_rng=torch.get_rng_state(), device_rng=device_rng_state(device), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
                                n_train=len(train_idx), info=info), last)
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0: print(f"  {name} epoch {epoch+1}: loss {tot/n:.3f}, val acc {val_acc:.3f} (best {best['val_accuracy']:.3f} @ {best['epoch']})", flush=True)
