@@ -234,10 +234,10 @@ class UrbanResNet(nn.Module):
 # Two more, measured the same way (the seed-0 baseline repeated its 62.2% at epoch 10 on A),
 # were not taken either. A second residual block in each of the last two stages (2.69 M
 # parameters; 324 s for a training on A against 166 s) scored 55.4% on A and 57.8% on B by the
-# best epoch. Attention pooling over time added beside the mean and the max (a
-# learned score per frame, softmax-weighted) scored 64.0% and 61.4% with seed 0, and 65.9% and
-# 58.6% with seed 1: 62.5% over the four against the baseline's 63.0% by the best epoch, and
-# 60.3% against 59.1% over the last five epochs.
+# best epoch. Attention pooling over time added beside the mean and the max (a learned score per
+# frame, softmax-weighted) scored 64.0% and 61.4% with seed 0, and 65.9% and 58.6% with seed 1:
+# 62.5% over the four against the baseline's 63.0% by the best epoch, and 60.3% against 59.1%
+# over the last five epochs.
 #
 # `SeedEnsemble` holds such members and returns the log of their mean probability, so
 # everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop scoring,
