@@ -535,8 +535,8 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
     opt, sched = _optimizer(model, cfg, cfg.epochs * steps_per_epoch)
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
-    last = Path(out_dir)/f"{name}.last.pt" if out_dir else None
-    if last and last.exists() and (Path(out_dir)/f"{name}.pt").exists():  # without the best checkpoint, the last state alone cannot finish the run
+    best_path, last = (Path(out_dir)/f"{name}.pt", Path(out_dir)/f"{name}.last.pt") if out_dir else (None, None)
+    if last and last.exists() and best_path.exists():  # without the best checkpoint, the last state alone cannot finish the run
         st = torch.load(last, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors; weights and optimizer state move to `device` as they load
         # the same training only: recipe, model, training set size and (where recorded) folds; a state saved before folds were recorded has no 'info'
         if st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == len(train_idx) and st.get("info", info) == info:
@@ -544,7 +544,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
             gen.set_state(st["generator"]); torch.set_rng_state(st["torch_rng"]); set_device_rng_state(st.get("device_rng"), device)
             hist, best, start = st["history"], st["best"], st["epoch"] + 1
             if progress: print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
-    best_state = copy.deepcopy(model.state_dict()) if start == 0 else torch.load(Path(out_dir)/f"{name}.pt", map_location=device, weights_only=False)["state_dict"]
+    best_state = copy.deepcopy(model.state_dict()) if start == 0 else torch.load(best_path, map_location=device, weights_only=False)["state_dict"]
     bar = tqdm(range(start, cfg.epochs), desc=name, unit="epoch", disable=not progress or start >= cfg.epochs, mininterval=5)  # a finished run shows no empty bar
     for epoch in bar:
         model.train(); t0, t_data, tot, correct, n = time.time(), 0.0, 0.0, 0.0, 0
@@ -568,7 +568,7 @@ def train_model(name: str, config: dict, ls: LogMelSet, train_idx, val_idx, cfg:
                          lr=opt.param_groups[0]["lr"], seconds=time.time() - t0, data_seconds=t_data, train_seconds=t_train))
         if val_acc > best["val_accuracy"]:
             best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1); best_state = copy.deepcopy(model.state_dict())
-            if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})), Path(out_dir)/f"{name}.pt")
+            if out_dir: _save(checkpoint_dict(model, name, config, fp, classes, clip_seconds, epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})), best_path)
         if out_dir: _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
                                torch_rng=torch.get_rng_state(), device_rng=device_rng_state(device), history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
                                n_train=len(train_idx), info=info), last)
