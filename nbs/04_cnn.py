@@ -832,13 +832,14 @@ plot_history(histories, "CNNs"); plt.show()
 # low end of the curve above. UrbanResNet gains more from the second fold than SmallAudioCNN
 # does (6.0 points against 4.0, over the single folds' mean), but fold 1 added to fold 2 gains it
 # only 1.4 points on fold 3, so which recordings are added matters as much as how many. The
-# averaged pair of UrbanResNets that the study trains, at its last epoch, scored 46.1% (fold 1),
-# 56.3% (fold 2) and 58.1% (both). Eight folds are two more doublings: growing by 1.9 points
-# per doubling, the lead would be about 13.5 points there, short of the +20 the study aimed for;
-# only the curve's steepest rate above (6 points per doubling) would reach it. Both are
-# extrapolations. A study run cannot repeat this, since the protocol never lets one fold both
-# choose the epoch and test (`check_fold_roles`); the 18 trainings took 65 minutes on 2 CPU cores
-# (on both folds, 6 minutes for an UrbanResNet and 3.5 for SmallAudioCNN).
+# averaged pair of UrbanResNets that the study trains, at its last epoch (the mean over the three
+# pairs of those seeds), scored 46.1% (fold 1), 56.3% (fold 2) and 58.1% (both). Eight folds are
+# two more doublings: growing by 1.9 points per doubling, the lead would be about 13.5 points
+# there, short of the +20 the study aimed for; only the curve's steepest rate above (6 points per
+# doubling) would reach it. Both are extrapolations. A study run cannot repeat this, since the
+# protocol never lets one fold both choose the epoch and test (`check_fold_roles`); the 18
+# trainings took 65 minutes on 2 CPU cores (on both folds, 6 minutes for an UrbanResNet and 3.5
+# for SmallAudioCNN).
 
 # %% [markdown]
 # ## How much one run's gap tells
