@@ -888,18 +888,18 @@ plot_history(histories, "CNNs"); plt.show()
 # points ahead of it on validation on both arrangements. On test, the recipe helps SmallAudioCNN
 # on A (+2.4 points) and hurts it on B (-2.5 points).
 #
-# What a 20-point lead would take on this test fold follows from the two tables. SmallAudioCNN
-# averages 38.6% on fold 3 when trained on fold 1 (A) and 45.3% when trained on fold 2 (B), so
-# the pair would have to reach about 58.6% and 65.3%. Trained on folds 1 and 2 *together*, twice
-# the recordings of either arrangement, the pair reached 58.1% at its last epoch (the mean over
-# three pairs of seeds, in the section above). Even one UrbanResNet's best epoch, chosen on fold
-# 3 itself, reached only 59.1% (the mean of three seeds). So on A the target asks of one fold of
-# recordings what two folds give, and on B it asks for more than two folds give. None of the
-# changes to the model or its recipe that this notebook records as tried and not taken gained
-# more than a few points of validation accuracy. On the mini data the target is therefore out of
-# reach of training from scratch, not one trial away. Whether it is met with the full dataset's
-# eight training folds is what `make study DATASET=/path/UrbanSound8K`, and 07 with `-p models
-# "[resnet, small_cnn]"`, measure.
+# What a 20-point lead would take on this test fold follows from the table above and the
+# two-fold one in the previous section. SmallAudioCNN averages 38.6% on fold 3 when trained on
+# fold 1 (A) and 45.3% when trained on fold 2 (B), so the pair would have to reach about 58.6%
+# and 65.3%. Trained on folds 1 and 2 *together*, twice the recordings of either arrangement,
+# the pair reached 58.1% at its last epoch (the mean over three pairs of seeds). Even one
+# UrbanResNet's best epoch, chosen on fold 3 itself, reached only 59.1% (the mean of three
+# seeds). So on A the target asks of one fold of recordings what two folds give, and on B it
+# asks for more than two folds give. None of the changes to the model or its recipe that this
+# notebook records as tried and not taken gained more than a few points of validation accuracy.
+# On the mini data the target is therefore out of reach of training from scratch, not one trial
+# away. Whether it is met with the full dataset's eight training folds is what `make study
+# DATASET=/path/UrbanSound8K`, and 07 with `-p models "[resnet, small_cnn]"`, measure.
 
 # %% [markdown]
 # ## The test fold, once
