@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Exploring UrbanSound8K
 #
-# > What is in the data: classes and folds, imbalance, durations, formats, salience, and one clip of each class to look at and listen to.
+# > What is in the data: classes, folds, imbalance, durations, formats, salience, and a clip of each class.
 
 # %% [markdown]
 # Before any model, the numbers a careful reader wants: how many clips per class and fold, how
@@ -38,38 +38,26 @@ import torch, torchaudio
 from IPython.display import Audio
 from tqdm import tqdm
 
-from urbansound_nb.core import AudioDecodeError, audio_bytes, audio_file, encode_audio
+from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file
 
 # %%
-import os
-from urbansound_nb.core import as_int, decode_row, fold_split, is_synthetic, load_urbansound, metadata_frame, split_class_counts, validate_params, write_results
+from urbansound_nb.audio import ClipPlayer, decode_row, encode_audio, is_synthetic
+from urbansound_nb.core import write_results
+from urbansound_nb.data import fold_split, load_urbansound, metadata_frame, split_class_counts
+from urbansound_nb.params import as_int, study_params, use_test_values
 
 # %% tags=["parameters"]
-dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
-train_folds = None
-val_fold = None
-test_fold = None
-sample_rate = 22050
-clip_seconds = 4.0
-seed = 0
-max_items = None
-epochs = 30             # unused here; shared by every notebook
-run_dir = "../runs/notebook"
-cache_dir = "../cache"
+# the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 header_sample = None    # audio headers to read: None for every clip, or a number for a random sample
 
 # %%
-#| hide
-if os.environ.get("IN_TEST"):
-    import tempfile; dataset, run_dir, cache_dir = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp()
-
-# %%
-params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
-                         epochs, run_dir, cache_dir)
+use_test_values(globals())
+params = study_params(globals())
 header_sample = None if header_sample is None else as_int("header_sample", header_sample, 1)
 ds = load_urbansound(params.dataset, params.max_items, params.seed)
 meta = metadata_frame(ds)
-if is_synthetic(ds): print("NOTE: this run uses the SYNTHETIC stand-in, not UrbanSound8K; the numbers below describe it.")
+if is_synthetic(ds):
+    print("NOTE: this run uses the SYNTHETIC stand-in, not UrbanSound8K; the numbers below describe it.")
 print(f"{params.dataset}: {len(ds):,} clips, {meta['class'].nunique()} classes, folds {sorted(meta['fold'].unique())}")
 
 # %% [markdown]
@@ -132,11 +120,12 @@ test_eq(chance_accuracies([0, 0, 1], [0, 1])["majority_accuracy"], 0.5)
 test_eq(round(chance_accuracies([0, 0, 1, 1], [0, 1])["random_guess_accuracy"], 6), 0.5)
 
 # %%
-split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
+split = fold_split(ds, **params.split)
 print(f"train folds {split.train_folds}, validation fold {split.val_fold}, test fold {split.test_fold}")
 split_counts = split_class_counts(split)
 display(split_counts)
-chance = {name: chance_accuracies(split.train["classID"], sub["classID"]) for name, sub in (("val", split.val), ("test", split.test))}
+chance = {name: chance_accuracies(split.train["classID"], sub["classID"]) for name,
+          sub in (("val", split.val), ("test", split.test))}
 pd.DataFrame(chance).T.assign(majority_class=lambda d: [split.classes[int(c)] for c in d.majority_class])
 
 # %% [markdown]
@@ -146,14 +135,14 @@ pd.DataFrame(chance).T.assign(majority_class=lambda d: [split.classes[int(c)] fo
 # the decoded length. They should agree, and they show how many clips are shorter than 4 s.
 
 # %% [markdown]
-# A clip held as a file (the official layout) has only its header read, not the whole file: on
-# the README's full-size stand-in, 2.6 s for all 8,732 files from a cold disk, against 17 s
-# when each file was read whole. A clip held as bytes (the hub layout) is already in memory.
+# A clip held as a file (the official layout) has only its header read, not the whole file, which
+# is several times faster than reading each file whole. A clip held as bytes (the hub layout) is
+# already in memory.
 
 # %%
 #| export
 def audio_header(audio: dict, name: str = "clip"):
-    "soundfile's header of one clip (`sf.info`): from its file when it has one, else from its bytes; errors name the clip."
+    "soundfile's header of one clip (`sf.info`): from its file if it has one, else from its bytes."
     path = audio_file(audio)
     source = path if path and os.path.isfile(path) else io.BytesIO(audio_bytes(audio, name))
     try: return sf.info(source)
@@ -161,12 +150,14 @@ def audio_header(audio: dict, name: str = "clip"):
 
 def audio_headers(ds, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
     "Sample rate, channels, encoding and duration from each clip's header (all clips, or a random `sample`)."
-    idx = np.arange(len(ds)) if sample is None or sample >= len(ds) else np.sort(np.random.default_rng(seed).choice(len(ds), sample, replace=False))
+    everything = sample is None or sample >= len(ds)
+    idx = np.arange(len(ds)) if everything else np.sort(np.random.default_rng(seed).choice(len(ds), sample, False))
     rows, sub = [], ds.select(idx.tolist()).select_columns(["audio", "slice_file_name", "class"])
     for batch in tqdm(sub.iter(batch_size=256), total=(len(idx) + 255) // 256, desc="audio headers", mininterval=2):
         for a, name, cls in zip(batch["audio"], batch["slice_file_name"], batch["class"]):
             info = audio_header(a, name)
-            rows.append(dict(slice_file_name=name, **{"class": cls}, sample_rate=info.samplerate, channels=info.channels,
+            rows.append(dict(slice_file_name=name, **{"class": cls}, sample_rate=info.samplerate,
+                             channels=info.channels,
                              format=info.format, subtype=info.subtype, decoded_seconds=info.frames / info.samplerate))
     return pd.DataFrame(rows, index=idx)
 
@@ -178,14 +169,16 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(audio_header(dict(bytes=None, path=str(wav))).frames, 2205)           # the file's header
     test_eq(audio_header(dict(bytes=wav.read_bytes(), path=None)).samplerate, 22050)  # the bytes' header
     wav.write_bytes(b"not audio" * 10)
-    test_fail(lambda: audio_header(dict(bytes=None, path=str(wav)), "x.wav"), contains="x.wav: soundfile cannot read its header")
+    test_fail(lambda: audio_header(dict(bytes=None, path=str(wav)), "x.wav"),
+              contains="x.wav: soundfile cannot read its header")
 
 # %%
 headers = audio_headers(ds, header_sample, params.seed)
 meta["metadata_seconds"] = meta["end"] - meta["start"]
 durations = meta.join(headers[["decoded_seconds"]], how="inner")
 print(f"headers read for {len(headers):,} of {len(ds):,} clips")
-durations.groupby("class")[["metadata_seconds", "decoded_seconds"]].describe().loc[:, (slice(None), ["mean", "min", "50%", "max"])].round(2)
+stats = durations.groupby("class")[["metadata_seconds", "decoded_seconds"]].describe()
+stats.loc[:, (slice(None), ["mean", "min", "50%", "max"])].round(2)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
@@ -228,35 +221,15 @@ sal["background share"] = (sal.get("background", 0) / sal.sum(axis=1)).round(2)
 sal
 
 # %%
-ax = sal[[c for c in ("foreground", "background") if c in sal]].plot.barh(stacked=True, figsize=(8, 4.5), color=["tab:orange", "tab:gray"])
+ax = sal[[c for c in ("foreground", "background") if c in sal]].plot.barh(stacked=True, figsize=(8, 4.5),
+                                                                          color=["tab:orange", "tab:gray"])
 ax.set(title="Salience per class", xlabel="clips", ylabel="class"); plt.show()
 
 # %% [markdown]
 # ## One clip of each class
 #
 # Waveform, log-mel spectrogram (computed directly with torchaudio here; notebook 02 builds
-# the cached front end) and a player. Players are embedded as MP3 (about 20 KB per 4 s clip),
-# which every browser plays; on GitHub, which does not render players, the text below each
-# stands in.
-
-# %%
-#| export
-class ClipPlayer(Audio):
-    "An `IPython.display.Audio` player embedded as compact MP3, with a caption and a plain-text stand-in."
-    def __init__(self, samples: np.ndarray, rate: int, caption: str = ""):
-        if rate > 48000:  # MP3 tops out at 48 kHz
-            samples, rate = torchaudio.functional.resample(torch.from_numpy(samples), rate, 44100).numpy(), 44100
-        peak = float(np.abs(samples).max()) if len(samples) else 0.0
-        data = encode_audio(samples / peak * 0.9 if peak > 1 else samples, rate, "MP3", "MPEG_LAYER_III")
-        super().__init__(data=data)
-        self.mimetype, self.caption, self.seconds = "audio/mpeg", caption, len(samples) / rate
-    def _repr_html_(self):
-        return f'<div style="font-size:0.85em">{self.caption}</div>' + super()._repr_html_()
-    def __repr__(self): return f"[audio: {self.caption} ({self.seconds:.2f} s)]"
-
-# %%
-p = ClipPlayer(np.sin(np.arange(8000) / 4).astype(np.float32) * 0.3, 8000, "a test tone")
-assert 'audio/mpeg' in p._repr_html_() and "a test tone" in p._repr_html_(); test_eq(repr(p), "[audio: a test tone (1.00 s)]")
+# the cached front end) and a player (`ClipPlayer`, notebook 00b).
 
 # %%
 #| export
@@ -265,8 +238,9 @@ def plot_clip(samples: np.ndarray, rate: int, title: str, n_mels: int = 64, axes
     if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 3), constrained_layout=True)
     t = np.arange(len(samples)) / rate
     axes[0].plot(t, samples, lw=0.5); axes[0].set(title=f"{title}: waveform", xlabel="time (s)", ylabel="amplitude")
-    mel = torchaudio.transforms.MelSpectrogram(rate, n_fft=1024, hop_length=256, n_mels=n_mels)(torch.from_numpy(samples))
-    db = 10 * torch.log10(mel.clamp_min(1e-10))
+    mel_spectrogram = torchaudio.transforms.MelSpectrogram(rate, n_fft=1024, hop_length=256, n_mels=n_mels)
+    mel = mel_spectrogram(torch.from_numpy(samples))
+    db = torchaudio.transforms.AmplitudeToDB("power", top_db=None)(mel)
     im = axes[1].imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=float(db.max()) - 80,
                         extent=[0, len(samples) / rate, 0, n_mels])
     axes[1].set(title=f"{title}: log-mel", xlabel="time (s)", ylabel="mel band")
@@ -283,8 +257,10 @@ for i, r in examples.iterrows():
 # %%
 write_results(params.run_dir, "01_eda", {
     "dataset": dict(n_clips=len(ds), n_classes=int(meta["class"].nunique()), imbalance_ratio=ratio,
-                    clips_per_class=meta["class"].value_counts().to_dict(), clips_per_fold={int(k): int(v) for k, v in per_fold.items()},
+                    clips_per_class=meta["class"].value_counts().to_dict(),
+                    clips_per_fold={int(k): int(v) for k, v in per_fold.items()},
                     share_shorter_than_4s=float(short), headers_read=len(headers),
                     sample_rates={int(k): int(v) for k, v in fmt["sample_rate"].value_counts().items()},
                     encodings=fmt["encoding"].value_counts().to_dict()),
-    "chance": chance}, dataset=params.dataset, split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))
+    "chance": chance}, dataset=params.dataset,
+        split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))

@@ -9,18 +9,17 @@
 #     language: python
 #     name: python3
 # ---
-
 # %%
 #| default_exp features
 
 # %% [markdown]
 # # Preprocessing: log-mel features, computed once
 #
-# > Decode, resample, log-mel: each clip once per feature setting, cached on disk, so that training reads arrays and never audio.
+# > Decode, resample, log-mel: each clip once per feature setting, cached on disk; training never reads audio.
 
 # %% [markdown]
 # The starting notebook decoded and transformed every clip again on every epoch: with 30
-# epochs, 97% of its audio work was repeated work. Here the pipeline is
+# epochs, all but one pass of its audio work was repeated work. Here the pipeline is
 #
 # **decode -> mono -> resample -> log-mel (-> MFCC)**, then **pad or crop to the clip length**,
 #
@@ -36,7 +35,7 @@ from __future__ import annotations
 import hashlib, io, json, os, time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,24 +44,17 @@ import torchaudio
 from torch import nn
 from tqdm import tqdm
 
-from urbansound_nb.core import (atomic_write_bytes, audio_bytes, audio_file, decode_audio, fold_split, load_urbansound,
-                                metadata_frame, pick_device, save_json)
+from urbansound_nb.audio import audio_bytes, audio_file, decode_audio
+from urbansound_nb.core import atomic_write_bytes, pick_device, save_json
 
 # %%
-from urbansound_nb.core import as_int, is_synthetic, validate_params, write_results
+from urbansound_nb.audio import is_synthetic
+from urbansound_nb.core import write_results
+from urbansound_nb.data import fold_split, load_urbansound, metadata_frame
+from urbansound_nb.params import as_int, study_params, use_test_values
 
 # %% tags=["parameters"]
-dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
-train_folds = None
-val_fold = None
-test_fold = None
-sample_rate = 22050
-clip_seconds = 4.0
-seed = 0
-max_items = None
-epochs = 30             # unused here; shared by every notebook
-run_dir = "../runs/notebook"
-cache_dir = "../cache"
+# the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 n_mels = 64             # mel bands
 n_fft = 1024            # STFT window, samples (46 ms at 22.05 kHz)
 hop_length = 512        # STFT hop, samples (23 ms at 22.05 kHz)
@@ -70,17 +62,12 @@ workers = None          # extraction threads; None: every core
 bench_items = 256       # clips for the on-the-fly comparison below
 
 # %%
-#| hide
-if os.environ.get("IN_TEST"):
-    import tempfile; dataset, run_dir, cache_dir, bench_items = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 32
-
-# %%
-params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
-                         epochs, run_dir, cache_dir)
+use_test_values(globals(), bench_items=32)
+params = study_params(globals())
 workers = None if workers is None else as_int("workers", workers, 1)
 bench_items = as_int("bench_items", bench_items, 1)
 ds = load_urbansound(params.dataset, params.max_items, params.seed)
-split = fold_split(ds, params.train_folds, params.val_fold, params.test_fold)
+split = fold_split(ds, **params.split)
 print(f"{len(ds):,} clips from {params.dataset}", "(SYNTHETIC stand-in)" if is_synthetic(ds) else "")
 
 # %% [markdown]
@@ -111,9 +98,12 @@ class FeatureParams:
     def __post_init__(self):
         for name in ("sample_rate", "n_mels", "n_fft", "hop_length"):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0: raise ValueError(f"feature parameter {name!r} must be a positive integer, got {v!r}")
-        if self.hop_length > self.n_fft: raise ValueError(f"feature parameter 'hop_length' ({self.hop_length}) exceeds 'n_fft' ({self.n_fft})")
-        if self.n_mels > self.n_fft // 2 + 1: raise ValueError(f"feature parameter 'n_mels' ({self.n_mels}) exceeds the {self.n_fft//2+1} STFT bins")
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"feature parameter {name!r} must be a positive integer, got {v!r}")
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"feature parameter 'hop_length' ({self.hop_length}) exceeds 'n_fft' ({self.n_fft})")
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise ValueError(f"feature parameter 'n_mels' ({self.n_mels}) exceeds the {self.n_fft//2+1} STFT bins")
     @property
     def key(self) -> str:
         spec = json.dumps(dict(asdict(self), version=FEATURE_VERSION), sort_keys=True)
@@ -124,16 +114,17 @@ class FeatureParams:
 
 # %%
 from fastcore.test import test_eq, test_ne, test_fail, test_close
-fp = FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
-test_ne(fp.key, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels + 1, n_fft=n_fft, hop_length=hop_length).key)
+features = FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
+test_ne(features.key,
+        FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels + 1, n_fft=n_fft, hop_length=hop_length).key)
 test_fail(lambda: FeatureParams(n_mels=0), contains="'n_mels' must be a positive integer")
-print(fp, fp.key, f"{fp.frames(params.clip_seconds)} frames per {params.clip_seconds:g} s clip")
+print(features, features.key, f"{features.frames(params.clip_seconds)} frames per {params.clip_seconds:g} s clip")
 
 # %% [markdown]
 # ## The log-mel front end
 #
-# A small `nn.Module`: mel power spectrogram, then decibels with a floor at -100 dB (power
-# 1e-10). It takes a batch of waveforms `[batch, samples]` on any device, so the same module
+# A small `nn.Module`: mel power spectrogram, then decibels (torchaudio's `AmplitudeToDB`) with
+# its floor at -100 dB (power 1e-10). It takes a batch of waveforms `[batch, samples]` on any device, so the same module
 # runs on the CPU here and on a GPU when there is one.
 
 # %%
@@ -147,16 +138,16 @@ class LogMel(nn.Module):
         self.fp = fp
         self.mel = torchaudio.transforms.MelSpectrogram(fp.sample_rate, n_fft=fp.n_fft, hop_length=fp.hop_length,
                                                         n_mels=fp.n_mels, f_min=fp.f_min, f_max=fp.f_max, power=2.0)
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return 10.0 * torch.log10(self.mel(wave).clamp_min(10 ** (DB_FLOOR / 10)))
+        self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=None)  # 10 log10, floored at 1e-10 = DB_FLOOR
+    def forward(self, wave: torch.Tensor) -> torch.Tensor: return self.to_db(self.mel(wave))
 
 # %%
-front = LogMel(fp)
-wave = torch.randn(2, int(params.clip_seconds * fp.sample_rate)) * 0.1
+front = LogMel(features)
+wave = torch.randn(2, int(params.clip_seconds * features.sample_rate)) * 0.1
 lm = front(wave)
-test_eq(lm.shape, (2, fp.n_mels, fp.frames(params.clip_seconds)))
+test_eq(lm.shape, (2, features.n_mels, features.frames(params.clip_seconds)))
 test_eq(front(torch.zeros(1, 4096)).max().item(), DB_FLOOR)  # silence sits exactly at the floor
-if torch.cuda.is_available(): test_close(LogMel(fp).cuda()(wave.cuda()).cpu(), lm, eps=1e-2)
+if torch.cuda.is_available(): test_close(LogMel(features).cuda()(wave.cuda()).cpu(), lm, eps=1e-2)
 print(lm.shape, f"{lm.min():.1f} .. {lm.max():.1f} dB")
 
 # %% [markdown]
@@ -183,8 +174,9 @@ def load_waveform(data: bytes, sample_rate: int, name: str = "clip") -> torch.Te
 
 # %%
 row = split.train[0]
-w = load_waveform(audio_bytes(row["audio"]), fp.sample_rate, row["slice_file_name"])
-print(row["slice_file_name"], row["class"], tuple(w.shape), f"{len(w)/fp.sample_rate:.2f} s at {fp.sample_rate} Hz")
+w = load_waveform(audio_bytes(row["audio"]), features.sample_rate, row["slice_file_name"])
+print(row["slice_file_name"], row["class"], tuple(w.shape),
+      f"{len(w)/features.sample_rate:.2f} s at {features.sample_rate} Hz")
 
 # %% [markdown]
 # ## Pad or crop, and "duration cheating"
@@ -211,11 +203,13 @@ print(row["slice_file_name"], row["class"], tuple(w.shape), f"{len(w)/fp.sample_
 #| export
 def fix_length(x: torch.Tensor, n: int, mode: str = "center", pad_value: float = 0.0, generator=None) -> torch.Tensor:
     "Crop (mode 'center', 'random' or 'start') or pad at the end with `pad_value` the last axis of `x` to `n`."
-    if mode not in ("center", "random", "start"): raise ValueError(f"mode must be 'center', 'random' or 'start', got {mode!r}")
+    if mode not in ("center", "random", "start"):
+        raise ValueError(f"mode must be 'center', 'random' or 'start', got {mode!r}")
     length = x.shape[-1]
     if length > n:
         extra = length - n
-        off = extra // 2 if mode == "center" else 0 if mode == "start" else int(torch.randint(extra + 1, (1,), generator=generator))
+        if mode == "random": off = int(torch.randint(extra + 1, (1,), generator=generator))
+        else: off = extra // 2 if mode == "center" else 0
         return x[..., off:off + n]
     if length < n: return torch.nn.functional.pad(x, (0, n - length), value=pad_value)
     return x
@@ -289,17 +283,17 @@ def _write_shard(cache: FeatureCache, keys: list, frames: list):
     buf = io.BytesIO(); np.save(buf, np.concatenate(frames) if frames else np.zeros((0, cache.fp.n_mels), np.float16))
     atomic_write_bytes(cache.dir/f"{name}.npy", buf.getvalue())
     offs = np.cumsum([0] + [len(f) for f in frames[:-1]]).tolist()
-    atomic_write_bytes(cache.dir/f"{name}.json", json.dumps({"clips": [[k, o, len(f)] for k, o, f in zip(keys, offs, frames)]}).encode())
+    atomic_write_bytes(cache.dir/f"{name}.json",
+                       json.dumps({"clips": [[k, o, len(f)] for k, o, f in zip(keys, offs, frames)]}).encode())
     for k, o, f in zip(keys, offs, frames): cache.index[k] = (f"{name}.npy", o, len(f))
 
 # %% [markdown]
 # Finding a clip's key means reading and hashing its bytes, and every notebook does it to look
 # its features up. For the official layout, whose clips are files, that reads the whole release
-# in each notebook: on a full-size stand-in (5.3 GB, see the README), 13 s with the files in the
-# page cache and 27 s from this machine's disk. `FileKeys` remembers each file's key in
-# `cache_dir/file_keys.json`, under its path, with the four things git's index compares to call
-# a file unchanged: size, modification time, status-change time and inode. An unchanged file is
-# not read again, and the look-up takes 0.2 s (0.5 s from disk).
+# in each chapter (about 6 GB; the explanations page gives the times measured). `FileKeys`
+# remembers each file's key in `cache_dir/file_keys.json`, under its path, with the four things
+# git's index compares to call a file unchanged: size, modification time, status-change time and
+# inode. An unchanged file is not read again, and the look-up takes a fraction of a second.
 #
 # * Editing, replacing or moving a file changes at least one of the four, even a copy that
 #   keeps the old modification time (`cp -p`, `rsync -a`): the kernel sets the status-change
@@ -313,7 +307,7 @@ def _write_shard(cache: FeatureCache, keys: list, frames: list):
 # %%
 #| export
 class FileKeys:
-    "Content keys of audio files remembered by path, size, modification and status-change times and inode, in `cache_dir/file_keys.json`."
+    "Content keys of audio files, remembered in `cache_dir/file_keys.json` by path, size, times and inode."
     fresh_seconds = 2.0  # a file changed this recently is hashed but not remembered
 
     def __init__(self, cache_dir):
@@ -332,7 +326,8 @@ class FileKeys:
         known = self.entries.get(path) if sig else None
         if isinstance(known, list) and known[:-1] == sig: return known[-1]
         k = clip_key(audio_bytes(audio, name)); self.hashed += 1
-        if sig and time.time_ns() - st.st_ctime_ns > self.fresh_seconds * 1e9: self.entries[path] = [*sig, k]; self.changed = True
+        if sig and time.time_ns() - st.st_ctime_ns > self.fresh_seconds * 1e9:
+            self.entries[path] = [*sig, k]; self.changed = True
         return k
 
     def save(self):
@@ -344,15 +339,17 @@ class FileKeys:
 
 # %%
 import tempfile
-from urbansound_nb.core import encode_audio
+from urbansound_nb.audio import encode_audio
 with tempfile.TemporaryDirectory() as d:
     wav = Path(d)/"a.wav"; wav.write_bytes(encode_audio(np.zeros(800, np.float32), 8000))
-    fk = FileKeys(d); k = fk.key(dict(bytes=None, path=str(wav))); test_eq(fk.entries, {})  # just written: not remembered yet
+    # just written: not remembered yet
+    fk = FileKeys(d); k = fk.key(dict(bytes=None, path=str(wav))); test_eq(fk.entries, {})
     fk.fresh_seconds = 0; test_eq(fk.key(dict(bytes=None, path=str(wav))), k); test_eq(fk.hashed, 2)
     test_eq(k, clip_key(wav.read_bytes())); fk.key(dict(bytes=None, path=str(wav))); test_eq(fk.hashed, 2)  # remembered
     fk.save(); fk2 = FileKeys(d); test_eq(fk2.key(dict(bytes=None, path=str(wav))), k); test_eq(fk2.hashed, 0)
     before = wav.stat(); time.sleep(0.05)                                   # past the clock tick of file times
-    wav.write_bytes(encode_audio(np.ones(800, np.float32) / 4, 8000))       # other audio, same size, old modification time
+    # other audio, same size, old modification time
+    wav.write_bytes(encode_audio(np.ones(800, np.float32) / 4, 8000))
     os.utime(wav, ns=(before.st_atime_ns, before.st_mtime_ns)); test_eq(wav.stat().st_size, before.st_size)
     assert fk2.key(dict(bytes=None, path=str(wav))) != k and fk2.hashed == 1  # noticed all the same: hashed afresh
     test_eq(fk2.key(dict(bytes=wav.read_bytes(), path=None)), clip_key(wav.read_bytes()))  # bytes are always hashed
@@ -405,9 +402,10 @@ from datasets import concatenate_datasets
 tiny = load_urbansound("synthetic", max_items=12)
 tiny = concatenate_datasets([tiny, tiny.select([0])])                     # the first clip twice
 with tempfile.TemporaryDirectory() as d:
-    c = FeatureCache(d, fp); ks, todo = _hash_clips(tiny, c, FileKeys(d))
-    test_eq(len(ks), 13); test_eq(ks[12], ks[0]); test_eq(list(todo.values()), list(range(12)))  # the copy is not computed again
-    _extract_missing(c, tiny, todo, LogMel(fp), "cpu", 2, 256, tqdm(disable=True))
+    c = FeatureCache(d, features); ks, todo = _hash_clips(tiny, c, FileKeys(d))
+    # the copy is not computed again
+    test_eq(len(ks), 13); test_eq(ks[12], ks[0]); test_eq(list(todo.values()), list(range(12)))
+    _extract_missing(c, tiny, todo, LogMel(features), "cpu", 2, 256, tqdm(disable=True))
     test_eq(len(c), 12); test_eq(_hash_clips(tiny, c, FileKeys(d))[1], {})  # all cached now
 
 # %%
@@ -424,7 +422,8 @@ def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, 
     try:
         if todo: _extract_missing(cache, ds, todo, front, device, workers, shard_size, bar)
     finally: torch.set_num_threads(threads); bar.close()
-    stats = dict(clips=len(keys), computed=len(todo), reused=len(keys) - len(todo), hashed=file_keys.hashed, hash_seconds=round(hashed - t0, 3),
+    stats = dict(clips=len(keys), computed=len(todo), reused=len(keys) - len(todo), hashed=file_keys.hashed,
+                 hash_seconds=round(hashed - t0, 3),
                  extract_seconds=round(time.time() - hashed, 3), workers=workers, device=str(device))
     return cache, keys, stats
 
@@ -432,70 +431,26 @@ def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, 
 # Computing the features of this run's dataset (a second run finds them all in the cache):
 
 # %%
-cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, workers=workers)
+cache, keys, stats = cache_logmels(ds, features, params.cache_dir, workers=workers)
 stats
 
 # %%
-cache2, keys2, stats2 = cache_logmels(ds, fp, params.cache_dir, workers=workers)
+cache2, keys2, stats2 = cache_logmels(ds, features, params.cache_dir, workers=workers)
 test_eq(keys2, keys); test_eq(stats2["computed"], 0)
 print(f"second pass: {stats2['reused']} clips reused, {stats2['hash_seconds']:.2f} s to hash and look them up")
 
 # %% [markdown]
-# ## From the cache to batches
+# ## The run's features in memory
 #
-# `LogMelSet` holds the frames of a list of clips in memory as one padded float16 tensor
-# (8,732 clips of 173 frames x 64 bands take 190 MB) plus their lengths, and builds batches
-# by indexing: a random crop per clip in training, the centre at evaluation. This is the whole
-# data path of a training epoch: no decoding, no worker processes.
+# `LogMelSet` (notebook 02a) holds the frames of a list of clips as one padded float16 tensor
+# and builds batches by indexing: a random crop per clip in training, the centre at evaluation.
+# This is the whole data path of a training epoch: no decoding, no worker processes.
 
 # %%
-#| export
-class LogMelSet:
-    "Log-mel frames of clips in a fixed order, padded into one tensor [clips, n_mels, max_frames]."
-    def __init__(self, frames: list, labels=None, fp: FeatureParams | None = None):
-        self.fp, n_mels = fp, frames[0].shape[1]
-        self.lengths = torch.tensor([len(f) for f in frames])
-        self.data = torch.full((len(frames), n_mels, int(self.lengths.max())), DB_FLOOR, dtype=torch.float16)
-        for i, f in enumerate(frames): self.data[i, :, :len(f)] = torch.from_numpy(np.array(f, dtype=np.float16)).T  # a copy: the cache is read-only
-        self.labels = None if labels is None else torch.as_tensor(np.array(labels), dtype=torch.long)  # a copy: pandas arrays may be read-only
-    def __len__(self): return len(self.data)
-
-    @classmethod
-    def from_cache(cls, cache: FeatureCache, keys: list, labels=None):
-        return cls([cache.get(k) for k in keys], labels, cache.fp)
-
-# %%
-#| export
-def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", generator=None) -> torch.Tensor:
-    "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop, floor padding."
-    idx = torch.as_tensor(idx, dtype=torch.long)
-    lengths, data = ls.lengths[idx], ls.data[idx]
-    if data.shape[-1] < n_frames: data = torch.nn.functional.pad(data, (0, n_frames - data.shape[-1]), value=DB_FLOOR)
-    extra = (lengths - n_frames).clamp_min(0)
-    if mode == "random": off = (torch.rand(len(idx), generator=generator) * (extra + 1)).long().clamp_max(extra)
-    elif mode == "center": off = extra // 2
-    else: raise ValueError(f"mode must be 'center' or 'random', got {mode!r}")
-    cols = off[:, None] + torch.arange(n_frames)[None, :]                          # [B, n_frames]
-    # frames past a clip's end already hold the floor (LogMelSet pads with it), so a gather is all it takes
-    return data.gather(2, cols[:, None, :].expand(-1, data.shape[1], -1)).float()
-
-# %%
-toy = LogMelSet([np.full((n, 3), float(n), np.float16) for n in (2, 5, 9)], labels=[0, 1, 2])
-b = batch_frames(toy, [0, 1, 2], 5)
-test_eq(b.shape, (3, 3, 5))
-test_eq(b[0, 0].tolist(), [2, 2, DB_FLOOR, DB_FLOOR, DB_FLOOR])   # short clip: floor padding
-test_eq(b[1, 0].tolist(), [5.] * 5)
-toy.data[2, 0, :] = torch.arange(9).half()
-test_eq(batch_frames(toy, [2], 5)[0, 0].tolist(), [2., 3., 4., 5., 6.])   # centre crop
-assert len({tuple(batch_frames(toy, [2], 5, "random")[0, 0].tolist()) for _ in range(40)}) > 2
-
-# %% [markdown]
-# The cached set of this run, with shapes and ranges:
-
-# %%
+from urbansound_nb.batches import LogMelSet, band_stats, batch_frames, study_data
 meta = metadata_frame(ds)
 allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
-n_frames = fp.frames(params.clip_seconds)
+n_frames = features.frames(params.clip_seconds)
 x = batch_frames(allset, range(min(64, len(allset))), n_frames)
 print(f"cached: {tuple(allset.data.shape)} float16 = {allset.data.numel()*2/2**20:.1f} MiB in memory")
 print(f"a batch: {tuple(x.shape)}, {x.min():.1f} .. {x.max():.1f} dB, mean {x.mean():.1f} dB")
@@ -503,91 +458,27 @@ print(f"clip lengths: {allset.lengths.min().item()} .. {allset.lengths.max().ite
       f"{(allset.lengths < n_frames).float().mean():.0%} of clips are padded")
 
 # %% [markdown]
-# ## Input normalisation
-#
 # Models see log-mels standardised per mel band with the **training folds'** mean and standard
 # deviation (padding frames excluded). Statistics from the validation or test folds would leak
 # information about them into the model.
 
 # %%
-#| export
-def band_stats(ls: LogMelSet, idx=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-band mean and std [n_mels] over the real (unpadded) frames of clips `idx`."
-    idx = torch.arange(len(ls)) if idx is None else torch.as_tensor(idx)
-    total, sq, count = 0., 0., 0
-    for chunk in idx.split(512):
-        d, L = ls.data[chunk].float(), ls.lengths[chunk]
-        mask = (torch.arange(d.shape[-1])[None, :] < L[:, None])[:, None, :]
-        total = total + (d * mask).sum((0, 2)); sq = sq + (d.square() * mask).sum((0, 2)); count += int(mask.sum())
-    mean = total / count
-    return mean, (sq / count - mean.square()).clamp_min(1e-6).sqrt()
-
-# %%
 train_idx = np.flatnonzero(np.isin(meta["fold"].values, split.train_folds))
 mean, std = band_stats(allset, train_idx)
-test_eq(mean.shape, (fp.n_mels,))
+test_eq(mean.shape, (features.n_mels,))
 print(f"train-fold band means {mean.min():.1f} .. {mean.max():.1f} dB, stds {std.min():.1f} .. {std.max():.1f} dB")
 
 # %% [markdown]
-# ## Everything a modelling notebook needs, in one call
-#
-# Notebooks 03-07 all start the same way: load the dataset, split it by fold, compute (or read)
-# the cached log-mels, and find which clips are in the training, validation and test folds.
-# `study_data` does exactly that, so the protocol (and the fold bookkeeping) lives in one place.
+# Every modelling chapter starts the same way: load the dataset, split it by fold, read the
+# cached log-mels, and find the clips of each fold role. `study_data` does exactly that:
 
 # %%
-#| export
-@dataclass
-class StudyData:
-    "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
-    ds: object; split: object; meta: object; fp: FeatureParams; logmels: LogMelSet
-    clip_seconds: float; n_frames: int; train: np.ndarray; val: np.ndarray; test: np.ndarray; cache_stats: dict
-    # not an __init__ argument, so dataclasses.replace (another split of the same clips) starts without it
-    _band_stats: tuple | None = field(default=None, init=False, repr=False, compare=False)
-    def band_stats(self):
-        "Per-band mean and std of the training folds only (no leak), computed once per StudyData."
-        if self._band_stats is None: self._band_stats = band_stats(self.logmels, self.train)
-        return self._band_stats
-
-def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
-    "Load `params.dataset`, split it by fold and read (or compute) its log-mels with `fp` (default: 64 bands)."
-    ds = load_urbansound(params.dataset, params.max_items, params.seed)
-    split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)
-    fp = fp or FeatureParams(sample_rate=params.sample_rate)
-    cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, progress=progress)
-    fold = meta["fold"].values
-    tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
-    return StudyData(ds, split, meta, fp, LogMelSet.from_cache(cache, keys, meta["classID"].values),
-                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats)
-
-# %%
-data = study_data(params, fp)
+data = study_data(params, features)
 test_eq(data.cache_stats["computed"], 0)               # everything came from the cache filled above
 test_eq(data.train, train_idx); test_eq(len(data.val), len(split.val)); test_eq(len(data.test), len(split.test))
 test_close(data.band_stats()[0], mean)
-assert data.band_stats() is data.band_stats()           # computed once
-from dataclasses import replace
-other = replace(data, train=data.val)                   # another split starts afresh: its own statistics
-assert not torch.equal(other.band_stats()[0], data.band_stats()[0])
-print(f"train {len(data.train)}, validation {len(data.val)}, test {len(data.test)} clips; inputs {fp.n_mels} x {data.n_frames}")
-
-# %% [markdown]
-# ## MFCCs from the same cache
-#
-# MFCCs are the discrete cosine transform of the log-mel bands; computing them from the cached
-# log-mels costs a matrix product instead of a second pass over the audio. The baselines
-# (notebook 03) summarise them per clip.
-
-# %%
-#| export
-def mfcc_from_logmel(logmel: torch.Tensor, n_mfcc: int = 40) -> torch.Tensor:
-    "MFCCs [..., n_mfcc, frames] from log-mels in dB [..., n_mels, frames] (orthonormal DCT-II)."
-    dct = torchaudio.functional.create_dct(n_mfcc, logmel.shape[-2], norm="ortho")  # [n_mels, n_mfcc]
-    return (logmel.transpose(-1, -2) @ dct).transpose(-1, -2)
-
-# %%
-ref = torchaudio.transforms.MFCC(fp.sample_rate, n_mfcc=20, melkwargs=dict(n_fft=fp.n_fft, hop_length=fp.hop_length, n_mels=fp.n_mels))
-test_close(mfcc_from_logmel(front(wave), 20), ref(wave), eps=1e-2)  # torchaudio's MFCC, without the second pass
+print(f"train {len(data.train)}, validation {len(data.val)}, test {len(data.test)} clips; "
+      f"inputs {features.n_mels} x {data.n_frames}")
 
 # %% [markdown]
 # ## What the features look like
@@ -600,73 +491,26 @@ first = meta[meta["fold"].isin(split.train_folds)].groupby("classID").head(1).so
 fig, axes = plt.subplots(2, 5, figsize=(16, 5.5), sharey=True, constrained_layout=True)
 for ax, (i, r) in zip(axes.flat, first.iterrows()):
     im = ax.imshow(batch_frames(allset, [i], n_frames)[0], origin="lower", aspect="auto", vmin=-100, vmax=20,
-                   extent=[0, n_frames * fp.hop_length / fp.sample_rate, 0, fp.n_mels], cmap="magma")
+                   extent=[0, n_frames * features.hop_length / features.sample_rate, 0, features.n_mels], cmap="magma")
     ax.set_title(f"{r['class']}\n{r['slice_file_name']}", fontsize=9); ax.set_xlabel("time (s)")
 for ax in axes[:, 0]: ax.set_ylabel("mel band")
 fig.colorbar(im, ax=axes, label="power (dB)", shrink=0.8)
-fig.suptitle(f"Cached log-mel features, one training clip per class ({fp.n_mels} bands, {fp.sample_rate} Hz)")
+fig.suptitle(f"Cached log-mel features, one training clip per class "
+             f"({features.n_mels} bands, {features.sample_rate} Hz)")
 plt.show()
 
 # %% [markdown]
 # ## How much faster than decoding every epoch?
 #
-# `benchmark` times, on the same clips: the cached extraction (decode + resample + log-mel on
-# every core, written to a fresh cache), reading them back from the cache, and the starting
-# notebook's way, decoding and transforming every clip in `__getitem__`, one at a time. The same
-# figures come from `urbansound-nb bench --dataset D --max-items N`, whose last line is JSON.
-
-# %%
-#| export
-def _on_the_fly(ds, fp: FeatureParams, n_frames: int) -> float:
-    "Clips/s of decoding every item inside the training loop, as the starting notebook did."
-    front, t0, n = LogMel(fp), time.time(), 0
-    with torch.no_grad():
-        for names, datas in _clip_batches(ds, 64):
-            for name, d in zip(names, datas):
-                fix_length(front(fix_length(load_waveform(d, fp.sample_rate, name), n_frames * fp.hop_length)), n_frames); n += 1
-    return n / (time.time() - t0)
-
-# %%
-#| export
-def benchmark(dataset=None, max_items: int = 512, workers: int | None = None, sample_rate: int = 22050,
-              fp: FeatureParams | None = None, model: nn.Module | None = None, batch_size: int = 32, seed: int = 0) -> dict:
-    "Print throughput figures of the feature pipeline on `max_items` clips of `dataset`; the last line is JSON."
-    import tempfile
-    ds = load_urbansound(dataset, max_items, seed); fp = fp or FeatureParams(sample_rate=sample_rate)
-    n_frames, res = fp.frames(4.0), dict(dataset=str(dataset), clips=len(ds), cores=os.cpu_count(), feature_key=fp.key)
-    with tempfile.TemporaryDirectory() as d:
-        t = time.time(); cache, keys, st = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
-        res.update(cached_extract_clips_per_s=len(ds) / (time.time() - t), workers=st["workers"])
-        t = time.time(); cache, keys, _ = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
-        ls = LogMelSet.from_cache(cache, keys, np.zeros(len(keys)))
-        res["cache_reload_clips_per_s"] = len(ds) / (time.time() - t)
-    otf = ds.select(range(min(len(ds), 256)))
-    res["on_the_fly_clips_per_s"] = _on_the_fly(otf, fp, n_frames)
-    res.update(epoch_data_path(ls, n_frames, batch_size, model))
-    # per epoch, the cached path costs batch building only; the starting notebook's path decodes everything again
-    res["epoch_speedup_cached_vs_on_the_fly"] = len(ls) / res["epoch_data_seconds"] / res["on_the_fly_clips_per_s"]
-    for k, v in res.items(): print(f"{k:>34}: {v:.4g}" if isinstance(v, float) else f"{k:>34}: {v}")
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
-    return res
-
-# %%
-#| export
-def epoch_data_path(ls: LogMelSet, n_frames: int, batch_size: int = 32, model: nn.Module | None = None) -> dict:
-    "Seconds per epoch spent building batches from the cache, and (with `model`) in the model's training step."
-    perm, t = torch.randperm(len(ls)), time.time()
-    batches = [batch_frames(ls, perm[i:i + batch_size], n_frames, "random") for i in range(0, len(ls), batch_size)]
-    out = dict(epoch_data_seconds=time.time() - t)
-    if model is not None:
-        opt, t = torch.optim.SGD(model.parameters(), lr=1e-3), time.time()
-        for xb in batches:
-            loss = model(xb).logsumexp(1).mean(); opt.zero_grad(); loss.backward(); opt.step()
-        out["epoch_model_seconds"] = time.time() - t
-        out["data_path_overhead"] = out["epoch_data_seconds"] / out["epoch_model_seconds"]
-    return out
+# `benchmark` (notebook 02b) times, on the same clips: the cached extraction (decode + resample +
+# log-mel on every core, written to a fresh cache), reading them back from the cache, and the
+# starting notebook's way, decoding and transforming every clip in `__getitem__`, one at a time.
+# The same figures come from `urbansound-nb bench --dataset D --max-items N`.
 
 # %%
 #| slow
-bench = benchmark(params.dataset, max_items=bench_items, workers=workers, fp=fp, seed=params.seed)
+from urbansound_nb.bench import benchmark
+bench = benchmark(params.dataset, max_items=bench_items, workers=workers, features=features, seed=params.seed)
 
 # %% [markdown]
 # The cached extraction runs once per feature setting; after that an epoch's data costs the
@@ -676,5 +520,5 @@ bench = benchmark(params.dataset, max_items=bench_items, workers=workers, fp=fp,
 # %%
 #| slow
 write_results(params.run_dir, "02_preprocessing", {"features": dict(
-    feature_key=fp.key, **asdict(fp), n_frames=n_frames, clips=len(allset), cache_dir=str(cache.dir),
+    feature_key=features.key, **asdict(features), n_frames=n_frames, clips=len(allset), cache_dir=str(cache.dir),
     first_pass=stats, second_pass=stats2, benchmark=bench)}, dataset=params.dataset)

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Baselines: chance, MFCC statistics and classical models
 #
-# > The floor every network must clear: majority and random guesses, MFCC statistics with logistic regression, and an RBF SVM, chosen on the validation fold and tested once.
+# > The floor every network must clear: chance, and MFCC statistics with logistic regression or an RBF SVM.
 
 # %% [markdown]
 # The starting notebook's classical baseline summarised each clip by the mean and standard
@@ -27,8 +27,8 @@
 # after the choice. A stronger classical model, an RBF support-vector machine, uses the same
 # features.
 #
-# The evaluation helpers defined first (metrics, per-class accuracy, confusion matrices, the
-# results entry) are used by every later notebook.
+# The evaluation helpers (accuracy, macro F1, per-class accuracy, confusion matrices, the
+# results entry) are notebook 03a's.
 
 # %%
 #| export
@@ -36,106 +36,37 @@ from __future__ import annotations
 
 import time
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torchaudio
+from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from urbansound_nb.features import LogMelSet, mfcc_from_logmel
+from urbansound_nb.batches import LogMelSet
+from urbansound_nb.metrics import result_entry
 
 # %%
-import os
+import matplotlib.pyplot as plt
 import pandas as pd
+from fastcore.test import test_eq, test_close
 from sklearn.metrics import classification_report
-from urbansound_nb.core import as_bool, as_int, is_synthetic, seed_everything, validate_params, write_results
-from urbansound_nb.features import FeatureParams, study_data
+from urbansound_nb.audio import is_synthetic
+from urbansound_nb.batches import study_data
+from urbansound_nb.core import seed_everything, write_results
+from urbansound_nb.features import FeatureParams
+from urbansound_nb.metrics import confusion_pair
+from urbansound_nb.params import as_bool, as_int, study_params, use_test_values
 
 # %% tags=["parameters"]
-dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
-train_folds = None
-val_fold = None
-test_fold = None
-sample_rate = 22050
-clip_seconds = 4.0
-seed = 0
-max_items = None
-epochs = 30             # unused here; shared by every notebook
-run_dir = "../runs/notebook"
-cache_dir = "../cache"
+# the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 n_mels = 64
 n_fft = 1024
 hop_length = 512
 n_mfcc = 40             # MFCC coefficients
 deltas = True           # add statistics of the MFCC deltas
-
-# %%
-#| hide
-if os.environ.get("IN_TEST"):
-    import tempfile; dataset, run_dir, cache_dir = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp()
-
-# %% [markdown]
-# ## Evaluation helpers
-
-# %%
-#| export
-def per_class_accuracy(y_true, y_pred, classes) -> dict:
-    "Recall of each class (the share of its clips predicted right), by class name."
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return {c: float((y_pred[y_true == i] == i).mean()) if (y_true == i).any() else float("nan") for i, c in enumerate(classes)}
-
-def evaluate(y_true, y_pred, classes) -> dict:
-    "Accuracy, macro F1 and per-class accuracy of predictions."
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return dict(accuracy=float((y_true == y_pred).mean()),
-                macro_f1=float(f1_score(y_true, y_pred, labels=range(len(classes)), average="macro", zero_division=0)),
-                per_class_accuracy=per_class_accuracy(y_true, y_pred, classes))
-
-# %%
-#| export
-def result_entry(val_true, val_pred, test_true, test_pred, classes, n_train: int, seconds: float, **extra) -> dict:
-    "One entry of a results JSON: validation and test accuracy, test macro F1 and per-class accuracy, sizes, time."
-    val, test = evaluate(val_true, val_pred, classes), evaluate(test_true, test_pred, classes)
-    return dict(val_accuracy=val["accuracy"], test_accuracy=test["accuracy"], macro_f1=test["macro_f1"],
-                val_macro_f1=val["macro_f1"], per_class_accuracy=test["per_class_accuracy"],
-                n_train=int(n_train), n_val=len(val_true), n_test=len(test_true), seconds=round(float(seconds), 2), **extra)
-
-# %%
-from fastcore.test import test_eq, test_close
-e = evaluate([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b"])
-test_eq(e["accuracy"], 0.75); test_eq(e["per_class_accuracy"], {"a": 0.5, "b": 1.0})
-r = result_entry([0, 1], [0, 1], [0, 1], [1, 1], ["a", "b"], 10, 1.234)
-test_eq((r["val_accuracy"], r["test_accuracy"], r["n_test"], r["seconds"]), (1.0, 0.5, 2, 1.23))
-
-# %%
-#| export
-def plot_confusion(y_true, y_pred, classes, title: str = "", normalize: bool = False, ax=None):
-    "A labelled confusion matrix: counts, or rows normalised to the share of each true class."
-    cm = confusion_matrix(y_true, y_pred, labels=range(len(classes))).astype(float)
-    if normalize: cm = cm / cm.sum(1, keepdims=True).clip(min=1)
-    if ax is None: _, ax = plt.subplots(figsize=(7.5, 6.5), constrained_layout=True)
-    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            if cm[i, j]: ax.text(j, i, f"{cm[i, j]:.2f}" if normalize else f"{cm[i, j]:.0f}", ha="center", va="center",
-                                 fontsize=7, color="white" if cm[i, j] > (0.5 if normalize else cm.max() / 2) else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right"); ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted class", ylabel="true class", title=title or ("Confusion matrix" + (" (row-normalised)" if normalize else " (clips)")))
-    plt.colorbar(im, ax=ax, label="share of the true class" if normalize else "clips", shrink=0.8)
-    return ax
-
-# %%
-#| export
-def confusion_pair(y_true, y_pred, classes, title: str):
-    "Counts and row-normalised confusion matrices side by side."
-    fig, axes = plt.subplots(1, 2, figsize=(16, 6.5), constrained_layout=True)
-    plot_confusion(y_true, y_pred, classes, f"{title}: clips", ax=axes[0])
-    plot_confusion(y_true, y_pred, classes, f"{title}: share of each true class", normalize=True, ax=axes[1])
-    return fig
 
 # %% [markdown]
 # ## The data and its cached features
@@ -144,15 +75,40 @@ def confusion_pair(y_true, y_pred, classes, title: str):
 # these parameters); MFCCs are derived from them.
 
 # %%
-params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
-                         epochs, run_dir, cache_dir)
-n_mfcc = as_int("n_mfcc", n_mfcc, 1, as_int("n_mels", n_mels, 1))   # the cepstrum of n_mels bands has at most n_mels coefficients
+use_test_values(globals())
+params = study_params(globals())
+# the cepstrum of n_mels bands has at most n_mels coefficients
+n_mfcc = as_int("n_mfcc", n_mfcc, 1, as_int("n_mels", n_mels, 1))
 deltas = as_bool("deltas", deltas)
 seed_everything(params.seed)
-data = study_data(params, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length))
-ds, split, meta, fp, allset, stats = data.ds, data.split, data.meta, data.fp, data.logmels, data.cache_stats
-print(f"{len(ds):,} clips", "(SYNTHETIC)" if is_synthetic(ds) else "", f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
-print(f"train folds {split.train_folds} ({len(split.train)} clips), validation fold {split.val_fold} ({len(split.val)}), test fold {split.test_fold} ({len(split.test)})")
+data = study_data(params, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft,
+                                        hop_length=hop_length))
+ds, split, meta, features, allset, stats = data.ds, data.split, data.meta, data.fp, data.logmels, data.cache_stats
+print(f"{len(ds):,} clips", "(SYNTHETIC)" if is_synthetic(ds) else "",
+      f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
+print(f"train folds {split.train_folds} ({len(split.train)} clips), "
+      f"validation fold {split.val_fold} ({len(split.val)}), "
+      f"test fold {split.test_fold} ({len(split.test)})")
+
+# %% [markdown]
+# ## MFCCs from the cached log-mels
+#
+# MFCCs are the discrete cosine transform of the log-mel bands; computing them from the cached
+# log-mels costs a matrix product instead of a second pass over the audio.
+
+# %%
+#| export
+def mfcc_from_logmel(logmel: torch.Tensor, n_mfcc: int = 40) -> torch.Tensor:
+    "MFCCs [..., n_mfcc, frames] from log-mels in dB [..., n_mels, frames] (orthonormal DCT-II)."
+    dct = torchaudio.functional.create_dct(n_mfcc, logmel.shape[-2], norm="ortho")  # [n_mels, n_mfcc]
+    return (logmel.transpose(-1, -2) @ dct).transpose(-1, -2)
+
+# %%
+from urbansound_nb.features import LogMel
+wave = torch.randn(2, 22050) * 0.1
+mfcc_reference = torchaudio.transforms.MFCC(22050, n_mfcc=20, melkwargs=dict(n_fft=1024, hop_length=512, n_mels=64))
+# torchaudio's MFCC, without the second pass
+test_close(mfcc_from_logmel(LogMel(FeatureParams())(wave), 20), mfcc_reference(wave), eps=1e-2)
 
 # %% [markdown]
 # ## MFCC statistics
@@ -187,22 +143,36 @@ test_close(s[0, :4], mfcc_from_logmel(toy.data[0:1, :, :3].float(), 4)[0].mean(-
 
 # %%
 X = mfcc_stats(allset, n_mfcc, deltas)
-tr, va, te = data.train, data.val, data.test
-y = meta["classID"].values
-print(f"features: {X.shape[1]} per clip; train {len(tr)}, validation {len(va)}, test {len(te)}")
+train_idx, val_idx, test_idx = data.train, data.val, data.test
+labels = meta["classID"].values
+print(f"features: {X.shape[1]} per clip; train {len(train_idx)}, validation {len(val_idx)}, test {len(test_idx)}")
 
 # %% [markdown]
 # ## Chance baselines
+#
+# scikit-learn's `DummyClassifier` gives the floor: always the training folds' most frequent
+# class, and guesses drawn in proportion to the training classes.
 
 # %%
-results = {}
-rng = np.random.default_rng(params.seed)
-majority = np.bincount(y[tr], minlength=len(split.classes)).argmax()
-p_train = np.bincount(y[tr], minlength=len(split.classes)) / len(tr)
-results["majority"] = result_entry(y[va], np.full(len(va), majority), y[te], np.full(len(te), majority), split.classes, len(tr), 0.0,
-                                   note=f"always {split.classes[majority]}")
-results["random"] = result_entry(y[va], rng.choice(len(p_train), len(va), p=p_train), y[te], rng.choice(len(p_train), len(te), p=p_train),
-                                 split.classes, len(tr), 0.0, note="guesses drawn from the training class frequencies")
+#| export
+def chance_entries(y, tr, va, te, classes, seed: int = 0) -> dict:
+    "Results entries of the majority class and of stratified random guessing, fitted on the training labels."
+    out = {}
+    for name, strategy in (("majority", "most_frequent"), ("random", "stratified")):
+        dummy = DummyClassifier(strategy=strategy, random_state=seed).fit(np.zeros((len(tr), 1)), y[tr])
+        guess = lambda idx: dummy.predict(np.zeros((len(idx), 1)))
+        note = (f"always {classes[int(dummy.classes_[dummy.class_prior_.argmax()])]}" if strategy == "most_frequent"
+                else "guesses drawn from the training class frequencies")
+        out[name] = result_entry(y[va], guess(va), y[te], guess(te), classes, len(tr), 0.0, note=note)
+    return out
+
+# %%
+_y = np.array([0, 0, 0, 1, 1, 2])
+_chance = chance_entries(_y, np.arange(6), np.arange(6), np.arange(3), ["a", "b", "c"])
+test_eq(_chance["majority"]["test_accuracy"], 1.0); test_eq(_chance["majority"]["note"], "always a")
+
+# %%
+results = chance_entries(labels, train_idx, val_idx, test_idx, split.classes, params.seed)
 pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1"]]
 
 # %% [markdown]
@@ -237,13 +207,14 @@ def rbf_svm(C: float = 10.0, gamma="scale"):
 
 # %%
 results["logreg"], logreg = select_on_validation(logistic_regression, [dict(C=c) for c in (0.01, 0.1, 1.0, 10.0)],
-                                                  X, y, tr, va, te, split.classes)
+                                                  X, labels, train_idx, val_idx, test_idx, split.classes)
 pd.DataFrame(results["logreg"]["validation_grid"])
 
 # %%
 n_feat = X.shape[1]
 svm_grid = [dict(C=c, gamma=g / n_feat) for c in (1.0, 10.0, 100.0) for g in (0.25, 1.0, 4.0)]
-results["svm_rbf"], svm = select_on_validation(rbf_svm, svm_grid, X, y, tr, va, te, split.classes)
+results["svm_rbf"], svm = select_on_validation(rbf_svm, svm_grid, X, labels, train_idx, val_idx, test_idx,
+                                               split.classes)
 pd.DataFrame(results["svm_rbf"]["validation_grid"]).round(4)
 
 # %% [markdown]
@@ -263,12 +234,13 @@ ax.set(title=f"Baselines: train folds {split.train_folds}, validation {split.val
 # %%
 best_name = max(("logreg", "svm_rbf"), key=lambda k: results[k]["val_accuracy"])
 best_model = {"logreg": logreg, "svm_rbf": svm}[best_name]
-pred_te = best_model.predict(X[te])
+pred_te = best_model.predict(X[test_idx])
 print(f"Test-fold report of the model with the best validation accuracy: {best_name}\n")
-print(classification_report(y[te], pred_te, labels=range(len(split.classes)), target_names=split.classes, zero_division=0))
+print(classification_report(labels[test_idx], pred_te, labels=range(len(split.classes)), target_names=split.classes,
+                            zero_division=0))
 
 # %%
-confusion_pair(y[te], pred_te, split.classes, f"{best_name}, test fold {split.test_fold}"); plt.show()
+confusion_pair(labels[test_idx], pred_te, split.classes, f"{best_name}, test fold {split.test_fold}"); plt.show()
 
 # %%
 pd.DataFrame({k: results[k]["per_class_accuracy"] for k in ("logreg", "svm_rbf")}).round(3).rename_axis("class")
@@ -280,5 +252,5 @@ print(f"On test fold {split.test_fold}: logistic regression {lr_acc:.1%}, RBF SV
 
 # %%
 write_results(params.run_dir, "03_baselines", results, dataset=params.dataset, best_model=best_name,
-              features=dict(feature_key=fp.key, n_mfcc=n_mfcc, deltas=deltas, n_features=int(X.shape[1])),
+              features=dict(feature_key=features.key, n_mfcc=n_mfcc, deltas=deltas, n_features=int(X.shape[1])),
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))

@@ -16,10 +16,10 @@
 # %% [markdown]
 # # Error analysis, and predicting new files
 #
-# > Where the best CNN goes wrong: confusions, confident mistakes, salience and duration, and the same model applied to any audio file.
+# > Where the best CNN goes wrong: confusions, confident mistakes, salience and duration, and new files.
 
 # %% [markdown]
-# This notebook loads the checkpoint that notebook 04 chose on the validation fold (and trains
+# This chapter loads the checkpoint that chapter 04 chose on the validation fold (and trains
 # one only if the run directory has none), scores the test fold, and takes the errors apart.
 # Predictions are joined to clips by their file name, never by position in a loader. The last
 # section turns the checkpoint into a classifier for arbitrary audio files, which the command
@@ -29,47 +29,33 @@
 #| export
 from __future__ import annotations
 
-import json, sys
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
-from urbansound_nb.core import AudioDecodeError, decode_audio
-from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, LogMelSet, batch_frames, fix_length, resample, StudyData
-from urbansound_nb.train import CheckpointError, load_checkpoint, split_folds, window_starts
+from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
+from urbansound_nb.features import FeatureParams
+from urbansound_nb.train import CheckpointError, split_folds
 
 # %%
-import os
+import json, os
+from pathlib import Path
+from types import SimpleNamespace
 from IPython.display import Markdown, display
+from fastcore.test import test_eq, test_fail
 from sklearn.metrics import classification_report
-from urbansound_nb.core import as_int, as_name, decode_row, is_synthetic, validate_params, write_results, make_run_dir, read_results
-from urbansound_nb.features import study_data
-from urbansound_nb.baselines import confusion_pair, evaluate
-from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
-from urbansound_nb.eda import ClipPlayer
+from urbansound_nb.audio import ClipPlayer, decode_row, is_synthetic
+from urbansound_nb.batches import study_data
+from urbansound_nb.core import make_run_dir, write_results
+from urbansound_nb.metrics import confusion_pair, evaluate
+from urbansound_nb.params import as_int, as_name, study_params, use_test_values
+from urbansound_nb.train import RECIPES, fit_study_model, load_checkpoint, predict_logits
 
 # %% tags=["parameters"]
-dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
-train_folds = None
-val_fold = None
-test_fold = None
-sample_rate = 22050
-clip_seconds = 4.0
-seed = 0
-max_items = None
-epochs = 30             # used only when no checkpoint exists and one must be trained (as notebook 04 trains it by default)
-run_dir = "../runs/notebook"
-cache_dir = "../cache"
-model_name = None       # None: the model notebook 04 chose on validation (its results' best_model), else 'resnet' or 'small_cnn'
+# the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
+model_name = None       # None: the model chapter 04 chose on validation (its results' best_model); else a model name
 n_examples = 6          # clips in each of the "confident mistakes" and "doubtful successes" tables
-
-# %%
-#| hide
-if os.environ.get("IN_TEST"):
-    import tempfile; dataset, run_dir, cache_dir, epochs = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 2
+epochs = 30             # used only when no checkpoint exists and one must be trained (as chapter 04 trains it)
 
 # %% [markdown]
 # ## The model and the test fold
@@ -84,45 +70,49 @@ if os.environ.get("IN_TEST"):
 def check_checkpoint_split(ck: dict, data: StudyData, path) -> None:
     "Refuse a checkpoint whose classes or folds differ from those of this run's `data`: its test would not be held out."
     classes = list(data.split.classes)
-    if ck["classes"] != classes: raise CheckpointError(f"{path}: its classes {ck['classes']} differ from this dataset's {classes}")
+    if ck["classes"] != classes:
+        raise CheckpointError(f"{path}: its classes {ck['classes']} differ from this dataset's {classes}")
     have, want = ck.get("folds"), split_folds(data)
     if have is None or have == want: return   # None: saved before checkpoints recorded their folds
     seen = " It has seen this run's test fold." if set(want["test"]) & set(have["train"] + have["val"]) else ""
-    raise CheckpointError(f"{path} was trained on folds {have['train']} and validated on {have['val']}, but this run trains on "
-                          f"{want['train']}, validates on {want['val']} and tests on {want['test']}.{seen} Run notebook 04 "
+    raise CheckpointError(f"{path} was trained on folds {have['train']} and validated on {have['val']}, "
+                          f"but this run trains on {want['train']}, validates on {want['val']} and tests on "
+                          f"{want['test']}.{seen} Run chapter 04 "
                           "with the same folds and another run directory, or pass that run's directory here.")
 
 # %%
-from fastcore.test import test_eq, test_fail
-from types import SimpleNamespace
-_d = SimpleNamespace(split=SimpleNamespace(classes=["a", "b"]), meta=pd.DataFrame(dict(fold=[1, 1, 2, 3])), train=[0, 1], val=[2], test=[3])
+_d = SimpleNamespace(split=SimpleNamespace(classes=["a", "b"]), meta=pd.DataFrame(dict(fold=[1, 1, 2, 3])),
+                     train=[0, 1], val=[2], test=[3])
 check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1], val=[2], test=[3])), _d, "m.pt")
 check_checkpoint_split(dict(classes=["a", "b"]), _d, "m.pt")          # an older checkpoint, without folds
-test_fail(lambda: check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[3], val=[2], test=[1])), _d, "m.pt"),
+_seen_test = dict(classes=["a", "b"], folds=dict(train=[3], val=[2], test=[1]))
+test_fail(lambda: check_checkpoint_split(_seen_test, _d, "m.pt"),
           contains="It has seen this run's test fold")
 test_fail(lambda: check_checkpoint_split(dict(classes=["b", "a"]), _d, "m.pt"), contains="m.pt: its classes")
 
 # %%
-params = validate_params(dataset, train_folds, val_fold, test_fold, sample_rate, clip_seconds, seed, max_items,
-                         epochs, run_dir, cache_dir)
+use_test_values(globals(), epochs=2)
+params = study_params(globals())
 model_name = None if model_name is None else as_name("model_name", model_name, RECIPES)
 n_examples = as_int("n_examples", n_examples, 1)
 run_path = make_run_dir(params.run_dir)
 cnn_results = run_path/"results"/"04_cnn.json"
 name = model_name or (json.loads(cnn_results.read_text())["best_model"] if cnn_results.exists() else "resnet")
 ckpt = run_path/"models"/f"{name}.pt"
-model, ck = load_checkpoint(ckpt) if ckpt.exists() else (None, None)
+model, checkpoint = load_checkpoint(ckpt) if ckpt.exists() else (None, None)
 # the checkpoint says which features its model reads
-data = study_data(params, FeatureParams(**ck["feature_params"]) if ck else None)
-ds, split, meta, fp, allset, n_frames = data.ds, data.split, data.meta, data.fp, data.logmels, data.n_frames
-tr, va, te = data.train, data.val, data.test
+data = study_data(params, FeatureParams(**checkpoint["feature_params"]) if checkpoint else None)
+ds, split, meta, features, allset, n_frames = data.ds, data.split, data.meta, data.fp, data.logmels, data.n_frames
+train_idx, val_idx, test_idx = data.train, data.val, data.test
 if model is None:
     print(f"{ckpt} does not exist: training {name} now (notebook 04 normally does this)")
-    fit_study_model(name, data, params.epochs, params.seed, run_path/"models")
-    model, ck = load_checkpoint(ckpt)
+    fit_study_model(name, data, epochs=params.epochs, seed=params.seed, out_dir=run_path/"models")
+    model, checkpoint = load_checkpoint(ckpt)
 print(f"using {ckpt}")
-check_checkpoint_split(ck, data, ckpt)
-print(f"{name}: epoch {ck.get('epoch')}, validation accuracy {ck.get('val_accuracy', float('nan')):.3f}", "(SYNTHETIC data)" if is_synthetic(ds) else "")
+check_checkpoint_split(checkpoint, data, ckpt)
+print(f"{name}: epoch {checkpoint.get('epoch')}, "
+      f"validation accuracy {checkpoint.get('val_accuracy', float('nan')):.3f}",
+      "(SYNTHETIC data)" if is_synthetic(ds) else "")
 
 # %% [markdown]
 # ## Predictions, joined by clip id
@@ -133,18 +123,21 @@ def prediction_table(probs: np.ndarray, clip_ids, labels, classes, k: int = 3) -
     "One row per clip: id, true and predicted class, confidence, and the top-k classes with probabilities."
     probs = np.asarray(probs); top = np.argsort(-probs, 1)[:, :k]
     df = pd.DataFrame({"slice_file_name": list(clip_ids), "true": [classes[i] for i in labels],
-                       "predicted": [classes[i] for i in top[:, 0]], "confidence": probs[np.arange(len(probs)), top[:, 0]]})
+                       "predicted": [classes[i] for i in top[:, 0]],
+                       "confidence": probs[np.arange(len(probs)), top[:, 0]]})
     df["correct"] = df["true"] == df["predicted"]
     df[f"top{k}"] = [", ".join(f"{classes[j]} {probs[i, j]:.2f}" for j in row) for i, row in enumerate(top)]
     return df
 
 # %%
 _t = prediction_table(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]), ["a.wav", "b.wav"], [0, 1], ["x", "y", "z"])
-test_eq(_t["predicted"].tolist(), ["x", "z"]); test_eq(_t["correct"].tolist(), [True, False]); test_eq(_t["top3"][0], "x 0.70, y 0.20, z 0.10")
+test_eq(_t["predicted"].tolist(), ["x", "z"])
+test_eq(_t["correct"].tolist(), [True, False])
+test_eq(_t["top3"][0], "x 0.70, y 0.20, z 0.10")
 
 # %%
-probs = predict_logits(model, allset, te, n_frames, multicrop=True).softmax(-1).numpy()
-test_rows = meta.iloc[te]
+probs = predict_logits(model, allset, test_idx, n_frames, multicrop=True).softmax(-1).numpy()
+test_rows = meta.iloc[test_idx]
 pred = prediction_table(probs, test_rows["slice_file_name"], test_rows["classID"].values, split.classes)
 # join on the clip id: metadata (salience, durations, fold) comes from the dataset, not from row order
 pred = pred.merge(meta.assign(duration=meta["end"] - meta["start"]), on="slice_file_name", validate="one_to_one")
@@ -154,7 +147,9 @@ print(f"test fold {split.test_fold}: {len(pred)} clips, accuracy {acc:.1%}")
 print(classification_report(pred["true"], pred["predicted"], labels=split.classes, zero_division=0))
 
 # %%
-confusion_pair(pred["true"].map(split.classes.index), pred["predicted"].map(split.classes.index), split.classes, f"{name}, test fold {split.test_fold}"); plt.show()
+confusion_pair(pred["true"].map(split.classes.index), pred["predicted"].map(split.classes.index), split.classes,
+               f"{name}, test fold {split.test_fold}")
+plt.show()
 
 # %% [markdown]
 # ## The most confused pairs
@@ -176,7 +171,8 @@ display(pairs.round(3))
 if len(pairs):
     ax = pairs.iloc[::-1].plot.barh(x="true", y="clips", figsize=(8, 4.5), legend=False, color="tab:red")
     ax.set_yticks(range(len(pairs)), [f"{t} -> {p}" for t, p in zip(pairs["true"][::-1], pairs["predicted"][::-1])])
-    ax.set(title=f"Most confused pairs, test fold {split.test_fold}", xlabel="clips", ylabel="true -> predicted"); plt.show()
+    ax.set(title=f"Most confused pairs, test fold {split.test_fold}", xlabel="clips", ylabel="true -> predicted")
+    plt.show()
 
 # %% [markdown]
 # ## Confident mistakes and doubtful successes
@@ -186,12 +182,17 @@ if len(pairs):
 
 # %%
 #| export
-def plot_spectrogram_grid(ls: LogMelSet, rows: pd.DataFrame, n_frames: int, title: str, fp: FeatureParams | None = None):
+def plot_spectrogram_grid(ls: LogMelSet, rows: pd.DataFrame, n_frames: int, title: str,
+                          fp: FeatureParams | None = None):
     "Log-mels of the clips in `rows` (needs columns index, true, predicted, confidence), one panel each."
-    n = len(rows); cols = min(n, 3); fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(5 * cols, 3.2 * ((n + cols - 1) // cols)), squeeze=False, constrained_layout=True)
+    n = len(rows)
+    cols = min(n, 3)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(5 * cols, 3.2 * ((n + cols - 1) // cols)),
+                             squeeze=False, constrained_layout=True)
     secs = n_frames * (fp.hop_length / fp.sample_rate if fp else 1)
     for ax, (_, r) in zip(axes.flat, rows.iterrows()):
-        im = ax.imshow(batch_frames(ls, [int(r["index"])], n_frames)[0], origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=20, extent=[0, secs, 0, ls.data.shape[1]])
+        im = ax.imshow(batch_frames(ls, [int(r["index"])], n_frames)[0], origin="lower", aspect="auto", cmap="magma",
+                       vmin=-100, vmax=20, extent=[0, secs, 0, ls.data.shape[1]])
         ax.set_title(f"true {r['true']} / predicted {r['predicted']}\nconfidence {r['confidence']:.2f}", fontsize=9)
         ax.set(xlabel="time (s)" if fp else "frame", ylabel="mel band")
     for ax in axes.flat[n:]: ax.axis("off")
@@ -208,13 +209,16 @@ print("Least confident correct predictions"); display(right[show].round(3))
 
 # %%
 for rows, title in ((wrong, "Most confident mistakes"), (right, "Least confident correct predictions")):
-    if len(rows): plot_spectrogram_grid(allset, rows, n_frames, f"{title}, test fold {split.test_fold}", fp); plt.show()
+    if len(rows):
+        plot_spectrogram_grid(allset, rows, n_frames, f"{title}, test fold {split.test_fold}", features); plt.show()
 
 # %%
 for rows, title in ((wrong, "mistake"), (right, "doubtful success")):
     for _, r in rows.head(3).iterrows():
         x, rate = decode_row(ds[int(r["index"])])
-        display(ClipPlayer(x, rate, f"{title}: {r['slice_file_name']}, true {r['true']}, predicted {r['predicted']} ({r['confidence']:.2f})"))
+        display(ClipPlayer(x, rate,
+                           f"{title}: {r['slice_file_name']}, true {r['true']}, "
+                           f"predicted {r['predicted']} ({r['confidence']:.2f})"))
 
 # %% [markdown]
 # ## Accuracy by salience and by duration
@@ -238,8 +242,10 @@ pred["salience_label"] = pred["salience"].map({1: "foreground", 2: "background"}
 pred["duration_bin"] = pd.cut(pred["duration"], DURATION_BINS, labels=DURATION_LABELS, right=False)
 by_sal, by_dur = accuracy_by(pred, "salience_label"), accuracy_by(pred, "duration_bin")
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
-a1.bar(by_sal.index, by_sal["accuracy"], color="tab:orange"); a1.set(title="Accuracy by salience", xlabel="salience", ylabel="accuracy", ylim=(0, 1))
-a2.bar(by_dur.index.astype(str), by_dur["accuracy"], color="tab:purple"); a2.set(title="Accuracy by clip duration (metadata)", xlabel="duration", ylabel="accuracy", ylim=(0, 1))
+a1.bar(by_sal.index, by_sal["accuracy"], color="tab:orange")
+a1.set(title="Accuracy by salience", xlabel="salience", ylabel="accuracy", ylim=(0, 1))
+a2.bar(by_dur.index.astype(str), by_dur["accuracy"], color="tab:purple")
+a2.set(title="Accuracy by clip duration (metadata)", xlabel="duration", ylabel="accuracy", ylim=(0, 1))
 for ax, t in ((a1, by_sal), (a2, by_dur)):
     for i, (n, a) in enumerate(zip(t["clips"], t["accuracy"])): ax.text(i, a + 0.02, f"n={n}", ha="center", fontsize=8)
 plt.show()
@@ -251,119 +257,59 @@ display(by_sal.round(3)); display(by_dur.round(3))
 # %%
 per_class = pred.groupby("true")["correct"].mean().sort_values()
 lines = [f"On test fold {split.test_fold}, {name} classifies {acc:.1%} of {len(pred)} clips correctly.",
-         f"Its weakest classes are {per_class.index[0]} ({per_class.iloc[0]:.0%}) and {per_class.index[1]} ({per_class.iloc[1]:.0%}); "
-         f"its strongest are {per_class.index[-1]} ({per_class.iloc[-1]:.0%}) and {per_class.index[-2]} ({per_class.iloc[-2]:.0%})."]
+         f"Its weakest classes are {per_class.index[0]} ({per_class.iloc[0]:.0%}) and "
+         f"{per_class.index[1]} ({per_class.iloc[1]:.0%}); its strongest are {per_class.index[-1]} "
+         f"({per_class.iloc[-1]:.0%}) and {per_class.index[-2]} ({per_class.iloc[-2]:.0%})."]
 if len(pairs):
     p0 = pairs.iloc[0]
-    lines.append(f"The most frequent confusion is {p0['true']} taken for {p0['predicted']} ({p0['clips']} clips, {p0['share_of_true_class']:.0%} of that class).")
+    lines.append(f"The most frequent confusion is {p0['true']} taken for {p0['predicted']} ({p0['clips']} clips, "
+                 f"{p0['share_of_true_class']:.0%} of that class).")
 if {"foreground", "background"} <= set(by_sal.index):
     gap = by_sal.loc["foreground", "accuracy"] - by_sal.loc["background", "accuracy"]
-    lines.append(f"Foreground clips are {'easier' if gap > 0 else 'not easier'}: {by_sal.loc['foreground', 'accuracy']:.0%} against {by_sal.loc['background', 'accuracy']:.0%} for background clips ({100 * gap:+.0f} points).")
+    fg, bg = by_sal.loc["foreground", "accuracy"], by_sal.loc["background", "accuracy"]
+    lines.append(f"Foreground clips are {'easier' if gap > 0 else 'not easier'}: {fg:.0%} against {bg:.0%} "
+                 f"for background clips ({100 * gap:+.0f} points).")
 if len(by_dur) > 1:
     lo, hi = by_dur["accuracy"].idxmin(), by_dur["accuracy"].idxmax()
-    lines.append(f"By duration, accuracy ranges from {by_dur.loc[lo, 'accuracy']:.0%} ({lo}, {by_dur.loc[lo, 'clips']} clips) to {by_dur.loc[hi, 'accuracy']:.0%} ({hi}, {by_dur.loc[hi, 'clips']} clips).")
-lines.append(f"Among the mistakes the median confidence is {pred.loc[~pred['correct'], 'confidence'].median():.2f}, against {pred.loc[pred['correct'], 'confidence'].median():.2f} for correct predictions." if (~pred["correct"]).any() else "There are no mistakes.")
+    lines.append(f"By duration, accuracy ranges from {by_dur.loc[lo, 'accuracy']:.0%} ({lo}, {by_dur.loc[lo, 'clips']} "
+                 f"clips) to {by_dur.loc[hi, 'accuracy']:.0%} ({hi}, {by_dur.loc[hi, 'clips']} clips).")
+median_confidence = pred.groupby("correct")["confidence"].median()
+lines.append(f"Among the mistakes the median confidence is {median_confidence.get(False, np.nan):.2f}, against "
+             f"{median_confidence.get(True, np.nan):.2f} for correct predictions." if (~pred["correct"]).any()
+             else "There are no mistakes.")
 Markdown("\n\n".join(lines))
 
 # %% [markdown]
 # ## Predicting new files
 #
-# A checkpoint holds the model, its feature parameters, the class names and the clip length,
-# so it classifies any file soundfile reads, at any rate, bit depth or channel count. A file
-# longer than the clip length is cut into half-overlapping windows whose probabilities are
-# averaged (`per_window=True` also returns each window's). Empty, unreadable or silent files
-# get an error entry instead of a guess.
-
-# %%
-#| export
-SILENCE_PEAK = 1e-4  # a file whose samples never exceed this is treated as silence, not classified
-
-class Predictor:
-    "A saved checkpoint ready to classify audio files."
-    def __init__(self, checkpoint, device="cpu"):
-        self.model, self.ck = load_checkpoint(checkpoint, device)
-        self.fp, self.classes, self.device = FeatureParams(**self.ck["feature_params"]), self.ck["classes"], device
-        self.n_frames, self.front = self.fp.frames(self.ck["clip_seconds"]), LogMel(self.fp).to(device)
-
-    @torch.no_grad()
-    def window_probs(self, data: bytes, name: str = "clip") -> tuple[np.ndarray, list[float]]:
-        "Class probabilities of each window [windows, classes] and the windows' start times (s)."
-        samples, rate = decode_audio(data, name)
-        if np.abs(samples).max() < SILENCE_PEAK: raise AudioDecodeError(f"{name}: the audio is silent (peak {np.abs(samples).max():.1e}); nothing to classify")
-        wave = resample(torch.from_numpy(samples), rate, self.fp.sample_rate).to(self.device)
-        lm = self.front(wave)                                          # [n_mels, frames]
-        starts = window_starts(lm.shape[-1], self.n_frames)           # the windows notebook 04's multi-crop scoring uses
-        wins = torch.stack([fix_length(lm[:, s:s + self.n_frames], self.n_frames, "start", DB_FLOOR) for s in starts])
-        return self.model(wins).softmax(-1).cpu().numpy(), [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
-
-# %%
-#| export
-def _top(probs, classes, k): return [{"class": classes[i], "probability": round(float(probs[i]), 4)} for i in np.argsort(-probs)[:k]]
-
-def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False, predictor: Predictor | None = None) -> list[dict]:
-    "Top-k classes of each file: {'file', 'predictions', 'error'} (+ 'windows' with `per_window`); errors never stop the others."
-    pr, out = predictor or Predictor(checkpoint), []
-    for f in files:
-        rec = {"file": str(f), "predictions": [], "error": None}
-        try:
-            p = Path(f)
-            if not p.is_file(): raise AudioDecodeError(f"{f}: no such file")
-            probs, starts = pr.window_probs(p.read_bytes(), str(f))
-            rec["predictions"] = _top(probs.mean(0), pr.classes, top_k)
-            if per_window: rec["windows"] = [{"start_seconds": round(s, 3), "predictions": _top(w, pr.classes, top_k)} for s, w in zip(starts, probs)]
-        except (AudioDecodeError, OSError) as e: rec["error"] = str(e)
-        out.append(rec)
-    return out
-
-# %%
-#| export
-def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_window: bool = False) -> int:
-    "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
-    try: predictor = Predictor(checkpoint)  # a missing, unreadable or wrong file: a CheckpointError naming it
-    except CheckpointError as e: print(f"error: {e}", file=sys.stderr); return 2
-    failed = 0
-    for rec in predict_files(checkpoint, files, top_k, per_window, predictor):
-        failed += rec["error"] is not None
-        if as_json: print(json.dumps(rec), flush=True); continue
-        if rec["error"]: print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr); continue
-        print(f"{rec['file']}: " + ", ".join(f"{p['class']} {p['probability']:.2f}" for p in rec["predictions"]))
-        for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: " + ", ".join(f"{p['class']} {p['probability']:.2f}" for p in w["predictions"]))
-    return 1 if failed else 0
-
-# %% [markdown]
-# Test clips written to disk in other formats (8-bit, 48 kHz stereo, a 9 s file), plus an empty,
-# a silent and a corrupt file:
+# The checkpoint classifies any audio file through notebook 05a's `Predictor`, which is what
+# `urbansound-nb predict` runs. Test clips written to disk in other formats (8-bit, 48 kHz
+# stereo, a 9 s file), plus an empty, a silent and a corrupt file:
 
 # %%
 import tempfile, soundfile as sf
-from urbansound_nb.core import encode_audio
+from urbansound_nb.predict import predict_files
 with tempfile.TemporaryDirectory() as d:
     d = Path(d); r0 = pred.iloc[0]; x, rate = decode_row(ds[int(r0["index"])])
     sf.write(d/"clip_u8.wav", x, rate, subtype="PCM_U8")
-    sf.write(d/"clip_stereo.flac", np.stack([x, x], 1)[: len(x)], rate)  # soundfile keeps the rate; predict resamples
+    sf.write(d/"clip_stereo.flac", np.stack([x, x], 1), rate)  # soundfile keeps the rate; predict resamples
     sf.write(d/"long_9s.wav", np.tile(x, int(np.ceil(9 * rate / len(x))))[: 9 * rate], rate)
-    (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(rate, np.float32), rate); (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
+    (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(rate, np.float32), rate)
+    (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
     files = [d/n for n in ("clip_u8.wav", "clip_stereo.flac", "long_9s.wav", "empty.wav", "silent.wav", "corrupt.wav")]
     recs = predict_files(ckpt, files, per_window=True)
-    for rec in recs: print(Path(rec["file"]).name, "->", rec["error"] or ", ".join(f"{p['class']} {p['probability']:.2f}" for p in rec["predictions"]))
+    for rec in recs:
+        print(Path(rec["file"]).name, "->",
+              rec["error"] or ", ".join(f"{p['class']} {p['probability']:.2f}" for p in rec["predictions"]))
     test_eq([r["error"] is None for r in recs], [True, True, True, False, False, False])
     assert len(recs[2]["windows"]) >= 4 and "silent" in recs[4]["error"] and "empty" in recs[3]["error"]
 print(f"(true class of the clip: {r0['true']})")
 
-# %% [markdown]
-# The command exits with status 2, naming the file, when what it is given is not a checkpoint
-# (here a training state, `.last.pt`, which holds no feature parameters or class names):
-
 # %%
-import contextlib, io
-with tempfile.TemporaryDirectory() as d:
-    torch.save(dict(state_dict={}, epoch=3), Path(d)/"resnet.last.pt"); err = io.StringIO()
-    with contextlib.redirect_stderr(err): test_eq(predict_cli(Path(d)/"resnet.last.pt", [Path(d)/"clip.wav"]), 2)
-    print(err.getvalue()); assert "not a model checkpoint of this study" in err.getvalue()
-
-# %%
+true_ids, predicted_ids = (pred[c].map(split.classes.index) for c in ("true", "predicted"))
 write_results(run_path, "05_error_analysis", {name: dict(
-    **{k: v for k, v in evaluate(pred["true"].map(split.classes.index), pred["predicted"].map(split.classes.index), split.classes).items()},
+    **evaluate(true_ids, predicted_ids, split.classes),
     test_accuracy=float(acc), n_test=len(pred), confused_pairs=pairs.to_dict("records"),
-    accuracy_by_salience=by_sal["accuracy"].to_dict(), accuracy_by_duration={str(k): v for k, v in by_dur["accuracy"].items()},
+    accuracy_by_salience=by_sal["accuracy"].to_dict(),
+    accuracy_by_duration={str(k): v for k, v in by_dur["accuracy"].items()},
     checkpoint=str(ckpt.relative_to(run_path)))}, dataset=params.dataset, interpretation=lines)

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Cross-validation over the official folds
 #
-# > The figure UrbanSound8K results are reported with: every fold present is the test fold once, with its own validation fold, and the mean and spread over folds.
+# > Every fold present is the test fold once, with its own validation fold: the mean and spread over folds.
 
 # %% [markdown]
 # One test fold is one draw: folds differ in recording conditions and class mix, and single-fold
@@ -27,7 +27,7 @@
 # so an interrupted run resumes. On the full dataset this is the official 10-fold figure; on a
 # subset with fewer folds it is the same protocol over the folds there are.
 #
-# Each model is trained as notebook 04 trains it. By default only UrbanResNet is cross-validated,
+# Each model is trained as chapter 04 trains it. By default only UrbanResNet is cross-validated,
 # as one model per fold (`resnet_seeds = 1`; notebook 04 averages two) for 12 epochs, to keep the
 # whole study within its time budget. `-p models "[resnet, small_cnn]"` adds the starting
 # notebook's SmallAudioCNN on the same folds, and the last section then compares the two fold by
@@ -44,41 +44,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from urbansound_nb.batches import StudyData
 from urbansound_nb.core import save_json
-from urbansound_nb.baselines import result_entry
-from urbansound_nb.features import StudyData
+from urbansound_nb.metrics import result_entry
 from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
 
 # %%
-import os
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
-from urbansound_nb.core import as_folds, as_int, as_name, as_names, is_synthetic, validate_params, write_results, make_run_dir
-from urbansound_nb.features import study_data
-from urbansound_nb.augment import summarise
+from fastcore.test import test_eq, test_fail
+from urbansound_nb.audio import is_synthetic
+from urbansound_nb.batches import study_data
+from urbansound_nb.core import make_run_dir, write_results
+from urbansound_nb.metrics import summarise
+from urbansound_nb.params import as_folds, as_int, as_name, as_names, study_params, use_test_values
 
 # %% tags=["parameters"]
-dataset = None          # hub id, local folder or "synthetic"; None: $URBANSOUND_DATASET, else the hub id
-train_folds = None      # unused: every fold takes every role in turn
-val_fold = None         # unused
-test_fold = None        # unused
-sample_rate = 22050
-clip_seconds = 4.0
-seed = 0
-max_items = None
-epochs = 12             # per fold (early stopping may end sooner)
-run_dir = "../runs/notebook"
-cache_dir = "../cache"
-models = ["resnet"]     # models to cross-validate, each with its recipe from notebook 04: 'resnet', 'small_cnn' or both
+# the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
+models = ["resnet"]     # models to cross-validate, each with its recipe from chapter 04: 'resnet', 'small_cnn' or both
 reference = "small_cnn" # with several models, the others are compared with this one fold by fold
-resnet_seeds = 1        # UrbanResNet averaged over this many seeds per fold (notebook 04 averages 2; each costs a training)
+resnet_seeds = 1        # UrbanResNet averaged over this many seeds per fold (chapter 04 averages 2)
 folds = None            # folds to cross-validate; None: every fold present
+epochs = 12             # per fold (early stopping may end sooner)
 
 # %%
-#| hide
-if os.environ.get("IN_TEST"):
-    import tempfile; dataset, run_dir, cache_dir, epochs, folds = "synthetic", tempfile.mkdtemp(), tempfile.mkdtemp(), 1, [1, 2, 3]
-    models = ["resnet", "small_cnn"]
+use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["resnet", "small_cnn"])
+# every fold takes every role
+params = replace(study_params(globals()), train_folds=None, val_fold=None, test_fold=None)
+model_list = as_names("models", models, RECIPES)
+reference = as_name("reference", reference, RECIPES)
+resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
+folds = None if folds is None else as_folds("folds", folds)
 
 # %% [markdown]
 # ## The plan
@@ -91,61 +87,71 @@ def cv_plan(present, folds=None) -> list[dict]:
     folds = present if folds is None else sorted(int(f) for f in folds)
     missing = [f for f in folds if f not in present]
     if missing: raise ValueError(f"fold(s) {missing} not in the dataset, which has folds {present}")
-    if len(present) < 3: raise ValueError(f"cross-validation needs at least 3 folds (train, validation, test); the dataset has {present}")
-    return [dict(test_fold=k, val_fold=present[(present.index(k) + 1) % len(present)],
-                 train_folds=[f for f in present if f not in (k, present[(present.index(k) + 1) % len(present)])]) for k in folds]
+    if len(present) < 3:
+        raise ValueError(f"cross-validation needs at least 3 folds (train, validation, test); "
+                         f"the dataset has {present}")
+    next_fold = lambda k: present[(present.index(k) + 1) % len(present)]
+    return [dict(test_fold=k, val_fold=next_fold(k), train_folds=[f for f in present if f not in (k, next_fold(k))])
+            for k in folds]
 
 # %%
-from fastcore.test import test_eq, test_fail
-test_eq(cv_plan([1, 2, 3]), [dict(test_fold=1, val_fold=2, train_folds=[3]), dict(test_fold=2, val_fold=3, train_folds=[1]),
-                              dict(test_fold=3, val_fold=1, train_folds=[2])])
-test_eq(len(cv_plan(range(1, 11))), 10); test_eq(cv_plan(range(1, 11))[9], dict(test_fold=10, val_fold=1, train_folds=list(range(2, 10))))
+test_eq(cv_plan([1, 2, 3]), [dict(test_fold=1, val_fold=2, train_folds=[3]),
+                             dict(test_fold=2, val_fold=3, train_folds=[1]),
+                             dict(test_fold=3, val_fold=1, train_folds=[2])])
+test_eq(len(cv_plan(range(1, 11))), 10)
+test_eq(cv_plan(range(1, 11))[9], dict(test_fold=10, val_fold=1, train_folds=list(range(2, 10))))
 test_fail(lambda: cv_plan([1, 2]), contains="at least 3 folds")
 
 # %%
 #| export
-def cross_validate(plan, data: StudyData, model: str, epochs: int, seed: int = 0, record_path=None, resnet_seeds: int = 1) -> pd.DataFrame:
-    "Train `model` as notebook 04 does (`fit_study_model`) and test it once per entry of `plan`; each fold's result is saved to `record_path` as it finishes."
+def cross_validate(plan, data: StudyData, model: str, *, epochs: int, seed: int = 0, record_path=None,
+                   resnet_seeds: int = 1) -> pd.DataFrame:
+    "Train `model` as chapter 04 does and test it once per entry of `plan`, saving each fold's result as it finishes."
     if model not in RECIPES: raise ValueError(f"unknown model {model!r}; choose from {sorted(RECIPES)}")
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
     y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
-    seeds_suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""  # a single model keeps the keys of earlier runs
+    # a single model keeps the keys of earlier runs
+    seeds_suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""
     keys = [f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{seeds_suffix}" for p in plan]
     for p, key in zip(plan, keys):
         if key in done: continue
-        tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (p["train_folds"], [p["val_fold"]], [p["test_fold"]]))
+        roles = (p["train_folds"], [p["val_fold"]], [p["test_fold"]])
+        tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in roles)
         # this split's folds; fit takes its band statistics from these training folds only
         t0, split_data = time.time(), replace(data, train=tr, val=va, test=te)
-        m, h = fit_study_model(model, split_data, epochs, seed, resnet_seeds=resnet_seeds, resnet_epochs=epochs, progress=False)
-        pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy() for idx in (va, te))
-        done[key] = dict(**p, **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0, best_epoch=h["best"]["epoch"]))
+        m, h = fit_study_model(model, split_data, epochs=epochs, seed=seed, resnet_seeds=resnet_seeds,
+                               resnet_epochs=epochs, progress=False)
+        pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy()
+                  for idx in (va, te))
+        done[key] = dict(**p, **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0,
+                                             best_epoch=h["best"]["epoch"]))
         if record_path: save_json(done, record_path)
-        print(f"  {model}, test fold {p['test_fold']:2d} (validation {p['val_fold']}): test accuracy {done[key]['test_accuracy']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        print(f"  {model}, test fold {p['test_fold']:2d} (validation {p['val_fold']}): "
+              f"test accuracy {done[key]['test_accuracy']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     return pd.DataFrame([dict(model=model, **done[k]) for k in keys])
 
 # %%
-test_fail(lambda: cross_validate([], None, "vgg", 1), contains="unknown model 'vgg'")
+test_fail(lambda: cross_validate([], None, "vgg", epochs=1), contains="unknown model 'vgg'")
 
 # %% [markdown]
 # ## Running it
 
 # %%
-params = validate_params(dataset, None, None, None, sample_rate, clip_seconds, seed, max_items, epochs, run_dir, cache_dir)
-model_list = as_names("models", models, RECIPES)
-reference = as_name("reference", reference, RECIPES)
-resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
-ds, meta, stats = data.ds, data.meta, data.cache_stats
-plan = cv_plan(meta["fold"].unique(), None if folds is None else as_folds("folds", folds))
-print(f"{', '.join(model_list)}: {params.epochs} epochs per fold", f"(UrbanResNet: {resnet_seeds} seeds averaged)" if "resnet" in model_list and resnet_seeds > 1 else "",
-      f"| {len(plan)} folds", "(SYNTHETIC data)" if is_synthetic(ds) else "", f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
+plan = cv_plan(data.meta["fold"].unique(), folds)
+averaged = f"(UrbanResNet: {resnet_seeds} seeds averaged)" if "resnet" in model_list and resnet_seeds > 1 else ""
+print(f"{', '.join(model_list)}: {params.epochs} epochs per fold", averaged, f"| {len(plan)} folds",
+      "(SYNTHETIC data)" if is_synthetic(data.ds) else "",
+      f"| features: {data.cache_stats['computed']} computed, {data.cache_stats['reused']} from the cache")
 pd.DataFrame(plan)
 
 # %%
 record = run_path/"results"/"07_cross_validation.folds.json"
-cv = pd.concat([cross_validate(plan, data, m, params.epochs, params.seed, record, resnet_seeds) for m in model_list], ignore_index=True)
-cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1", "best_epoch", "seconds"]].round(3)
+cv = pd.concat([cross_validate(plan, data, m, epochs=params.epochs, seed=params.seed, record_path=record,
+                               resnet_seeds=resnet_seeds) for m in model_list], ignore_index=True)
+cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1",
+    "best_epoch", "seconds"]].round(3)
 
 # %%
 compared = len(model_list) > 1 and reference in model_list
@@ -156,16 +162,26 @@ fold_diffs = per_fold.sub(per_fold[reference], axis=0) if compared else None
 colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 ax = per_fold.plot.bar(figsize=(9, 4), rot=0, color=colors[:len(model_list)], width=0.8)
 for m, color in zip(model_list, colors):
-    ax.axhline(by_model.loc[m, "test_mean"], color=color, ls="--", lw=1, label=f"{m} mean {by_model.loc[m, 'test_mean']:.3f} (std {by_model.loc[m, 'test_std']:.3f})")
-ax.set(title=f"Test accuracy per fold ({len(plan)}-fold cross-validation)", xlabel="test fold", ylabel="accuracy", ylim=(0, 1)); ax.legend(fontsize=8)
+    ax.axhline(by_model.loc[m, "test_mean"], color=color, ls="--", lw=1,
+               label=f"{m} mean {by_model.loc[m, 'test_mean']:.3f} (std {by_model.loc[m, 'test_std']:.3f})")
+ax.set(title=f"Test accuracy per fold ({len(plan)}-fold cross-validation)", xlabel="test fold", ylabel="accuracy",
+       ylim=(0, 1))
+ax.legend(fontsize=8)
 plt.show()
 
 # %%
-per_class = {m: pd.DataFrame(g["per_class_accuracy"].tolist()).mean().sort_values() for m, g in cv.groupby("model", sort=False)}
-Markdown(" ".join(f"**{len(plan)}-fold cross-validation of {m}: {by_model.loc[m, 'test_mean']:.1%} +- {by_model.loc[m, 'test_std']:.1%}** (mean +- standard deviation over "
-                  f"test folds; range {per_fold[m].min():.1%} to {per_fold[m].max():.1%}). Hardest class on average: {per_class[m].index[0]} "
-                  f"({per_class[m].iloc[0]:.0%}); easiest: {per_class[m].index[-1]} ({per_class[m].iloc[-1]:.0%})." for m in model_list)
-         + ("" if len(plan) == 10 else f" These are {len(plan)} folds, not the official ten: compare with published 10-fold figures only loosely."))
+per_class = {m: pd.DataFrame(g["per_class_accuracy"].tolist()).mean().sort_values()
+             for m, g in cv.groupby("model", sort=False)}
+
+def _cv_sentence(m) -> str:
+    mean, std, classes = by_model.loc[m, "test_mean"], by_model.loc[m, "test_std"], per_class[m]
+    return (f"**{len(plan)}-fold cross-validation of {m}: {mean:.1%} +- {std:.1%}** (mean +- standard deviation "
+            f"over test folds; range {per_fold[m].min():.1%} to {per_fold[m].max():.1%}). Hardest class on average: "
+            f"{classes.index[0]} ({classes.iloc[0]:.0%}); easiest: {classes.index[-1]} ({classes.iloc[-1]:.0%}).")
+
+caveat = "" if len(plan) == 10 else (f" These are {len(plan)} folds, not the official ten: "
+                                     "compare with published 10-fold figures only loosely.")
+Markdown(" ".join(_cv_sentence(m) for m in model_list) + caveat)
 
 # %% [markdown]
 # ## Model against model, fold by fold
@@ -180,21 +196,31 @@ if compared:
     lines = []
     for m in (m for m in model_list if m != reference):
         r = by_model.loc[m]
-        lines.append(f"- **{m} - {reference}: {100 * r['test_diff_mean']:+.1f} points** on average over {len(plan)} test folds (per fold: "
-                     + ", ".join(f"{f}: {100 * v:+.1f}" for f, v in fold_diffs[m].items()) + f"); better on {int(r['test_folds_better'])} of {len(plan)} folds"
-                     + (f", paired t-test p = {r['paired_t_p']:.2f}." if not np.isnan(r["paired_t_p"]) else "."))
+        per_fold_text = ", ".join(f"{f}: {100 * v:+.1f}" for f, v in fold_diffs[m].items())
+        p_text = f", paired t-test p = {r['paired_t_p']:.2f}." if not np.isnan(r["paired_t_p"]) else "."
+        lines.append(f"- **{m} - {reference}: {100 * r['test_diff_mean']:+.1f} points** on average over "
+                     f"{len(plan)} test folds (per fold: {per_fold_text}); "
+                     f"better on {int(r['test_folds_better'])} of {len(plan)} folds"
+                     + p_text)
     display(by_model.round(3)); display(Markdown("\n".join(lines)))
 else:
     print(f"no paired comparison: it needs several models, {reference!r} among them (models = {model_list})")
 
 # %%
-summary = dict(folds=len(plan), models={m: dict(mean_test_accuracy=by_model.loc[m, "test_mean"], std_test_accuracy=by_model.loc[m, "test_std"],
-                                                mean_macro_f1=float(cv[cv["model"] == m]["macro_f1"].mean())) for m in model_list})
+summary = dict(folds=len(plan), models={m: dict(mean_test_accuracy=by_model.loc[m, "test_mean"],
+                                                std_test_accuracy=by_model.loc[m, "test_std"],
+                                                mean_macro_f1=float(cv[cv["model"] == m]["macro_f1"].mean()))
+                                        for m in model_list})
 if compared:
-    summary["differences"] = {m: dict(reference=reference, mean_test_difference=float(by_model.loc[m, "test_diff_mean"]),
-                                      folds_better=int(by_model.loc[m, "test_folds_better"]), paired_t_p=float(by_model.loc[m, "paired_t_p"]),
+    summary["differences"] = {m: dict(reference=reference,
+                                      mean_test_difference=float(by_model.loc[m, "test_diff_mean"]),
+                                      folds_better=int(by_model.loc[m, "test_folds_better"]),
+                                      paired_t_p=float(by_model.loc[m, "paired_t_p"]),
                                       per_fold={f"fold{f}": float(v) for f, v in fold_diffs[m].items()})
                               for m in model_list if m != reference}
-write_results(run_path, "07_cross_validation", {f"{r.model}/fold{int(r.test_fold)}": {k: r[k] for k in
-              ("val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy", "n_train", "n_val", "n_test", "seconds", "val_fold", "train_folds", "best_epoch")}
-              for _, r in cv.iterrows()}, dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_seeds=resnet_seeds, summary=summary)
+FOLD_FIGURES = ("val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy", "n_train", "n_val", "n_test",
+                "seconds", "val_fold", "train_folds", "best_epoch")
+write_results(run_path, "07_cross_validation",
+              {f"{r.model}/fold{int(r.test_fold)}": {k: r[k] for k in FOLD_FIGURES} for _, r in cv.iterrows()},
+              dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_seeds=resnet_seeds,
+              summary=summary)

@@ -30,7 +30,8 @@ def venv_bin():
 
 def write_official_layout(root: Path, n_clips: int = 3) -> list[dict]:
     "A folder in the official layout (metadata CSV + audio/fold1/*.wav) of `n_clips` generated clips; returns their rows."
-    from urbansound_nb.core import metadata_frame, synthetic_urbansound
+    from urbansound_nb.audio import synthetic_urbansound
+    from urbansound_nb.data import metadata_frame
     (root/"metadata").mkdir(parents=True); (root/"audio"/"fold1").mkdir(parents=True)
     synth = synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(n_clips)); rows = synth.to_list()
     for r in rows: (root/"audio"/"fold1"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])

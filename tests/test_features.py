@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import write_official_layout
 
-from urbansound_nb.core import load_urbansound, stratified_subset
-from urbansound_nb.features import (DB_FLOOR, FeatureCache, FeatureParams, LogMel, LogMelSet, batch_frames, cache_logmels,
-                                    fix_length, load_waveform, mfcc_from_logmel)
+from urbansound_nb.batches import LogMelSet, batch_frames
+from urbansound_nb.data import load_urbansound, stratified_subset
+from urbansound_nb.baselines import mfcc_from_logmel
+from urbansound_nb.features import (DB_FLOOR, FeatureCache, FeatureParams, LogMel, cache_logmels, fix_length,
+                                    load_waveform)
 
 FP = FeatureParams(sample_rate=16000, n_mels=32, n_fft=512, hop_length=256)
 
@@ -52,7 +54,7 @@ def test_interrupted_extraction_resumes(synth, tmp_path, monkeypatch):
 def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
     "The official layout's clips are files: their keys are remembered, and a changed file is hashed and computed afresh."
     import urbansound_nb.features as F
-    from urbansound_nb.core import AudioDecodeError
+    from urbansound_nb.audio import AudioDecodeError
     monkeypatch.setattr(F.FileKeys, "fresh_seconds", 0)  # the files were written a moment ago
     root = tmp_path/"US8K"; rows = write_official_layout(root, 4); ds = load_urbansound(str(root))
     _, keys, s1 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
@@ -69,7 +71,7 @@ def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
 def test_corrupt_clip_is_named(tmp_path):
     ds = load_urbansound("synthetic", max_items=12)
     rows = ds.to_list(); rows[3]["audio"] = {"bytes": b"not audio at all" * 4, "path": "x.wav"}
-    from urbansound_nb.core import _dataset_from_rows, AudioDecodeError
+    from urbansound_nb.audio import AudioDecodeError, dataset_from_rows as _dataset_from_rows
     bad = _dataset_from_rows(rows)
     with pytest.raises(AudioDecodeError, match=rows[3]["slice_file_name"]): cache_logmels(bad, FP, tmp_path, progress=False)
 
@@ -90,7 +92,7 @@ def test_batches_crop_and_pad():
 
 
 def test_resampling_and_mfcc():
-    from urbansound_nb.core import encode_audio
+    from urbansound_nb.audio import encode_audio
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100)).astype(np.float32)
     w = load_waveform(encode_audio(tone, 44100), 16000)
     assert abs(len(w) - 16000) <= 1

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from urbansound_nb.runner import notebook_sources, notebook_text, py_to_notebook, sync
+from urbansound_nb.runner import is_chapter, notebook_sources, notebook_text, py_to_notebook, sync
 
 from conftest import ROOT
 
@@ -18,8 +18,9 @@ def test_every_source_has_a_title_summary_and_default_exp():
         assert nb.cells[0].source.startswith("#| default_exp "), py.name
         assert nb.cells[1].source.startswith("# "), f"{py.name}: second cell must be the H1 title"
         assert "\n> " in nb.cells[1].source, f"{py.name}: the title cell needs a one-line summary"
-        if int(py.name[:2]) < 90:
-            assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1, f"{py.name}: one parameters cell"
+        n_parameters = sum("parameters" in c.metadata.get("tags", []) for c in nb.cells)
+        if is_chapter(py): assert n_parameters == 1, f"{py.name}: one parameters cell"
+        else: assert n_parameters == 0, f"{py.name}: a library notebook has no parameters cell"
 
 
 def test_sync_is_byte_identical_and_kernelspec(tmp_path):

@@ -1,4 +1,4 @@
-"""The data layer of urbansound_nb.core: sources, decoding, parameters and folds."""
+"""The data layer: audio decoding (audio), sources and folds (data), parameters (params), results files (core)."""
 import io, os, time
 
 import numpy as np
@@ -6,9 +6,11 @@ import pytest
 import soundfile as sf
 from conftest import write_official_layout
 
-from urbansound_nb.core import (COLUMNS, AudioDecodeError, DatasetUnavailable, ParameterError, decode_audio, decode_row,
-                                fold_split, is_synthetic, load_urbansound, metadata_frame, split_class_counts,
-                                synthetic_urbansound, validate_params, write_results, read_results)
+from urbansound_nb.audio import AudioDecodeError, decode_audio, decode_row, is_synthetic, synthetic_urbansound
+from urbansound_nb.core import read_results, write_results
+from urbansound_nb.data import (COLUMNS, DatasetUnavailable, fold_split, load_urbansound, metadata_frame,
+                                split_class_counts)
+from urbansound_nb.params import ParameterError, validate_params
 
 
 def encode(x, rate, fmt, subtype):

@@ -1,0 +1,253 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp params
+
+# %% [markdown]
+# # Parameters
+#
+# > The parameters every chapter shares: one dataclass, checked once, with errors that name the parameter.
+
+# %% [markdown]
+# Every chapter starts with one cell tagged `parameters`. papermill replaces its values when
+# the chapter runs headless (`urbansound-nb run -p NAME VALUE`), so the names are shared by all
+# chapters. Values arrive from the command line as YAML (`-p train_folds "[1,2]"`), or as plain
+# strings from plain papermill, so they are checked here, once, and a bad one stops the chapter
+# before any feature is computed or any model trained.
+#
+# A chapter's `parameters` cell holds only values; the line after it, `study_params(globals())`,
+# builds the checked `StudyParams` from the shared names it finds in the notebook.
+
+# %%
+#| export
+from __future__ import annotations
+
+import os, tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+# %%
+#| export
+HUB_ID = "danavery/urbansound8K"
+DATASET_ENV = "URBANSOUND_DATASET"  # the documented way to point every chapter at a local copy
+
+class ParameterError(ValueError):
+    "A notebook parameter has a value the study cannot use."
+
+# %% [markdown]
+# ## Checking one value
+#
+# Each checker takes the parameter's name, so that its error can say which one is wrong. They
+# also serve the parameters that only one chapter has (`resnet_seeds`, `conditions`, ...).
+
+# %%
+#| export
+def _range_error(name, out, lo, hi) -> ParameterError:
+    if lo is not None and hi is not None: return ParameterError(f"parameter {name!r}: {out} is outside {lo}..{hi}")
+    if hi is None: return ParameterError(f"parameter {name!r}: must be at least {lo}, got {out}")
+    return ParameterError(f"parameter {name!r}: must be at most {hi}, got {out}")
+
+def as_int(name, value, lo=None, hi=None) -> int:
+    "`value` as an int within [lo, hi], or a `ParameterError` naming `name`."
+    wrong = ParameterError(f"parameter {name!r}: expected an integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, str)): raise wrong
+    try: out = int(value) if isinstance(value, float) else int(str(value).strip())
+    except ValueError: raise wrong from None
+    if isinstance(value, float) and value != out: raise wrong
+    if (lo is not None and out < lo) or (hi is not None and out > hi): raise _range_error(name, out, lo, hi)
+    return out
+
+# %%
+#| export
+def _as_list(value) -> list:
+    "A list from a list, one value, or a string such as '[a, b]' or '1,2' (how plain papermill's -p passes a list)."
+    if isinstance(value, str):
+        value = [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+def as_folds(name, value) -> list[int]:
+    "A sorted fold list from a list, a single fold or a string such as '1,2'."
+    folds = [as_int(name, v, 1, 10) for v in _as_list(value)]
+    if not folds: raise ParameterError(f"parameter {name!r}: needs at least one fold")
+    if len(set(folds)) != len(folds): raise ParameterError(f"parameter {name!r}: fold listed twice in {folds}")
+    return sorted(folds)
+
+def as_fraction(name, value) -> float:
+    "`value` as a number in (0, 1], or a `ParameterError` naming `name`."
+    try: out = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError): out = None
+    if isinstance(value, bool) or out is None or not 0 < out <= 1:
+        raise ParameterError(f"parameter {name!r}: expected a number in (0, 1], got {value!r}")
+    return out
+
+# %%
+#| export
+def as_names(name, value, choices) -> list[str]:
+    "A list of names out of `choices` from a list, one name, or a string such as '[a, b]'."
+    names = _as_list(value) if value not in (None, "", []) else []
+    if not names: raise ParameterError(f"parameter {name!r}: expected one or more of {sorted(choices)}, got {value!r}")
+    unknown = [v for v in names if v not in choices]
+    if unknown: raise ParameterError(f"parameter {name!r}: unknown {unknown}; choose from {sorted(choices)}")
+    return names
+
+def as_name(name, value, choices) -> str:
+    "One name out of `choices`, or a `ParameterError` naming the parameter."
+    names = as_names(name, value, choices)
+    if len(names) != 1: raise ParameterError(f"parameter {name!r}: expected one of {sorted(choices)}, got {names}")
+    return names[0]
+
+def as_bool(name, value) -> bool:
+    "`value` as a bool, also from 'true'/'false', 'yes'/'no' or 1/0 as plain papermill may pass them."
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if isinstance(value, (bool, np.bool_)): return bool(value)
+    if isinstance(value, (int, str)) and str(value).strip().lower() in words: return words[str(value).strip().lower()]
+    raise ParameterError(f"parameter {name!r}: expected true or false, got {value!r}")
+
+# %%
+from fastcore.test import test_eq, test_fail
+test_fail(lambda: as_int("resnet_seeds", 0, 1), contains="'resnet_seeds': must be at least 1, got 0")
+test_fail(lambda: as_int("val_fold", "nine"), contains="'val_fold': expected an integer")
+test_eq(as_folds("train_folds", "1,2"), [1, 2]); test_eq(as_folds("train_folds", 3), [3])
+test_eq(as_names("models", "[resnet, 'small_cnn']", ["resnet", "small_cnn"]), ["resnet", "small_cnn"])
+test_eq(as_names("models", ["resnet"], ["resnet", "small_cnn"]), ["resnet"])
+test_eq(as_names("models", "resnet", ["resnet"]), ["resnet"])
+test_fail(lambda: as_names("models", "[vgg]", ["resnet"]), contains="parameter 'models': unknown ['vgg']")
+test_fail(lambda: as_names("models", "[]", ["resnet"]), contains="expected one or more")
+test_eq([as_bool("deltas", v) for v in (True, "False", "yes", 0, np.True_)], [True, False, True, False, True])
+test_fail(lambda: as_bool("deltas", "maybe"), contains="parameter 'deltas': expected true or false, got 'maybe'")
+test_eq(as_name("model", "resnet", ["resnet", "small_cnn"]), "resnet")
+test_fail(lambda: as_name("model", "vgg", ["resnet"]), contains="parameter 'model': unknown ['vgg']")
+test_fail(lambda: as_name("model", ["resnet", "resnet"], ["resnet"]), contains="expected one of ['resnet']")
+test_eq(as_fraction("f", "0.25"), 0.25); test_fail(lambda: as_fraction("f", True), contains="got True")
+
+# %% [markdown]
+# ## The fold protocol, as a parameter check
+#
+# UrbanSound8K's folds must never be shared between roles: the model is chosen on the
+# validation fold and the test fold is touched once. `None` for a fold means "choose from the
+# folds present" (the data layer, notebook 00c, fills it in).
+
+# %%
+#| export
+def check_fold_roles(train_folds, val_fold, test_fold):
+    "The protocol: validation, test and training folds never overlap."
+    if val_fold is not None and val_fold == test_fold:
+        raise ParameterError(f"parameters 'val_fold' and 'test_fold' are both {val_fold}: "
+                             "model selection must not see the test fold")
+    for role, fold in (("val_fold", val_fold), ("test_fold", test_fold)):
+        if fold is not None and train_folds and fold in train_folds:
+            raise ParameterError(f"parameter {role!r}={fold} is also in 'train_folds' {train_folds}: "
+                                 "folds must not be shared")
+
+def resolve_dataset(dataset=None) -> str:
+    "The dataset to use: `dataset`, else $URBANSOUND_DATASET, else the hub id."
+    ds = dataset if dataset not in (None, "") else os.environ.get(DATASET_ENV) or HUB_ID
+    if not isinstance(ds, (str, os.PathLike)):
+        raise ParameterError(f"parameter 'dataset': expected a hub id, a folder or 'synthetic', got {ds!r}")
+    return str(ds)
+
+# %% [markdown]
+# ## The shared parameters, once
+#
+# `StudyParams` holds the parameters every chapter shares, with their defaults; its fields are
+# defined nowhere else. A chapter's `parameters` cell declares only the chapter's own parameters.
+# The runner passes the shared ones to every chapter (papermill adds them after the parameters
+# cell), and `study_params(globals())` picks up whichever are set, in the injected cell or by a
+# reader in JupyterLab who types `dataset = "/data/UrbanSound8K"` into the parameters cell.
+
+# %%
+#| export
+@dataclass
+class StudyParams:
+    "The parameters shared by every chapter, checked."
+    dataset: str | None = None       # hub id, local folder (hub or official layout) or "synthetic"
+    train_folds: list | None = None  # None: every fold that is neither validation nor test
+    val_fold: int | None = None      # None: the second-to-last fold present
+    test_fold: int | None = None     # None: the last fold present
+    sample_rate: int = 22050         # Hz, every clip is resampled to this rate
+    clip_seconds: float = 4.0        # the length every clip is padded or cropped to
+    seed: int = 0
+    max_items: int | None = None     # None: every clip; a number: a stratified subset, for quick runs
+    epochs: int = 30                 # used by the training chapters
+    run_dir: Path = Path("../runs/notebook")  # relative to nbs/, where chapters run
+    cache_dir: Path = Path("../cache")
+
+    def __post_init__(self):
+        self.dataset = resolve_dataset(self.dataset)
+        self.train_folds = None if self.train_folds is None else as_folds("train_folds", self.train_folds)
+        self.val_fold = None if self.val_fold is None else as_int("val_fold", self.val_fold, 1, 10)
+        self.test_fold = None if self.test_fold is None else as_int("test_fold", self.test_fold, 1, 10)
+        self.sample_rate = as_int("sample_rate", self.sample_rate, 4000, 192000)
+        self.seed = as_int("seed", self.seed, 0)
+        self.max_items = None if self.max_items is None else as_int("max_items", self.max_items, 1)
+        self.epochs = as_int("epochs", self.epochs, 1, 10000)
+        self.clip_seconds = _as_seconds(self.clip_seconds)
+        self.run_dir, self.cache_dir = Path(self.run_dir), Path(self.cache_dir)
+        check_fold_roles(self.train_folds, self.val_fold, self.test_fold)
+
+    @property
+    def split(self) -> dict:
+        "The fold roles, as `fold_split` takes them."
+        return dict(train_folds=self.train_folds, val_fold=self.val_fold, test_fold=self.test_fold)
+
+def _as_seconds(value) -> float:
+    try: out = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"parameter 'clip_seconds': expected seconds, got {value!r}") from None
+    if not 0.1 <= out <= 30: raise ParameterError(f"parameter 'clip_seconds': {out} is outside 0.1..30 s")
+    return out
+
+# %%
+#| export
+SHARED = tuple(f.name for f in fields(StudyParams))
+
+def validate_params(**values) -> StudyParams:
+    "Check the shared parameters given by name and return them as `StudyParams`; an unknown name is an error."
+    unknown = sorted(set(values) - set(SHARED))
+    if unknown: raise ParameterError(f"unknown parameter(s) {unknown}; known: {list(SHARED)}")
+    return StudyParams(**values)
+
+def study_params(namespace: dict) -> StudyParams:
+    "The checked `StudyParams` of a chapter: the shared names its `parameters` cell defined in `namespace`."
+    return validate_params(**{k: namespace[k] for k in SHARED if k in namespace})
+
+# %%
+test_fail(lambda: validate_params(val_fold=3, test_fold=3), contains="must not see the test fold")
+test_fail(lambda: validate_params(train_folds=[1, 2], test_fold=2), contains="'test_fold'=2 is also in 'train_folds'")
+test_fail(lambda: validate_params(epochs=0), contains="outside 1..10000")
+test_fail(lambda: validate_params(clip_seconds="long"), contains="'clip_seconds'")
+test_fail(lambda: validate_params(lr=0.1), contains="unknown parameter")
+test_eq(validate_params(train_folds="1,2").train_folds, [1, 2])
+test_eq(study_params(dict(seed="3", header_sample=5)).seed, 3)      # names other than the shared ones are left alone
+
+# %% [markdown]
+# ## Test mode
+#
+# `nbdev-test` sets `IN_TEST` and executes every notebook offline and quickly. One call after
+# the parameters cell gives it the synthetic stand-in, temporary folders and the chapter's own
+# short settings (fewer epochs, say); a normal run is left untouched.
+
+# %%
+#| export
+def use_test_values(namespace: dict, **overrides) -> bool:
+    "Under nbdev-test (`IN_TEST` set): the synthetic data, temporary run and cache folders, and `overrides`."
+    if not os.environ.get("IN_TEST"): return False
+    namespace.update(dataset="synthetic", run_dir=tempfile.mkdtemp(), cache_dir=tempfile.mkdtemp(), **overrides)
+    return True
+
+# %%
+_ns = dict(dataset="danavery/urbansound8K", epochs=30)
+test_eq(use_test_values(_ns, epochs=2) == bool(os.environ.get("IN_TEST")), True)
+if os.environ.get("IN_TEST"): test_eq((_ns["dataset"], _ns["epochs"]), ("synthetic", 2))

@@ -1,0 +1,141 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp batches
+
+# %% [markdown]
+# # From the feature cache to batches
+#
+# > The cached log-mels in memory, batches cropped from them, band statistics, and `study_data`.
+
+# %%
+#| export
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from urbansound_nb.data import fold_split, load_urbansound, metadata_frame
+from urbansound_nb.features import DB_FLOOR, FeatureCache, FeatureParams, cache_logmels
+
+# %%
+from fastcore.test import test_eq, test_close
+
+# %% [markdown]
+# `LogMelSet` holds the frames of a list of clips in memory as one padded float16 tensor
+# (8,732 clips of 173 frames x 64 bands take 190 MB) plus their lengths, and builds batches
+# by indexing: a random crop per clip in training, the centre at evaluation.
+
+# %%
+#| export
+class LogMelSet:
+    "Log-mel frames of clips in a fixed order, padded into one tensor [clips, n_mels, max_frames]."
+    def __init__(self, frames: list, labels=None, fp: FeatureParams | None = None):
+        self.fp, n_mels = fp, frames[0].shape[1]
+        self.lengths = torch.tensor([len(f) for f in frames])
+        self.data = torch.full((len(frames), n_mels, int(self.lengths.max())), DB_FLOOR, dtype=torch.float16)
+        # a copy: the cache is read-only
+        for i, f in enumerate(frames): self.data[i, :, :len(f)] = torch.from_numpy(np.array(f, dtype=np.float16)).T
+        # a copy: pandas arrays may be read-only
+        self.labels = None if labels is None else torch.as_tensor(np.array(labels), dtype=torch.long)
+    def __len__(self): return len(self.data)
+
+    @classmethod
+    def from_cache(cls, cache: FeatureCache, keys: list, labels=None):
+        return cls([cache.get(k) for k in keys], labels, cache.fp)
+
+# %%
+#| export
+def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", generator=None) -> torch.Tensor:
+    "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop, floor padding."
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    lengths, data = ls.lengths[idx], ls.data[idx]
+    if data.shape[-1] < n_frames: data = torch.nn.functional.pad(data, (0, n_frames - data.shape[-1]), value=DB_FLOOR)
+    extra = (lengths - n_frames).clamp_min(0)
+    if mode == "random": off = (torch.rand(len(idx), generator=generator) * (extra + 1)).long().clamp_max(extra)
+    elif mode == "center": off = extra // 2
+    else: raise ValueError(f"mode must be 'center' or 'random', got {mode!r}")
+    cols = off[:, None] + torch.arange(n_frames)[None, :]                          # [B, n_frames]
+    # frames past a clip's end already hold the floor (LogMelSet pads with it), so a gather is all it takes
+    return data.gather(2, cols[:, None, :].expand(-1, data.shape[1], -1)).float()
+
+# %%
+toy = LogMelSet([np.full((n, 3), float(n), np.float16) for n in (2, 5, 9)], labels=[0, 1, 2])
+b = batch_frames(toy, [0, 1, 2], 5)
+test_eq(b.shape, (3, 3, 5))
+test_eq(b[0, 0].tolist(), [2, 2, DB_FLOOR, DB_FLOOR, DB_FLOOR])   # short clip: floor padding
+test_eq(b[1, 0].tolist(), [5.] * 5)
+toy.data[2, 0, :] = torch.arange(9).half()
+test_eq(batch_frames(toy, [2], 5)[0, 0].tolist(), [2., 3., 4., 5., 6.])   # centre crop
+assert len({tuple(batch_frames(toy, [2], 5, "random")[0, 0].tolist()) for _ in range(40)}) > 2
+
+# %% [markdown]
+# ## Input normalisation
+#
+# Models see log-mels standardised per mel band with the training folds' statistics, over the
+# clips' real frames only (padding excluded).
+
+# %%
+#| export
+def band_stats(ls: LogMelSet, idx=None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-band mean and std [n_mels] over the real (unpadded) frames of clips `idx`."
+    idx = torch.arange(len(ls)) if idx is None else torch.as_tensor(idx)
+    total, sq, count = 0., 0., 0
+    for chunk in idx.split(512):
+        d, L = ls.data[chunk].float(), ls.lengths[chunk]
+        mask = (torch.arange(d.shape[-1])[None, :] < L[:, None])[:, None, :]
+        total = total + (d * mask).sum((0, 2)); sq = sq + (d.square() * mask).sum((0, 2)); count += int(mask.sum())
+    mean = total / count
+    return mean, (sq / count - mean.square()).clamp_min(1e-6).sqrt()
+
+# %%
+m, s = band_stats(toy)
+test_close(m,
+           torch.tensor([np.mean([2, 2] + [5] * 5 + list(range(9)))]
+                        + [np.mean([2, 2] + [5] * 5 + [9] * 9)] * 2).float(),
+                      eps=1e-3)
+
+# %% [markdown]
+# ## Everything a modelling notebook needs, in one call
+#
+# Notebooks 03-07 all start the same way: load the dataset, split it by fold, compute (or read)
+# the cached log-mels, and find which clips are in the training, validation and test folds.
+# `study_data` does exactly that, so the protocol (and the fold bookkeeping) lives in one place.
+
+# %%
+#| export
+@dataclass
+class StudyData:
+    "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
+    ds: object; split: object; meta: object; fp: FeatureParams; logmels: LogMelSet
+    clip_seconds: float; n_frames: int; train: np.ndarray; val: np.ndarray; test: np.ndarray; cache_stats: dict
+    # not an __init__ argument, so dataclasses.replace (another split of the same clips) starts without it
+    _band_stats: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    def band_stats(self):
+        "Per-band mean and std of the training folds only (no leak), computed once per StudyData."
+        if self._band_stats is None: self._band_stats = band_stats(self.logmels, self.train)
+        return self._band_stats
+
+def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
+    "Load `params.dataset`, split it by fold and read (or compute) its log-mels with `fp` (default: 64 bands)."
+    ds = load_urbansound(params.dataset, params.max_items, params.seed)
+    split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)
+    fp = fp or FeatureParams(sample_rate=params.sample_rate)
+    cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, progress=progress)
+    fold = meta["fold"].values
+    tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
+    return StudyData(ds, split, meta, fp, LogMelSet.from_cache(cache, keys, meta["classID"].values),
+                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats)
+

@@ -1,0 +1,176 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp models
+
+# %% [markdown]
+# # Models: SmallAudioCNN, UrbanResNet and seed ensembles
+#
+# > The starting notebook's 3-block CNN, a residual CNN sized for two CPU cores, and seed ensembles.
+
+# %% [markdown]
+# Every model takes log-mels in dB, `[batch, n_mels, frames]`, of any length, and returns class
+# logits. Chapter 04 trains them (with notebook 04c's loop) and compares them.
+
+# %%
+#| export
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# %%
+from fastcore.test import test_eq, test_close, test_fail
+
+# %% [markdown]
+# ## Input standardisation inside the model
+#
+# Every model starts with a fixed layer that standardises each mel band with the training
+# folds' statistics (notebook 02's `band_stats`). Keeping them inside the model means a saved
+# checkpoint carries them, so prediction on new files needs no dataset.
+
+# %%
+#| export
+class Standardize(nn.Module):
+    "Per-band standardisation with fixed statistics: [B, n_mels, T] -> same shape."
+    def __init__(self, n_mels: int, mean=None, std=None):
+        super().__init__()
+        as_buffer = lambda v, default: default if v is None else torch.as_tensor(v, dtype=torch.float32).clone()
+        self.register_buffer("mean", as_buffer(mean, torch.zeros(n_mels)))
+        self.register_buffer("std", as_buffer(std, torch.ones(n_mels)))
+    def forward(self, x): return (x - self.mean[:, None]) / self.std[:, None]
+
+# %% [markdown]
+# ## The reference: SmallAudioCNN
+
+# %%
+#| export
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    "3x3 convolution, batch norm, ReLU, 2x2 max pooling."
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+class SmallAudioCNN(nn.Module):
+    "The starting notebook's model: three conv blocks, global average pooling, a linear classifier."
+    def __init__(self, n_classes: int = 10, n_mels: int = 64, channels=(16, 32, 64), mean=None, std=None):
+        super().__init__()
+        self.norm = Standardize(n_mels, mean, std)
+        self.features = nn.Sequential(conv_block(1, channels[0]), conv_block(channels[0], channels[1]),
+                                      conv_block(channels[1], channels[2]))
+        self.head = nn.Linear(channels[2], n_classes)
+    def forward(self, x):  # x: [B, n_mels, T] log-mel in dB
+        return self.head(self.features(self.norm(x)[:, None]).mean((2, 3)))
+
+# %%
+m = SmallAudioCNN()
+test_eq(m(torch.randn(2, 64, 173)).shape, (2, 10))
+print(f"SmallAudioCNN: {sum(p.numel() for p in m.parameters()):,} parameters")
+
+# %% [markdown]
+# ## The stronger model: UrbanResNet
+#
+# Design choices, each for a reason:
+#
+# * **downsample early** (a stride-2 5x5 stem, then 2x2 pooling): the first layers at full
+#   resolution dominate the cost on a CPU, and 64x173 inputs carry more time detail than
+#   10 classes need;
+# * **residual blocks** train reliably at this depth without tuning;
+# * **pool frequency by averaging, then time by mean and max**: sound events are short or
+#   long, and max over time keeps a brief event (a gun shot, a bark) from being averaged away;
+# * **dropout before the classifier** and weight decay, because a few thousand clips are
+#   easy to memorise.
+
+# %%
+#| export
+class ResBlock(nn.Module):
+    "Two 3x3 convolutions with batch norm and a (projected) shortcut."
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.skip = nn.Identity() if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False),
+                                                                      nn.BatchNorm2d(c_out))
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.skip(x))
+
+# %%
+#| export
+class UrbanResNet(nn.Module):
+    "A residual CNN for log-mels: strided stem, three residual stages, frequency-mean then time mean+max pooling."
+    def __init__(self, n_classes: int = 10, n_mels: int = 64, widths=(32, 64, 128, 256), dropout: float = 0.3,
+                 mean=None, std=None):
+        super().__init__()
+        self.norm = Standardize(n_mels, mean, std)
+        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 5, stride=2, padding=2, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stage1, self.stage2 = ResBlock(widths[0], widths[1]), ResBlock(widths[1], widths[2])
+        self.stage3 = ResBlock(widths[2], widths[3])
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * widths[3], n_classes))
+    def forward(self, x):
+        x = F.max_pool2d(self.stem(self.norm(x)[:, None]), 2)
+        x = F.max_pool2d(self.stage1(x), 2)
+        x = F.max_pool2d(self.stage2(x), (2, 1))  # keep time resolution for the last stage
+        x = self.stage3(x).mean(2)                # average over frequency: [B, C, T]
+        return self.head(torch.cat([x.mean(-1), x.amax(-1)], 1))
+
+# %% [markdown]
+# ## Several seeds, one model
+#
+# Two trainings of one recipe that differ only in their seed disagree on many clips of a
+# recording neither has seen. Averaging their class probabilities keeps what they agree on, at
+# the cost of one more training. Chapter 04 trains UrbanResNet this way (`resnet_seeds`, two by
+# default) and reports the members' validation accuracy beside the average's; the trials that
+# chose the number of members and their length are on the explanations page.
+#
+# `SeedEnsemble` holds such members and returns the log of their mean probability, so
+# everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop scoring,
+# `predict`) takes it unchanged, and its checkpoint is a checkpoint like any other.
+
+# %%
+#| export
+class SeedEnsemble(nn.Module):
+    "Models trained with different seeds, averaged: log of their mean class probabilities."
+    def __init__(self, members: list):  # members: [{"model": name, "config": {...}}, ...]
+        super().__init__()
+        if not members: raise ValueError("a SeedEnsemble needs at least one member")
+        self.members = nn.ModuleList([build_model(m["model"], **m["config"]) for m in members])
+    def forward(self, x):
+        return torch.stack([m(x).softmax(-1) for m in self.members]).mean(0).log()
+
+# %%
+#| export
+MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet, "ensemble": SeedEnsemble}
+
+def build_model(name: str, **config) -> nn.Module:
+    "A model by name ('small_cnn', 'resnet' or 'ensemble') with its configuration."
+    if name not in MODELS: raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    return MODELS[name](**config)
+
+def n_parameters(model: nn.Module) -> int: return sum(p.numel() for p in model.parameters())
+
+# %%
+r = build_model("resnet", n_classes=10, n_mels=64)
+test_eq(r(torch.randn(2, 64, 173)).shape, (2, 10))
+test_eq(r.eval()(torch.randn(1, 64, 40)).shape, (1, 10))   # any input length works
+test_fail(lambda: build_model("vgg"), contains="unknown model 'vgg'")
+print(f"UrbanResNet: {n_parameters(r):,} parameters")
+
+# %%
+e = build_model("ensemble", members=[dict(model="small_cnn", config=dict(n_classes=3, n_mels=16))] * 2).eval()
+x_demo = torch.randn(4, 16, 40)
+test_close(e(x_demo).exp(), torch.stack([m(x_demo).softmax(-1) for m in e.members]).mean(0))   # the mean probability
+test_close(e(x_demo).exp().sum(-1), torch.ones(4))
+test_eq(n_parameters(e), 2 * n_parameters(e.members[0]))
+test_fail(lambda: SeedEnsemble([]), contains="at least one member")
+

@@ -1,0 +1,493 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp train
+
+# %% [markdown]
+# # Training: the loop, checkpoints and resume
+#
+# > One loop for every model: recipes, validation-fold selection, early stopping, checkpoints and resume.
+
+# %% [markdown]
+# One loop serves every model and every experiment of chapters 04, 06 and 07:
+#
+# * batches come from the cached `LogMelSet` (random crop in training, centre at evaluation);
+# * the recipe's augmentation (`TrainConfig.augmentation`, a name from `AUGMENTATIONS`) and an
+#   optional `augment(x, y, generator)` hook (chapter 06 supplies them) transform each batch;
+# * **mixup** blends pairs of clips and their labels; **label smoothing** and optional **class
+#   weights** shape the loss;
+# * after every epoch the validation fold is scored; the best epoch by validation accuracy is
+#   saved as `models/<name>.pt` with the folds it was trained, validated and tested on, and
+#   the last epoch (with optimizer, schedule and random state) as `models/<name>.last.pt`, from
+#   which an interrupted run resumes;
+# * training stops early after `patience` epochs without a better validation accuracy; under the
+#   one-cycle schedule only once the learning rate has annealed below a quarter of its peak.
+
+# %%
+#| export
+from __future__ import annotations
+
+import copy, io, math, time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
+from tqdm import tqdm
+
+from urbansound_nb.augment import AUGMENTATIONS, mixup
+from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
+from urbansound_nb.core import atomic_write_bytes, pick_device, seed_everything
+from urbansound_nb.features import FeatureParams
+from urbansound_nb.models import SeedEnsemble, build_model
+
+# %%
+import tempfile
+from types import SimpleNamespace
+import pandas as pd
+from fastcore.test import test_eq, test_close, test_fail
+
+# %% [markdown]
+# ## Recipes
+#
+# A `TrainConfig` says how a model is trained; `RECIPES` holds the two of the study. The
+# starting notebook's recipe trains SmallAudioCNN as it did (Adam at a constant 1e-3, nothing
+# else). UrbanResNet's is a modern one: AdamW with a one-cycle schedule, label smoothing, gentle
+# mixup (α = 0.2) and the recording-variation augmentation of notebook 04b.
+
+# %%
+#| export
+@dataclass
+class TrainConfig:
+    "How a model is trained."
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adamw"           # 'adamw' or 'adam'
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    schedule: str = "onecycle"         # 'onecycle' or 'constant'
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.0           # 0: no mixup
+    augmentation: str = "none"         # a name from AUGMENTATIONS, applied to every training batch
+    patience: int | None = 10          # None: no early stopping
+    seed: int = 0
+
+RECIPES = {  # the starting notebook's recipe for its model, and the modern one
+    "small_cnn": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", label_smoothing=0.0,
+                      mixup_alpha=0.0, patience=None),
+    "resnet": dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1,
+                   mixup_alpha=0.2, augmentation="recording_variation", patience=10),
+}
+
+def _optimizer(model, cfg: TrainConfig, steps: int):
+    if cfg.optimizer not in ("adam", "adamw"):
+        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {cfg.optimizer!r}")
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.2)
+    elif cfg.schedule == "constant": sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    else: raise ValueError(f"schedule must be 'onecycle' or 'constant', got {cfg.schedule!r}")
+    return opt, sched
+
+# %% [markdown]
+# Class weights, where a recipe asks for them, are scikit-learn's "balanced" weights (inverse
+# class frequency), scaled to average 1 over the classes present; a class absent from the
+# training folds gets 0.
+
+# %%
+#| export
+def balanced_class_weights(labels, n_classes: int) -> np.ndarray:
+    "Inverse-frequency class weights (scikit-learn's 'balanced'), averaging 1 over the classes present."
+    labels = np.asarray(labels); present = np.unique(labels)
+    w = np.zeros(n_classes)
+    w[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return w / w[present].mean()
+
+# %%
+test_close(balanced_class_weights([0, 0, 0, 1], 3), np.array([0.5, 1.5, 0.0]))
+
+# %% [markdown]
+# ## Scoring: centre crops or every window
+#
+# Clips longer than the model's input are scored by averaging the probabilities of
+# half-overlapping windows (`multicrop`); with 4 s inputs and clips of at most 4 s it changes
+# nothing on UrbanSound8K, but it matters for other clip lengths and for `predict` on long files.
+
+# %%
+#| export
+def window_starts(total: int, n_frames: int) -> list[int]:
+    "Start frames of half-overlapping windows of `n_frames` over `total` frames; the last ends where the clip ends."
+    starts = list(range(0, max(total - n_frames, 0) + 1, max(n_frames // 2, 1)))
+    if total > n_frames and starts[-1] + n_frames < total: starts.append(total - n_frames)
+    return starts
+
+@torch.no_grad()
+def predict_logits(model, ls: LogMelSet, idx, n_frames: int, *, multicrop: bool = False, batch_size: int = 128,
+                   device=None) -> torch.Tensor:
+    "Logits [len(idx), classes] from centre crops, or (multicrop) the mean softmax over half-overlapping windows."
+    device = device or next(model.parameters()).device
+    model.eval(); idx = torch.as_tensor(np.asarray(idx), dtype=torch.long); out = []
+    for chunk in idx.split(batch_size):
+        if not multicrop or int(ls.lengths[chunk].max()) <= n_frames:
+            out.append(model(batch_frames(ls, chunk, n_frames).to(device)).float().cpu()); continue
+        for i in chunk.tolist():  # long clips: every window, probabilities averaged (returned as log-probabilities)
+            length = int(ls.lengths[i]); x = ls.data[i, :, :max(length, n_frames)].float()
+            wins = torch.stack([x[:, s:s + n_frames] for s in window_starts(length, n_frames)])
+            out.append(model(wins.to(device)).float().softmax(-1).mean(0, keepdim=True).log().cpu())
+    return torch.cat(out)
+
+# %%
+test_eq(window_starts(10, 4), [0, 2, 4, 6])
+test_eq(window_starts(11, 4), [0, 2, 4, 6, 7])
+test_eq(window_starts(3, 4), [0])
+
+# %% [markdown]
+# ## Checkpoints
+#
+# A checkpoint carries everything `predict` needs: the model's name and configuration, its
+# weights, the feature parameters, the class names and the clip length. Anything else given as
+# a checkpoint gets an error that names the file and what is wrong with it.
+
+# %%
+#| export
+def _save(obj, path):
+    buf = io.BytesIO(); torch.save(obj, buf); atomic_write_bytes(path, buf.getvalue())
+
+def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
+    "Everything predict needs: model name and config, weights, feature parameters, class names, clip length."
+    return dict(model=name, config=config, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                feature_params=asdict(fp), classes=list(classes), clip_seconds=float(clip_seconds), **info)
+
+class CheckpointError(ValueError):
+    "A file that is not a usable checkpoint of this study."
+
+CHECKPOINT_KEYS = ("model", "config", "state_dict", "feature_params", "classes", "clip_seconds")
+
+def load_checkpoint(path, device="cpu"):
+    "A saved model (in eval mode) and its checkpoint dict; a `CheckpointError` naming the file if it is not one."
+    try: ck = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError: raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:  # e.g. a `.last.pt` training state, or a bare state dict
+        raise CheckpointError(f"{path}: not a model checkpoint of this study (missing {', '.join(missing)}); "
+                              "use models/<name>.pt of a run")
+    try: model = build_model(ck["model"], **ck["config"]); model.load_state_dict(ck["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit its model {ck['model']!r} ({e})") from None
+    return model.to(device).eval(), ck
+
+# %% [markdown]
+# ## Early stopping under a one-cycle schedule
+#
+# Early stopping and the one-cycle schedule pull against each other: near the schedule's peak,
+# validation accuracy follows the noise of a high learning rate, and most of the gain comes
+# while it anneals. A stop counted from a lucky epoch during warm-up would end the run before
+# that, so patience only ends a one-cycle run once the learning rate is below a quarter of its
+# peak (the last quarter or so of the schedule).
+
+# %%
+#| export
+def stop_early(cfg: TrainConfig, epoch: int, best_epoch: int, lr: float) -> bool:
+    "After `epoch` (from 1): `patience` epochs without a better validation accuracy and, under one-cycle, a low rate."
+    if not cfg.patience or epoch - best_epoch < cfg.patience: return False
+    return cfg.schedule != "onecycle" or lr < cfg.lr / 4
+
+# %%
+test_eq(stop_early(TrainConfig(patience=10, schedule="constant"), 14, 4, 3e-3), True)
+test_eq(stop_early(TrainConfig(patience=10), 14, 4, 2e-3), False)     # one-cycle, learning rate still high: go on
+test_eq(stop_early(TrainConfig(patience=10), 30, 4, 1e-4), True)
+test_eq(stop_early(TrainConfig(patience=10), 30, 25, 1e-4), False)    # improved recently
+test_eq(stop_early(TrainConfig(patience=None), 30, 4, 1e-4), False)
+
+# %% [markdown]
+# ## Random state, for resuming
+#
+# An interrupted training resumes where it stopped and, on the CPU, repeats the uninterrupted run
+# exactly: the last state keeps the batch generator's and torch's random state. On a GPU,
+# dropout draws from the GPU's own generator, so its state is kept too (and restored only on a
+# device of the same kind).
+
+# %%
+#| export
+def device_rng_state(device):
+    "(device kind, RNG state) of a GPU `device`, whose generator dropout draws from there; None on the CPU."
+    kind = torch.device(device).type
+    if kind == "cuda": return kind, torch.cuda.get_rng_state(device)
+    if kind == "mps": return kind, torch.mps.get_rng_state()
+    return None
+
+def set_device_rng_state(saved, device) -> bool:
+    "Restore `device_rng_state`'s result on `device` if it was saved on a device of the same kind; whether it was."
+    kind = torch.device(device).type
+    if not saved or saved[0] != kind: return False
+    if kind == "cuda": torch.cuda.set_rng_state(saved[1], device)
+    else: torch.mps.set_rng_state(saved[1])
+    return True
+
+# %%
+test_eq(device_rng_state("cpu"), None)
+test_eq(set_device_rng_state(None, "cpu"), False)
+test_eq(set_device_rng_state(("cuda", torch.zeros(16, dtype=torch.uint8)), "cpu"), False)   # not applied on the CPU
+
+# %% [markdown]
+# ## The loop
+#
+# `train_model` trains one model on `data`'s training clips and chooses its epoch on the
+# validation clips. It takes the model (`name`, `config`), the data and the `TrainConfig`;
+# everything else is a keyword. One epoch is `_train_epoch`; the state that resumes a run is
+# `_resume_state`.
+
+# %%
+#| export
+def _train_epoch(model, data: StudyData, train_idx, cfg: TrainConfig, opt, sched, gen, hooks, weight, device) -> dict:
+    "One epoch over `train_idx` in shuffled batches: loss, accuracy and the seconds spent building batches."
+    model.train(); y_all, t0, t_data, tot, correct, n = data.logmels.labels, time.time(), 0.0, 0.0, 0.0, 0
+    for b in train_idx[torch.randperm(len(train_idx), generator=gen)].split(cfg.batch_size):
+        td = time.time(); x, y = batch_frames(data.logmels, b, data.n_frames, "random", generator=gen), y_all[b]
+        for hook in hooks: x = hook(x, y, gen)
+        x, y = x.to(device), y.to(device); t_data += time.time() - td
+        xm, ya, yb, lam = mixup(x, y, cfg.mixup_alpha, gen) if cfg.mixup_alpha > 0 else (x, y, y, 1.0)
+        out = model(xm)
+        loss = lam * F.cross_entropy(out, ya, weight=weight, label_smoothing=cfg.label_smoothing)
+        if lam < 1:
+            loss = loss + (1 - lam) * F.cross_entropy(out, yb, weight=weight, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+        tot += loss.item() * len(b); n += len(b)
+        correct += (lam * (out.argmax(1) == ya).float() + (1 - lam) * (out.argmax(1) == yb).float()).sum().item()
+    return dict(train_loss=tot / n, train_accuracy=correct / n, data_seconds=t_data, train_seconds=time.time() - t0)
+
+def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n_train: int, info):
+    "The saved state of the same training (recipe, model, training-set size, folds), or None to start afresh."
+    if not (last and last.exists() and best_path.exists()): return None  # the last state alone cannot finish the run
+    st = torch.load(last, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+    # a state saved before folds were recorded has no 'info'
+    same = st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == n_train
+    return st if same and st.get("info", info) == info else None
+
+# %%
+#| export
+def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None, augment=None,
+                class_weights=None, device=None, progress: bool = True, info: dict | None = None):
+    "Train model `name` on `data.train`, its epoch chosen on `data.val`: (best model, history); resumes from `out_dir`."
+    device = device or pick_device(); seed_everything(cfg.seed)
+    if cfg.augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {cfg.augmentation!r}; choose from {sorted(AUGMENTATIONS)}")
+    hooks = [h for h in (AUGMENTATIONS[cfg.augmentation], augment) if h is not None]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    # channels-last convolutions: measurably faster training on 2 CPU cores
+    model = build_model(name, **config).to(device, memory_format=torch.channels_last)
+    train_idx = torch.as_tensor(np.asarray(data.train))
+    opt, sched = _optimizer(model, cfg, cfg.epochs * math.ceil(len(train_idx) / cfg.batch_size))
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+    hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
+    best_path, last = (Path(out_dir)/f"{name}.pt", Path(out_dir)/f"{name}.last.pt") if out_dir else (None, None)
+    if st := _resume_state(last, best_path, cfg, config, len(train_idx), info):
+        model.load_state_dict(st["state_dict"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        gen.set_state(st["generator"])
+        torch.set_rng_state(st["torch_rng"])
+        set_device_rng_state(st.get("device_rng"), device)
+        hist, best, start = st["history"], st["best"], st["epoch"] + 1
+        if progress:
+            print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
+    best_state = (copy.deepcopy(model.state_dict()) if start == 0 else
+                  torch.load(best_path, map_location=device, weights_only=False)["state_dict"])
+    yv = data.logmels.labels[torch.as_tensor(np.asarray(data.val))]
+    bar = tqdm(range(start, cfg.epochs), desc=name, unit="epoch", disable=not progress or start >= cfg.epochs,
+               mininterval=5)
+    for epoch in bar:
+        t0 = time.time(); row = _train_epoch(model, data, train_idx, cfg, opt, sched, gen, hooks, weight, device)
+        logits = predict_logits(model, data.logmels, data.val, data.n_frames, device=device)
+        val_loss, val_acc = F.cross_entropy(logits, yv).item(), (logits.argmax(1) == yv).float().mean().item()
+        hist.append(dict(epoch=epoch + 1, train_loss=row["train_loss"], train_accuracy=row["train_accuracy"],
+                         val_loss=val_loss, val_accuracy=val_acc, lr=opt.param_groups[0]["lr"],
+                         seconds=time.time() - t0, data_seconds=row["data_seconds"],
+                         train_seconds=row["train_seconds"]))
+        if val_acc > best["val_accuracy"]:
+            best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1)
+            best_state = copy.deepcopy(model.state_dict())
+            if out_dir:
+                _save(checkpoint_dict(model, name, config, data.fp, data.split.classes, data.clip_seconds,
+                                      epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})),
+                      best_path)
+        if out_dir:
+            _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                       generator=gen.get_state(), torch_rng=torch.get_rng_state(), device_rng=device_rng_state(device),
+                       history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
+                       n_train=len(train_idx), info=info), last)
+        bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
+        if progress and not bar.disable and (epoch + 1) % 5 == 0:
+            print(f"  {name} epoch {epoch+1}: loss {row['train_loss']:.3f}, val acc {val_acc:.3f} "
+                  f"(best {best['val_accuracy']:.3f} @ {best['epoch']})", flush=True)
+        if stop_early(cfg, epoch + 1, best["epoch"], opt.param_groups[0]["lr"]): break
+    model.load_state_dict(best_state)
+    return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
+
+# %% [markdown]
+# A smoke test on a few synthetic clips: training runs, writes both checkpoints, and a second
+# call resumes instead of starting again.
+
+# %%
+def tiny_data(n_mels: int = 16) -> StudyData:
+    "24 random two-class clips of 40 frames: 16 to train on, 8 to validate and test on."
+    rng = np.random.default_rng(0)
+    clips = LogMelSet([rng.standard_normal((40, n_mels)).astype(np.float16) + (i % 2) * 3 for i in range(24)],
+                      labels=[i % 2 for i in range(24)])
+    meta = pd.DataFrame(dict(fold=[1] * 16 + [2] * 4 + [3] * 4))
+    return StudyData(None, SimpleNamespace(classes=["a", "b"]), meta, FeatureParams(n_mels=n_mels), clips, 1.0, 32,
+                     np.arange(16), np.arange(16, 24), np.arange(16, 24), {})
+
+small = tiny_data(); small_config = dict(n_classes=2, n_mels=16)
+cfg2, cfg3 = TrainConfig(epochs=2, batch_size=8, patience=None), TrainConfig(epochs=3, batch_size=8, patience=None)
+with tempfile.TemporaryDirectory() as d:
+    train = lambda cfg, **kw: train_model("small_cnn", small_config, small, cfg, out_dir=d, progress=False, **kw)
+    train(cfg2)
+    assert (Path(d)/"small_cnn.pt").exists() and (Path(d)/"small_cnn.last.pt").exists()
+    test_eq(len(train(cfg3)[1]["history"]), 3)   # a different config starts afresh
+    test_eq(len(train(cfg3)[1]["history"]), 3)   # same config: resumed after epoch 3, nothing left to do
+    other_folds = dict(folds=dict(train=[2]))
+    test_eq(len(train(cfg3, info=other_folds)[1]["history"]), 3)               # other folds: trained afresh
+    assert torch.load(Path(d)/"small_cnn.pt", weights_only=False)["folds"] == dict(train=[2])
+    (Path(d)/"small_cnn.pt").unlink()                                       # best deleted, last kept: trained afresh
+    test_eq(len(train(cfg3, info=other_folds)[1]["history"]), 3); assert (Path(d)/"small_cnn.pt").exists()
+    loaded, ck = load_checkpoint(Path(d)/"small_cnn.pt")
+    test_eq(predict_logits(loaded, small.logmels, range(2), 10, multicrop=True).shape, (2, 2))   # 10-frame windows
+    test_eq(ck["classes"], ["a", "b"]); test_eq(predict_logits(loaded, small.logmels, range(4), 32).shape, (4, 2))
+    # anything else named as a checkpoint fails with the file's name and what is wrong with it
+    (Path(d)/"junk.pt").write_bytes(b"not a checkpoint")
+    test_fail(lambda: load_checkpoint(Path(d)/"junk.pt"), contains="junk.pt: not a readable checkpoint")
+    test_fail(lambda: load_checkpoint(Path(d)/"small_cnn.last.pt"),
+              contains="not a model checkpoint of this study (missing model, ")
+    test_fail(lambda: load_checkpoint(Path(d)/"absent.pt"), contains="absent.pt: no such checkpoint")
+    torch.save(dict(ck, config=dict(ck["config"], n_classes=3)), Path(d)/"wrong.pt")
+    test_fail(lambda: load_checkpoint(Path(d)/"wrong.pt"), contains="its weights do not fit its model 'small_cnn'")
+
+# %% [markdown]
+# An interruption costs nothing but time: a training stopped after its second epoch and resumed
+# ends with the same history and weights as one run straight through, with the whole recipe
+# drawing random numbers (crops, recording variation, mixup, dropout).
+
+# %%
+class _Interrupt(Exception): pass
+
+def _train_small_resnet(d, stop_after_batches=None):
+    "UrbanResNet at a tiny width with its full recipe; raises _Interrupt after `stop_after_batches` training batches."
+    calls = [0]
+    def hook(x, y, gen):
+        calls[0] += 1
+        if stop_after_batches is not None and calls[0] > stop_after_batches: raise _Interrupt
+        return x
+    cfg = TrainConfig(epochs=4, batch_size=8, **RECIPES["resnet"])
+    return train_model("resnet", dict(n_classes=2, n_mels=16, widths=(4, 8, 8, 8)), small, cfg, out_dir=d,
+                       augment=hook, progress=False)
+
+with tempfile.TemporaryDirectory() as straight, tempfile.TemporaryDirectory() as interrupted:
+    m_straight, h_straight = _train_small_resnet(straight)
+    test_fail(lambda: _train_small_resnet(interrupted, stop_after_batches=5), exc=_Interrupt)   # in epoch 3
+    test_eq(torch.load(Path(interrupted)/"resnet.last.pt", weights_only=False)["epoch"], 1)    # epochs 1 and 2 saved
+    m_resumed, h_resumed = _train_small_resnet(interrupted)
+    test_eq(h_resumed["history"][-1]["epoch"], 4)
+    losses = lambda h: [(r["train_loss"], r["val_loss"]) for r in h["history"]]
+    test_eq(losses(h_resumed), losses(h_straight))
+    for k, v in m_straight.state_dict().items(): test_eq(m_resumed.state_dict()[k], v)
+
+# %% [markdown]
+# ## Training as the study does
+#
+# `fit` trains a model with its recipe (`RECIPES`, changed by keyword overrides) on a
+# `StudyData`, with the model's input standardised by the training folds' band statistics and
+# the checkpoint recording its folds.
+
+# %%
+#| export
+def model_config(n_classes: int, fp: FeatureParams, mean, std) -> dict:
+    "A model's configuration: classes, bands, and the training folds' band statistics (so checkpoints carry them)."
+    return dict(n_classes=int(n_classes), n_mels=fp.n_mels, mean=[round(float(v), 5) for v in mean],
+                std=[round(float(v), 5) for v in std])
+
+def split_folds(data: StudyData) -> dict:
+    "The folds `data`'s training, validation and test clips come from, as a checkpoint records them."
+    fold = data.meta["fold"].to_numpy()
+    return {part: sorted(int(f) for f in set(fold[np.asarray(idx, dtype=int)]))
+            for part, idx in (("train", data.train), ("val", data.val), ("test", data.test))}
+
+def fit(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None, augment=None, class_weights=None,
+        progress: bool = True, **overrides):
+    "Train model `name` with its recipe (`RECIPES`, changed by `overrides`) on `data`, its epoch chosen on validation."
+    cfg = TrainConfig(epochs=epochs, seed=seed, **{**RECIPES[name], **overrides})
+    config = model_config(len(data.split.classes), data.fp, *data.band_stats())
+    return train_model(name, config, data, cfg, out_dir=out_dir, augment=augment, class_weights=class_weights,
+                       progress=progress, info=dict(folds=split_folds(data)))
+
+# %% [markdown]
+# UrbanResNet is trained `resnet_seeds` times, with seeds `seed`, `seed + 1`, ..., each member's
+# epoch chosen on the validation fold as for a single model, and the members are averaged
+# (`SeedEnsemble`). Each member keeps its own checkpoints in `models/resnet.seed<N>/`, so an
+# interrupted run resumes member by member; the ensemble is saved as `models/resnet.pt`.
+# `fit_study_model` is how the study trains each model, in chapter 04 and wherever a later
+# chapter must train one: UrbanResNet as `resnet_seeds` trainings of `resnet_epochs` averaged,
+# any other model once for `epochs`.
+
+# %%
+#| export
+def fit_ensemble(name: str, data: StudyData, *, epochs: int, seeds, out_dir=None, progress: bool = True, **overrides):
+    "Train `name` once per seed with `fit` and average the members (`SeedEnsemble`): (model, history of all members)."
+    seeds = [int(s) for s in seeds]
+    if not seeds: raise ValueError("fit_ensemble needs at least one seed")
+    if len(seeds) == 1:
+        return fit(name, data, epochs=epochs, seed=seeds[0], out_dir=out_dir, progress=progress, **overrides)
+    fits = [fit(name, data, epochs=epochs, seed=s, out_dir=Path(out_dir)/f"{name}.seed{s}" if out_dir else None,
+                progress=progress, **overrides) for s in seeds]
+    config = dict(members=[dict(model=name, config=model_config(len(data.split.classes), data.fp, *data.band_stats()))]
+                  * len(seeds))
+    model = build_model("ensemble", **config)
+    for slot, (member, _) in zip(model.members, fits): slot.load_state_dict(member.state_dict())
+    yv = data.logmels.labels[torch.as_tensor(data.val)]
+    val_acc = float((predict_logits(model, data.logmels, data.val, data.n_frames).argmax(1) == yv).float().mean())
+    best = dict(val_accuracy=val_acc, epoch=[h["best"]["epoch"] for _, h in fits],
+                member_val_accuracy=[h["best"]["val_accuracy"] for _, h in fits])
+    if out_dir: _save(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds,
+                                      seeds=seeds, folds=split_folds(data), **best), Path(out_dir)/f"{name}.pt")
+    history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
+    return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits),
+                              members={s: h for s, (_, h) in zip(seeds, fits)})
+
+def fit_study_model(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None, resnet_seeds: int = 2,
+                    resnet_epochs: int = 20, progress: bool = True, **overrides):
+    "Train `name` as the study does: UrbanResNet averaged over `resnet_seeds` seeds, other models once."
+    if name != "resnet":
+        return fit(name, data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, **overrides)
+    return fit_ensemble(name, data, epochs=min(resnet_epochs, epochs), seeds=range(seed, seed + resnet_seeds),
+                        out_dir=out_dir, progress=progress, **overrides)
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    ens, eh = fit_ensemble("small_cnn", small, epochs=2, seeds=[0, 1], out_dir=d, progress=False, batch_size=8)
+    test_eq(len(ens.members), 2); test_eq(eh["stopped_epoch"], 4); test_eq(sorted(eh["members"]), [0, 1])
+    assert (Path(d)/"small_cnn.seed1"/"small_cnn.last.pt").exists()
+    loaded, ck = load_checkpoint(Path(d)/"small_cnn.pt")
+    test_eq(ck["model"], "ensemble"); test_eq(ck["seeds"], [0, 1])
+    test_eq(ck["folds"], dict(train=[1], val=[2, 3], test=[2, 3]))          # which folds it has seen, for chapter 05
+    test_eq(load_checkpoint(Path(d)/"small_cnn.seed1"/"small_cnn.pt")[1]["folds"], ck["folds"])
+    test_close(predict_logits(loaded, small.logmels, range(24), 32), predict_logits(ens, small.logmels, range(24), 32))
+    test_fail(lambda: fit_ensemble("small_cnn", small, epochs=2, seeds=[], out_dir=d), contains="at least one seed")
+    single, sh = fit_ensemble("small_cnn", small, epochs=2, seeds=[0], out_dir=d, progress=False, batch_size=8)
+    assert "members" not in sh and not isinstance(single, SeedEnsemble)   # one seed: what fit gives
+    _, other = fit_study_model("small_cnn", small, epochs=2, out_dir=Path(d)/"study", progress=False, batch_size=8)
+    assert "members" not in other                                          # only UrbanResNet is averaged over seeds

@@ -1,0 +1,115 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp predict
+
+# %% [markdown]
+# # Prediction: from a checkpoint to a classifier of audio files
+#
+# > A saved checkpoint classifies any audio file, at any rate, bit depth or length, with no dataset.
+
+# %% [markdown]
+# A checkpoint holds the model, its feature parameters, the class names and the clip length
+# (notebook 04c), so it classifies any file soundfile reads, at any rate, bit depth or channel
+# count. A file longer than the clip length is cut into half-overlapping windows whose
+# probabilities are averaged (`per_window=True` also returns each window's). Empty, unreadable
+# or silent files get an error entry instead of a guess, and never stop the other files.
+# `urbansound-nb predict` (notebook 92) prints what `predict_files` returns.
+
+# %%
+#| export
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from urbansound_nb.audio import AudioDecodeError, decode_audio
+from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, fix_length, resample
+from urbansound_nb.train import load_checkpoint, window_starts
+
+# %%
+#| export
+SILENCE_PEAK = 1e-4  # a file whose samples never exceed this is treated as silence, not classified
+
+class Predictor:
+    "A saved checkpoint ready to classify audio files."
+    def __init__(self, checkpoint, device="cpu"):
+        self.model, self.ck = load_checkpoint(checkpoint, device)
+        self.fp, self.classes, self.device = FeatureParams(**self.ck["feature_params"]), self.ck["classes"], device
+        self.n_frames, self.front = self.fp.frames(self.ck["clip_seconds"]), LogMel(self.fp).to(device)
+
+    @torch.no_grad()
+    def window_probs(self, data: bytes, name: str = "clip") -> tuple[np.ndarray, list[float]]:
+        "Class probabilities of each window [windows, classes] and the windows' start times (s)."
+        samples, rate = decode_audio(data, name)
+        peak = float(np.abs(samples).max())
+        if peak < SILENCE_PEAK:
+            raise AudioDecodeError(f"{name}: the audio is silent (peak {peak:.1e}); nothing to classify")
+        wave = resample(torch.from_numpy(samples), rate, self.fp.sample_rate).to(self.device)
+        logmel = self.front(wave)                                          # [n_mels, frames]
+        starts = window_starts(logmel.shape[-1], self.n_frames)           # the windows multi-crop scoring uses
+        windows = [fix_length(logmel[:, s:s + self.n_frames], self.n_frames, "start", DB_FLOOR) for s in starts]
+        probs = self.model(torch.stack(windows)).softmax(-1).cpu().numpy()
+        return probs, [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
+
+# %%
+#| export
+def _top(probs, classes, k):
+    return [{"class": classes[i], "probability": round(float(probs[i]), 4)} for i in np.argsort(-probs)[:k]]
+
+def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False,
+                  predictor: Predictor | None = None) -> list[dict]:
+    "Top-k classes of each file: {'file', 'predictions', 'error'} (+ 'windows' with `per_window`); errors never stop."
+    pr, out = predictor or Predictor(checkpoint), []
+    for f in files:
+        rec = {"file": str(f), "predictions": [], "error": None}
+        try:
+            p = Path(f)
+            if not p.is_file(): raise AudioDecodeError(f"{f}: no such file")
+            probs, starts = pr.window_probs(p.read_bytes(), str(f))
+            rec["predictions"] = _top(probs.mean(0), pr.classes, top_k)
+            if per_window:
+                rec["windows"] = [{"start_seconds": round(s, 3), "predictions": _top(w, pr.classes, top_k)} for s,
+                                  w in zip(starts, probs)]
+        except (AudioDecodeError, OSError) as e: rec["error"] = str(e)
+        out.append(rec)
+    return out
+
+# %% [markdown]
+# A checkpoint of a randomly initialised SmallAudioCNN, written the way training writes one,
+# classifies a short clip, a long one window by window, and reports the files it cannot use:
+
+# %%
+import os, tempfile
+import soundfile as sf
+from fastcore.test import test_eq
+from urbansound_nb.models import build_model
+from urbansound_nb.train import _save, checkpoint_dict
+classes = ["tone", "noise"]
+with tempfile.TemporaryDirectory() as d:
+    d, fp = Path(d), FeatureParams(sample_rate=16000, n_mels=32, n_fft=512, hop_length=256)
+    config = dict(n_classes=2, n_mels=32)
+    _save(checkpoint_dict(build_model("small_cnn", **config), "small_cnn", config, fp, classes, 1.0), d/"model.pt")
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000).astype(np.float32)
+    sf.write(d/"tone.wav", tone[:24000], 48000); sf.write(d/"long.flac", np.tile(tone, 3), 48000)
+    (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(8000, np.float32), 8000)
+    (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
+    names = ["tone.wav", "long.flac", "empty.wav", "silent.wav", "corrupt.wav", "absent.wav"]
+    recs = predict_files(d/"model.pt", [d/n for n in names], top_k=2, per_window=True)
+    for rec in recs: print(Path(rec["file"]).name, "->", rec["error"] or rec["predictions"])
+    test_eq([r["error"] is None for r in recs], [True, True, False, False, False, False])
+    test_eq(len(recs[1]["windows"]), 6)   # 3 s in half-overlapping 1 s windows, the last one ending with the file
+    assert "empty" in recs[2]["error"] and "silent" in recs[3]["error"] and "no such file" in recs[5]["error"]
+    test_eq(round(sum(p["probability"] for p in recs[0]["predictions"]), 3), 1.0)

@@ -1,0 +1,142 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp cli
+
+# %% [markdown]
+# # The command line
+#
+# > `urbansound-nb`: sync, run, bench, predict, site and lab, on top of every other module.
+
+# %% [markdown]
+# | command | does |
+# |---|---|
+# | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` (notebook 90) |
+# | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
+# | `urbansound-nb bench [--dataset D] [--max-items N]` | the feature-pipeline benchmark (notebook 02b) |
+# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model (notebook 05a) |
+# | `urbansound-nb site [--run-dir DIR]` | the report website of a run (notebook 91) |
+# | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
+#
+# This module sits on top: it imports the others, and none of them imports it. The heavier
+# ones are imported inside the command that needs them, so `urbansound-nb sync` starts fast.
+
+# %%
+#| export
+from __future__ import annotations
+
+import argparse, json, os, sys
+
+from urbansound_nb.runner import RunFailed, configure_lab, lab_command, parse_value, run_notebooks, sync
+
+# %%
+from fastcore.test import test_eq
+
+# %%
+#| export
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="urbansound-nb",
+                                 description="Run, test and publish the UrbanSound8K notebook study.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sync", help="generate nbs/*.ipynb (stable ids) and export the package")
+    s.add_argument("--no-export", action="store_true", help="only generate the notebooks")
+    r = sub.add_parser("run", help="run study notebooks headless with papermill")
+    r.add_argument("notebooks", nargs="*", help="numbers (00) or names; default: all, in order")
+    r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    r.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest"))
+    r.add_argument("--dataset", help="shorthand for -p dataset VALUE")
+    r.add_argument("--site", action="store_true", help="build the report site when the run succeeds")
+    b = sub.add_parser("bench", help="benchmark the feature pipeline (prints figures; last line JSON)")
+    b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=int, default=512)
+    b.add_argument("--workers", type=int, default=None); b.add_argument("--sample-rate", type=int, default=22050)
+    p = sub.add_parser("predict", help="top-k classes of audio files with a saved checkpoint")
+    p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
+    p.add_argument("-k", "--top-k", type=int, default=3); p.add_argument("--json", action="store_true")
+    p.add_argument("--per-window", action="store_true", help="also report every window of long files")
+    w = sub.add_parser("site", help="build the report website of a run directory")
+    w.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest"))
+    w.add_argument("--out", default=None)
+    l = sub.add_parser("lab", help="JupyterLab with the .py notebooks opening as notebooks")
+    l.add_argument("extra", nargs=argparse.REMAINDER)
+    return ap
+
+# %%
+test_eq(_parser().parse_args(["run", "00", "-p", "seed", "1", "-p", "train_folds", "[1]"]).param,
+        [["seed", "1"], ["train_folds", "[1]"]])
+
+# %% [markdown]
+# ## predict
+#
+# Each file's top-k classes, one line per file (or JSON lines); a file that cannot be classified
+# is reported and makes the exit status 1, and the others are still classified. A checkpoint
+# that cannot be used stops the command with exit status 2 and says why.
+
+# %%
+#| export
+def _classes_text(predictions) -> str: return ", ".join(f"{p['class']} {p['probability']:.2f}" for p in predictions)
+
+def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_window: bool = False) -> int:
+    "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
+    from urbansound_nb.predict import Predictor, predict_files
+    from urbansound_nb.train import CheckpointError
+    try: predictor = Predictor(checkpoint)  # a missing, unreadable or wrong file: a CheckpointError naming it
+    except CheckpointError as e: print(f"error: {e}", file=sys.stderr); return 2
+    failed = 0
+    for rec in predict_files(checkpoint, files, top_k, per_window, predictor):
+        failed += rec["error"] is not None
+        if as_json: print(json.dumps(rec), flush=True); continue
+        if rec["error"]: print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr); continue
+        print(f"{rec['file']}: {_classes_text(rec['predictions'])}")
+        for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: {_classes_text(w['predictions'])}")
+    return 1 if failed else 0
+
+# %% [markdown]
+# The command exits with status 2, naming the file, when what it is given is not a checkpoint
+# (here a training state, `.last.pt`, which holds no feature parameters or class names):
+
+# %%
+import contextlib, io, tempfile, torch
+from pathlib import Path
+with tempfile.TemporaryDirectory() as d:
+    torch.save(dict(state_dict={}, epoch=3), Path(d)/"resnet.last.pt"); err = io.StringIO()
+    with contextlib.redirect_stderr(err): test_eq(predict_cli(Path(d)/"resnet.last.pt", [Path(d)/"clip.wav"]), 2)
+    print(err.getvalue()); assert "not a model checkpoint of this study" in err.getvalue()
+
+# %%
+#| export
+def main(argv=None):
+    "Entry point of the `urbansound-nb` console script."
+    args = _parser().parse_args(argv)
+    if args.command == "sync": sync(export=not args.no_export); return 0
+    if args.command == "run":
+        params = {k: parse_value(v) for k, v in args.param}
+        if args.dataset: params["dataset"] = args.dataset
+        try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
+        except RunFailed as e: print(f"FAILED: {e}", file=sys.stderr); return 1
+        print(f"run complete: {run_dir}")
+        if args.site: from urbansound_nb.site import build_site; build_site(run_dir)
+        return 0
+    if args.command == "bench":
+        from urbansound_nb.bench import benchmark
+        from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
+        benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate,
+                  model=SmallAudioCNN())
+        return 0
+    if args.command == "predict":
+        return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)
+    if args.command == "site":
+        from urbansound_nb.site import build_site
+        build_site(args.run_dir, args.out); return 0
+    if args.command == "lab":
+        print("JupyterLab settings:", configure_lab())
+        os.execv(sys.executable, lab_command(extra=[a for a in args.extra if a != "--"]))
