@@ -23,7 +23,7 @@
 #
 # * the model is **chosen on a validation fold**,
 # * the **test fold is touched once**, after every choice is made,
-# * the official figure is **10-fold cross-validation** (chapter 07).
+# * the official figure is **10-fold cross-validation** (chapter 08).
 #
 # This chapter sets a run up: one seed for everything, the best device present, and a run
 # directory whose results files are written atomically. It then loads the dataset this run

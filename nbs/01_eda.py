@@ -213,7 +213,7 @@ display(pd.concat({"sample rate (Hz)": fmt["sample_rate"].value_counts(), "chann
 # ## Salience
 #
 # Each clip is labelled foreground (1: the sound dominates) or background (2: other sounds
-# dominate). Background clips are harder; notebook 05 measures by how much.
+# dominate). Background clips are harder; chapter 06 measures by how much.
 
 # %%
 sal = pd.crosstab(meta["class"], meta["salience"].map({1: "foreground", 2: "background"}))

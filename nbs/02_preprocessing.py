@@ -111,6 +111,9 @@ class FeatureParams:
     def frames(self, seconds: float) -> int:
         "Frames of a clip of `seconds` (centred STFT: one frame per hop, plus one)."
         return int(round(seconds * self.sample_rate)) // self.hop_length + 1
+    @property
+    def pad_value(self) -> float: return DB_FLOOR  # the features of silence, which pads short clips
+    def front_end(self) -> nn.Module: return LogMel(self)
 
 # %%
 from fastcore.test import test_eq, test_ne, test_fail, test_close
@@ -124,8 +127,10 @@ print(features, features.key, f"{features.frames(params.clip_seconds)} frames pe
 # ## The log-mel front end
 #
 # A small `nn.Module`: mel power spectrogram, then decibels (torchaudio's `AmplitudeToDB`) with
-# its floor at -100 dB (power 1e-10). It takes a batch of waveforms `[batch, samples]` on any device, so the same module
-# runs on the CPU here and on a GPU when there is one.
+# its floor at -100 dB (power 1e-10). It takes a batch of waveforms `[batch, samples]` on any
+# device, so the same module runs on the CPU here and on a GPU when there is one. Other front ends
+# (chapter 05's) plug into the cache below the same way: parameters with a `key`, `frames`,
+# `pad_value` and a `front_end()` module.
 
 # %%
 #| export
@@ -191,7 +196,7 @@ print(row["slice_file_name"], row["class"], tuple(w.shape),
 # different clip lengths (most gun shots and many dog barks and car horns are under 1 s, most
 # air conditioners exactly 4 s), so the amount of trailing silence alone predicts the class
 # fairly well. A model that learns that has learnt the dataset's editing, not the sound. It is
-# the reason some pipelines loop short clips instead; notebook 05 measures accuracy by clip
+# the reason some pipelines loop short clips instead; chapter 06 measures accuracy by clip
 # duration to see whether short clips are won by their silence. (The offline copy used while
 # developing, `urbansound8k-mini`, had already been looped to 4 s before we got it, so on it
 # the trap is closed by construction.)
@@ -416,7 +421,7 @@ def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, 
     t0 = time.time(); cache, file_keys = FeatureCache(cache_dir, fp), FileKeys(cache_dir)
     keys, todo = _hash_clips(ds, cache, file_keys); hashed = time.time()
     device = torch.device(device) if device else pick_device()
-    front, workers, threads = LogMel(fp).to(device), workers or os.cpu_count() or 1, torch.get_num_threads()
+    front, workers, threads = fp.front_end().to(device), workers or os.cpu_count() or 1, torch.get_num_threads()
     bar = tqdm(total=len(todo), desc=f"log-mel {fp.key}", unit="clip", disable=not progress or not todo, mininterval=2)
     torch.set_num_threads(1)  # one core per worker thread: the threads are the parallelism
     try:
@@ -510,7 +515,7 @@ plt.show()
 # %%
 #| slow
 from urbansound_nb.bench import benchmark
-bench = benchmark(params.dataset, max_items=bench_items, workers=workers, features=features, seed=params.seed)
+bench = benchmark(params.dataset, max_items=bench_items, workers=workers, fp=features, seed=params.seed)
 
 # %% [markdown]
 # The cached extraction runs once per feature setting; after that an epoch's data costs the

@@ -44,8 +44,9 @@ class LogMelSet:
     "Log-mel frames of clips in a fixed order, padded into one tensor [clips, n_mels, max_frames]."
     def __init__(self, frames: list, labels=None, fp: FeatureParams | None = None):
         self.fp, n_mels = fp, frames[0].shape[1]
+        self.pad_value = DB_FLOOR if fp is None else fp.pad_value   # the features of silence
         self.lengths = torch.tensor([len(f) for f in frames])
-        self.data = torch.full((len(frames), n_mels, int(self.lengths.max())), DB_FLOOR, dtype=torch.float16)
+        self.data = torch.full((len(frames), n_mels, int(self.lengths.max())), self.pad_value, dtype=torch.float16)
         # a copy: the cache is read-only
         for i, f in enumerate(frames): self.data[i, :, :len(f)] = torch.from_numpy(np.array(f, dtype=np.float16)).T
         # a copy: pandas arrays may be read-only
@@ -62,7 +63,8 @@ def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", genera
     "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop, floor padding."
     idx = torch.as_tensor(idx, dtype=torch.long)
     lengths, data = ls.lengths[idx], ls.data[idx]
-    if data.shape[-1] < n_frames: data = torch.nn.functional.pad(data, (0, n_frames - data.shape[-1]), value=DB_FLOOR)
+    if data.shape[-1] < n_frames:
+        data = torch.nn.functional.pad(data, (0, n_frames - data.shape[-1]), value=ls.pad_value)
     extra = (lengths - n_frames).clamp_min(0)
     if mode == "random": off = (torch.rand(len(idx), generator=generator) * (extra + 1)).long().clamp_max(extra)
     elif mode == "center": off = extra // 2
@@ -121,6 +123,7 @@ class StudyData:
     "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
     ds: object; split: object; meta: object; fp: FeatureParams; logmels: LogMelSet
     clip_seconds: float; n_frames: int; train: np.ndarray; val: np.ndarray; test: np.ndarray; cache_stats: dict
+    keys: list | None = None  # each clip's content key in the feature cache
     # not an __init__ argument, so dataclasses.replace (another split of the same clips) starts without it
     _band_stats: tuple | None = field(default=None, init=False, repr=False, compare=False)
     def band_stats(self):
@@ -137,5 +140,5 @@ def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -
     fold = meta["fold"].values
     tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
     return StudyData(ds, split, meta, fp, LogMelSet.from_cache(cache, keys, meta["classID"].values),
-                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats)
+                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats, keys)
 

@@ -227,7 +227,7 @@ for name, h in histories.items():  # how much choosing the best of many noisy ep
                  "the test fold, scored once, does not share.")
 n_recordings = data.meta.iloc[data.test]["fsID"].nunique()
 lines.append(f"The test fold holds {len(data.test)} clips from {n_recordings} recordings; "
-             "a difference of a few points on it is within what one seed or one fold moves. Chapter 07 compares the "
+             "a difference of a few points on it is within what one seed or one fold moves. Chapter 08 compares the "
              "models fold by fold.")
 Markdown(" ".join(lines))
 

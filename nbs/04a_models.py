@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Models: SmallAudioCNN, UrbanResNet and seed ensembles
 #
-# > The starting notebook's 3-block CNN, a residual CNN sized for two CPU cores, and seed ensembles.
+# > The starting notebook's CNN, a residual CNN for two CPU cores, seed ensembles, and EfficientAT's MobileNetV3.
 
 # %% [markdown]
 # Every model takes log-mels in dB, `[batch, n_mels, frames]`, of any length, and returns class
@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 
 # %%
 from fastcore.test import test_eq, test_close, test_fail
@@ -148,12 +149,57 @@ class SeedEnsemble(nn.Module):
     def forward(self, x):
         return torch.stack([m(x).softmax(-1) for m in self.members]).mean(0).log()
 
+# %% [markdown]
+# ## A network pretrained on AudioSet: EfficientAT's MobileNetV3
+#
+# EfficientAT (Schmid, Koutini and Widmer, ICASSP 2023) trained MobileNetV3s on AudioSet's 527
+# classes by knowledge distillation from a transformer ensemble; `mn04_as`, at width 0.4 with
+# about 1 M parameters, matches the mAP of PANNs' CNN14 (80 M). Its weights fit torchvision's
+# `MobileNetV3` with two changes: one input channel (a log-mel, not an RGB image), and a
+# classifier whose two linear layers sit at indices 2 and 5 (torchvision pools and flattens
+# before the classifier, so indices 0 and 1 are identities). Its input is its own 128-band
+# log-mel at 32 kHz (notebook 05a), `[batch, 128, frames]` like every model here; `embed` gives
+# the penultimate layer, whose width is 512 at width 0.4 (1280 x width in general).
+
 # %%
 #| export
-MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet, "ensemble": SeedEnsemble}
+class EfficientAT(nn.Module):
+    "EfficientAT's MobileNetV3 on torchvision's: one input channel, `n_classes` outputs; [B, n_mels, T] -> logits."
+    def __init__(self, width: float = 0.4, n_classes: int = 527, dropout: float = 0.2):
+        super().__init__()
+        setting, last_channel = _mobilenet_v3_conf("mobilenet_v3_large", width_mult=width)
+        net = MobileNetV3(setting, last_channel=last_channel, num_classes=n_classes, dropout=dropout)
+        stem = net.features[0][0]
+        net.features[0][0] = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
+        net.classifier = nn.Sequential(nn.Identity(), nn.Identity(), *net.classifier)
+        self.net, self.width = net, width
+
+    def embed(self, x) -> torch.Tensor:
+        "The penultimate layer [B, 1280 x width]: pooled features, the first linear layer and its Hardswish."
+        h = self.net.avgpool(self.net.features(x[:, None])).flatten(1)
+        return self.net.classifier[3](self.net.classifier[2](h))
+
+    def forward(self, x): return self.net(x[:, None])
+
+    def param_groups(self, lr: float, body_scale: float) -> list[dict]:
+        "Optimizer groups: the last layer (the head) at `lr`, everything else (the body) at `lr * body_scale`."
+        head = list(self.net.classifier[5].parameters()); ids = {id(p) for p in head}
+        body = [p for p in self.parameters() if id(p) not in ids]
+        return [dict(params=body, lr=lr * body_scale), dict(params=head, lr=lr)]
+
+# %%
+eat = EfficientAT(n_classes=10).eval()
+x_demo = torch.randn(2, 128, 401)
+test_eq(eat(x_demo).shape, (2, 10)); test_eq(eat.embed(x_demo).shape, (2, 512))
+test_eq(len(eat.param_groups(1e-3, 0.1)[1]["params"]), 2)                  # the head: weight and bias
+print(f"EfficientAT mn04: {sum(p.numel() for p in eat.parameters()):,} parameters")
+
+# %%
+#| export
+MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet, "ensemble": SeedEnsemble, "efficientat": EfficientAT}
 
 def build_model(name: str, **config) -> nn.Module:
-    "A model by name ('small_cnn', 'resnet' or 'ensemble') with its configuration."
+    "A model by name ('small_cnn', 'resnet', 'ensemble' or 'efficientat') with its configuration."
     if name not in MODELS: raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     return MODELS[name](**config)
 

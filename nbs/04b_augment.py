@@ -106,7 +106,7 @@ fig.colorbar(im, ax=axes, label="power (dB)"); plt.show()
 # %% [markdown]
 # ## Masks, shifts and gains
 #
-# Chapter 06 tests these in a controlled experiment: SpecAugment-lite masks (the starting
+# Chapter 07 tests these in a controlled experiment: SpecAugment-lite masks (the starting
 # notebook's attempt), and a circular time shift with a gain.
 
 # %%
@@ -157,9 +157,17 @@ def mixup(x, y, alpha: float, generator=None):
     perm = torch.randperm(len(x), generator=generator)
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
 
-# recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 06 passes to `fit`
-AUGMENTATIONS = {"none": None, "recording_variation": recording_variation}
+def shift_freqmask(x: torch.Tensor, y=None, generator=None) -> torch.Tensor:
+    "For fine-tuning a pretrained network: a circular time shift and two frequency masks (no gain: inputs are scaled)."
+    B, F_, T = x.shape
+    cols = (torch.arange(T)[None] - torch.randint(0, T, (B,), generator=generator)[:, None]) % T
+    return spec_augment_lite(x.gather(2, cols[:, None, :].expand(-1, F_, -1)), generator=generator,
+                             max_bands=max(1, F_ // 8), max_frames=0)
+
+# recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 07 passes to `fit`
+AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shift_freqmask": shift_freqmask}
 
 # %%
+test_eq(shift_freqmask(torch.randn(3, 128, 40), generator=torch.Generator().manual_seed(0)).shape, (3, 128, 40))
 mixed, ya, yb, lam = mixup(torch.ones(4, 2, 3), torch.arange(4), 0.2, torch.Generator().manual_seed(0))
 test_close(mixed, torch.ones(4, 2, 3)); assert 0 <= lam <= 1 and sorted(yb.tolist()) == [0, 1, 2, 3]

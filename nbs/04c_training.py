@@ -19,11 +19,11 @@
 # > One loop for every model: recipes, validation-fold selection, early stopping, checkpoints and resume.
 
 # %% [markdown]
-# One loop serves every model and every experiment of chapters 04, 06 and 07:
+# One loop serves every model and every experiment of chapters 04, 05, 07 and 08:
 #
 # * batches come from the cached `LogMelSet` (random crop in training, centre at evaluation);
 # * the recipe's augmentation (`TrainConfig.augmentation`, a name from `AUGMENTATIONS`) and an
-#   optional `augment(x, y, generator)` hook (chapter 06 supplies them) transform each batch;
+#   optional `augment(x, y, generator)` hook (chapter 07 supplies them) transform each batch;
 # * **mixup** blends pairs of clips and their labels; **label smoothing** and optional **class
 #   weights** shape the loss;
 # * after every epoch the validation fold is scored; the best epoch by validation accuracy is
@@ -83,21 +83,28 @@ class TrainConfig:
     augmentation: str = "none"         # a name from AUGMENTATIONS, applied to every training batch
     patience: int | None = 10          # None: no early stopping
     seed: int = 0
+    body_lr_scale: float = 1.0         # for models with `param_groups` (a pretrained body): its share of `lr`
 
 RECIPES = {  # the starting notebook's recipe for its model, and the modern one
     "small_cnn": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", label_smoothing=0.0,
                       mixup_alpha=0.0, patience=None),
     "resnet": dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1,
                    mixup_alpha=0.2, augmentation="recording_variation", patience=10),
+    # fine-tuning a pretrained network (chapter 05): the body learns ten times slower than the new head
+    "efficientat": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1,
+                        mixup_alpha=0.3, augmentation="shift_freqmask", patience=None, body_lr_scale=0.1),
 }
 
 def _optimizer(model, cfg: TrainConfig, steps: int):
     if cfg.optimizer not in ("adam", "adamw"):
         raise ValueError(f"optimizer must be 'adam' or 'adamw', got {cfg.optimizer!r}")
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    grouped = hasattr(model, "param_groups") and cfg.body_lr_scale != 1.0
+    opt = kind(model.param_groups(cfg.lr, cfg.body_lr_scale) if grouped else model.parameters(), lr=cfg.lr,
+               weight_decay=cfg.weight_decay)
+    max_lr = [g["lr"] for g in opt.param_groups] if grouped else cfg.lr
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=max(steps, 1), pct_start=0.2)
     elif cfg.schedule == "constant": sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     else: raise ValueError(f"schedule must be 'onecycle' or 'constant', got {cfg.schedule!r}")
     return opt, sched
@@ -282,7 +289,8 @@ def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n
 # %%
 #| export
 def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None, augment=None,
-                class_weights=None, device=None, progress: bool = True, info: dict | None = None):
+                class_weights=None, device=None, progress: bool = True, info: dict | None = None, init_state=None,
+                save_as: str | None = None):
     "Train model `name` on `data.train`, its epoch chosen on `data.val`: (best model, history); resumes from `out_dir`."
     device = device or pick_device(); seed_everything(cfg.seed)
     if cfg.augmentation not in AUGMENTATIONS:
@@ -290,12 +298,15 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
     hooks = [h for h in (AUGMENTATIONS[cfg.augmentation], augment) if h is not None]
     gen = torch.Generator().manual_seed(cfg.seed)
     # channels-last convolutions: measurably faster training on 2 CPU cores
-    model = build_model(name, **config).to(device, memory_format=torch.channels_last)
+    model = build_model(name, **config)
+    if init_state is not None: model.load_state_dict(init_state, strict=False)  # pretrained weights, before any step
+    model = model.to(device, memory_format=torch.channels_last)
     train_idx = torch.as_tensor(np.asarray(data.train))
     opt, sched = _optimizer(model, cfg, cfg.epochs * math.ceil(len(train_idx) / cfg.batch_size))
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
-    best_path, last = (Path(out_dir)/f"{name}.pt", Path(out_dir)/f"{name}.last.pt") if out_dir else (None, None)
+    stem = save_as or name
+    best_path, last = (Path(out_dir)/f"{stem}.pt", Path(out_dir)/f"{stem}.last.pt") if out_dir else (None, None)
     if st := _resume_state(last, best_path, cfg, config, len(train_idx), info):
         model.load_state_dict(st["state_dict"])
         opt.load_state_dict(st["optimizer"])
@@ -428,12 +439,12 @@ def split_folds(data: StudyData) -> dict:
             for part, idx in (("train", data.train), ("val", data.val), ("test", data.test))}
 
 def fit(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None, augment=None, class_weights=None,
-        progress: bool = True, **overrides):
+        progress: bool = True, config: dict | None = None, init_state=None, save_as: str | None = None, **overrides):
     "Train model `name` with its recipe (`RECIPES`, changed by `overrides`) on `data`, its epoch chosen on validation."
     cfg = TrainConfig(epochs=epochs, seed=seed, **{**RECIPES[name], **overrides})
-    config = model_config(len(data.split.classes), data.fp, *data.band_stats())
+    config = config or model_config(len(data.split.classes), data.fp, *data.band_stats())
     return train_model(name, config, data, cfg, out_dir=out_dir, augment=augment, class_weights=class_weights,
-                       progress=progress, info=dict(folds=split_folds(data)))
+                       progress=progress, info=dict(folds=split_folds(data)), init_state=init_state, save_as=save_as)
 
 # %% [markdown]
 # UrbanResNet is trained `resnet_seeds` times, with seeds `seed`, `seed + 1`, ..., each member's
@@ -483,7 +494,7 @@ with tempfile.TemporaryDirectory() as d:
     assert (Path(d)/"small_cnn.seed1"/"small_cnn.last.pt").exists()
     loaded, ck = load_checkpoint(Path(d)/"small_cnn.pt")
     test_eq(ck["model"], "ensemble"); test_eq(ck["seeds"], [0, 1])
-    test_eq(ck["folds"], dict(train=[1], val=[2, 3], test=[2, 3]))          # which folds it has seen, for chapter 05
+    test_eq(ck["folds"], dict(train=[1], val=[2, 3], test=[2, 3]))          # which folds it has seen, for chapter 06
     test_eq(load_checkpoint(Path(d)/"small_cnn.seed1"/"small_cnn.pt")[1]["folds"], ck["folds"])
     test_close(predict_logits(loaded, small.logmels, range(24), 32), predict_logits(ens, small.logmels, range(24), 32))
     test_fail(lambda: fit_ensemble("small_cnn", small, epochs=2, seeds=[], out_dir=d), contains="at least one seed")

@@ -118,6 +118,8 @@ def sync(root=None, export: bool = True, quiet: bool = False) -> list[Path]:
         ipynb, text = py.with_suffix(".ipynb"), notebook_text(py_to_notebook(py))
         if not ipynb.exists() or ipynb.read_text() != text:
             atomic_write_bytes(ipynb, text.encode()); written.append(ipynb)
+    for stale in set((root/"nbs").glob("[0-9][0-9]*_*.ipynb")) - {py.with_suffix(".ipynb") for py in sources}:
+        stale.unlink()  # generated from a source that was renamed or removed: nbdev would test and export it
     if not quiet: print(f"sync: {len(sources)} notebooks, {len(written)} regenerated")
     if export: export_package(root)
     return written

@@ -23,8 +23,8 @@
 # |---|---|
 # | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` (notebook 90) |
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
-# | `urbansound-nb bench [--dataset D] [--max-items N]` | the feature-pipeline benchmark (notebook 02b) |
-# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model (notebook 05a) |
+# | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
+# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model (notebook 06a) |
 # | `urbansound-nb site [--run-dir DIR]` | the report website of a run (notebook 91) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
 #
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark the feature pipeline (prints figures; last line JSON)")
     b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=int, default=512)
     b.add_argument("--workers", type=int, default=None); b.add_argument("--sample-rate", type=int, default=22050)
+    b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
     p = sub.add_parser("predict", help="top-k classes of audio files with a saved checkpoint")
     p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
     p.add_argument("-k", "--top-k", type=int, default=3); p.add_argument("--json", action="store_true")
@@ -129,8 +130,11 @@ def main(argv=None):
     if args.command == "bench":
         from urbansound_nb.bench import benchmark
         from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
+        from urbansound_nb.pretrained import benchmark_pretrained
         benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate,
                   model=SmallAudioCNN())
+        print("\nThe pretrained network (chapter 05): its front end and its embeddings")
+        benchmark_pretrained(args.dataset, max_items=args.max_items, network=args.network, workers=args.workers)
         return 0
     if args.command == "predict":
         return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)

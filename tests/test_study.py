@@ -3,9 +3,12 @@ import json, os, subprocess
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SHARED
 
-NOTEBOOKS = ["00_setup", "01_eda", "02_preprocessing", "03_baselines", "04_cnn", "05_error_analysis", "06_augmentation", "07_cross_validation"]
+WEIGHTS = SHARED.parent/"models"
+
+NOTEBOOKS = ["00_setup", "01_eda", "02_preprocessing", "03_baselines", "04_cnn", "05_transfer", "06_error_analysis", "07_augmentation",
+             "08_cross_validation"]
 
 
 @pytest.fixture(scope="module")
@@ -14,8 +17,11 @@ def reduced_run(mini, tmp_path_factory, venv_bin):
     cmd = [str(venv_bin/"urbansound-nb"), "run", "--dataset", str(mini), "--run-dir", str(run), "--site",
            "-p", "max_items", "240", "-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32",
            "-p", "cache_dir", str(tmp_path_factory.mktemp("cache")), "-p", "conditions", "[none, specaugment_lite, mixup]",
-           "-p", "models", "[resnet, small_cnn]", "-p", "train_fraction", "0.5"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+           "-p", "models", "[resnet, small_cnn]", "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real weights
+    else: cmd += ["-p", "weights", "random"]                                                # none here: a random network
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return run
 
@@ -30,7 +36,7 @@ def test_every_notebook_ran_and_wrote_results(reduced_run):
 
 def test_results_follow_the_convention(reduced_run):
     keys = {"val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy", "n_train", "n_val", "n_test", "seconds"}
-    for nb in ("03_baselines", "04_cnn", "06_augmentation"):
+    for nb in ("03_baselines", "04_cnn", "07_augmentation"):
         entries = json.loads((reduced_run/"results"/f"{nb}.json").read_text())["entries"]
         for name, e in entries.items(): assert keys <= set(e), (nb, name, keys - set(e))
     cnn = json.loads((reduced_run/"results"/"04_cnn.json").read_text())
@@ -40,7 +46,11 @@ def test_results_follow_the_convention(reduced_run):
     for name in cnn["entries"]: assert (reduced_run/"models"/f"{name}.pt").exists()
     setup = json.loads((reduced_run/"results"/"00_setup.json").read_text())["entries"]["split"]
     assert cnn["split"]["train_fraction"] == 0.5 and 0 < cnn["entries"]["resnet"]["n_train"] < setup["n_train"]   # half the recordings
-    cv = json.loads((reduced_run/"results"/"07_cross_validation.json").read_text())
+    transfer = json.loads((reduced_run/"results"/"05_transfer.json").read_text())
+    assert {"probe", "finetune"} <= set(transfer["entries"]) and transfer["best_model"] in {r["model"] for r in transfer["comparison"]}
+    assert {"majority", "logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune"} == {r["model"] for r in transfer["comparison"]}
+    for name in ("probe", "finetune"): assert (reduced_run/"models"/f"{name}.pt").exists()
+    cv = json.loads((reduced_run/"results"/"08_cross_validation.json").read_text())
     assert cv["summary"]["folds"] == 3 and set(cv["summary"]["models"]) == {"resnet", "small_cnn"}
     assert set(cv["summary"]["differences"]["resnet"]["per_fold"]) == {"fold1", "fold2", "fold3"}   # paired on the same test folds
 
@@ -52,10 +62,11 @@ def test_site_pages(reduced_run):
     assert "04_cnn" in (site/"results.html").read_text() and "urbansound_nb" in (site/"index.html").read_text()
 
 
-def test_predict_classifies_every_original_format(reduced_run, originals, venv_bin, tmp_path):
+@pytest.mark.parametrize("model", ["resnet", "finetune"])
+def test_predict_classifies_every_original_format(reduced_run, originals, venv_bin, tmp_path, model):
     files = sorted(str(p) for p in (originals/"audio").rglob("*.wav"))
     (tmp_path/"empty.wav").write_bytes(b"")
-    ck = reduced_run/"models"/"resnet.pt"
+    ck = reduced_run/"models"/f"{model}.pt"
     r = subprocess.run([str(venv_bin/"urbansound-nb"), "predict", str(ck), *files, str(tmp_path/"empty.wav"), "--json", "-k", "3"],
                        capture_output=True, text=True, timeout=600)
     recs = [json.loads(l) for l in r.stdout.splitlines()]

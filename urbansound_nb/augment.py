@@ -16,7 +16,7 @@ from .features import DB_FLOOR
 
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'spec_augment_lite', 'shift_gain',
-           'mixup']
+           'mixup', 'shift_freqmask']
 
 # %% ../nbs/04b_augment.ipynb #afe8d3e5f5
 def time_stretch(x: torch.Tensor, generator=None, max_factor: float = 1.25) -> torch.Tensor:
@@ -69,12 +69,19 @@ def shift_gain(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 6.0
     gain = (torch.rand(B, generator=generator) * 2 - 1) * max_gain_db
     return x.gather(2, cols[:, None, :].expand(-1, F_, -1)) + gain[:, None, None]
 
-# %% ../nbs/04b_augment.ipynb #64a876eeba
+# %% ../nbs/04b_augment.ipynb #27ca455094
 def mixup(x, y, alpha: float, generator=None):
     "Blend each clip with another of the batch: (mixed x, y, y of the partner, weight of y)."
     lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
     perm = torch.randperm(len(x), generator=generator)
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
 
-# recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 06 passes to `fit`
-AUGMENTATIONS = {"none": None, "recording_variation": recording_variation}
+def shift_freqmask(x: torch.Tensor, y=None, generator=None) -> torch.Tensor:
+    "For fine-tuning a pretrained network: a circular time shift and two frequency masks (no gain: inputs are scaled)."
+    B, F_, T = x.shape
+    cols = (torch.arange(T)[None] - torch.randint(0, T, (B,), generator=generator)[:, None]) % T
+    return spec_augment_lite(x.gather(2, cols[:, None, :].expand(-1, F_, -1)), generator=generator,
+                             max_bands=max(1, F_ // 8), max_frames=0)
+
+# recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 07 passes to `fit`
+AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shift_freqmask": shift_freqmask}

@@ -14,7 +14,7 @@ from .runner import RunFailed, configure_lab, lab_command, parse_value, run_note
 # %% auto #0
 __all__ = ['predict_cli', 'main']
 
-# %% ../nbs/92_cli.ipynb #d89cfd78ba
+# %% ../nbs/92_cli.ipynb #5dcc639e1d
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="urbansound-nb",
                                  description="Run, test and publish the UrbanSound8K notebook study.")
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark the feature pipeline (prints figures; last line JSON)")
     b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=int, default=512)
     b.add_argument("--workers", type=int, default=None); b.add_argument("--sample-rate", type=int, default=22050)
+    b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
     p = sub.add_parser("predict", help="top-k classes of audio files with a saved checkpoint")
     p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
     p.add_argument("-k", "--top-k", type=int, default=3); p.add_argument("--json", action="store_true")
@@ -59,7 +60,7 @@ def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_wi
         for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: {_classes_text(w['predictions'])}")
     return 1 if failed else 0
 
-# %% ../nbs/92_cli.ipynb #9c1544fd15
+# %% ../nbs/92_cli.ipynb #1323c60dc5
 def main(argv=None):
     "Entry point of the `urbansound-nb` console script."
     args = _parser().parse_args(argv)
@@ -75,8 +76,11 @@ def main(argv=None):
     if args.command == "bench":
         from urbansound_nb.bench import benchmark
         from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
+        from urbansound_nb.pretrained import benchmark_pretrained
         benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate,
                   model=SmallAudioCNN())
+        print("\nThe pretrained network (chapter 05): its front end and its embeddings")
+        benchmark_pretrained(args.dataset, max_items=args.max_items, network=args.network, workers=args.workers)
         return 0
     if args.command == "predict":
         return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)

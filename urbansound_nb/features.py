@@ -26,7 +26,7 @@ from .core import atomic_write_bytes, pick_device, save_json
 __all__ = ['FEATURE_VERSION', 'DB_FLOOR', 'FeatureParams', 'LogMel', 'resample', 'load_waveform', 'fix_length', 'clip_key',
            'FeatureCache', 'FileKeys', 'cache_logmels']
 
-# %% ../nbs/02_preprocessing.ipynb #d68559bfb5
+# %% ../nbs/02_preprocessing.ipynb #6186bb4448
 FEATURE_VERSION = 1  # bump when the computation below changes: old caches are then ignored
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class FeatureParams:
     def frames(self, seconds: float) -> int:
         "Frames of a clip of `seconds` (centred STFT: one frame per hop, plus one)."
         return int(round(seconds * self.sample_rate)) // self.hop_length + 1
+    @property
+    def pad_value(self) -> float: return DB_FLOOR  # the features of silence, which pads short clips
+    def front_end(self) -> nn.Module: return LogMel(self)
 
 # %% ../nbs/02_preprocessing.ipynb #d2ff542287
 DB_FLOOR = -100.0  # dB: the log-mel of digital silence, and so of zero padding
@@ -206,14 +209,14 @@ def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device,
     finally:
         if pending[0]: _write_shard(cache, *pending)  # clips finished before an error or interruption are kept
 
-# %% ../nbs/02_preprocessing.ipynb #1b89a1c37d
+# %% ../nbs/02_preprocessing.ipynb #1f530f320f
 def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, device=None,
                   shard_size: int = 256, progress: bool = True) -> tuple[FeatureCache, list[str], dict]:
     "Make sure every clip of `ds` is in the cache; return the cache, the clips' keys in order, and statistics."
     t0 = time.time(); cache, file_keys = FeatureCache(cache_dir, fp), FileKeys(cache_dir)
     keys, todo = _hash_clips(ds, cache, file_keys); hashed = time.time()
     device = torch.device(device) if device else pick_device()
-    front, workers, threads = LogMel(fp).to(device), workers or os.cpu_count() or 1, torch.get_num_threads()
+    front, workers, threads = fp.front_end().to(device), workers or os.cpu_count() or 1, torch.get_num_threads()
     bar = tqdm(total=len(todo), desc=f"log-mel {fp.key}", unit="clip", disable=not progress or not todo, mininterval=2)
     torch.set_num_threads(1)  # one core per worker thread: the threads are the parallelism
     try:

@@ -29,7 +29,7 @@ __all__ = ['RECIPES', 'CHECKPOINT_KEYS', 'TrainConfig', 'balanced_class_weights'
            'set_device_rng_state', 'train_model', 'model_config', 'split_folds', 'fit', 'fit_ensemble',
            'fit_study_model']
 
-# %% ../nbs/04c_training.ipynb #076ad25a8a
+# %% ../nbs/04c_training.ipynb #b069b61ae1
 @dataclass
 class TrainConfig:
     "How a model is trained."
@@ -44,21 +44,28 @@ class TrainConfig:
     augmentation: str = "none"         # a name from AUGMENTATIONS, applied to every training batch
     patience: int | None = 10          # None: no early stopping
     seed: int = 0
+    body_lr_scale: float = 1.0         # for models with `param_groups` (a pretrained body): its share of `lr`
 
 RECIPES = {  # the starting notebook's recipe for its model, and the modern one
     "small_cnn": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", label_smoothing=0.0,
                       mixup_alpha=0.0, patience=None),
     "resnet": dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1,
                    mixup_alpha=0.2, augmentation="recording_variation", patience=10),
+    # fine-tuning a pretrained network (chapter 05): the body learns ten times slower than the new head
+    "efficientat": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1,
+                        mixup_alpha=0.3, augmentation="shift_freqmask", patience=None, body_lr_scale=0.1),
 }
 
 def _optimizer(model, cfg: TrainConfig, steps: int):
     if cfg.optimizer not in ("adam", "adamw"):
         raise ValueError(f"optimizer must be 'adam' or 'adamw', got {cfg.optimizer!r}")
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    grouped = hasattr(model, "param_groups") and cfg.body_lr_scale != 1.0
+    opt = kind(model.param_groups(cfg.lr, cfg.body_lr_scale) if grouped else model.parameters(), lr=cfg.lr,
+               weight_decay=cfg.weight_decay)
+    max_lr = [g["lr"] for g in opt.param_groups] if grouped else cfg.lr
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=max(steps, 1), pct_start=0.2)
     elif cfg.schedule == "constant": sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     else: raise ValueError(f"schedule must be 'onecycle' or 'constant', got {cfg.schedule!r}")
     return opt, sched
@@ -170,9 +177,10 @@ def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n
     same = st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == n_train
     return st if same and st.get("info", info) == info else None
 
-# %% ../nbs/04c_training.ipynb #f2d68e8365
+# %% ../nbs/04c_training.ipynb #c562d706be
 def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None, augment=None,
-                class_weights=None, device=None, progress: bool = True, info: dict | None = None):
+                class_weights=None, device=None, progress: bool = True, info: dict | None = None, init_state=None,
+                save_as: str | None = None):
     "Train model `name` on `data.train`, its epoch chosen on `data.val`: (best model, history); resumes from `out_dir`."
     device = device or pick_device(); seed_everything(cfg.seed)
     if cfg.augmentation not in AUGMENTATIONS:
@@ -180,12 +188,15 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
     hooks = [h for h in (AUGMENTATIONS[cfg.augmentation], augment) if h is not None]
     gen = torch.Generator().manual_seed(cfg.seed)
     # channels-last convolutions: measurably faster training on 2 CPU cores
-    model = build_model(name, **config).to(device, memory_format=torch.channels_last)
+    model = build_model(name, **config)
+    if init_state is not None: model.load_state_dict(init_state, strict=False)  # pretrained weights, before any step
+    model = model.to(device, memory_format=torch.channels_last)
     train_idx = torch.as_tensor(np.asarray(data.train))
     opt, sched = _optimizer(model, cfg, cfg.epochs * math.ceil(len(train_idx) / cfg.batch_size))
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
-    best_path, last = (Path(out_dir)/f"{name}.pt", Path(out_dir)/f"{name}.last.pt") if out_dir else (None, None)
+    stem = save_as or name
+    best_path, last = (Path(out_dir)/f"{stem}.pt", Path(out_dir)/f"{stem}.last.pt") if out_dir else (None, None)
     if st := _resume_state(last, best_path, cfg, config, len(train_idx), info):
         model.load_state_dict(st["state_dict"])
         opt.load_state_dict(st["optimizer"])
@@ -229,7 +240,7 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
     model.load_state_dict(best_state)
     return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
 
-# %% ../nbs/04c_training.ipynb #f294ae8afa
+# %% ../nbs/04c_training.ipynb #64503c5896
 def model_config(n_classes: int, fp: FeatureParams, mean, std) -> dict:
     "A model's configuration: classes, bands, and the training folds' band statistics (so checkpoints carry them)."
     return dict(n_classes=int(n_classes), n_mels=fp.n_mels, mean=[round(float(v), 5) for v in mean],
@@ -242,12 +253,12 @@ def split_folds(data: StudyData) -> dict:
             for part, idx in (("train", data.train), ("val", data.val), ("test", data.test))}
 
 def fit(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None, augment=None, class_weights=None,
-        progress: bool = True, **overrides):
+        progress: bool = True, config: dict | None = None, init_state=None, save_as: str | None = None, **overrides):
     "Train model `name` with its recipe (`RECIPES`, changed by `overrides`) on `data`, its epoch chosen on validation."
     cfg = TrainConfig(epochs=epochs, seed=seed, **{**RECIPES[name], **overrides})
-    config = model_config(len(data.split.classes), data.fp, *data.band_stats())
+    config = config or model_config(len(data.split.classes), data.fp, *data.band_stats())
     return train_model(name, config, data, cfg, out_dir=out_dir, augment=augment, class_weights=class_weights,
-                       progress=progress, info=dict(folds=split_folds(data)))
+                       progress=progress, info=dict(folds=split_folds(data)), init_state=init_state, save_as=save_as)
 
 # %% ../nbs/04c_training.ipynb #dc8748f8d0
 def fit_ensemble(name: str, data: StudyData, *, epochs: int, seeds, out_dir=None, progress: bool = True, **overrides):

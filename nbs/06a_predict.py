@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from urbansound_nb.audio import AudioDecodeError, decode_audio
-from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, fix_length, resample
+from urbansound_nb.features import FeatureParams, fix_length, resample
+from urbansound_nb.pretrained import feature_params
 from urbansound_nb.train import load_checkpoint, window_starts
 
 # %%
@@ -47,8 +48,8 @@ class Predictor:
     "A saved checkpoint ready to classify audio files."
     def __init__(self, checkpoint, device="cpu"):
         self.model, self.ck = load_checkpoint(checkpoint, device)
-        self.fp, self.classes, self.device = FeatureParams(**self.ck["feature_params"]), self.ck["classes"], device
-        self.n_frames, self.front = self.fp.frames(self.ck["clip_seconds"]), LogMel(self.fp).to(device)
+        self.fp, self.classes, self.device = feature_params(self.ck["feature_params"]), self.ck["classes"], device
+        self.n_frames, self.front = self.fp.frames(self.ck["clip_seconds"]), self.fp.front_end().to(device)
 
     @torch.no_grad()
     def window_probs(self, data: bytes, name: str = "clip") -> tuple[np.ndarray, list[float]]:
@@ -60,7 +61,8 @@ class Predictor:
         wave = resample(torch.from_numpy(samples), rate, self.fp.sample_rate).to(self.device)
         logmel = self.front(wave)                                          # [n_mels, frames]
         starts = window_starts(logmel.shape[-1], self.n_frames)           # the windows multi-crop scoring uses
-        windows = [fix_length(logmel[:, s:s + self.n_frames], self.n_frames, "start", DB_FLOOR) for s in starts]
+        windows = [fix_length(logmel[:, s:s + self.n_frames], self.n_frames, "start", self.fp.pad_value)
+                   for s in starts]
         probs = self.model(torch.stack(windows)).softmax(-1).cpu().numpy()
         return probs, [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
 

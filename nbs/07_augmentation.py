@@ -102,7 +102,7 @@ BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onec
 # %% [markdown]
 # ## One training run per (condition, seed), resumable
 #
-# Every finished run is recorded at once in `results/06_augmentation.runs.json`; an interrupted
+# Every finished run is recorded at once in `results/07_augmentation.runs.json`; an interrupted
 # experiment picks up where it stopped.
 
 # %%
@@ -142,7 +142,7 @@ print(f"{model}, {params.epochs} epochs, seeds {seed_list}, {len(conditions)} co
       f"{len(conditions) * len(seed_list)} runs", "(SYNTHETIC data)" if is_synthetic(data.ds) else "")
 
 # %%
-runs = run_experiment(conditions, seed_list, data, model, params.epochs, run_path/"results"/"06_augmentation.runs.json")
+runs = run_experiment(conditions, seed_list, data, model, params.epochs, run_path/"results"/"07_augmentation.runs.json")
 runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "seconds"]].round(3)
 
 # %% [markdown]
@@ -208,6 +208,6 @@ def _condition_entry(c, r) -> dict:
                 paired_t_p=r["paired_t_p"], paired_t_p_val=r["paired_t_p_val"], verdict=verdict(r),
                 per_seed=own[["seed", "val_accuracy", "test_accuracy"]].to_dict("records"))
 
-write_results(run_path, "06_augmentation", {c: _condition_entry(c, r) for c, r in summary.iterrows()},
+write_results(run_path, "07_augmentation", {c: _condition_entry(c, r) for c, r in summary.iterrows()},
               dataset=params.dataset, model=model, epochs=params.epochs, seeds=seed_list, conclusion=lines,
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))

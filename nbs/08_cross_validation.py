@@ -27,27 +27,31 @@
 # so an interrupted run resumes. On the full dataset this is the official 10-fold figure; on a
 # subset with fewer folds it is the same protocol over the folds there are.
 #
-# Each model is trained as chapter 04 trains it. By default only UrbanResNet is cross-validated,
-# as one model per fold (`resnet_seeds = 1`; notebook 04 averages two) for 12 epochs, to keep the
-# whole study within its time budget. `-p models "[resnet, small_cnn]"` adds the starting
-# notebook's SmallAudioCNN on the same folds, and the last section then compares the two fold by
-# fold: a claim that one model beats another rests on that comparison, not on one test fold.
+# Each model is trained as its chapter trains it. By default only UrbanResNet is cross-validated,
+# as one model per fold (`resnet_seeds = 1`; chapter 04 averages two) for 12 epochs, to keep the
+# whole study within its time budget. `-p models "[resnet, small_cnn, probe, finetune]"` adds the
+# starting notebook's SmallAudioCNN and chapter 05's two transfers on the same folds, and the last
+# section then compares them fold by fold with the reference: a claim that one model beats another
+# rests on that comparison, not on one test fold.
 
 # %%
 #| export
 from __future__ import annotations
 
 import json, time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from urbansound_nb.baselines import select_on_validation
 from urbansound_nb.batches import StudyData
 from urbansound_nb.core import save_json
 from urbansound_nb.metrics import result_entry
-from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
+from urbansound_nb.models import EfficientAT
+from urbansound_nb.train import fit, fit_study_model, predict_logits
+from urbansound_nb.transfer import PROBE_C, body_state, probe_pipeline
 
 # %%
 import matplotlib.pyplot as plt
@@ -58,21 +62,24 @@ from urbansound_nb.batches import study_data
 from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.metrics import summarise
 from urbansound_nb.params import as_folds, as_int, as_name, as_names, study_params, use_test_values
+from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures, cached_embeddings, pretrained_network
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-models = ["resnet"]     # models to cross-validate, each with its recipe from chapter 04: 'resnet', 'small_cnn' or both
+models = ["resnet"]     # models to cross-validate, as their chapters train them: small_cnn, resnet, probe, finetune
 reference = "small_cnn" # with several models, the others are compared with this one fold by fold
 resnet_seeds = 1        # UrbanResNet averaged over this many seeds per fold (chapter 04 averages 2)
 folds = None            # folds to cross-validate; None: every fold present
 epochs = 12             # per fold (early stopping may end sooner)
+finetune_epochs = 3     # per fold, for the fine-tuned pretrained network
+network = "mn04_as"     # the pretrained network of the transfers (chapter 05)
+weights = None          # its weights file or folder; None: $URBANSOUND_PRETRAINED, else the official download
 
 # %%
-use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["resnet", "small_cnn"])
+use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["resnet", "small_cnn", "probe"], weights="random")
 # every fold takes every role
 params = replace(study_params(globals()), train_folds=None, val_fold=None, test_fold=None)
-model_list = as_names("models", models, RECIPES)
-reference = as_name("reference", reference, RECIPES)
+finetune_epochs, network = as_int("finetune_epochs", finetune_epochs, 1), as_name("network", network, PRETRAINED)
 resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
 folds = None if folds is None else as_folds("folds", folds)
 
@@ -102,12 +109,50 @@ test_eq(len(cv_plan(range(1, 11))), 10)
 test_eq(cv_plan(range(1, 11))[9], dict(test_fold=10, val_fold=1, train_folds=list(range(2, 10))))
 test_fail(lambda: cv_plan([1, 2]), contains="at least 3 folds")
 
+# %% [markdown]
+# Each fold of the plan trains a model as its chapter does: the CNNs as chapter 04 trains them,
+# and the two transfers of chapter 05 from the same pretrained network, on its own features: the
+# probe's regularisation is chosen on the fold's validation fold from the cached embeddings, and
+# the fine-tuning starts afresh from the AudioSet weights on every fold.
+
+# %%
+#| export
+TRANSFERS = ("probe", "finetune")
+CV_MODELS = ("small_cnn", "resnet", *TRANSFERS)
+
+@dataclass
+class Transfer:
+    "What the transfers need in every fold: the pretrained network, its features and its cached embeddings."
+    network: EfficientAT; data: StudyData; embeddings: np.ndarray; finetune_epochs: int = 3
+
+def _train_and_predict(model: str, split_data: StudyData, epochs: int, seed: int, resnet_seeds: int,
+                       transfer: Transfer | None):
+    "Train `model` on one fold's split: (validation predictions, test predictions, chosen epoch)."
+    if model in TRANSFERS and transfer is None: raise ValueError(f"{model!r} needs the pretrained network (`transfer`)")
+    if model == "probe":
+        y = split_data.logmels.labels.numpy()
+        entry, probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], transfer.embeddings, y,
+                                            split_data.train, split_data.val, split_data.test, split_data.split.classes)
+        predict = lambda idx: probe.predict(transfer.embeddings[idx])
+        return predict(split_data.val), predict(split_data.test), None
+    if model == "finetune":
+        net = transfer.network
+        m, h = fit("efficientat", split_data, epochs=transfer.finetune_epochs, seed=seed, progress=False,
+                   config=dict(width=net.width, n_classes=len(split_data.split.classes)), init_state=body_state(net))
+    else: m, h = fit_study_model(model, split_data, epochs=epochs, seed=seed, resnet_seeds=resnet_seeds,
+                                 resnet_epochs=epochs, progress=False)
+    pv, pt = (predict_logits(m, split_data.logmels, idx, split_data.n_frames, multicrop=True).argmax(1).numpy()
+              for idx in (split_data.val, split_data.test))
+    return pv, pt, h["best"]["epoch"]
+
 # %%
 #| export
 def cross_validate(plan, data: StudyData, model: str, *, epochs: int, seed: int = 0, record_path=None,
-                   resnet_seeds: int = 1) -> pd.DataFrame:
-    "Train `model` as chapter 04 does and test it once per entry of `plan`, saving each fold's result as it finishes."
-    if model not in RECIPES: raise ValueError(f"unknown model {model!r}; choose from {sorted(RECIPES)}")
+                   resnet_seeds: int = 1, transfer: Transfer | None = None) -> pd.DataFrame:
+    "Train `model` as its chapter does and test it once per entry of `plan`, saving each fold's result as it finishes."
+    if model not in CV_MODELS: raise ValueError(f"unknown model {model!r}; choose from {sorted(CV_MODELS)}")
+    if model in TRANSFERS and transfer is not None: data = transfer.data   # the pretrained network's own features
+    if model == "finetune" and transfer is not None: epochs = transfer.finetune_epochs
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
     y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
     # a single model keeps the keys of earlier runs
@@ -119,12 +164,9 @@ def cross_validate(plan, data: StudyData, model: str, *, epochs: int, seed: int 
         tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in roles)
         # this split's folds; fit takes its band statistics from these training folds only
         t0, split_data = time.time(), replace(data, train=tr, val=va, test=te)
-        m, h = fit_study_model(model, split_data, epochs=epochs, seed=seed, resnet_seeds=resnet_seeds,
-                               resnet_epochs=epochs, progress=False)
-        pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy()
-                  for idx in (va, te))
+        pv, pt, best_epoch = _train_and_predict(model, split_data, epochs, seed, resnet_seeds, transfer)
         done[key] = dict(**p, **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0,
-                                             best_epoch=h["best"]["epoch"]))
+                                             best_epoch=best_epoch))
         if record_path: save_json(done, record_path)
         print(f"  {model}, test fold {p['test_fold']:2d} (validation {p['val_fold']}): "
               f"test accuracy {done[key]['test_accuracy']:.3f} ({time.time() - t0:.0f} s)", flush=True)
@@ -132,11 +174,14 @@ def cross_validate(plan, data: StudyData, model: str, *, epochs: int, seed: int 
 
 # %%
 test_fail(lambda: cross_validate([], None, "vgg", epochs=1), contains="unknown model 'vgg'")
+test_fail(lambda: _train_and_predict("probe", None, 1, 0, 1, None), contains="needs the pretrained network")
 
 # %% [markdown]
 # ## Running it
 
 # %%
+model_list = as_names("models", models, CV_MODELS)
+reference = as_name("reference", reference, CV_MODELS)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
 plan = cv_plan(data.meta["fold"].unique(), folds)
@@ -144,12 +189,19 @@ averaged = f"(UrbanResNet: {resnet_seeds} seeds averaged)" if "resnet" in model_
 print(f"{', '.join(model_list)}: {params.epochs} epochs per fold", averaged, f"| {len(plan)} folds",
       "(SYNTHETIC data)" if is_synthetic(data.ds) else "",
       f"| features: {data.cache_stats['computed']} computed, {data.cache_stats['reused']} from the cache")
+transfer = None
+if set(model_list) & set(TRANSFERS):   # the pretrained network's features and embeddings, once for every fold
+    eat_data = study_data(params, EfficientATFeatures())
+    if weights == "random":
+        net = EfficientAT(PRETRAINED[network][1], n_classes=527).eval(); net.weights_sha = "random"
+    else: net = pretrained_network(network, weights, params.cache_dir)
+    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], finetune_epochs)
 pd.DataFrame(plan)
 
 # %%
-record = run_path/"results"/"07_cross_validation.folds.json"
+record = run_path/"results"/"08_cross_validation.folds.json"
 cv = pd.concat([cross_validate(plan, data, m, epochs=params.epochs, seed=params.seed, record_path=record,
-                               resnet_seeds=resnet_seeds) for m in model_list], ignore_index=True)
+                               resnet_seeds=resnet_seeds, transfer=transfer) for m in model_list], ignore_index=True)
 cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1",
     "best_epoch", "seconds"]].round(3)
 
@@ -220,7 +272,7 @@ if compared:
                               for m in model_list if m != reference}
 FOLD_FIGURES = ("val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy", "n_train", "n_val", "n_test",
                 "seconds", "val_fold", "train_folds", "best_epoch")
-write_results(run_path, "07_cross_validation",
+write_results(run_path, "08_cross_validation",
               {f"{r.model}/fold{int(r.test_fold)}": {k: r[k] for k in FOLD_FIGURES} for _, r in cv.iterrows()},
               dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_seeds=resnet_seeds,
               summary=summary)

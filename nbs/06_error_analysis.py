@@ -29,17 +29,20 @@
 #| export
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
 from urbansound_nb.features import FeatureParams
+from urbansound_nb.pretrained import feature_params
 from urbansound_nb.train import CheckpointError, split_folds
 
 # %%
-import json, os
-from pathlib import Path
+import os, tempfile
 from types import SimpleNamespace
 from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_fail
@@ -53,12 +56,27 @@ from urbansound_nb.train import RECIPES, fit_study_model, load_checkpoint, predi
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-model_name = None       # None: the model chapter 04 chose on validation (its results' best_model); else a model name
+model_name = None       # None: the best model on validation, any family; else small_cnn, resnet, probe, finetune
 n_examples = 6          # clips in each of the "confident mistakes" and "doubtful successes" tables
 epochs = 30             # used only when no checkpoint exists and one must be trained (as chapter 04 trains it)
 
 # %% [markdown]
 # ## The model and the test fold
+#
+# The model analysed is the study's best by validation accuracy, whichever family it comes
+# from: among the models of chapters 04 and 05 that left a checkpoint.
+
+# %%
+#| export
+def study_checkpoints(run_dir, notebooks=("04_cnn", "05_transfer")) -> dict:
+    "Validation accuracy of every model of `notebooks` whose results name a checkpoint that exists, by model name."
+    out = {}
+    for nb in notebooks:
+        path = Path(run_dir)/"results"/f"{nb}.json"
+        entries = json.loads(path.read_text())["entries"] if path.exists() else {}
+        out.update({name: e["val_accuracy"] for name, e in entries.items()
+                    if e.get("checkpoint") and (Path(run_dir)/e["checkpoint"]).exists()})
+    return out
 #
 # The checkpoint must come from this run's split. A run directory reused with other folds would
 # otherwise hand this notebook a model that may have trained on the very clips it is about to
@@ -85,6 +103,11 @@ _d = SimpleNamespace(split=SimpleNamespace(classes=["a", "b"]), meta=pd.DataFram
                      train=[0, 1], val=[2], test=[3])
 check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1], val=[2], test=[3])), _d, "m.pt")
 check_checkpoint_split(dict(classes=["a", "b"]), _d, "m.pt")          # an older checkpoint, without folds
+with tempfile.TemporaryDirectory() as d:
+    (Path(d)/"models").mkdir(); (Path(d)/"models"/"probe.pt").touch()
+    write_results(d, "05_transfer", {"probe": dict(val_accuracy=0.7, checkpoint="models/probe.pt"),
+                                     "finetune": dict(val_accuracy=0.8, checkpoint="models/finetune.pt")})
+    test_eq(study_checkpoints(d), {"probe": 0.7})                        # finetune's checkpoint is missing
 _seen_test = dict(classes=["a", "b"], folds=dict(train=[3], val=[2], test=[1]))
 test_fail(lambda: check_checkpoint_split(_seen_test, _d, "m.pt"),
           contains="It has seen this run's test fold")
@@ -93,19 +116,22 @@ test_fail(lambda: check_checkpoint_split(dict(classes=["b", "a"]), _d, "m.pt"), 
 # %%
 use_test_values(globals(), epochs=2)
 params = study_params(globals())
-model_name = None if model_name is None else as_name("model_name", model_name, RECIPES)
+analysable = ["small_cnn", "resnet", "probe", "finetune"]
+model_name = None if model_name is None else as_name("model_name", model_name, analysable)
 n_examples = as_int("n_examples", n_examples, 1)
 run_path = make_run_dir(params.run_dir)
-cnn_results = run_path/"results"/"04_cnn.json"
-name = model_name or (json.loads(cnn_results.read_text())["best_model"] if cnn_results.exists() else "resnet")
+candidates = study_checkpoints(run_path)
+name = model_name or (max(candidates, key=candidates.get) if candidates else "resnet")
+print("the study's models by validation accuracy:", {k: round(v, 3) for k, v in candidates.items()})
 ckpt = run_path/"models"/f"{name}.pt"
 model, checkpoint = load_checkpoint(ckpt) if ckpt.exists() else (None, None)
-# the checkpoint says which features its model reads
-data = study_data(params, FeatureParams(**checkpoint["feature_params"]) if checkpoint else None)
+# the checkpoint says which features its model reads (chapter 02's log-mels or the pretrained network's own)
+data = study_data(params, feature_params(checkpoint["feature_params"]) if checkpoint else None)
 ds, split, meta, features, allset, n_frames = data.ds, data.split, data.meta, data.fp, data.logmels, data.n_frames
 train_idx, val_idx, test_idx = data.train, data.val, data.test
 if model is None:
-    print(f"{ckpt} does not exist: training {name} now (notebook 04 normally does this)")
+    if name not in RECIPES: raise FileNotFoundError(f"{ckpt} does not exist: run chapter 05 with this run directory")
+    print(f"{ckpt} does not exist: training {name} now (chapter 04 normally does this)")
     fit_study_model(name, data, epochs=params.epochs, seed=params.seed, out_dir=run_path/"models")
     model, checkpoint = load_checkpoint(ckpt)
 print(f"using {ckpt}")
@@ -190,13 +216,14 @@ def plot_spectrogram_grid(ls: LogMelSet, rows: pd.DataFrame, n_frames: int, titl
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(5 * cols, 3.2 * ((n + cols - 1) // cols)),
                              squeeze=False, constrained_layout=True)
     secs = n_frames * (fp.hop_length / fp.sample_rate if fp else 1)
+    in_db = fp is None or isinstance(fp, FeatureParams)   # chapter 02's log-mels; else the pretrained network's scale
     for ax, (_, r) in zip(axes.flat, rows.iterrows()):
         im = ax.imshow(batch_frames(ls, [int(r["index"])], n_frames)[0], origin="lower", aspect="auto", cmap="magma",
-                       vmin=-100, vmax=20, extent=[0, secs, 0, ls.data.shape[1]])
+                       vmin=-100 if in_db else None, vmax=20 if in_db else None, extent=[0, secs, 0, ls.data.shape[1]])
         ax.set_title(f"true {r['true']} / predicted {r['predicted']}\nconfidence {r['confidence']:.2f}", fontsize=9)
         ax.set(xlabel="time (s)" if fp else "frame", ylabel="mel band")
     for ax in axes.flat[n:]: ax.axis("off")
-    fig.colorbar(im, ax=axes, label="power (dB)", shrink=0.8)
+    fig.colorbar(im, ax=axes, label="power (dB)" if in_db else "scaled log power", shrink=0.8)
     fig.suptitle(title); return fig
 
 # %%
@@ -282,7 +309,7 @@ Markdown("\n\n".join(lines))
 # %% [markdown]
 # ## Predicting new files
 #
-# The checkpoint classifies any audio file through notebook 05a's `Predictor`, which is what
+# The checkpoint classifies any audio file through notebook 06a's `Predictor`, which is what
 # `urbansound-nb predict` runs. Test clips written to disk in other formats (8-bit, 48 kHz
 # stereo, a 9 s file), plus an empty, a silent and a corrupt file:
 
@@ -307,7 +334,7 @@ print(f"(true class of the clip: {r0['true']})")
 
 # %%
 true_ids, predicted_ids = (pred[c].map(split.classes.index) for c in ("true", "predicted"))
-write_results(run_path, "05_error_analysis", {name: dict(
+write_results(run_path, "06_error_analysis", {name: dict(
     **evaluate(true_ids, predicted_ids, split.classes),
     test_accuracy=float(acc), n_test=len(pred), confused_pairs=pairs.to_dict("records"),
     accuracy_by_salience=by_sal["accuracy"].to_dict(),

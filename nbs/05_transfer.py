@@ -1,0 +1,264 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp transfer
+
+# %% [markdown]
+# # Transfer: a network pretrained on AudioSet
+#
+# > EfficientAT's MobileNetV3, learned on two million AudioSet clips: a linear probe on its embeddings, and fine-tuned.
+
+# %% [markdown]
+# The chapters so far compare two families: engineered features (MFCC statistics with a linear
+# model or an SVM, chapter 03) and CNNs learned from scratch on one or a few folds (chapter 04).
+# The third family is what practitioners use today: a network trained on AudioSet (527 classes,
+# two million clips), transferred. Here it is EfficientAT's `mn04_as` (notebook 05a), a
+# MobileNetV3 of about 1 M parameters, used two ways:
+#
+# * **a linear probe**: the network is frozen; its penultimate layer gives each clip an
+#   embedding, and a standardised logistic regression, with its regularisation chosen on the
+#   validation fold, classifies them;
+# * **fine-tuning**: the whole network with a new 10-class head, trained with the study's own loop
+#   (notebook 04c: validation-fold selection, checkpoints, resume), mixup, time shifts and
+#   frequency masks, and a body that learns ten times slower than the head.
+#
+# Both are saved as checkpoints that `urbansound-nb predict` uses unchanged: the network, its
+# front end's parameters and the class names. The chapter ends with the three families side by
+# side on the same split.
+
+# %%
+#| export
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from urbansound_nb.models import EfficientAT
+
+# %%
+import json, time
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+from fastcore.test import test_eq, test_close
+from urbansound_nb.audio import is_synthetic
+from urbansound_nb.baselines import select_on_validation
+from urbansound_nb.batches import batch_frames, study_data
+from urbansound_nb.core import make_run_dir, write_results
+from urbansound_nb.metrics import result_entry
+from urbansound_nb.models import n_parameters
+from urbansound_nb.params import as_int, as_name, study_params, use_test_values
+from urbansound_nb.pretrained import (PRETRAINED, EfficientATFeatures, audioset_labels, audioset_top, cached_embeddings,
+                                      pretrained_network)
+from urbansound_nb.train import _save, checkpoint_dict, fit, predict_logits, split_folds
+
+# %% tags=["parameters"]
+# the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
+network = "mn04_as"     # EfficientAT width: mn04_as (default), mn10_as or mn20_as
+weights = None          # a local weights file or folder; None: $URBANSOUND_PRETRAINED, else the official download
+finetune_epochs = 5     # epochs of fine-tuning (the validation fold chooses the epoch)
+batch_size = 32
+
+# %%
+use_test_values(globals(), weights="random", finetune_epochs=1)
+params = study_params(globals())
+network = as_name("network", network, PRETRAINED)
+finetune_epochs, batch_size = as_int("finetune_epochs", finetune_epochs, 1), as_int("batch_size", batch_size, 1)
+
+# %% [markdown]
+# ## The network and its features
+#
+# Every clip's input, the network's own 128-band log-mel at 32 kHz, is computed once and cached
+# like chapter 02's features. (Under `nbdev-test`, `weights="random"` gives a randomly
+# initialised network of the same architecture, so that the chapter runs without the weights.)
+
+# %%
+run_path = make_run_dir(params.run_dir)
+t0 = time.time()
+data = study_data(params, EfficientATFeatures())
+feature_seconds = time.time() - t0
+split, labels = data.split, data.logmels.labels.numpy()
+if weights == "random":
+    net = EfficientAT(PRETRAINED[network][1], n_classes=527).eval(); net.weights_sha, net.weights_path = "random", None
+else: net = pretrained_network(network, weights, params.cache_dir)
+print(f"{len(data.ds):,} clips", "(SYNTHETIC)" if is_synthetic(data.ds) else "",
+      f"| features: {data.cache_stats['computed']} computed, {data.cache_stats['reused']} from the cache "
+      f"({feature_seconds:.0f} s) | input {data.fp.n_mels} x {data.n_frames}")
+print(f"{network}: {n_parameters(net):,} parameters, weights {net.weights_path or 'random'}")
+
+# %% [markdown]
+# ## What AudioSet already hears
+#
+# Before any transfer, the network's own AudioSet head on one training clip of each class: a
+# reader can check that it hears the sounds for what they are.
+
+# %%
+names = audioset_labels(net.weights_path, params.cache_dir)
+first = data.meta.iloc[data.train].groupby("classID").head(1).sort_values("classID")
+heard = audioset_top(net, batch_frames(data.logmels, first.index.to_numpy(), data.n_frames), names)
+pd.DataFrame({"class": first["class"].values, "clip": first["slice_file_name"].values,
+              "AudioSet's top three": ["; ".join(f"{n} {p:.2f}" for n, p in top) for top in heard]})
+
+# %% [markdown]
+# ## A linear probe on frozen embeddings
+#
+# Each clip's embedding is the penultimate layer (notebook 05a), cached; the probe is a
+# standardised logistic regression, its `C` chosen on the validation fold, scored on the test
+# fold once. The standardisation and the regression are both linear, so they fold into one
+# linear layer on the network: the probe is saved as a network with a 10-class head, which
+# `predict` runs like any checkpoint.
+
+# %%
+#| export
+def body_state(network: EfficientAT) -> dict:
+    "Every weight of `network` but its last layer's (AudioSet's head), to start a 10-class network from."
+    return {k: v for k, v in network.state_dict().items() if not k.startswith("net.classifier.5.")}
+
+PROBE_C = (0.01, 0.03, 0.1, 0.3, 1.0)  # the probe's regularisations, chosen among on the validation fold
+
+def probe_pipeline(C: float = 1.0):
+    "Standardised embeddings -> multinomial logistic regression."
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
+
+def probe_network(body: EfficientAT, probe, n_classes: int) -> EfficientAT:
+    "`body` with its last layer replaced by a fitted `probe_pipeline`, standardisation folded in: one network."
+    scaler, logreg = probe.named_steps["standardscaler"], probe.named_steps["logisticregression"]
+    w = torch.as_tensor(logreg.coef_ / scaler.scale_, dtype=torch.float32)
+    b = torch.as_tensor(logreg.intercept_ - (logreg.coef_ * scaler.mean_ / scaler.scale_).sum(1), dtype=torch.float32)
+    model = EfficientAT(body.width, n_classes=n_classes)
+    model.load_state_dict(body_state(body), strict=False)
+    with torch.no_grad(): model.net.classifier[5].weight.copy_(w); model.net.classifier[5].bias.copy_(b)
+    return model.eval()
+
+# %%
+_X, _y = np.random.default_rng(0).normal(size=(40, 512)).astype(np.float32), np.arange(40) % 3
+_probe = probe_pipeline().fit(_X, _y)
+_folded = probe_network(EfficientAT(0.4, 527), _probe, 3).net.classifier[5]
+test_close(_folded(torch.from_numpy(_X)).softmax(-1).detach().numpy(), _probe.predict_proba(_X), eps=1e-4)
+
+# %%
+embeddings, embedding_stats = cached_embeddings(net, data, params.cache_dir)
+print(f"embeddings {embeddings.shape}: {embedding_stats}")
+t0 = time.time()
+results = {}
+results["probe"], probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C],
+                                               embeddings, labels, data.train, data.val, data.test, split.classes)
+probe_model = probe_network(net, probe, len(split.classes))
+results["probe"].update(parameters=n_parameters(probe_model), checkpoint="models/probe.pt",
+                        embedding_seconds=embedding_stats["seconds"],
+                        embedding_clips_per_second=embedding_stats["clips_per_second"])
+_save(checkpoint_dict(probe_model, "efficientat", dict(width=net.width, n_classes=len(split.classes)), data.fp,
+                      split.classes, data.clip_seconds, folds=split_folds(data), network=network,
+                      weights_sha256=net.weights_sha, val_accuracy=results["probe"]["val_accuracy"]),
+      run_path/"models"/"probe.pt")
+# the folded network scores the validation clips as the probe does
+folded_val = predict_logits(probe_model, data.logmels, data.val, data.n_frames).argmax(1).numpy()
+test_close((folded_val == labels[data.val]).mean(), results["probe"]["val_accuracy"], eps=0.02)
+pd.DataFrame(results["probe"]["validation_grid"])
+
+# %% [markdown]
+# ## Fine-tuning the whole network
+#
+# The network starts from its AudioSet weights with a new 10-class head, and trains with the
+# study's loop (`fit`, notebook 04c) and its `efficientat` recipe: AdamW with a one-cycle schedule,
+# the head at 1e-3 and the body at a tenth of that, label smoothing, mixup, and a circular time
+# shift with two frequency masks per clip. The validation fold chooses the epoch.
+
+# %%
+t0 = time.time()
+finetuned, history = fit("efficientat", data, epochs=finetune_epochs, seed=params.seed, out_dir=run_path/"models",
+                         config=dict(width=net.width, n_classes=len(split.classes)), init_state=body_state(net),
+                         save_as="finetune", batch_size=batch_size)
+finetune_seconds = time.time() - t0
+predict = lambda idx: predict_logits(finetuned, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy()
+results["finetune"] = result_entry(labels[data.val], predict(data.val), labels[data.test], predict(data.test),
+                                   split.classes, len(data.train), finetune_seconds, epochs=history["stopped_epoch"],
+                                   best_epoch=history["best"]["epoch"], parameters=n_parameters(finetuned),
+                                   checkpoint="models/finetune.pt")
+fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
+epochs_run = [r["epoch"] for r in history["history"]]
+ax.plot(epochs_run, [r["train_accuracy"] for r in history["history"]], "--", label="training (mixed batches)")
+ax.plot(epochs_run, [r["val_accuracy"] for r in history["history"]], "-o", label="validation")
+ax.set(title=f"Fine-tuning {network}: accuracy per epoch", xlabel="epoch", ylabel="accuracy", ylim=(0, 1)); ax.legend()
+plt.show()
+
+# %% [markdown]
+# ## Three families, one split
+#
+# Every model of the study on the same folds: chance (chapter 03's majority class), MFCC
+# statistics with logistic regression and an RBF SVM (chapter 03), SmallAudioCNN and UrbanResNet
+# (chapter 04), and the two transfers. Training time is this run's wall time on this machine
+# (the transfers' includes no pretraining, which AudioSet paid for); parameters count the
+# network's weights (none for chance, and the fitted coefficients are not counted for the
+# classical models). The best model is chosen on validation accuracy, across families.
+
+# %%
+#| export
+FAMILIES = {"majority": "chance", "logreg": "engineered features", "svm_rbf": "engineered features",
+            "small_cnn": "CNN from scratch", "resnet": "CNN from scratch",
+            "probe": "pretrained, transferred", "finetune": "pretrained, transferred"}
+
+def comparison_table(entries: dict) -> pd.DataFrame:
+    "One row per model: family, validation and test accuracy, macro F1, training seconds and parameters."
+    rows = {name: dict(family=FAMILIES.get(name, "?"), val_accuracy=e["val_accuracy"], test_accuracy=e["test_accuracy"],
+                       macro_f1=e["macro_f1"], seconds=e.get("seconds"), parameters=e.get("parameters"))
+            for name, e in entries.items()}
+    return pd.DataFrame(rows).T
+
+# %%
+def read_entries(notebook: str) -> dict:
+    path = run_path/"results"/f"{notebook}.json"
+    return json.loads(path.read_text())["entries"] if path.exists() else {}
+earlier = {**{k: v for k, v in read_entries("03_baselines").items() if k in ("majority", "logreg", "svm_rbf")},
+           **{k: v for k, v in read_entries("04_cnn").items() if k in ("small_cnn", "resnet")}}
+table = comparison_table({**earlier, **results})
+best_model = table["val_accuracy"].astype(float).idxmax()
+ax = table[["val_accuracy", "test_accuracy"]].astype(float).plot.bar(figsize=(9, 4), rot=20,
+                                                                    color=["tab:gray", "tab:blue"])
+ax.set(title=f"Every family on test fold {split.test_fold} (validation fold {split.val_fold})", xlabel="model",
+       ylabel="accuracy", ylim=(0, 1))
+plt.show()
+percent = lambda column: column.astype(float).map("{:.1%}".format)
+table.assign(val_accuracy=percent(table.val_accuracy), test_accuracy=percent(table.test_accuracy),
+             macro_f1=table.macro_f1.astype(float).round(3))
+
+# %% [markdown]
+# ## What this run says
+
+# %%
+best = table.loc[best_model]
+lines = [f"Chosen on validation, the study's best model is **{best_model}** ({best['family']}): "
+         f"{best['val_accuracy']:.1%} on validation fold {split.val_fold}, {best['test_accuracy']:.1%} on test fold "
+         f"{split.test_fold}."]
+for name in ("probe", "finetune"):
+    r = results[name]
+    lines.append(f"The {'linear probe' if name == 'probe' else 'fine-tuned network'} scores {r['val_accuracy']:.1%} / "
+                 f"{r['test_accuracy']:.1%} (validation / test) in {r['seconds']:.0f} s.")
+scratch = [n for n in ("small_cnn", "resnet") if n in table.index]
+if scratch:
+    top = max(scratch, key=lambda n: table.loc[n, "val_accuracy"])
+    gain = results["probe"]["test_accuracy"] - table.loc[top, "test_accuracy"]
+    lines.append(f"Against the best CNN learned here from scratch ({top}, {table.loc[top, 'test_accuracy']:.1%} "
+                 "on test), "
+                 f"the probe, which learns only a linear layer, gains {100 * gain:+.1f} points.")
+Markdown(" ".join(lines))
+
+# %%
+write_results(run_path, "05_transfer", results, dataset=params.dataset, best_model=best_model, network=network,
+              weights_sha256=net.weights_sha, comparison=table.reset_index(names="model").to_dict("records"),
+              split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
+              features=dict(feature_key=data.fp.key, n_frames=data.n_frames, seconds=round(feature_seconds, 1)),
+              embeddings=embedding_stats, history=history["history"])
