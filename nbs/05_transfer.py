@@ -59,7 +59,7 @@ from urbansound_nb.baselines import select_on_validation
 from urbansound_nb.batches import batch_frames, study_data
 from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.metrics import result_entry
-from urbansound_nb.models import n_parameters
+from urbansound_nb.models import build_model, n_parameters
 from urbansound_nb.params import as_int, as_name, study_params, use_test_values
 from urbansound_nb.pretrained import (PRETRAINED, EfficientATFeatures, audioset_labels, audioset_top, cached_embeddings,
                                       pretrained_network)
@@ -68,7 +68,7 @@ from urbansound_nb.train import _save, checkpoint_dict, fit, predict_logits, spl
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 network = "mn04_as"     # EfficientAT width: mn04_as (default), mn10_as or mn20_as
-weights = None          # a local weights file or folder; None: $URBANSOUND_PRETRAINED, else the official download
+weights = None          # weights file or folder; None: $URBANSOUND_PRETRAINED, else the download; "random": untrained
 finetune_epochs = 5     # epochs of fine-tuning (the validation fold chooses the epoch)
 batch_size = 32
 
@@ -196,6 +196,27 @@ ax.set(title=f"Fine-tuning {network}: accuracy per epoch", xlabel="epoch", ylabe
 plt.show()
 
 # %% [markdown]
+# ## The probe and the fine-tuned network together
+#
+# The probe keeps AudioSet's features as they are; fine-tuning moves them towards these ten
+# classes. Both read the same input, so they can be averaged like chapter 04's seeds
+# (`SeedEnsemble`: the mean of their class probabilities), as one checkpoint. Whether the average
+# is the study's model is decided, like everything else, on validation.
+
+# %%
+pair_config = dict(members=[dict(model="efficientat", config=dict(width=net.width, n_classes=len(split.classes)))] * 2)
+pair = build_model("ensemble", **pair_config)
+for slot, member in zip(pair.members, (probe_model, finetuned)): slot.load_state_dict(member.state_dict())
+predict = lambda idx: predict_logits(pair, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy()
+results["probe_finetune"] = result_entry(labels[data.val], predict(data.val), labels[data.test], predict(data.test),
+                                         split.classes, len(data.train), results["probe"]["seconds"] + finetune_seconds,
+                                         parameters=n_parameters(pair), checkpoint="models/probe_finetune.pt")
+_save(checkpoint_dict(pair.eval(), "ensemble", pair_config, data.fp, split.classes, data.clip_seconds,
+                      folds=split_folds(data), network=network, val_accuracy=results["probe_finetune"]["val_accuracy"]),
+      run_path/"models"/"probe_finetune.pt")
+pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1", "seconds"]]
+
+# %% [markdown]
 # ## Three families, one split
 #
 # Every model of the study on the same folds: chance (chapter 03's majority class), MFCC
@@ -209,7 +230,8 @@ plt.show()
 #| export
 FAMILIES = {"majority": "chance", "logreg": "engineered features", "svm_rbf": "engineered features",
             "small_cnn": "CNN from scratch", "resnet": "CNN from scratch",
-            "probe": "pretrained, transferred", "finetune": "pretrained, transferred"}
+            "probe": "pretrained, transferred", "finetune": "pretrained, transferred",
+            "probe_finetune": "pretrained, transferred"}
 
 def comparison_table(entries: dict) -> pd.DataFrame:
     "One row per model: family, validation and test accuracy, macro F1, training seconds and parameters."
@@ -243,10 +265,11 @@ best = table.loc[best_model]
 lines = [f"Chosen on validation, the study's best model is **{best_model}** ({best['family']}): "
          f"{best['val_accuracy']:.1%} on validation fold {split.val_fold}, {best['test_accuracy']:.1%} on test fold "
          f"{split.test_fold}."]
-for name in ("probe", "finetune"):
+described = {"probe": "linear probe", "finetune": "fine-tuned network", "probe_finetune": "average of the two"}
+for name, what in described.items():
     r = results[name]
-    lines.append(f"The {'linear probe' if name == 'probe' else 'fine-tuned network'} scores {r['val_accuracy']:.1%} / "
-                 f"{r['test_accuracy']:.1%} (validation / test) in {r['seconds']:.0f} s.")
+    lines.append(f"The {what} scores {r['val_accuracy']:.1%} / {r['test_accuracy']:.1%} (validation / test) "
+                 f"in {r['seconds']:.0f} s.")
 scratch = [n for n in ("small_cnn", "resnet") if n in table.index]
 if scratch:
     top = max(scratch, key=lambda n: table.loc[n, "val_accuracy"])

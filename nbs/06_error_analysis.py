@@ -116,7 +116,7 @@ test_fail(lambda: check_checkpoint_split(dict(classes=["b", "a"]), _d, "m.pt"), 
 # %%
 use_test_values(globals(), epochs=2)
 params = study_params(globals())
-analysable = ["small_cnn", "resnet", "probe", "finetune"]
+analysable = ["small_cnn", "resnet", "probe", "finetune", "probe_finetune"]
 model_name = None if model_name is None else as_name("model_name", model_name, analysable)
 n_examples = as_int("n_examples", n_examples, 1)
 run_path = make_run_dir(params.run_dir)

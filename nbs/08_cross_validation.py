@@ -73,7 +73,7 @@ folds = None            # folds to cross-validate; None: every fold present
 epochs = 12             # per fold (early stopping may end sooner)
 finetune_epochs = 3     # per fold, for the fine-tuned pretrained network
 network = "mn04_as"     # the pretrained network of the transfers (chapter 05)
-weights = None          # its weights file or folder; None: $URBANSOUND_PRETRAINED, else the official download
+weights = None          # weights file or folder; None: $URBANSOUND_PRETRAINED, else the download; "random": untrained
 
 # %%
 use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["resnet", "small_cnn", "probe"], weights="random")

@@ -63,3 +63,15 @@ def test_runner_on_shared_data(venv_bin, tmp_path, which, request):
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path/"results"/"00_setup.json").read_text())
     assert res["entries"]["dataset"]["n_clips"] == {"mini": 2148, "originals": 34}[which]
+
+
+def test_run_streams_each_chapters_output(venv_bin, tmp_path):
+    "What a chapter prints, and its progress bars, reach the terminal while it runs; a rerun says how long it took."
+    args = ("run", "00", "02", "--dataset", "synthetic", "--run-dir", tmp_path, "-p", "max_items", "40",
+            "-p", "cache_dir", tmp_path/"cache", "-p", "bench_items", "8")
+    r = cli(venv_bin, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "device: " in r.stdout                                      # 00's own print
+    assert "log-mel logmel-" in r.stderr and "clip/s" in r.stderr       # 02's progress bar
+    r2 = cli(venv_bin, *args)
+    assert "min last time)" in r2.stdout

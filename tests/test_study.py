@@ -47,9 +47,10 @@ def test_results_follow_the_convention(reduced_run):
     setup = json.loads((reduced_run/"results"/"00_setup.json").read_text())["entries"]["split"]
     assert cnn["split"]["train_fraction"] == 0.5 and 0 < cnn["entries"]["resnet"]["n_train"] < setup["n_train"]   # half the recordings
     transfer = json.loads((reduced_run/"results"/"05_transfer.json").read_text())
-    assert {"probe", "finetune"} <= set(transfer["entries"]) and transfer["best_model"] in {r["model"] for r in transfer["comparison"]}
-    assert {"majority", "logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune"} == {r["model"] for r in transfer["comparison"]}
-    for name in ("probe", "finetune"): assert (reduced_run/"models"/f"{name}.pt").exists()
+    compared = {r["model"] for r in transfer["comparison"]}
+    assert {"probe", "finetune", "probe_finetune"} <= set(transfer["entries"]) and transfer["best_model"] in compared
+    assert {"majority", "logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune", "probe_finetune"} == compared
+    for name in ("probe", "finetune", "probe_finetune"): assert (reduced_run/"models"/f"{name}.pt").exists()
     cv = json.loads((reduced_run/"results"/"08_cross_validation.json").read_text())
     assert cv["summary"]["folds"] == 3 and set(cv["summary"]["models"]) == {"resnet", "small_cnn"}
     assert set(cv["summary"]["differences"]["resnet"]["per_fold"]) == {"fold1", "fold2", "fold3"}   # paired on the same test folds

@@ -128,13 +128,14 @@ def papermill_seconds(executed) -> float:
     meta = nbformat.read(executed, as_version=4).metadata.get("papermill", {})
     return round(float(meta.get("duration") or 0.0), 1)
 
-# %% ../nbs/90_runner.ipynb #eac42815ec
+# %% ../nbs/90_runner.ipynb #891f7d2dd6
 def _shared_is_known(record) -> bool:
     "Drop papermill's 'Passed unknown parameter' warning for the shared parameters, which every chapter takes."
     return not any(record.getMessage() == f"Passed unknown parameter: {name}" for name in SHARED)
 
-def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None) -> Path:
-    "Execute the selected notebooks with papermill into `run_dir`; results land in `run_dir/results`."
+def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
+                  stream: bool = True) -> Path:
+    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results in `run_dir/results`."
     import papermill as pm
     root = project_root(root); params = dict(params or {})
     run_dir = Path(run_dir).expanduser().resolve(); (run_dir/"results").mkdir(parents=True, exist_ok=True)
@@ -153,12 +154,19 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
         own = {k: v for k, v in params.items() if k in declared[nb]}
         out = run_dir/nb.with_suffix(".ipynb").name
         logging.getLogger("papermill").addFilter(_shared_is_known)
-        print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
+        last = timings.get(nb.stem, {})
+        expected = f" (about {last['seconds'] / 60:.1f} min last time)" if last.get("status") == "ok" else ""
+        print(f"[{i}/{len(notebooks)}] {nb.stem} ...{expected}", flush=True)
         try:
+            # the kernel's output (the chapters' progress bars, their prints) goes to the terminal as it comes;
             # ipykernel 7 warns on every start that its local TCP sockets are unencrypted; errors still show
             pm.execute_notebook(str(nb.with_suffix(".ipynb")), str(out), parameters=own, cwd=str(nb.parent),
                                 kernel_name="python3", progress_bar=False, execution_timeout=timeout,
+                                stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
                                 extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        except KeyboardInterrupt:
+            raise RunFailed(f"interrupted in {nb.stem}; run the same command again to resume: features, trainings and "
+                            "finished grid cells are kept in the cache and run directory") from None
         except pm.PapermillExecutionError as e:
             timings[nb.stem] = dict(seconds=papermill_seconds(out), status="failed"); _write_timings(run_dir, timings)
             raise RunFailed(f"{nb.stem} failed in {failing_cell(e)}: {e.ename}: {e.evalue}\n"

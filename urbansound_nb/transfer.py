@@ -39,10 +39,11 @@ def probe_network(body: EfficientAT, probe, n_classes: int) -> EfficientAT:
     with torch.no_grad(): model.net.classifier[5].weight.copy_(w); model.net.classifier[5].bias.copy_(b)
     return model.eval()
 
-# %% ../nbs/05_transfer.ipynb #6e9fd819ae
+# %% ../nbs/05_transfer.ipynb #d86f1c95f0
 FAMILIES = {"majority": "chance", "logreg": "engineered features", "svm_rbf": "engineered features",
             "small_cnn": "CNN from scratch", "resnet": "CNN from scratch",
-            "probe": "pretrained, transferred", "finetune": "pretrained, transferred"}
+            "probe": "pretrained, transferred", "finetune": "pretrained, transferred",
+            "probe_finetune": "pretrained, transferred"}
 
 def comparison_table(entries: dict) -> pd.DataFrame:
     "One row per model: family, validation and test accuracy, macro F1, training seconds and parameters."
