@@ -140,6 +140,7 @@ def verdict(row: pd.Series, pair: str = "seed") -> str:
     "What a `summarise` row says against its baseline, weighing the validation and the test differences."
     n, up_test, up_val = int(row[f"{pair}s"]), int(row[f"{pair}s_better"]), int(row[f"{pair}s_better_val"])
     test_dir, val_dir = np.sign(row["test_diff_mean"]), np.sign(row["val_diff_mean"])
+    if test_dir == 0 and val_dir == 0: return "made no difference"   # the baseline itself, or exact ties
     if test_dir != val_dir:
         return (f"validation and test disagree ({100 * row['val_diff_mean']:+.1f} and "
                 f"{100 * row['test_diff_mean']:+.1f} "
@@ -157,3 +158,4 @@ test_eq(verdict(_row(-0.036, 0.015, 0, 2)), "validation and test disagree (-3.6 
 test_eq(verdict(_row(0.02, 0.03, 3, 3, p=0.01)), "helped")
 assert verdict(_row(-0.02, -0.03, 0, 0)).startswith("hurt on every seed on both folds")
 test_eq(verdict(_row(0.02, 0.03, 2, 3)), "made no consistent difference")
+test_eq(verdict(_row(0.0, 0.0, 0, 0)), "made no difference")
