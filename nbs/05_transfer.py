@@ -108,7 +108,7 @@ print(f"{network}: {n_parameters(net):,} parameters, weights {net.weights_path o
 # %%
 names = audioset_labels(net.weights_path, params.cache_dir)
 first = data.meta.iloc[data.train].groupby("classID").head(1).sort_values("classID")
-heard = audioset_top(net, batch_frames(data.logmels, first.index.to_numpy(), data.n_frames), names)
+heard = audioset_top(net, batch_frames(data.logmels, list(first.index), data.n_frames), names)
 pd.DataFrame({"class": first["class"].values, "clip": first["slice_file_name"].values,
               "AudioSet's top three": ["; ".join(f"{n} {p:.2f}" for n, p in top) for top in heard]})
 
