@@ -131,8 +131,8 @@ toy_summary
 # fold alone does not decide. `verdict` says a condition *helped* or *hurt* only when validation
 # and test agree in direction on every pair and at least one of them is significant (paired
 # t-test, p < 0.05); when they agree on every pair without significance it calls the direction
-# suggestive; when validation and test point different ways it says so; anything else made no
-# consistent difference.
+# suggestive; when validation and test point different ways it gives no verdict and says so;
+# anything else made no consistent difference.
 
 # %%
 #| export
@@ -142,9 +142,8 @@ def verdict(row: pd.Series, pair: str = "seed") -> str:
     test_dir, val_dir = np.sign(row["test_diff_mean"]), np.sign(row["val_diff_mean"])
     if test_dir == 0 and val_dir == 0: return "made no difference"   # the baseline itself, or exact ties
     if test_dir != val_dir:
-        return (f"validation and test disagree ({100 * row['val_diff_mean']:+.1f} and "
-                f"{100 * row['test_diff_mean']:+.1f} "
-                "points): no verdict")
+        return (f"gave no verdict: validation and test disagree ({100 * row['val_diff_mean']:+.1f} and "
+                f"{100 * row['test_diff_mean']:+.1f} points)")
     consistent = up_test in (0, n) and up_val in (0, n) and (up_test == 0) == (up_val == 0)
     if not consistent: return "made no consistent difference"
     direction = "helped" if test_dir > 0 else "hurt"
@@ -154,7 +153,7 @@ def verdict(row: pd.Series, pair: str = "seed") -> str:
 # %%
 _row = lambda tv, tt, bv, bt, p=0.5: pd.Series(dict(seeds=3, seeds_better=bt, seeds_better_val=bv, val_diff_mean=tv,
                                                     test_diff_mean=tt, paired_t_p=p, paired_t_p_val=p))
-test_eq(verdict(_row(-0.036, 0.015, 0, 2)), "validation and test disagree (-3.6 and +1.5 points): no verdict")
+test_eq(verdict(_row(-0.036, 0.015, 0, 2)), "gave no verdict: validation and test disagree (-3.6 and +1.5 points)")
 test_eq(verdict(_row(0.02, 0.03, 3, 3, p=0.01)), "helped")
 assert verdict(_row(-0.02, -0.03, 0, 0)).startswith("hurt on every seed on both folds")
 test_eq(verdict(_row(0.02, 0.03, 2, 3)), "made no consistent difference")

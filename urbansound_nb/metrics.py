@@ -71,16 +71,15 @@ def summarise(runs: pd.DataFrame, baseline: str = "none", by: str = "condition",
         out.loc[c, "paired_t_p_val"] = np.nan if is_base else _paired_p(this["val_accuracy"], base["val_accuracy"])
     return out
 
-# %% ../nbs/03a_metrics.ipynb #e5129d7aaf
+# %% ../nbs/03a_metrics.ipynb #2f426e63c6
 def verdict(row: pd.Series, pair: str = "seed") -> str:
     "What a `summarise` row says against its baseline, weighing the validation and the test differences."
     n, up_test, up_val = int(row[f"{pair}s"]), int(row[f"{pair}s_better"]), int(row[f"{pair}s_better_val"])
     test_dir, val_dir = np.sign(row["test_diff_mean"]), np.sign(row["val_diff_mean"])
     if test_dir == 0 and val_dir == 0: return "made no difference"   # the baseline itself, or exact ties
     if test_dir != val_dir:
-        return (f"validation and test disagree ({100 * row['val_diff_mean']:+.1f} and "
-                f"{100 * row['test_diff_mean']:+.1f} "
-                "points): no verdict")
+        return (f"gave no verdict: validation and test disagree ({100 * row['val_diff_mean']:+.1f} and "
+                f"{100 * row['test_diff_mean']:+.1f} points)")
     consistent = up_test in (0, n) and up_val in (0, n) and (up_test == 0) == (up_val == 0)
     if not consistent: return "made no consistent difference"
     direction = "helped" if test_dir > 0 else "hurt"
