@@ -222,7 +222,7 @@ def _shared_is_known(record) -> bool:
 
 def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
                   stream: bool = True) -> Path:
-    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results in `run_dir/results`."
+    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results: `run_dir/results`."
     import papermill as pm
     root = project_root(root); params = dict(params or {})
     run_dir = Path(run_dir).expanduser().resolve(); (run_dir/"results").mkdir(parents=True, exist_ok=True)

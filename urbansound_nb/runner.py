@@ -128,14 +128,14 @@ def papermill_seconds(executed) -> float:
     meta = nbformat.read(executed, as_version=4).metadata.get("papermill", {})
     return round(float(meta.get("duration") or 0.0), 1)
 
-# %% ../nbs/90_runner.ipynb #891f7d2dd6
+# %% ../nbs/90_runner.ipynb #e641a9bbd9
 def _shared_is_known(record) -> bool:
     "Drop papermill's 'Passed unknown parameter' warning for the shared parameters, which every chapter takes."
     return not any(record.getMessage() == f"Passed unknown parameter: {name}" for name in SHARED)
 
 def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
                   stream: bool = True) -> Path:
-    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results in `run_dir/results`."
+    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results: `run_dir/results`."
     import papermill as pm
     root = project_root(root); params = dict(params or {})
     run_dir = Path(run_dir).expanduser().resolve(); (run_dir/"results").mkdir(parents=True, exist_ok=True)
