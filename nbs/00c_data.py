@@ -65,17 +65,21 @@ warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWa
 class DatasetUnavailable(RuntimeError):
     "The dataset cannot be loaded from the given source; the message says what to do instead."
 
-def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    "Why the Hugging Face hub cannot be reached (None when it can), decided within `timeout` s."
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "no", ""): return "HF_HUB_OFFLINE is set"
+def unreachable(url: str, timeout: float = 3.0) -> str | None:
+    "Why `url`'s host cannot be reached (None when it can), decided within `timeout` s."
     from urllib.parse import urlparse
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port, err = url.hostname, url.port or (443 if url.scheme == "https" else 80), []
+    parts = urlparse(url)
+    host, port, err = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), []
     def _probe():
         try: socket.create_connection((host, port), timeout=timeout).close()
         except OSError as e: err.append(f"cannot connect to {host}:{port} ({e})")
     t = threading.Thread(target=_probe, daemon=True); t.start(); t.join(timeout + 0.5)  # DNS has no timeout of its own
     return err[0] if err else (f"no answer from {host}:{port} within {timeout:.0f} s" if t.is_alive() else None)
+
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    "Why the Hugging Face hub cannot be reached (None when it can), decided within `timeout` s."
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "no", ""): return "HF_HUB_OFFLINE is set"
+    return unreachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 # %%
 #| export

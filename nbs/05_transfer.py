@@ -91,9 +91,7 @@ t0 = time.time()
 data = study_data(params, EfficientATFeatures())
 feature_seconds = time.time() - t0
 split, labels = data.split, data.logmels.labels.numpy()
-if weights == "random":
-    net = EfficientAT(PRETRAINED[network][1], n_classes=527).eval(); net.weights_sha, net.weights_path = "random", None
-else: net = pretrained_network(network, weights, params.cache_dir)
+net = pretrained_network(network, weights, params.cache_dir)
 print(f"{len(data.ds):,} clips", "(SYNTHETIC)" if is_synthetic(data.ds) else "",
       f"| features: {data.cache_stats['computed']} computed, {data.cache_stats['reused']} from the cache "
       f"({feature_seconds:.0f} s) | input {data.fp.n_mels} x {data.n_frames}")

@@ -34,10 +34,9 @@
 #| export
 from __future__ import annotations
 
-import hashlib, io, json, math, os, socket, tempfile, threading, time
+import hashlib, io, json, math, os, tempfile, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -47,6 +46,7 @@ from tqdm import tqdm
 
 from urbansound_nb.batches import LogMelSet, batch_frames
 from urbansound_nb.core import atomic_write_bytes, pick_device
+from urbansound_nb.data import unreachable
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import EfficientAT
 
@@ -132,15 +132,6 @@ with tempfile.TemporaryDirectory() as d:
 
 # %%
 #| export
-def _unreachable(url: str, timeout: float = 3.0) -> str | None:
-    "Why `url`'s host cannot be reached within `timeout` s (None when it can)."
-    u, err = urlparse(url), []
-    def probe():
-        try: socket.create_connection((u.hostname, u.port or 443), timeout=timeout).close()
-        except OSError as e: err.append(f"cannot connect to {u.hostname} ({e})")
-    t = threading.Thread(target=probe, daemon=True); t.start(); t.join(timeout + 0.5)  # DNS has no timeout of its own
-    return err[0] if err else (f"no answer from {u.hostname} within {timeout:.0f} s" if t.is_alive() else None)
-
 def _check_sha(path: Path, expected: str | None, what: str):
     if expected and sha256_file(path) != expected:
         raise WeightsError(f"{path}: its sha256 is not that of {what} ({expected[:12]}...); "
@@ -148,7 +139,7 @@ def _check_sha(path: Path, expected: str | None, what: str):
 
 def _download(url: str, dest: Path, sha: str | None):
     "Fetch `url` into `dest` with torch's downloader, checking `sha`; nothing is left behind on failure."
-    why = _unreachable(url)
+    why = unreachable(url)
     help = (f"point at a local copy with the parameter weights=/path/to/{dest.name} "
             f"or ${WEIGHTS_ENV}=/path/to/{dest.name}")
     if why: raise WeightsError(f"cannot download {url}: {why}; {help}")
@@ -183,19 +174,24 @@ def weights_file(name: str = "mn04_as", weights=None, cache_dir="../cache") -> P
     return cached
 
 def pretrained_network(name: str = "mn04_as", weights=None, cache_dir="../cache") -> EfficientAT:
-    "EfficientAT `name` with its AudioSet weights (527 outputs), in eval mode."
-    path = weights_file(name, weights, cache_dir); width = PRETRAINED[name][1]
-    model = EfficientAT(width, n_classes=527); model.net.load_state_dict(load_weights(path, width))
-    model.weights_path, model.weights_sha = str(path), sha256_file(path)
+    "EfficientAT `name` with its AudioSet weights (527 outputs), in eval mode; `weights='random'`: untrained (tests)."
+    if name not in PRETRAINED:
+        raise WeightsError(f"unknown pretrained network {name!r}; choose from {sorted(PRETRAINED)}")
+    width = PRETRAINED[name][1]; model = EfficientAT(width, n_classes=527)
+    if weights == "random": model.weights_path, model.weights_sha = None, "random"
+    else:
+        path = weights_file(name, weights, cache_dir); model.net.load_state_dict(load_weights(path, width))
+        model.weights_path, model.weights_sha = str(path), sha256_file(path)
     return model.eval()
 
 # %%
+test_eq(pretrained_network(weights="random").weights_sha, "random")   # an untrained network, for tests
 with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: weights_file("mn99"), contains="unknown pretrained network 'mn99'")
     test_fail(lambda: weights_file(weights=Path(d)/"none.pt"), contains="none.pt: no such weights file")
     torch.save(_official, Path(d)/"other.pt")
     test_fail(lambda: weights_file(weights=Path(d)/"other.pt"), contains="its sha256 is not that of the official")
-    if _unreachable(RELEASE_URL):   # offline (as here): a clear error within seconds, and nothing cached
+    if unreachable(RELEASE_URL):   # offline (as here): a clear error within seconds, and nothing cached
         t0 = time.time()
         test_fail(lambda: weights_file(cache_dir=d), contains=f"cannot download {RELEASE_URL}/mn04_as_mAP_432.pt")
         assert time.time() - t0 < 30 and not (Path(d)/"pretrained").exists()
@@ -283,7 +279,7 @@ def audioset_labels(weights_path=None, cache_dir="../cache") -> list[str]:
     candidates = [Path(cache_dir).expanduser()/"pretrained"/"audioset_class_labels_indices.csv"]
     if weights_path: candidates.insert(0, Path(weights_path).parent/"audioset_class_labels_indices.csv")
     found = next((p for p in candidates if p.is_file()), None)
-    if found is None and not _unreachable(LABELS_URL):
+    if found is None and not unreachable(LABELS_URL):
         try: torch.hub.download_url_to_file(LABELS_URL, str(candidates[-1]), progress=False); found = candidates[-1]
         except Exception: found = None
     if found is None: return [f"class {i}" for i in range(527)]

@@ -192,9 +192,7 @@ print(f"{', '.join(model_list)}: {params.epochs} epochs per fold", averaged, f"|
 transfer = None
 if set(model_list) & set(TRANSFERS):   # the pretrained network's features and embeddings, once for every fold
     eat_data = study_data(params, EfficientATFeatures())
-    if weights == "random":
-        net = EfficientAT(PRETRAINED[network][1], n_classes=527).eval(); net.weights_sha = "random"
-    else: net = pretrained_network(network, weights, params.cache_dir)
+    net = pretrained_network(network, weights, params.cache_dir)
     transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], finetune_epochs)
 pd.DataFrame(plan)
 
