@@ -128,7 +128,7 @@ def papermill_seconds(executed) -> float:
     meta = nbformat.read(executed, as_version=4).metadata.get("papermill", {})
     return round(float(meta.get("duration") or 0.0), 1)
 
-# %% ../nbs/90_runner.ipynb #e641a9bbd9
+# %% ../nbs/90_runner.ipynb #5d9dde32d2
 def _shared_is_known(record) -> bool:
     "Drop papermill's 'Passed unknown parameter' warning for the shared parameters, which every chapter takes."
     return not any(record.getMessage() == f"Passed unknown parameter: {name}" for name in SHARED)
@@ -139,9 +139,12 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
     import papermill as pm
     root = project_root(root); params = dict(params or {})
     run_dir = Path(run_dir).expanduser().resolve(); (run_dir/"results").mkdir(parents=True, exist_ok=True)
-    for key in ("cache_dir", "dataset"):  # paths are relative to where the command was typed, not nbs/
+    for key in ("cache_dir", "dataset", "weights"):  # paths are relative to where the command was typed, not nbs/
         if isinstance(params.get(key), str) and Path(params[key]).expanduser().exists():
             params[key] = str(Path(params[key]).expanduser().resolve())
+    for var in ("URBANSOUND_DATASET", "URBANSOUND_PRETRAINED"):  # the same for the paths the chapters read from these
+        if os.environ.get(var) and Path(os.environ[var]).expanduser().exists():
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
     params.setdefault("cache_dir", str(root/"cache")); params["run_dir"] = str(run_dir)
     sync(root, export=False, quiet=True)
     notebooks = select_notebooks(names, root)
