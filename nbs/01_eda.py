@@ -58,7 +58,8 @@ ds = load_urbansound(params.dataset, params.max_items, params.seed)
 meta = metadata_frame(ds)
 if is_synthetic(ds):
     print("NOTE: this run uses the SYNTHETIC stand-in, not UrbanSound8K; the numbers below describe it.")
-print(f"{params.dataset}: {len(ds):,} clips, {meta['class'].nunique()} classes, folds {sorted(meta['fold'].unique())}")
+print(f"{params.dataset}: {len(ds):,} clips, {meta['class'].nunique()} classes, "
+      f"folds {sorted(meta['fold'].unique().tolist())}")
 
 # %% [markdown]
 # ## Classes and folds

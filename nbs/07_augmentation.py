@@ -42,14 +42,13 @@
 #| export
 from __future__ import annotations
 
-import json, time
-from pathlib import Path
+import time
 
 import pandas as pd
 
 from urbansound_nb.augment import shift_gain, spec_augment_lite
 from urbansound_nb.batches import StudyData
-from urbansound_nb.core import save_json
+from urbansound_nb.grid import run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.train import balanced_class_weights, fit, predict_logits
 
@@ -61,6 +60,7 @@ from fastcore.test import test_eq
 from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import study_data
 from urbansound_nb.core import make_run_dir, write_results
+from urbansound_nb.grid import grid_client, parse_scheduler
 from urbansound_nb.metrics import summarise, verdict
 from urbansound_nb.params import as_int, as_name, as_names, study_params, use_test_values
 from urbansound_nb.train import RECIPES
@@ -71,12 +71,17 @@ conditions = ["none", "specaugment_lite", "shift_gain", "class_weights"]
 seeds = 3               # seeds per condition (seed, seed+1, ...)
 model = "small_cnn"     # the model every condition trains
 epochs = 8              # per training run; every condition and seed trains exactly this long
+scheduler = None        # None: here; "local:N": N worker processes; "tcp://host:8786": a Dask cluster (notebook 04d)
+cell_threads = None     # torch threads per cell; None: the scheduler's share of the cores. Fix it for the same figures
+                        # from every scheduler (a CPU training's figures depend on its thread count; notebook 04d)
 
 # %%
 use_test_values(globals(), epochs=1, seeds=2, conditions=[*conditions, "mixup", "recording_variation"])
 params = study_params(globals())
 model = as_name("model", model, RECIPES)
 seed_list = list(range(params.seed, params.seed + as_int("seeds", seeds, 1)))
+cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
+parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
 
 # %% [markdown]
 # ## The conditions
@@ -100,35 +105,37 @@ BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onec
                    patience=None, augmentation="none")
 
 # %% [markdown]
-# ## One training run per (condition, seed), resumable
+# ## One training run per (condition, seed), resumable, here or on a cluster
 #
-# Every finished run is recorded at once in `results/07_augmentation.runs.json`; an interrupted
-# experiment picks up where it stopped.
+# Each (condition, seed) is one cell of a grid (notebook 04d): `train_condition` trains and scores
+# it. Every finished cell is recorded at once in `results/07_augmentation.runs.json`, by this
+# notebook, whichever `scheduler` ran it; an interrupted experiment picks up where it stopped.
 
 # %%
 #| export
-def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, record_path=None,
-                   batch_size: int = 32) -> pd.DataFrame:
-    "Train `model` on `data` once per condition and seed; returns one row per run (validation and test accuracy)."
-    done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
+def train_condition(data: StudyData, condition: str, seed: int, model: str, epochs: int, batch_size: int = 32) -> dict:
+    "Train `model` on `data` with one condition and seed; its validation and test figures."
+    augment, overrides, weighted = CONDITIONS[condition]
     y, tr, va, te, classes = data.logmels.labels.numpy(), data.train, data.val, data.test, data.split.classes
-    for cond in conditions:
-        if cond not in CONDITIONS: raise ValueError(f"unknown condition {cond!r}; choose from {sorted(CONDITIONS)}")
-        augment, overrides, weighted = CONDITIONS[cond]
-        for s in seeds:
-            key = f"{cond}/seed{s}/{model}/{epochs}"
-            if key in done: continue
-            t0 = time.time(); w = balanced_class_weights(y[tr], len(classes)) if weighted else None
-            m, h = fit(model, data, epochs=epochs, seed=s, augment=augment, class_weights=w, progress=False,
-                       batch_size=batch_size, **{**BASE_RECIPE, **overrides})
-            pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames).argmax(1).numpy() for idx in (va, te))
-            done[key] = dict(condition=cond, seed=s, **result_entry(y[va], pv, y[te], pt, classes, len(tr),
-                                                                    time.time() - t0, best_epoch=h["best"]["epoch"]))
-            if record_path: save_json(done, record_path)
-            print(f"  {cond:17s} seed {s}: validation {done[key]['val_accuracy']:.3f}, "
-                  f"test {done[key]['test_accuracy']:.3f} ({time.time()-t0:.0f} s)", flush=True)
-    keys = [f"{c}/seed{s}/{model}/{epochs}" for c in conditions for s in seeds]
-    return pd.DataFrame([done[k] for k in keys])
+    t0 = time.time(); w = balanced_class_weights(y[tr], len(classes)) if weighted else None
+    m, h = fit(model, data, epochs=epochs, seed=seed, augment=augment, class_weights=w, progress=False,
+               batch_size=batch_size, **{**BASE_RECIPE, **overrides})
+    pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames).argmax(1).numpy() for idx in (va, te))
+    return dict(condition=condition, seed=seed, **result_entry(y[va], pv, y[te], pt, classes, len(tr),
+                                                               time.time() - t0, best_epoch=h["best"]["epoch"]))
+
+def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, record_path=None,
+                   batch_size: int = 32, client=None, cache_dir=None, threads: int | None = None) -> pd.DataFrame:
+    "Train `model` on `data` once per condition and seed (on `client`'s cluster if given); one row per run."
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown: raise ValueError(f"unknown condition {unknown[0]!r}; choose from {sorted(CONDITIONS)}")
+    cells = {f"{c}/seed{s}/{model}/{epochs}": dict(condition=c, seed=s, model=model, epochs=epochs,
+                                                   batch_size=batch_size) for c in conditions for s in seeds}
+    describe = lambda key, r: (f"  {r['condition']:17s} seed {r['seed']}: validation {r['val_accuracy']:.3f}, "
+                               f"test {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
+    done = run_grid(train_condition, cells, shared=dict(data=data), record_path=record_path, client=client,
+                    cache_dir=cache_dir, threads=threads, describe=describe, desc="07 conditions x seeds")
+    return pd.DataFrame(list(done.values()))
 
 # %% [markdown]
 # ## The experiment
@@ -142,7 +149,10 @@ print(f"{model}, {params.epochs} epochs, seeds {seed_list}, {len(conditions)} co
       f"{len(conditions) * len(seed_list)} runs", "(SYNTHETIC data)" if is_synthetic(data.ds) else "")
 
 # %%
-runs = run_experiment(conditions, seed_list, data, model, params.epochs, run_path/"results"/"07_augmentation.runs.json")
+with grid_client(scheduler, paths=[params.cache_dir]) as client:     # None: here, one run after another
+    runs = run_experiment(conditions, seed_list, data, model, params.epochs,
+                          run_path/"results"/"07_augmentation.runs.json", client=client, cache_dir=params.cache_dir,
+                          threads=cell_threads)
 runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "seconds"]].round(3)
 
 # %% [markdown]

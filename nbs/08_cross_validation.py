@@ -38,16 +38,15 @@
 #| export
 from __future__ import annotations
 
-import json, time
+import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from urbansound_nb.baselines import select_on_validation
 from urbansound_nb.batches import StudyData
-from urbansound_nb.core import save_json
+from urbansound_nb.grid import run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.models import EfficientAT
 from urbansound_nb.train import fit, fit_study_model, predict_logits
@@ -60,6 +59,7 @@ from fastcore.test import test_eq, test_fail
 from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import study_data
 from urbansound_nb.core import make_run_dir, write_results
+from urbansound_nb.grid import grid_client, parse_scheduler
 from urbansound_nb.metrics import summarise
 from urbansound_nb.params import as_folds, as_int, as_name, as_names, study_params, use_test_values
 from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures, cached_embeddings, pretrained_network
@@ -74,6 +74,9 @@ epochs = 12             # per fold (early stopping may end sooner)
 finetune_epochs = 3     # per fold, for the fine-tuned pretrained network
 network = "mn04_as"     # the pretrained network of the transfers (chapter 05)
 weights = None          # weights file or folder; None: $URBANSOUND_PRETRAINED, else the download; "random": untrained
+scheduler = None        # None: here; "local:N": N worker processes; "tcp://host:8786": a Dask cluster (notebook 04d)
+cell_threads = None     # torch threads per cell; None: the scheduler's share of the cores. Fix it for the same figures
+                        # from every scheduler (a CPU training's figures depend on its thread count; notebook 04d)
 
 # %%
 use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["resnet", "small_cnn", "probe"], weights="random")
@@ -81,6 +84,8 @@ use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["resnet", "small_c
 params = replace(study_params(globals()), train_folds=None, val_fold=None, test_fold=None)
 finetune_epochs, network = as_int("finetune_epochs", finetune_epochs, 1), as_name("network", network, PRETRAINED)
 resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
+cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
+parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
 folds = None if folds is None else as_folds("folds", folds)
 
 # %% [markdown]
@@ -145,36 +150,48 @@ def _train_and_predict(model: str, split_data: StudyData, epochs: int, seed: int
               for idx in (split_data.val, split_data.test))
     return pv, pt, h["best"]["epoch"]
 
-# %%
-#| export
-def cross_validate(plan, data: StudyData, model: str, *, epochs: int, seed: int = 0, record_path=None,
-                   resnet_seeds: int = 1, transfer: Transfer | None = None) -> pd.DataFrame:
-    "Train `model` as its chapter does and test it once per entry of `plan`, saving each fold's result as it finishes."
-    if model not in CV_MODELS: raise ValueError(f"unknown model {model!r}; choose from {sorted(CV_MODELS)}")
-    if model in TRANSFERS and transfer is not None: data = transfer.data   # the pretrained network's own features
-    if model == "finetune" and transfer is not None: epochs = transfer.finetune_epochs
-    done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
-    y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
-    # a single model keeps the keys of earlier runs
-    seeds_suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""
-    keys = [f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{seeds_suffix}" for p in plan]
-    for p, key in zip(plan, keys):
-        if key in done: continue
-        roles = (p["train_folds"], [p["val_fold"]], [p["test_fold"]])
-        tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in roles)
-        # this split's folds; fit takes its band statistics from these training folds only
-        t0, split_data = time.time(), replace(data, train=tr, val=va, test=te)
-        pv, pt, best_epoch = _train_and_predict(model, split_data, epochs, seed, resnet_seeds, transfer)
-        done[key] = dict(**p, **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0,
-                                             best_epoch=best_epoch))
-        if record_path: save_json(done, record_path)
-        print(f"  {model}, test fold {p['test_fold']:2d} (validation {p['val_fold']}): "
-              f"test accuracy {done[key]['test_accuracy']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    return pd.DataFrame([dict(model=model, **done[k]) for k in keys])
+# %% [markdown]
+# Each (fold, model) is one cell of a grid (notebook 04d): `train_fold` trains and scores it,
+# here or on a Dask cluster (`scheduler`), and this notebook records each result as it comes.
 
 # %%
-test_fail(lambda: cross_validate([], None, "vgg", epochs=1), contains="unknown model 'vgg'")
-test_fail(lambda: _train_and_predict("probe", None, 1, 0, 1, None), contains="needs the pretrained network")
+#| export
+def train_fold(data: StudyData, transfer: Transfer | None, test_fold: int, val_fold: int, train_folds: list,
+               model: str, epochs: int, seed: int, resnet_seeds: int) -> dict:
+    "Train `model` as its chapter does on one fold's split of `data`; its validation and test figures."
+    if model in TRANSFERS and transfer is not None: data = transfer.data   # the pretrained network's own features
+    y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
+    tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (train_folds, [val_fold], [test_fold]))
+    # this split's folds; fit takes its band statistics from these training folds only
+    t0, split_data = time.time(), replace(data, train=tr, val=va, test=te)
+    pv, pt, best_epoch = _train_and_predict(model, split_data, epochs, seed, resnet_seeds, transfer)
+    return dict(test_fold=test_fold, val_fold=val_fold, train_folds=list(train_folds),
+                **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0,
+                               best_epoch=best_epoch))
+
+def _fold_key(p: dict, model: str, epochs: int, seed: int, resnet_seeds: int) -> str:
+    seeds_suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""  # one seed keeps older keys
+    return f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{seeds_suffix}"
+
+def cross_validate(plan, data: StudyData, models, *, epochs: int, seed: int = 0, record_path=None,
+                   resnet_seeds: int = 1, transfer: Transfer | None = None, client=None,
+                   cache_dir=None, threads: int | None = None) -> pd.DataFrame:
+    "Train each of `models` as its chapter does and test it once per entry of `plan`, recording each fold as it ends."
+    models = [models] if isinstance(models, str) else list(models)
+    unknown = [m for m in models if m not in CV_MODELS]
+    if unknown: raise ValueError(f"unknown model {unknown[0]!r}; choose from {sorted(CV_MODELS)}")
+    cells = {}
+    for m in models:
+        m_epochs = transfer.finetune_epochs if m == "finetune" and transfer is not None else epochs
+        for p in plan:
+            cells[_fold_key(p, m, m_epochs, seed, resnet_seeds)] = dict(
+                test_fold=p["test_fold"], val_fold=p["val_fold"], train_folds=p["train_folds"], model=m,
+                epochs=m_epochs, seed=seed, resnet_seeds=resnet_seeds)
+    describe = lambda key, r: (f"  {key.split('/')[1]}, test fold {r['test_fold']:2d} (validation {r['val_fold']}): "
+                               f"test accuracy {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
+    done = run_grid(train_fold, cells, shared=dict(data=data, transfer=transfer), record_path=record_path,
+                    client=client, cache_dir=cache_dir, threads=threads, describe=describe, desc="08 folds x models")
+    return pd.DataFrame([dict(model=cells[k]["model"], **r) for k, r in done.items()])
 
 # %% [markdown]
 # ## Running it
@@ -198,8 +215,10 @@ pd.DataFrame(plan)
 
 # %%
 record = run_path/"results"/"08_cross_validation.folds.json"
-cv = pd.concat([cross_validate(plan, data, m, epochs=params.epochs, seed=params.seed, record_path=record,
-                               resnet_seeds=resnet_seeds, transfer=transfer) for m in model_list], ignore_index=True)
+with grid_client(scheduler, paths=[params.cache_dir]) as client:     # None: here, one fold after another
+    cv = cross_validate(plan, data, model_list, epochs=params.epochs, seed=params.seed, record_path=record,
+                        resnet_seeds=resnet_seeds, transfer=transfer, client=client, cache_dir=params.cache_dir,
+                        threads=cell_threads)
 cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1",
     "best_epoch", "seconds"]].round(3)
 

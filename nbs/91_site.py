@@ -16,42 +16,55 @@
 # %% [markdown]
 # # The report site
 #
-# > A run's executed chapters as a website, with the README as front page and a page of every results file.
+# > A run's executed chapters as a report website: README, a page per chapter, results with a chart, explanations.
 
 # %% [markdown]
-# `urbansound-nb site --run-dir DIR` (and `make study`, after the run) builds `DIR/site/`.
-# With `quarto` on the PATH it stages a Quarto website (`_quarto.yml` of this repository, the
-# executed notebooks, `index.md` from the README, `results.md`) and runs `quarto render`.
-# Without it, which is the case on the machines this study was developed on, it falls back to
-# nbconvert's HTML exporter and says so: one self-contained HTML page per notebook (figures and
-# audio players embedded), a sidebar, the README as `index.html`, and `results.html`.
+# `urbansound-nb site --run-dir DIR` (and `make study`, after the run) builds `DIR/site/`. With
+# `quarto` on the PATH it stages a Quarto website (`_quarto.yml` and `_theme.scss` of this repository,
+# the chapters prepared as below, `index.md` from the README, `results.md`, `explanations.md`) and
+# runs `quarto render`. Without Quarto it says so and falls back to nbconvert: one self-contained
+# page per chapter with the same sidebar entries.
+#
+# Both renderers get the same prepared chapters. An executed notebook is a record of a run, not a
+# report: its first cells are imports and the parameters, and its code cells carry nbdev's
+# directives (`#| export`, `#| default_exp core`), which Quarto would read as its own cell options
+# and print as attribute text. Preparing a chapter does what nbdev's documentation pipeline does,
+# and a little more, for a report:
+#
+# * nbdev's directives are dropped; `#| hide` becomes Quarto's `#| include: false`;
+# * imports, the parameters cells, tests and the test-mode scaffolding are hidden (their code only,
+#   when they show something);
+# * the remaining code is folded (one click shows it), so prose, figures, tables and audio lead;
+# * progress bars and warnings (the kernel's standard error) are left out;
+# * the title becomes the page's title, followed by a "this run" header from papermill's metadata.
 
 # %%
 #| export
 from __future__ import annotations
 
-import html, json, shutil, subprocess
+import ast, base64, copy, html, io, json, re, shutil, subprocess
 from pathlib import Path
 
 import nbformat
 import pandas as pd
+import yaml
 
 from urbansound_nb.runner import project_root
 
 # %% [markdown]
 # ## Pages and their titles
 #
-# A page's title and summary are its notebook's H1 and the quoted line under it, as nbdev and
+# A page's title and summary are its notebook's H1 and the quoted lines under it, as nbdev and
 # Quarto read them.
 
 # %%
 #| export
 def notebook_title(nb) -> tuple[str, str]:
-    "The H1 title and the '> ' summary of a notebook's first title cell."
+    "The H1 title and the '> ' summary (its lines joined) of a notebook's first title cell."
     for c in nb.cells:
         if c.cell_type == "markdown" and c.source.lstrip().startswith("# "):
             lines = c.source.strip().splitlines()
-            summary = next((l[1:].strip() for l in lines[1:] if l.startswith(">")), "")
+            summary = " ".join(l[1:].strip() for l in lines[1:] if l.startswith(">"))
             return lines[0][2:].strip(), summary
     return "", ""
 
@@ -62,62 +75,343 @@ def executed_notebooks(run_dir) -> list[Path]:
 # %%
 from fastcore.test import test_eq, test_fail
 _nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("#| default_exp x"),
-                                      nbformat.v4.new_markdown_cell("# Title\n\n> Summary line.")])
-test_eq(notebook_title(_nb), ("Title", "Summary line."))
+                                      nbformat.v4.new_markdown_cell("# Title\n\n> Summary line,\n> and more.")])
+test_eq(notebook_title(_nb), ("Title", "Summary line, and more."))
+
+# %% [markdown]
+# ## A code cell's directives
+#
+# Quarto reads every leading `#|` line of a code cell as a YAML cell option (`#| include: false`).
+# nbdev's directives are single words with an optional argument (`#| export`, `#| default_exp core`),
+# so a line is an option when it reads as `key: value`, and a directive otherwise.
+
+# %%
+#| export
+def split_directives(source: str) -> tuple[dict, dict, str]:
+    "A code cell's leading `#|` lines as (Quarto options, nbdev directives with their argument), and the code."
+    options, directives, lines = {}, {}, source.splitlines()
+    while lines and lines[0].startswith("#|"):
+        text = lines.pop(0)[2:].strip()
+        key, colon, value = text.partition(":")
+        if colon and re.fullmatch(r"[A-Za-z][\w-]*", key.strip()):
+            options[key.strip()] = yaml.safe_load(value.strip() or "null")
+        elif text:
+            name, _, arg = text.partition(" ")
+            directives[name] = arg.strip()
+    return options, directives, "\n".join(lines)
+
+# %%
+test_eq(split_directives("#| export\nx = 1"), ({}, {"export": ""}, "x = 1"))
+test_eq(split_directives("#| default_exp core\n#| fig-cap: A plot\nplot()"),
+        ({"fig-cap": "A plot"}, {"default_exp": "core"}, "plot()"))
+test_eq(split_directives("#| hide\n#| eval: false\n# a comment\nx"), ({"eval": False}, {"hide": ""}, "# a comment\nx"))
+
+# %% [markdown]
+# ## Which cells a report hides
+#
+# A cell is hidden when a reader gains nothing from it: nbdev's `#| hide` and `#| default_exp`, the
+# parameters cells (the "this run" header shows their values), and cells with nothing to show that
+# only import, test (`assert`, fastcore's `test_*`) or set up the test-mode override. Cells that
+# define functions or classes stay (folded): they are the method.
+
+# %%
+#| export
+def _called(node) -> str:
+    "The name of the function a call statement calls, or ''."
+    call = node.value if isinstance(node, ast.Expr) else None
+    if not isinstance(call, ast.Call): return ""
+    f = call.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+
+def is_scaffolding(code: str) -> bool:
+    "True for code that only imports, tests, or sets up the test-mode override (`use_test_values`)."
+    try: tree = ast.parse(code)
+    except SyntaxError: return False          # IPython magics and the like: leave them to the reader
+    nodes = list(ast.walk(tree))
+    if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in nodes): return False
+    if any(isinstance(n, ast.Call) and getattr(n.func, "id", "") == "use_test_values" for n in nodes): return True
+    tests = [n for n in nodes
+             if isinstance(n, ast.Assert) or (isinstance(n, ast.Expr) and _called(n).startswith("test_"))]
+    imports_only = all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in tree.body)
+    return bool(tests) or imports_only
+
+def shows_something(cell) -> bool:
+    "Whether a code cell has an output a reader sees (standard error, progress bars included, does not count)."
+    return any(not (o.output_type == "stream" and o.get("name") == "stderr") for o in cell.get("outputs", []))
+
+# %%
+assert is_scaffolding("import numpy as np\nfrom x import y") and is_scaffolding("test_eq(f(1), 2)\nassert g()")
+assert is_scaffolding("use_test_values(globals(), epochs=2)\nparams = study_params(globals())")
+assert not is_scaffolding("def f(x):\n    assert x\n    return x") and not is_scaffolding("fig = plot(ds)")
+assert not is_scaffolding("%timeit f()") and is_scaffolding("")
+
+# %% [markdown]
+# ## This run
+#
+# papermill records in an executed notebook the parameters it was given, when it started and how
+# long it ran. The header adds the split from the chapter's results file (the folds a run resolved,
+# which the parameters leave out when they are the defaults).
+
+# %%
+#| export
+# the dataset has a line of its own; the run and cache folders are paths of the machine that ran it
+SHARED_IN_HEADER = ("dataset", "run_dir", "cache_dir")
+
+def _duration(seconds) -> str:
+    if seconds is None: return "unknown"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+def _split_text(split: dict) -> str:
+    if not split: return ""
+    train = ", ".join(str(f) for f in split.get("train_folds") or [])
+    return (f"train fold{'s' if ',' in train else ''} {train} · validation fold {split.get('val_fold')} · "
+            f"test fold {split.get('test_fold')}")
+
+def run_header(nb, results: dict | None = None) -> str:
+    "A short Markdown table of what this run of the notebook was: dataset, split, parameters, start and wall time."
+    pm = nb.metadata.get("papermill", {}); passed = dict(pm.get("parameters") or {}); results = results or {}
+    dataset = passed.get("dataset") or results.get("dataset") or "the default (see chapter 00)"
+    others = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in passed.items() if k not in SHARED_IN_HEADER)
+    started = (pm.get("start_time") or "")[:16].replace("T", " ")
+    split = results.get("split_text") or _split_text(results.get("split") or {})
+    rows = [("dataset", f"`{dataset}`"), ("split", split),
+            ("parameters", others or "the notebook's defaults"),
+            ("wall time", _duration(pm.get("duration")) + (f" (started {started} UTC)" if started else ""))]
+    if pm.get("exception"): rows.append(("status", "**failed**: the run stopped in this notebook"))
+    body = "\n".join(f"| {k} | {v} |" for k, v in rows if v)
+    return f"**This run**\n\n| | |\n|---|---|\n{body}\n"
+
+# %%
+_pm = {"parameters": {"dataset": "mini", "epochs": 2}, "duration": 139.1, "start_time": "2026-12-01T01:59:09.59+00:00"}
+_nb = nbformat.v4.new_notebook(metadata={"papermill": _pm})
+_header = run_header(_nb, {"split": {"train_folds": [1], "val_fold": 2, "test_fold": 3}})
+print(_header)
+assert "`mini`" in _header and "`epochs=2`" in _header and "2 min 19 s (started 2026-12-01 01:59 UTC)" in _header
+assert "train fold 1 · validation fold 2 · test fold 3" in _header
+
+# %% [markdown]
+# ## A chapter prepared as a report page
+
+# %%
+#| export
+def prepare_chapter(nb, results: dict | None = None, front_matter: bool = True):
+    "A copy of an executed chapter prepared for the site (the module's first section says what changes)."
+    nb = copy.deepcopy(nb)
+    cells, titled = [], False
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags") or []
+        cell.metadata = {}                  # papermill's timings and tags would become attribute text in Quarto
+        if cell.cell_type == "markdown" and not titled and cell.source.lstrip().startswith("# "):
+            titled = True
+            title, summary = notebook_title(nbformat.v4.new_notebook(cells=[cell]))
+            if front_matter:                # Quarto takes the title from front matter, as nbdev's pages do
+                meta = yaml.safe_dump({"title": title, "description": summary}, allow_unicode=True, width=1000)
+                cells.append(nbformat.v4.new_raw_cell(f"---\n{meta}---"))
+                rest = [l for l in cell.source.strip().splitlines()[1:] if not l.startswith(">")]
+                if "\n".join(rest).strip(): cells.append(nbformat.v4.new_markdown_cell("\n".join(rest).strip()))
+            else: cells.append(cell)
+            cells.append(nbformat.v4.new_markdown_cell(run_header(nb, results)))
+            continue
+        if cell.cell_type != "code": cells.append(cell); continue
+        options, directives, code = split_directives(cell.source)
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
+        hidden = ("hide" in directives or "default_exp" in directives or options.get("include") is False
+                  or {"parameters", "injected-parameters"} & set(tags)
+                  or not shows_something(cell) and is_scaffolding(code))
+        options = {k: v for k, v in options.items() if k != "include"}
+        if hidden: options = {"include": False, **options}
+        elif is_scaffolding(code): options = {"echo": False, **options}     # its output shows, its code does not
+        cell.source = "".join(f"#| {k}: {json.dumps(v)}\n" for k, v in options.items()) + code
+        cells.append(cell)
+    nb.cells = cells
+    return nb
+
+# %%
+_cells = [nbformat.v4.new_code_cell("#| default_exp demo"),
+          nbformat.v4.new_markdown_cell("# Demo chapter\n\n> What it shows."),
+          nbformat.v4.new_code_cell("#| export\nimport numpy as np"),
+          nbformat.v4.new_code_cell("epochs = 30", metadata={"tags": ["parameters"]}),
+          nbformat.v4.new_code_cell("use_test_values(globals(), epochs=2)"),
+          nbformat.v4.new_code_cell("params = study_params(globals())\nuse_test_values(globals())\nparams", outputs=[
+              nbformat.v4.new_output("execute_result", {"text/plain": "StudyParams()"})]),
+          nbformat.v4.new_code_cell("#| export\ndef f(x): return x", metadata={"papermill": {"duration": 1.0}}),
+          nbformat.v4.new_code_cell("test_eq(f(1), 1)"),
+          nbformat.v4.new_code_cell("f(2)", outputs=[
+              nbformat.v4.new_output("execute_result", {"text/plain": "2"}),
+              nbformat.v4.new_output("stream", name="stderr", text="100%|###|")])]
+_page = prepare_chapter(nbformat.v4.new_notebook(cells=_cells, metadata={"papermill": {"duration": 3.0}}))
+for c in _page.cells: print(repr(c.source[:60]))
+test_eq([c.cell_type for c in _page.cells], ["code", "raw", "markdown", *["code"] * 7])
+test_eq([c.source.split("\n")[0] for c in _page.cells if c.cell_type == "code"],
+        ["#| include: false", "#| include: false", "#| include: false", "#| include: false", "#| echo: false",
+         "def f(x): return x", "#| include: false", "f(2)"])
+assert "title: Demo chapter" in _page.cells[1].source and "description: What it shows." in _page.cells[1].source
+assert not any("#| export" in c.source for c in _page.cells)
+test_eq(_page.cells[-1].outputs[0].output_type, "execute_result")
+test_eq(len(_page.cells[-1].outputs), 1)
+test_eq([c.metadata for c in _page.cells], [{}] * 10)
 
 # %% [markdown]
 # ## The results page
 #
 # Every `results/*.json` of the run becomes a table: one row per model or condition with its
-# accuracy figures, followed by the per-notebook wall times from `timings.csv`.
+# figures, followed by the per-chapter wall times from `timings.csv`. Accuracies read as
+# percentages, counts as integers, seconds with one decimal. The chapters that choose a best model
+# (03, 04, 05) give the comparison chart of every model's validation and test accuracy.
 
 # %%
 #| export
 RESULT_COLUMNS = ["val_accuracy", "test_accuracy", "macro_f1", "n_train", "n_val", "n_test", "epochs", "seconds"]
+INTEGER_COLUMNS = ("n_train", "n_val", "n_test", "epochs")
 
 def results_tables(run_dir) -> dict[str, pd.DataFrame]:
-    "One table per results file: its entries with the standard figures."
+    "One table per results file: its entries with the standard figures; then the wall time per chapter."
     out = {}
     for f in sorted((Path(run_dir)/"results").glob("[0-9][0-9]_*.json")):
-        entries = json.loads(f.read_text()).get("entries", {})
-        rows = {k: {c: v.get(c) for c in RESULT_COLUMNS if isinstance(v, dict) and c in v} for k, v in entries.items()}
+        doc = json.loads(f.read_text())
+        if not isinstance(doc.get("entries"), dict): continue     # resumable records such as 07_augmentation.runs.json
+        rows = {k: {c: v.get(c) for c in RESULT_COLUMNS if c in v}
+                for k, v in doc["entries"].items() if isinstance(v, dict)}
         rows = {k: v for k, v in rows.items() if v}
         if rows: out[f.stem] = pd.DataFrame(rows).T
     t = Path(run_dir)/"timings.csv"
-    if t.exists(): out["wall time per notebook"] = pd.read_csv(t).set_index("notebook")
+    if t.exists(): out["wall time per chapter"] = pd.read_csv(t).set_index("notebook")
     return out
 
-def _table_html(df: pd.DataFrame) -> str: return df.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0,
-                                                            classes="results")
+def formatted(df: pd.DataFrame) -> pd.DataFrame:
+    "A results table as text: accuracies and F1 as percentages, counts as integers, seconds with one decimal."
+    def fmt(column, v):
+        if v is None or (isinstance(v, float) and pd.isna(v)): return ""
+        if isinstance(v, str): return v
+        if "accuracy" in column or column.endswith("f1"): return f"{100 * float(v):.1f}%"
+        if column in INTEGER_COLUMNS: return f"{int(round(float(v))):,}"
+        if column == "seconds": return f"{float(v):,.1f}"
+        return str(v)
+    return pd.DataFrame({c: [fmt(c, v) for v in df[c]] for c in df.columns}, index=df.index)
+
+COLUMN_LABELS = dict(val_accuracy="validation accuracy", test_accuracy="test accuracy", macro_f1="macro F1 (test)",
+                     n_train="training clips", n_val="validation clips", n_test="test clips")
+
+def _table_html(df: pd.DataFrame) -> str:
+    return formatted(df).rename(columns=COLUMN_LABELS).to_html(border=0, classes="results table table-sm", escape=True)
+
+# %%
+_df = pd.DataFrame({"val_accuracy": [0.735, None], "n_train": [1761.0, 873.0], "epochs": [30.0, None],
+                    "seconds": [2.04, 0.0]}, index=["probe", "majority"])
+formatted(_df)
+
+# %%
+test_eq(formatted(_df).loc["probe"].tolist(), ["73.5%", "1,761", "30", "2.0"])
+test_eq(formatted(_df).loc["majority"].tolist(), ["", "873", "", "0.0"])
+
+# %%
+#| export
+def compared_models(run_dir) -> pd.DataFrame:
+    "Every model of the chapters that choose a best one: chapter, model, validation and test accuracy."
+    rows = []
+    for f in sorted((Path(run_dir)/"results").glob("[0-9][0-9]_*.json")):
+        doc = json.loads(f.read_text())
+        if "best_model" not in doc: continue
+        for name, e in doc.get("entries", {}).items():
+            if isinstance(e, dict) and {"val_accuracy", "test_accuracy"} <= set(e):
+                rows.append(dict(chapter=f.stem, model=name, val_accuracy=e["val_accuracy"],
+                                 test_accuracy=e["test_accuracy"]))
+    return pd.DataFrame(rows, columns=["chapter", "model", "val_accuracy", "test_accuracy"])
+
+def comparison_chart(models: pd.DataFrame) -> bytes:
+    "A PNG bar chart of every model's validation and test accuracy, grouped by chapter."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(models) + 1.2))
+    y = range(len(models)); labels = [f"{m} ({c[:2]})" for c, m in zip(models.chapter, models.model)]
+    ax.barh([i - 0.2 for i in y], 100 * models.val_accuracy, height=0.4, label="validation fold")
+    ax.barh([i + 0.2 for i in y], 100 * models.test_accuracy, height=0.4, label="test fold")
+    ax.set_yticks(list(y), labels); ax.invert_yaxis(); ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%)"); ax.set_ylabel("model (chapter)")
+    ax.set_title("Every model of chapters 03-05: validation and test accuracy"); ax.legend(loc="lower right")
+    fig.tight_layout(); buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig)
+    return buf.getvalue()
+
+def results_html(run_dir) -> str:
+    "The body of the results page: the comparison chart and every results table, as HTML."
+    parts, models = [], compared_models(run_dir)
+    if len(models):
+        png = base64.b64encode(comparison_chart(models)).decode()
+        parts.append(f'<h2>Every model compared</h2>\n<p><img src="data:image/png;base64,{png}" '
+                     f'alt="validation and test accuracy of every model" style="max-width:100%"></p>')
+    parts += [f"<h2>{html.escape(name)}</h2>\n{_table_html(df)}" for name, df in results_tables(run_dir).items()]
+    return "\n\n".join(parts)
+
+RESULTS_SUMMARY = "Every results file of this run, gathered. Accuracies in percent; seconds are wall time."
 
 def results_markdown(run_dir) -> str:
-    "The results page as Markdown (for Quarto) with HTML tables."
-    parts = ["# Results\n\n> Every results file of this run, gathered. "
-             "Accuracies are fractions; seconds are wall time.\n"]
-    for name, df in results_tables(run_dir).items(): parts.append(f"## {name}\n\n{_table_html(df)}\n")
-    return "\n".join(parts)
+    "The results page for Quarto: front matter, then the HTML body."
+    return f"---\ntitle: Results\ndescription: {RESULTS_SUMMARY}\n---\n\n{results_html(run_dir)}\n"
 
 # %% [markdown]
-# ## Rendering
-
-# %% [markdown]
-# Besides the chapters, the site carries the explanations page (`docs/explanations.md`): the
-# recipe and architecture trials that were tried and not taken, in one table. It is not a
-# chapter, so no run executes it.
+# ## Rendering with Quarto
+#
+# The theme is cosmo with `$web-font-path: false` (`_theme.scss`), so no page asks a font host for
+# anything, and `embed-resources: true` puts figures, audio and scripts inside each page: a page
+# opened offline looks as it does online.
+#
+# One more thing would reach out: Quarto adds require.js and jQuery from a CDN to every page that
+# has an HTML output, in case it is a JavaScript widget. The study's HTML outputs (tables, audio
+# players) have no scripts, so they go to Quarto as raw HTML blocks, which render the same.
 
 # %%
 #| export
 EXPLANATIONS = "docs/explanations.md"
+STAGED_FILES = ("_quarto.yml", "_theme.scss")
+
+def _results_of(run_dir: Path, nb: Path) -> dict:
+    "A chapter's results file, its split filled in: the chapter's own, or the run's (chapter 00's) when it has none."
+    def read(name):
+        f = run_dir/"results"/f"{name}.json"
+        return json.loads(f.read_text()) if f.exists() else {}
+    doc = read(nb.stem)
+    if doc.get("split"): return doc
+    folds = doc.get("summary", {}).get("folds") if isinstance(doc.get("summary"), dict) else None
+    if folds: return {**doc, "split_text": f"cross-validation: each of {folds} folds tested once"}
+    return {**doc, "split": read("00_setup").get("entries", {}).get("split") or {}}
+
+def raw_html_outputs(page):
+    "HTML outputs without scripts (tables, audio players) handed to Quarto as raw HTML blocks (see above)."
+    for c in page.cells:
+        for o in c.get("outputs", []):
+            markup = o.get("data", {}).get("text/html")
+            if markup is None: continue
+            markup = "".join(markup) if isinstance(markup, list) else markup
+            if "<script" not in markup: o.data = {"text/markdown": f"````{{=html}}\n{markup}\n````"}
+    return page
 
 def _quarto(run_dir: Path, out: Path, root: Path):
     "Stage a Quarto project of the run and render it into `out`."
     stage = run_dir/"_quarto_stage"; shutil.rmtree(stage, ignore_errors=True); stage.mkdir()
-    shutil.copy(root/"_quarto.yml", stage/"_quarto.yml")
-    for nb in executed_notebooks(run_dir): shutil.copy(nb, stage/nb.name)
+    for name in STAGED_FILES: shutil.copy(root/name, stage/name)
+    for nb in executed_notebooks(run_dir):
+        page = prepare_chapter(nbformat.read(nb, as_version=4), _results_of(run_dir, nb))
+        nbformat.write(raw_html_outputs(page), stage/nb.name)
     (stage/"index.md").write_text((root/"README.md").read_text())
     (stage/"results.md").write_text(results_markdown(run_dir))
     shutil.copy(root/EXPLANATIONS, stage/"explanations.md")
-    subprocess.run(["quarto", "render", str(stage), "--output-dir", str(out.resolve())], check=True)
+    r = subprocess.run(["quarto", "render", str(stage), "--output-dir", str(out.resolve())],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"quarto render {stage} failed (exit {r.returncode}):\n{(r.stdout + r.stderr)[-4000:]}")
+    shutil.rmtree(stage, ignore_errors=True)
+
+# %%
+_html = nbformat.v4.new_output("display_data", {"text/html": "<audio controls></audio>", "text/plain": "<Audio>"})
+_raw = raw_html_outputs(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("Audio(x)", outputs=[_html])]))
+test_eq(_raw.cells[0].outputs[0].data, {"text/markdown": "````{=html}\n<audio controls></audio>\n````"})
+
+# %% [markdown]
+# ## The fallback: nbconvert
+#
+# The same prepared chapters through nbconvert's lab template, extended so that folded code is an
+# HTML `<details>` element and hidden cells are left out; the same sidebar entries as Quarto's.
 
 # %%
 #| export
@@ -128,10 +422,19 @@ body{margin:0}
 .usn-nav a{display:block;padding:4px 2px;color:#0b5394;text-decoration:none}
 .usn-nav a.here{font-weight:bold;color:#000}
 .usn-nav small{display:block;color:#666;margin:0 0 6px 2px}
-.usn-main{margin-left:280px;padding:0 16px 40px;max-width:1200px}
+.usn-main{margin-left:280px;padding:0 16px 40px;max-width:1200px;font-family:system-ui,sans-serif}
+details.usn-code>summary{cursor:pointer;color:#666;font-size:13px;margin:4px 0}
 table.results{border-collapse:collapse;font:13px monospace}
 table.results td,table.results th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
 </style>"""
+
+# Blocks emptied: require.js and MathJax would come from a CDN, and the study's pages need neither.
+_FOLDED_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{% block input_group -%}
+<details class="usn-code"><summary>Code</summary>{{ super() }}</details>
+{%- endblock input_group %}"""
 
 def _nav(pages, here) -> str:
     links = "".join(f'<a href="{html.escape(f)}" class="{"here" if f == here else ""}">{html.escape(t)}</a>'
@@ -144,20 +447,43 @@ def _page(body: str, title: str, pages, here) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}</head>"
             f"<body>{_nav(pages, here)}<main class='usn-main'>{body}</main></body></html>")
 
+def fallback_notebook(page):
+    "A prepared chapter as nbconvert renders it: hidden cells left out, the option lines removed."
+    page = copy.deepcopy(page)
+    kept = []
+    for c in page.cells:
+        if c.cell_type == "code":
+            options, _, c.source = split_directives(c.source)
+            if options.get("include") is False: continue
+            if options.get("echo") is False: c.metadata["transient"] = {"remove_source": True}   # nbconvert's way
+        kept.append(c)
+    page.cells = kept
+    return page
+
+# %%
+_fallback = fallback_notebook(prepare_chapter(nbformat.v4.new_notebook(cells=_cells), front_matter=False))
+test_eq([c.source for c in _fallback.cells if c.cell_type == "code"],
+        ["params = study_params(globals())\nuse_test_values(globals())\nparams", "def f(x): return x", "f(2)"])
+test_eq(_fallback.cells[2].metadata, {"transient": {"remove_source": True}})
+assert _fallback.cells[0].source.startswith("# Demo chapter") and "**This run**" in _fallback.cells[1].source
+
 # %%
 #| export
 def _nbconvert(run_dir: Path, out: Path, root: Path):
-    "Render the run with nbconvert (no Quarto needed): one self-contained page per notebook, plus index and results."
+    "Render the run with nbconvert (no Quarto needed): one self-contained page per chapter, plus index and results."
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
     from nbconvert.filters import markdown2html_mistune
     nbs = executed_notebooks(run_dir); out.mkdir(parents=True, exist_ok=True)
     titled = [(nb, *notebook_title(nbformat.read(nb, as_version=4))) for nb in nbs]
-    pages = ([("index.html", "Home", "")] + [(nb.stem + ".html", t or nb.stem, s) for nb, t, s in titled]
+    pages = ([("index.html", "Home", "")] + [(nb.stem + ".html", t or nb.stem, "") for nb, t, _ in titled]
              + [("results.html", "Results", "every results file"),
                 ("explanations.html", "Explanations", "what was tried and not taken")])
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"folded.html.j2": _FOLDED_TEMPLATE})],
+                            template_file="folded.html.j2", embed_images=True)
     for nb, t, _ in titled:
-        body, _ = exporter.from_notebook_node(nbformat.read(nb, as_version=4))
+        page = prepare_chapter(nbformat.read(nb, as_version=4), _results_of(run_dir, nb), front_matter=False)
+        body, _ = exporter.from_notebook_node(fallback_notebook(page))
         nav = _STYLE + _nav(pages, nb.stem + ".html")
         body = body.replace("<body", "<body data-usn", 1)
         i = body.index(">", body.index("<body data-usn")) + 1
@@ -165,9 +491,8 @@ def _nbconvert(run_dir: Path, out: Path, root: Path):
         (out/f"{nb.stem}.html").write_text(body[:i] + nav + "<div class='usn-main'>" + rest)
     readme = markdown2html_mistune((root/"README.md").read_text())
     (out/"index.html").write_text(_page(readme, "urbansound_nb", pages, "index.html"))
-    results = "".join(f"<h2>{html.escape(n)}</h2>{_table_html(df)}" for n, df in results_tables(run_dir).items())
-    intro = "<h1>Results</h1><p>Every results file of this run. Accuracies are fractions; seconds are wall time.</p>"
-    (out/"results.html").write_text(_page(intro + results, "Results", pages, "results.html"))
+    intro = f"<h1>Results</h1><p>{RESULTS_SUMMARY}</p>"
+    (out/"results.html").write_text(_page(intro + results_html(run_dir), "Results", pages, "results.html"))
     explanations = markdown2html_mistune((root/EXPLANATIONS).read_text())
     (out/"explanations.html").write_text(_page(explanations, "Explanations", pages, "explanations.html"))
 
@@ -178,12 +503,16 @@ def build_site(run_dir, out=None, renderer: str | None = None) -> Path:
     run_dir = Path(run_dir).resolve(); out = Path(out) if out else run_dir/"site"; root = project_root()
     if not executed_notebooks(run_dir):
         raise FileNotFoundError(f"{run_dir}: no executed notebooks; run `urbansound-nb run --run-dir {run_dir}` first")
+    asked = renderer is not None
     renderer = renderer or ("quarto" if shutil.which("quarto") else "nbconvert")
     if renderer not in ("quarto", "nbconvert"):
         raise ValueError(f"renderer must be 'quarto' or 'nbconvert', got {renderer!r}")
+    if renderer == "quarto" and not shutil.which("quarto"):
+        raise FileNotFoundError("quarto is not on the PATH: install it (https://quarto.org/docs/get-started/) "
+                                "or leave the renderer out to use nbconvert")
     if renderer == "quarto": _quarto(run_dir, out, root)
     else:
-        print("quarto is not on the PATH: rendering with nbconvert (offline) instead")
+        if not asked: print("quarto is not on the PATH: rendering with nbconvert (offline) instead")
         _nbconvert(run_dir, out, root)
     print(f"site ({renderer}): {out/'index.html'}")
     return out
@@ -196,12 +525,11 @@ import tempfile
 from urbansound_nb.core import write_results
 with tempfile.TemporaryDirectory() as d:
     d = Path(d)
-    two = nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Demo page\n\n> A summary."),
-                                         nbformat.v4.new_code_cell("1+1", outputs=[two])])
-    nbformat.write(nb, d/"00_demo.ipynb")
-    write_results(d, "00_demo", {"m": {"val_accuracy": 0.5, "test_accuracy": 0.25}})
+    nbformat.write(nbformat.v4.new_notebook(cells=_cells), d/"00_demo.ipynb")
+    write_results(d, "00_demo", {"m": {"val_accuracy": 0.5, "test_accuracy": 0.25, "n_train": 10.0}}, best_model="m")
     site = build_site(d, renderer="nbconvert")
     test_eq(sorted(p.name for p in site.iterdir()), ["00_demo.html", "explanations.html", "index.html", "results.html"])
-    assert "Demo page" in (site/"00_demo.html").read_text() and "0.250" in (site/"results.html").read_text()
+    page = (site/"00_demo.html").read_text()
+    assert "Demo chapter" in page and "import numpy" not in page
+    assert "25.0%" in (site/"results.html").read_text() and "data:image/png;base64" in (site/"results.html").read_text()
     test_fail(lambda: build_site(d, renderer="mkdocs"), contains="renderer must be 'quarto' or 'nbconvert'")

@@ -25,7 +25,7 @@
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
 # | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
 # | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model (notebook 06a) |
-# | `urbansound-nb site [--run-dir DIR]` | the report website of a run (notebook 91) |
+# | `urbansound-nb site [--run-dir DIR] [--screenshots] [--check]` | a run's report site (91), checked (91a) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
 #
 # This module sits on top: it imports the others, and none of them imports it. The heavier
@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import argparse, json, os, sys
+from pathlib import Path
 
 from urbansound_nb.runner import RunFailed, configure_lab, lab_command, parse_value, run_notebooks, sync
 
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("site", help="build the report website of a run directory")
     w.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest"))
     w.add_argument("--out", default=None)
+    w.add_argument("--renderer", choices=["quarto", "nbconvert"], default=None, help="default: quarto when on the PATH")
+    w.add_argument("--screenshots", action="store_true", help="a PNG of each page's top into RUN_DIR/screenshots/")
+    w.add_argument("--check", action="store_true", help="open every page in headless Chromium; exit 1 on a problem")
     l = sub.add_parser("lab", help="JupyterLab with the .py notebooks opening as notebooks")
     l.add_argument("extra", nargs=argparse.REMAINDER)
     return ap
@@ -113,6 +117,31 @@ with tempfile.TemporaryDirectory() as d:
     with contextlib.redirect_stderr(err): test_eq(predict_cli(Path(d)/"resnet.last.pt", [Path(d)/"clip.wav"]), 2)
     print(err.getvalue()); assert "not a model checkpoint of this study" in err.getvalue()
 
+# %% [markdown]
+# ## site
+#
+# The site of a run, and optionally what a reader would see: `--screenshots` writes a PNG of the
+# top of each page into `RUN_DIR/screenshots/`, so a change to the pages can be looked at;
+# `--check` opens every page in headless Chromium and fails when one has a problem (notebook 91a).
+
+# %%
+#| export
+def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False) -> int:
+    "Build the site of `run_dir`; photograph and check its pages when asked. 1 when a check found a problem."
+    from urbansound_nb.site import build_site
+    site = build_site(run_dir, out, renderer)
+    if not (screenshots or check): return 0
+    from urbansound_nb.browser import check_site, missing_browser, screenshot_site
+    if missing_browser(): print(f"cannot open the pages: {missing_browser()}", file=sys.stderr); return 1
+    if screenshots:
+        shots = screenshot_site(site, Path(run_dir)/"screenshots")
+        print(f"screenshots: {len(shots)} pages in {Path(run_dir)/'screenshots'}")
+    if not check: return 0
+    problems = {page: found for page, found in check_site(site).items() if found}
+    for page, found in problems.items(): print(f"{page}:\n  " + "\n  ".join(found), file=sys.stderr)
+    print("checked in Chromium: " + (f"{len(problems)} page(s) with problems" if problems else "every page is fine"))
+    return 1 if problems else 0
+
 # %%
 #| export
 def main(argv=None):
@@ -139,8 +168,7 @@ def main(argv=None):
     if args.command == "predict":
         return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)
     if args.command == "site":
-        from urbansound_nb.site import build_site
-        build_site(args.run_dir, args.out); return 0
+        return site_cli(args.run_dir, args.out, args.renderer, screenshots=args.screenshots, check=args.check)
     if args.command == "lab":
         print("JupyterLab settings:", configure_lab())
         os.execv(sys.executable, lab_command(extra=[a for a in args.extra if a != "--"]))

@@ -1,5 +1,5 @@
 """Shared fixtures. Tests on real data read ../shared/data (or $URBANSOUND_SHARED_DATA) and skip when it is absent."""
-import os
+import os, subprocess
 from pathlib import Path
 
 import pytest
@@ -37,3 +37,25 @@ def write_official_layout(root: Path, n_clips: int = 3) -> list[dict]:
     for r in rows: (root/"audio"/"fold1"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])
     metadata_frame(synth).to_csv(root/"metadata"/"UrbanSound8K.csv", index=False)
     return rows
+
+
+# The whole study, reduced (few epochs, seeds and items), on the real mini data; its site is built by the run.
+WEIGHTS = SHARED.parent/"models"
+
+NOTEBOOKS = ["00_setup", "01_eda", "02_preprocessing", "03_baselines", "04_cnn", "05_transfer", "06_error_analysis",
+             "07_augmentation", "08_cross_validation"]
+
+
+@pytest.fixture(scope="session")
+def reduced_run(mini, tmp_path_factory, venv_bin):
+    run = tmp_path_factory.mktemp("run")
+    cmd = [str(venv_bin/"urbansound-nb"), "run", "--dataset", str(mini), "--run-dir", str(run), "--site",
+           "-p", "max_items", "240", "-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32",
+           "-p", "cache_dir", str(tmp_path_factory.mktemp("cache")), "-p", "conditions", "[none, specaugment_lite, mixup]",
+           "-p", "models", "[resnet, small_cnn]", "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real weights
+    else: cmd += ["-p", "weights", "random"]                                                # none here: a random network
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run

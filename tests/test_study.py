@@ -1,29 +1,9 @@
 """The whole study, reduced (few epochs, seeds and items), on the real mini data: every notebook, results, predict, site."""
-import json, os, subprocess
+import json, subprocess
 
 import pytest
 
-from conftest import ROOT, SHARED
-
-WEIGHTS = SHARED.parent/"models"
-
-NOTEBOOKS = ["00_setup", "01_eda", "02_preprocessing", "03_baselines", "04_cnn", "05_transfer", "06_error_analysis", "07_augmentation",
-             "08_cross_validation"]
-
-
-@pytest.fixture(scope="module")
-def reduced_run(mini, tmp_path_factory, venv_bin):
-    run = tmp_path_factory.mktemp("run")
-    cmd = [str(venv_bin/"urbansound-nb"), "run", "--dataset", str(mini), "--run-dir", str(run), "--site",
-           "-p", "max_items", "240", "-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32",
-           "-p", "cache_dir", str(tmp_path_factory.mktemp("cache")), "-p", "conditions", "[none, specaugment_lite, mixup]",
-           "-p", "models", "[resnet, small_cnn]", "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real weights
-    else: cmd += ["-p", "weights", "random"]                                                # none here: a random network
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return run
+from conftest import NOTEBOOKS
 
 
 def test_every_notebook_ran_and_wrote_results(reduced_run):
@@ -54,13 +34,6 @@ def test_results_follow_the_convention(reduced_run):
     cv = json.loads((reduced_run/"results"/"08_cross_validation.json").read_text())
     assert cv["summary"]["folds"] == 3 and set(cv["summary"]["models"]) == {"resnet", "small_cnn"}
     assert set(cv["summary"]["differences"]["resnet"]["per_fold"]) == {"fold1", "fold2", "fold3"}   # paired on the same test folds
-
-
-def test_site_pages(reduced_run):
-    site = reduced_run/"site"
-    for nb in NOTEBOOKS: assert (site/f"{nb}.html").exists()
-    assert "<audio" in (site/"01_eda.html").read_text() and "data:image/png;base64" in (site/"04_cnn.html").read_text()
-    assert "04_cnn" in (site/"results.html").read_text() and "urbansound_nb" in (site/"index.html").read_text()
 
 
 @pytest.mark.parametrize("model", ["resnet", "finetune"])

@@ -110,13 +110,16 @@ def _clip_batches(ds, batch_size=256):
         names = batch["slice_file_name"]
         yield names, [audio_bytes(a, n) for a, n in zip(batch["audio"], names)]
 
-# %% ../nbs/02_preprocessing.ipynb #a2617fa54c
+# %% ../nbs/02_preprocessing.ipynb #d91460e4d3
 class FeatureCache:
-    "Log-mel frames on disk, one folder per `FeatureParams`, sharded, resumable."
-    def __init__(self, cache_dir, fp: FeatureParams):
+    "Log-mel frames on disk, one folder per `FeatureParams`, sharded, resumable; `read_only`: never writes."
+    def __init__(self, cache_dir, fp: FeatureParams, read_only: bool = False):
         self.fp, self.dir = fp, Path(cache_dir).expanduser()/fp.key
-        self.dir.mkdir(parents=True, exist_ok=True)
-        save_json(dict(asdict(fp), version=FEATURE_VERSION), self.dir/"params.json")
+        if read_only and not self.dir.is_dir():
+            raise FileNotFoundError(f"no feature cache at {self.dir}: compute the features first (study_data)")
+        if not read_only:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_json(dict(asdict(fp), version=FEATURE_VERSION), self.dir/"params.json")
         self.index: dict = {}
         for f in sorted(self.dir.glob("shard-*.json")):
             for k, off, n in json.loads(f.read_text())["clips"]: self.index[k] = (f.with_suffix(".npy").name, off, n)

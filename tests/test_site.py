@@ -1,0 +1,67 @@
+"""The report site of the reduced study, rendered by Quarto and by the nbconvert fallback and checked in headless
+Chromium; JupyterLab opening a chapter as a notebook. Browser tests skip, saying why, where no Chromium is installed."""
+import os, re, shutil, subprocess
+
+import pytest
+
+from conftest import NOTEBOOKS, ROOT
+from urbansound_nb.browser import check_site, lab_opens_as_notebook, missing_browser
+from urbansound_nb.site import build_site
+
+NO_BROWSER = missing_browser()
+needs_browser = pytest.mark.skipif(NO_BROWSER is not None, reason=f"no browser to check pages in: {NO_BROWSER}")
+
+
+@pytest.fixture(scope="module", params=["quarto", "nbconvert"])
+def site(request, reduced_run, tmp_path_factory):
+    "The reduced run's site by each renderer (the run itself built it with Quarto where Quarto is on the PATH)."
+    if request.param == "quarto":
+        if not shutil.which("quarto"):
+            pytest.skip("quarto is not on the PATH (.ci/run installs it; users install it from quarto.org)")
+        if (reduced_run/"site"/"site_libs").is_dir(): return reduced_run/"site"      # Quarto's site, from `run --site`
+    return build_site(reduced_run, tmp_path_factory.mktemp(request.param), renderer=request.param)
+
+
+def test_pages_read_as_a_report(site):
+    for nb in NOTEBOOKS:
+        page = (site/f"{nb}.html").read_text()
+        assert "This run" in page and "wall time" in page, nb                       # the run header from papermill
+        for scaffolding in ("#| export", "#| default_exp", "use_test_values(", "from urbansound_nb.params import"):
+            assert scaffolding not in page, (nb, scaffolding)                      # hidden, not just folded
+    assert "<audio" in (site/"01_eda.html").read_text() and "data:image/png;base64" in (site/"04_cnn.html").read_text()
+    results = (site/"results.html").read_text()
+    assert "Every model compared" in results and re.search(r">\s*\d+\.\d%\s*<", results)  # accuracies as percentages
+    assert not re.search(r">\s*\d+\.000\s*<", results)                                    # no integer shown as a float
+    assert "urbansound_nb" in (site/"index.html").read_text() and (site/"explanations.html").exists()
+
+
+@needs_browser
+def test_every_page_passes_the_browser_checks(site):
+    problems = {page: found for page, found in check_site(site, NOTEBOOKS).items() if found}
+    assert not problems, problems
+
+
+def test_the_fallback_is_used_without_quarto(reduced_run, venv_bin, tmp_path):
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not (os.path.isdir(p) and "quarto" in os.listdir(p)))       # Quarto out of sight
+    cmd = [str(venv_bin/"urbansound-nb"), "site", "--run-dir", str(reduced_run), "--out", str(tmp_path/"site")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": path})
+    assert r.returncode == 0 and "rendering with nbconvert" in r.stdout, r.stdout + r.stderr
+    assert all((tmp_path/"site"/f"{nb}.html").exists() for nb in NOTEBOOKS)
+
+
+@needs_browser
+def test_screenshots_and_check_from_the_command_line(reduced_run, venv_bin, tmp_path):
+    cmd = [str(venv_bin/"urbansound-nb"), "site", "--run-dir", str(reduced_run), "--out", str(tmp_path/"site"),
+           "--screenshots", "--check"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "every page is fine" in r.stdout, r.stdout + r.stderr
+    shots = sorted((reduced_run/"screenshots").glob("*.png"))
+    assert {p.stem for p in shots} >= {*NOTEBOOKS, "index", "results", "explanations"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in shots)
+
+
+@needs_browser
+def test_jupyterlab_opens_a_chapter_as_a_notebook(tmp_path):
+    cells = lab_opens_as_notebook("nbs/00_setup.py", screenshot=tmp_path/"lab.png")
+    assert cells > 5 and (tmp_path/"lab.png").stat().st_size > 10_000
