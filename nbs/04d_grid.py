@@ -219,7 +219,8 @@ def grid_client(scheduler, paths=()):
     cluster = None
     if kind == "local":
         threads = max(1, (os.cpu_count() or 1) // arg)
-        cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True, dashboard_address=None,
+        # ":0": the scheduler's HTTP endpoint on a free port, so that two clusters on one machine do not collide
+        cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": str(threads)})
         client = Client(cluster); client.register_plugin(TorchPerWorker(threads))
     else:
@@ -284,8 +285,9 @@ def run_grid(fn, cells: dict, *, shared: dict | None = None, record_path=None, c
                 except Exception as e: failed[key] = f"{e.__class__.__name__}: {e}"
                 bar.update()
     if failed:
-        raise GridFailed(f"{len(failed)} of {len(cells)} cells failed (the other results are recorded in "
-                         f"{record_path}):\n  " + "\n  ".join(f"{k}: {v}" for k, v in failed.items()))
+        kept = f" (the other results are recorded in {record_path})" if record_path else ""
+        raise GridFailed(f"{len(failed)} of {len(cells)} cells failed{kept}:\n  "
+                         + "\n  ".join(f"{k}: {v}" for k, v in failed.items()))
     return {k: done[k] for k in cells}
 
 # %% [markdown]

@@ -1,6 +1,6 @@
 """The experiment grids on Dask (notebook 04d): a local cluster gives the results of the in-process run, a killed
 worker costs only its cell, a failing cell is reported without losing the others, a bad address fails fast."""
-import json, os, signal, sys, time
+import json, os, signal, subprocess, sys, time
 
 import cloudpickle
 import pytest
@@ -77,6 +77,31 @@ def test_a_failing_cell_is_reported_and_the_others_recorded(tmp_path):
         run_grid(_fail_on_three, cells, record_path=tmp_path/"record.json", client=client, cache_dir=tmp_path,
                  retries=1)
     assert sorted(json.loads((tmp_path/"record.json").read_text())) == ["x0", "x1", "x2", "x4"]
+
+
+def test_a_cluster_started_by_address(tmp_path, venv_bin):
+    "The commands CONTRIBUTING.md gives: `dask scheduler`, then `dask worker ADDRESS`; the grid connects by address."
+    port = free_port(); address = f"tcp://127.0.0.1:{port}"
+    dask = str(venv_bin/"dask")
+    servers = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    servers.append(subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        # the cell's function is `dict` itself: workers started apart from this test can import it
+        cells = {f"x{x}": dict(x=x, square=x * x) for x in range(4)}
+        for attempt in range(60):                                    # the workers take a few seconds to register
+            try:
+                with grid_client(address, paths=[tmp_path]) as client:
+                    if len(client.scheduler_info()["workers"]) < 2: raise RuntimeError("workers still starting")
+                    done = run_grid(dict, cells, record_path=tmp_path/"record.json", client=client, cache_dir=tmp_path)
+                break
+            except (ConnectionError, RuntimeError):
+                if attempt == 59: raise
+                time.sleep(0.5)
+        assert {k: r["square"] for k, r in done.items()} == {f"x{x}": x * x for x in range(4)}
+    finally:
+        for server in reversed(servers): server.terminate(); server.wait(timeout=30)
 
 
 def test_a_bad_address_fails_within_seconds():

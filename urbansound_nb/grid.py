@@ -112,7 +112,7 @@ def check_workers(client, paths=()) -> dict:
     if problems: raise RuntimeError(f"the Dask workers at {where} cannot run this grid:\n  " + "\n  ".join(problems))
     return facts
 
-# %% ../nbs/04d_grid.ipynb #a2ba950f21
+# %% ../nbs/04d_grid.ipynb #c51b20cd67
 class TorchPerWorker(WorkerPlugin):
     "Set a worker's torch thread count, and its GPU (worker i takes GPU i modulo the number of GPUs)."
     name = "urbansound-torch-per-worker"
@@ -133,7 +133,8 @@ def grid_client(scheduler, paths=()):
     cluster = None
     if kind == "local":
         threads = max(1, (os.cpu_count() or 1) // arg)
-        cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True, dashboard_address=None,
+        # ":0": the scheduler's HTTP endpoint on a free port, so that two clusters on one machine do not collide
+        cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": str(threads)})
         client = Client(cluster); client.register_plugin(TorchPerWorker(threads))
     else:
@@ -149,7 +150,7 @@ def grid_client(scheduler, paths=()):
         client.close()
         if cluster is not None: cluster.close()
 
-# %% ../nbs/04d_grid.ipynb #39380b1577
+# %% ../nbs/04d_grid.ipynb #46489adcdb
 def run_cell(fn, shared: dict, cell: dict, threads: int | None = None) -> dict:
     "One cell, here or on a worker: `fn` on the materialised shared inputs and the cell's parameters, with `threads`."
     import torch
@@ -186,6 +187,7 @@ def run_grid(fn, cells: dict, *, shared: dict | None = None, record_path=None, c
                 except Exception as e: failed[key] = f"{e.__class__.__name__}: {e}"
                 bar.update()
     if failed:
-        raise GridFailed(f"{len(failed)} of {len(cells)} cells failed (the other results are recorded in "
-                         f"{record_path}):\n  " + "\n  ".join(f"{k}: {v}" for k, v in failed.items()))
+        kept = f" (the other results are recorded in {record_path})" if record_path else ""
+        raise GridFailed(f"{len(failed)} of {len(cells)} cells failed{kept}:\n  "
+                         + "\n  ".join(f"{k}: {v}" for k, v in failed.items()))
     return {k: done[k] for k in cells}
