@@ -127,9 +127,10 @@ with tempfile.TemporaryDirectory() as d:
 # %%
 #| export
 def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False) -> int:
-    "Build the site of `run_dir`; photograph and check its pages when asked. 1 when a check found a problem."
+    "Build the site of `run_dir`; photograph and check its pages when asked. 1: a check found a problem; 2: no site."
     from urbansound_nb.site import build_site
-    site = build_site(run_dir, out, renderer)
+    try: site = build_site(run_dir, out, renderer)
+    except (FileNotFoundError, RuntimeError) as e: print(f"site: {e}", file=sys.stderr); return 2
     if not (screenshots or check): return 0
     from urbansound_nb.browser import check_site, missing_browser, screenshot_site
     if missing_browser(): print(f"cannot open the pages: {missing_browser()}", file=sys.stderr); return 1
@@ -141,6 +142,14 @@ def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False) -
     for page, found in problems.items(): print(f"{page}:\n  " + "\n  ".join(found), file=sys.stderr)
     print("checked in Chromium: " + (f"{len(problems)} page(s) with problems" if problems else "every page is fine"))
     return 1 if problems else 0
+
+# %% [markdown]
+# A run directory with nothing executed in it gets a one-line error and exit status 2, not a traceback:
+
+# %%
+with tempfile.TemporaryDirectory() as d, contextlib.redirect_stderr(io.StringIO()) as err:
+    test_eq(site_cli(d), 2)
+assert "no executed notebooks" in err.getvalue()
 
 # %%
 #| export

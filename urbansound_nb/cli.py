@@ -64,11 +64,12 @@ def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_wi
         for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: {_classes_text(w['predictions'])}")
     return 1 if failed else 0
 
-# %% ../nbs/92_cli.ipynb #30cd55cbaa
+# %% ../nbs/92_cli.ipynb #635a2f44b5
 def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False) -> int:
-    "Build the site of `run_dir`; photograph and check its pages when asked. 1 when a check found a problem."
+    "Build the site of `run_dir`; photograph and check its pages when asked. 1: a check found a problem; 2: no site."
     from urbansound_nb.site import build_site
-    site = build_site(run_dir, out, renderer)
+    try: site = build_site(run_dir, out, renderer)
+    except (FileNotFoundError, RuntimeError) as e: print(f"site: {e}", file=sys.stderr); return 2
     if not (screenshots or check): return 0
     from urbansound_nb.browser import check_site, missing_browser, screenshot_site
     if missing_browser(): print(f"cannot open the pages: {missing_browser()}", file=sys.stderr); return 1
