@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from distributed import WorkerPlugin
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from urbansound_nb.batches import LogMelSet, StudyData
 from urbansound_nb.core import save_json
