@@ -37,7 +37,7 @@
 #| export
 from __future__ import annotations
 
-import copy, io, math, time
+import copy, io, math, pickle, re, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -167,11 +167,30 @@ test_eq(window_starts(3, 4), [0])
 # A checkpoint carries everything `predict` needs: the model's name and configuration, its
 # weights, the feature parameters, the class names and the clip length. Anything else given as
 # a checkpoint gets an error that names the file and what is wrong with it.
+#
+# A checkpoint is untrusted input: `predict` is pointed at files from anywhere. PyTorch's full
+# unpickler runs whatever code a crafted file names, so every checkpoint is read with
+# `weights_only=True`, which rebuilds tensors and plain Python values (dicts, lists, tuples,
+# strings, numbers) and refuses anything else. What the study saves beside the tensors is
+# therefore kept to those plain types: `plain` turns NumPy scalars and arrays, paths and
+# dataclasses into them before `save_checkpoint` writes the file (atomically).
 
 # %%
 #| export
-def _save(obj, path):
-    buf = io.BytesIO(); torch.save(obj, buf); atomic_write_bytes(path, buf.getvalue())
+def plain(obj):
+    "`obj` with NumPy scalars and arrays, paths and dataclasses turned into plain Python values; tensors kept."
+    if isinstance(obj, np.generic): return obj.item()   # first: np.float64 is also a float
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)): return obj
+    if isinstance(obj, dict): return {plain(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray): return obj.tolist()
+    if isinstance(obj, Path): return str(obj)
+    if hasattr(obj, "__dataclass_fields__"): return plain(asdict(obj))
+    raise TypeError(f"a checkpoint holds tensors and plain values only, not {type(obj).__name__}")
+
+def save_checkpoint(obj: dict, path):
+    "Write `obj` (tensors and plain values, see `plain`) to `path` atomically, loadable with `weights_only=True`."
+    buf = io.BytesIO(); torch.save(plain(obj), buf); atomic_write_bytes(path, buf.getvalue())
 
 def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
     "Everything predict needs: model name and config, weights, feature parameters, class names, clip length."
@@ -183,12 +202,22 @@ class CheckpointError(ValueError):
 
 CHECKPOINT_KEYS = ("model", "config", "state_dict", "feature_params", "classes", "clip_seconds")
 
-def load_checkpoint(path, device="cpu"):
-    "A saved model (in eval mode) and its checkpoint dict; a `CheckpointError` naming the file if it is not one."
-    try: ck = torch.load(path, map_location=device, weights_only=False)
+def read_checkpoint(path, device="cpu") -> dict:
+    "A saved dict of tensors and plain values, read without running any code from it; else a `CheckpointError`."
+    try: return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError: raise CheckpointError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as e:
+        # weights_only names the object it refused to build: a crafted file, or one of another program
+        refused = re.search(r"GLOBAL (\S+)", str(e))
+        if refused: raise CheckpointError(f"{path}: refused, it asks to build {refused.group(1)[:120]}; "
+                                          "a checkpoint holds only tensors and plain values") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError)") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+def load_checkpoint(path, device="cpu"):
+    "A saved model (in eval mode) and its checkpoint dict; a `CheckpointError` naming the file if it is not one."
+    ck = read_checkpoint(path, device)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
     if missing:  # e.g. a `.last.pt` training state, or a bare state dict
         raise CheckpointError(f"{path}: not a model checkpoint of this study (missing {', '.join(missing)}); "
@@ -281,7 +310,7 @@ def _train_epoch(model, data: StudyData, train_idx, cfg: TrainConfig, opt, sched
 def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n_train: int, info):
     "The saved state of the same training (recipe, model, training-set size, folds), or None to start afresh."
     if not (last and last.exists() and best_path.exists()): return None  # the last state alone cannot finish the run
-    st = torch.load(last, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+    st = read_checkpoint(last)  # on the CPU: RNG states must stay CPU tensors
     # a state saved before folds were recorded has no 'info'
     same = st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == n_train
     return st if same and st.get("info", info) == info else None
@@ -318,7 +347,7 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
         if progress:
             print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
     best_state = (copy.deepcopy(model.state_dict()) if start == 0 else
-                  torch.load(best_path, map_location=device, weights_only=False)["state_dict"])
+                  read_checkpoint(best_path, device)["state_dict"])
     yv = data.logmels.labels[torch.as_tensor(np.asarray(data.val))]
     bar = tqdm(range(start, cfg.epochs), desc=name, unit="epoch", disable=not progress or start >= cfg.epochs,
                mininterval=5)
@@ -334,14 +363,14 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
             best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1)
             best_state = copy.deepcopy(model.state_dict())
             if out_dir:
-                _save(checkpoint_dict(model, name, config, data.fp, data.split.classes, data.clip_seconds,
-                                      epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg), **(info or {})),
-                      best_path)
+                save_checkpoint(checkpoint_dict(model, name, config, data.fp, data.split.classes, data.clip_seconds,
+                                                epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg),
+                                                **(info or {})), best_path)
         if out_dir:
-            _save(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                       generator=gen.get_state(), torch_rng=torch.get_rng_state(), device_rng=device_rng_state(device),
-                       history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
-                       n_train=len(train_idx), info=info), last)
+            save_checkpoint(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(),
+                                 scheduler=sched.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(),
+                                 device_rng=device_rng_state(device), history=hist, best=best, epoch=epoch,
+                                 train_config=asdict(cfg), config=config, n_train=len(train_idx), info=info), last)
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0:
             print(f"  {name} epoch {epoch+1}: loss {row['train_loss']:.3f}, val acc {val_acc:.3f} "
@@ -374,7 +403,7 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(len(train(cfg3)[1]["history"]), 3)   # same config: resumed after epoch 3, nothing left to do
     other_folds = dict(folds=dict(train=[2]))
     test_eq(len(train(cfg3, info=other_folds)[1]["history"]), 3)               # other folds: trained afresh
-    assert torch.load(Path(d)/"small_cnn.pt", weights_only=False)["folds"] == dict(train=[2])
+    assert read_checkpoint(Path(d)/"small_cnn.pt")["folds"] == dict(train=[2])
     (Path(d)/"small_cnn.pt").unlink()                                       # best deleted, last kept: trained afresh
     test_eq(len(train(cfg3, info=other_folds)[1]["history"]), 3); assert (Path(d)/"small_cnn.pt").exists()
     loaded, ck = load_checkpoint(Path(d)/"small_cnn.pt")
@@ -388,6 +417,14 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: load_checkpoint(Path(d)/"absent.pt"), contains="absent.pt: no such checkpoint")
     torch.save(dict(ck, config=dict(ck["config"], n_classes=3)), Path(d)/"wrong.pt")
     test_fail(lambda: load_checkpoint(Path(d)/"wrong.pt"), contains="its weights do not fit its model 'small_cnn'")
+    # a crafted file that would run code when unpickled is refused, and its code never runs
+    class _Payload:
+        def __reduce__(self): return (Path.touch, (Path(d)/"ran",))
+    torch.save(dict(ck, config=_Payload()), Path(d)/"crafted.pt")
+    test_fail(lambda: load_checkpoint(Path(d)/"crafted.pt"), contains="crafted.pt: refused, it asks to build")
+    assert not (Path(d)/"ran").exists()
+    test_fail(lambda: plain(dict(a=object())), contains="not object")
+    test_eq(plain(dict(a=np.float64(0.5), b=(np.int64(2), Path("x")), c=np.arange(2))), dict(a=0.5, b=(2, "x"), c=[0, 1]))
 
 # %% [markdown]
 # An interruption costs nothing but time: a training stopped after its second epoch and resumed
@@ -411,7 +448,7 @@ def _train_small_resnet(d, stop_after_batches=None):
 with tempfile.TemporaryDirectory() as straight, tempfile.TemporaryDirectory() as interrupted:
     m_straight, h_straight = _train_small_resnet(straight)
     test_fail(lambda: _train_small_resnet(interrupted, stop_after_batches=5), exc=_Interrupt)   # in epoch 3
-    test_eq(torch.load(Path(interrupted)/"resnet.last.pt", weights_only=False)["epoch"], 1)    # epochs 1 and 2 saved
+    test_eq(read_checkpoint(Path(interrupted)/"resnet.last.pt")["epoch"], 1)    # epochs 1 and 2 saved
     m_resumed, h_resumed = _train_small_resnet(interrupted)
     test_eq(h_resumed["history"][-1]["epoch"], 4)
     losses = lambda h: [(r["train_loss"], r["val_loss"]) for r in h["history"]]
@@ -473,8 +510,9 @@ def fit_ensemble(name: str, data: StudyData, *, epochs: int, seeds, out_dir=None
     val_acc = float((predict_logits(model, data.logmels, data.val, data.n_frames).argmax(1) == yv).float().mean())
     best = dict(val_accuracy=val_acc, epoch=[h["best"]["epoch"] for _, h in fits],
                 member_val_accuracy=[h["best"]["val_accuracy"] for _, h in fits])
-    if out_dir: _save(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds,
-                                      seeds=seeds, folds=split_folds(data), **best), Path(out_dir)/f"{name}.pt")
+    if out_dir:
+        save_checkpoint(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds,
+                                        seeds=seeds, folds=split_folds(data), **best), Path(out_dir)/f"{name}.pt")
     history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
     return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits),
                               members={s: h for s, (_, h) in zip(seeds, fits)})

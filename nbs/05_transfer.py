@@ -63,7 +63,7 @@ from urbansound_nb.models import build_model, n_parameters
 from urbansound_nb.params import as_int, as_name, study_params, use_test_values
 from urbansound_nb.pretrained import (PRETRAINED, EfficientATFeatures, audioset_labels, audioset_top, cached_embeddings,
                                       pretrained_network)
-from urbansound_nb.train import _save, checkpoint_dict, fit, predict_logits, split_folds
+from urbansound_nb.train import checkpoint_dict, fit, predict_logits, save_checkpoint, split_folds
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
@@ -158,10 +158,10 @@ probe_model = probe_network(net, probe, len(split.classes))
 results["probe"].update(parameters=n_parameters(probe_model), checkpoint="models/probe.pt",
                         embedding_seconds=embedding_stats["seconds"],
                         embedding_clips_per_second=embedding_stats["clips_per_second"])
-_save(checkpoint_dict(probe_model, "efficientat", dict(width=net.width, n_classes=len(split.classes)), data.fp,
-                      split.classes, data.clip_seconds, folds=split_folds(data), network=network,
-                      weights_sha256=net.weights_sha, val_accuracy=results["probe"]["val_accuracy"]),
-      run_path/"models"/"probe.pt")
+save_checkpoint(checkpoint_dict(probe_model, "efficientat", dict(width=net.width, n_classes=len(split.classes)),
+                                data.fp, split.classes, data.clip_seconds, folds=split_folds(data), network=network,
+                                weights_sha256=net.weights_sha, val_accuracy=results["probe"]["val_accuracy"]),
+                run_path/"models"/"probe.pt")
 # the folded network scores the validation clips as the probe does
 folded_val = predict_logits(probe_model, data.logmels, data.val, data.n_frames).argmax(1).numpy()
 test_close((folded_val == labels[data.val]).mean(), results["probe"]["val_accuracy"], eps=0.02)
@@ -209,7 +209,7 @@ predict = lambda idx: predict_logits(pair, data.logmels, idx, data.n_frames, mul
 results["probe_finetune"] = result_entry(labels[data.val], predict(data.val), labels[data.test], predict(data.test),
                                          split.classes, len(data.train), results["probe"]["seconds"] + finetune_seconds,
                                          parameters=n_parameters(pair), checkpoint="models/probe_finetune.pt")
-_save(checkpoint_dict(pair.eval(), "ensemble", pair_config, data.fp, split.classes, data.clip_seconds,
+save_checkpoint(checkpoint_dict(pair.eval(), "ensemble", pair_config, data.fp, split.classes, data.clip_seconds,
                       folds=split_folds(data), network=network, val_accuracy=results["probe_finetune"]["val_accuracy"]),
       run_path/"models"/"probe_finetune.pt")
 pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1", "seconds"]]

@@ -98,12 +98,13 @@ import os, tempfile
 import soundfile as sf
 from fastcore.test import test_eq
 from urbansound_nb.models import build_model
-from urbansound_nb.train import _save, checkpoint_dict
+from urbansound_nb.train import checkpoint_dict, save_checkpoint
 classes = ["tone", "noise"]
 with tempfile.TemporaryDirectory() as d:
     d, fp = Path(d), FeatureParams(sample_rate=16000, n_mels=32, n_fft=512, hop_length=256)
     config = dict(n_classes=2, n_mels=32)
-    _save(checkpoint_dict(build_model("small_cnn", **config), "small_cnn", config, fp, classes, 1.0), d/"model.pt")
+    model = build_model("small_cnn", **config)
+    save_checkpoint(checkpoint_dict(model, "small_cnn", config, fp, classes, 1.0), d/"model.pt")
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000).astype(np.float32)
     sf.write(d/"tone.wav", tone[:24000], 48000); sf.write(d/"long.flac", np.tile(tone, 3), 48000)
     (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(8000, np.float32), 8000)
