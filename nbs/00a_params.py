@@ -181,6 +181,7 @@ class StudyParams:
     seed: int = 0
     max_items: int | None = None     # None: every clip; a number: a stratified subset, for quick runs
     epochs: int = 30                 # used by the training chapters
+    selection_folds: int = 2         # validation rotates over this many non-test folds (notebook 03b); 1: one fold
     run_dir: Path = Path("../runs/notebook")  # relative to nbs/, where chapters run
     cache_dir: Path = Path("../cache")
 
@@ -193,6 +194,7 @@ class StudyParams:
         self.seed = as_int("seed", self.seed, 0)
         self.max_items = None if self.max_items is None else as_int("max_items", self.max_items, 1)
         self.epochs = as_int("epochs", self.epochs, 1, 10000)
+        self.selection_folds = as_int("selection_folds", self.selection_folds, 1, 9)
         self.clip_seconds = _as_seconds(self.clip_seconds)
         self.run_dir, self.cache_dir = Path(self.run_dir), Path(self.cache_dir)
         check_fold_roles(self.train_folds, self.val_fold, self.test_fold)

@@ -59,6 +59,7 @@ from urbansound_nb.core import seed_everything, write_results
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.metrics import confusion_pair
 from urbansound_nb.params import as_bool, as_int, study_params, use_test_values
+from urbansound_nb.selection import rotated_estimate, rotation_indices, select_on_validation, validation_rotations
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
@@ -146,6 +147,10 @@ X = mfcc_stats(allset, n_mfcc, deltas)
 train_idx, val_idx, test_idx = data.train, data.val, data.test
 labels = meta["classID"].values
 print(f"features: {X.shape[1]} per clip; train {len(train_idx)}, validation {len(val_idx)}, test {len(test_idx)}")
+# every choice below is made on validation rotated over the non-test folds (notebook 03b), the study's split first
+rotations = validation_rotations(split.train_folds, split.val_fold, params.selection_folds)
+splits = rotation_indices(meta["fold"].values, rotations)
+pd.DataFrame(rotations).assign(n_train=[len(t) for t, _ in splits], n_val=[len(v) for _, v in splits])
 
 # %% [markdown]
 # ## Chance baselines
@@ -173,27 +178,19 @@ test_eq(_chance["majority"]["test_accuracy"], 1.0); test_eq(_chance["majority"][
 
 # %%
 results = chance_entries(labels, train_idx, val_idx, test_idx, split.classes, params.seed)
-pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1"]]
+for name in results:   # the same guess, fitted and scored on every rotation
+    accuracies = [chance_entries(labels, t, v, test_idx, split.classes, params.seed)[name]["val_accuracy"]
+                  for t, v in splits]
+    results[name].update(rotated_estimate(accuracies, [len(v) for _, v in splits]))
+pd.DataFrame(results).T[["val_accuracy", "val_mean", "test_accuracy", "macro_f1"]]
 
 # %% [markdown]
-# ## Model selection on the validation fold
+# ## Model selection on validation data
 #
-# `select_on_validation` fits one model per candidate setting on the training folds, scores
-# each on the validation fold, keeps the best, and only then scores the test fold, once.
-
-# %%
-#| export
-def select_on_validation(make_model, grid: list[dict], X, y, tr, va, te, classes) -> tuple[dict, object]:
-    "Fit `make_model(**g)` for each g in `grid` on `tr`, choose by accuracy on `va`, then score `te` once."
-    t0, scores, best = time.time(), [], None
-    for g in grid:
-        m = make_model(**g).fit(X[tr], y[tr])
-        acc = float((m.predict(X[va]) == y[va]).mean()); scores.append(dict(**g, val_accuracy=acc))
-        if best is None or acc > best[0]: best = (acc, g, m)
-    _, g, model = best
-    entry = result_entry(y[va], model.predict(X[va]), y[te], model.predict(X[te]), classes, len(tr), time.time() - t0,
-                         chosen=g, validation_grid=scores)
-    return entry, model
+# Each model's setting is chosen by `select_on_validation` (notebook 03b): one model per
+# candidate setting is fitted on each rotation's training folds and scored on its validation
+# fold; the setting with the best mean wins, and only the model fitted on the study's own split
+# scores the test fold, once.
 
 # %%
 #| export
@@ -205,25 +202,31 @@ def rbf_svm(C: float = 10.0, gamma="scale"):
     "MFCC statistics -> standard scaling -> RBF support-vector machine."
     return make_pipeline(StandardScaler(), SVC(C=C, gamma=gamma))
 
+LOGREG_GRID = [dict(C=c) for c in (0.01, 0.1, 1.0, 10.0)]   # the settings chosen among on validation
+
+def svm_grid(n_features: int) -> list[dict]:
+    "The SVM's settings: C, and gamma around scikit-learn's 'scale' for standardised features (1 / n_features)."
+    return [dict(C=c, gamma=g / n_features) for c in (1.0, 10.0, 100.0) for g in (0.25, 1.0, 4.0)]
+
 # %%
-results["logreg"], logreg = select_on_validation(logistic_regression, [dict(C=c) for c in (0.01, 0.1, 1.0, 10.0)],
-                                                  X, labels, train_idx, val_idx, test_idx, split.classes)
+results["logreg"], logreg = select_on_validation(logistic_regression, LOGREG_GRID, X, labels, splits, test_idx,
+                                                  split.classes)
 pd.DataFrame(results["logreg"]["validation_grid"])
 
 # %%
-n_feat = X.shape[1]
-svm_grid = [dict(C=c, gamma=g / n_feat) for c in (1.0, 10.0, 100.0) for g in (0.25, 1.0, 4.0)]
-results["svm_rbf"], svm = select_on_validation(rbf_svm, svm_grid, X, labels, train_idx, val_idx, test_idx,
+results["svm_rbf"], svm = select_on_validation(rbf_svm, svm_grid(X.shape[1]), X, labels, splits, test_idx,
                                                split.classes)
 pd.DataFrame(results["svm_rbf"]["validation_grid"]).round(4)
 
 # %% [markdown]
 # ## Results
 #
-# Validation accuracy chose each model's setting; test accuracy was computed once per model.
+# Validation accuracy, averaged over the rotations (`val_mean`, spread `val_sd`), chose each model's setting;
+# `val_accuracy` is the study's own validation fold. Test accuracy was computed once per model.
 
 # %%
-summary = pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1", "n_train", "seconds"]]
+summary = pd.DataFrame(results).T[["val_accuracy", "val_mean", "val_sd", "test_accuracy", "macro_f1", "n_train",
+                                   "seconds"]]
 summary
 
 # %%
@@ -232,10 +235,10 @@ ax.set(title=f"Baselines: train folds {split.train_folds}, validation {split.val
        xlabel="model", ylabel="accuracy"); ax.set_ylim(0, 1); plt.show()
 
 # %%
-best_name = max(("logreg", "svm_rbf"), key=lambda k: results[k]["val_accuracy"])
+best_name = max(("logreg", "svm_rbf"), key=lambda k: results[k]["val_mean"])
 best_model = {"logreg": logreg, "svm_rbf": svm}[best_name]
 pred_te = best_model.predict(X[test_idx])
-print(f"Test-fold report of the model with the best validation accuracy: {best_name}\n")
+print(f"Test-fold report of the model with the best mean validation accuracy: {best_name}\n")
 print(classification_report(labels[test_idx], pred_te, labels=range(len(split.classes)), target_names=split.classes,
                             zero_division=0))
 
@@ -253,4 +256,5 @@ print(f"On test fold {split.test_fold}: logistic regression {lr_acc:.1%}, RBF SV
 # %%
 write_results(params.run_dir, "03_baselines", results, dataset=params.dataset, best_model=best_name,
               features=dict(feature_key=features.key, n_mfcc=n_mfcc, deltas=deltas, n_features=int(X.shape[1])),
-              split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))
+              split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
+              rotations=rotations)

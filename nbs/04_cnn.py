@@ -58,6 +58,7 @@ from urbansound_nb.features import FeatureParams
 from urbansound_nb.metrics import confusion_pair, result_entry
 from urbansound_nb.models import n_parameters
 from urbansound_nb.params import as_bool, as_fraction, as_int, as_names, study_params, use_test_values
+from urbansound_nb.selection import rotated_estimate, rotation_indices, validation_rotations
 from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
 
 # %% tags=["parameters"]
@@ -106,17 +107,45 @@ print(f"features: {data.cache_stats['computed']} computed, {data.cache_stats['re
 # Same split, same features, same batch size and epoch budget; each model with its recipe.
 
 # %%
+def train(name, split_data, out_dir):
+    "`name` trained as this chapter trains it, on `split_data`'s training clips, checkpoints in `out_dir`."
+    return fit_study_model(name, split_data, epochs=params.epochs, seed=params.seed, out_dir=out_dir,
+                           resnet_seeds=resnet_seeds, resnet_epochs=resnet_epochs, batch_size=batch_size,
+                           patience=RECIPES[name]["patience"] and patience)
+
 trained, histories, results = {}, {}, {}
 for name in models:
     t0 = time.time()
-    model, history = fit_study_model(name, data, epochs=params.epochs, seed=params.seed, out_dir=run_path/"models",
-                                     resnet_seeds=resnet_seeds, resnet_epochs=resnet_epochs, batch_size=batch_size,
-                                     patience=RECIPES[name]["patience"] and patience)
+    model, history = train(name, data, run_path/"models")
     trained[name], histories[name] = model, history
     members = history["best"].get("member_val_accuracy")
     members = f" (members {', '.join(f'{v:.3f}' for v in members)})" if members else ""
     print(f"{name}: validation accuracy {history['best']['val_accuracy']:.3f}{members}, chosen epoch "
           f"{history['best']['epoch']}, {history['stopped_epoch']} epochs trained, {time.time() - t0:.0f} s")
+
+# %% [markdown]
+# ## Validation rotated over the non-test folds
+#
+# One validation fold cannot separate models a few points apart (notebook 03b), so each model is
+# trained again, exactly as above, for each further rotation (another non-test fold validates,
+# the others train) and scored on that rotation's validation fold. The mean over rotations is
+# what the study chooses by. These trainings serve only the estimate: their checkpoints stay in
+# `models/rotation<k>/` (so an interrupted run resumes) and they never see the test fold.
+
+# %%
+rotations = validation_rotations(split.train_folds, split.val_fold, params.selection_folds)
+rotation_splits = rotation_indices(data.meta["fold"].values, rotations)
+labels = data.logmels.labels.numpy()
+rotation_accuracy = {name: [] for name in models}
+for k, (tr, va) in enumerate(rotation_splits[1:], start=1):
+    rotated = replace(data, train=recording_subset(data.meta, tr, train_fraction, params.seed, "train_fraction"), val=va)
+    for name in models:
+        model, _ = train(name, rotated, run_path/"models"/f"rotation{k}")
+        pred = predict_logits(model, data.logmels, va, data.n_frames, multicrop=multicrop).argmax(1).numpy()
+        rotation_accuracy[name].append(float((pred == labels[va]).mean()))
+        print(f"{name}, rotation {k} (train {rotations[k]['train_folds']}, validate {rotations[k]['val_fold']}): "
+              f"validation accuracy {rotation_accuracy[name][-1]:.3f}")
+if len(rotations) == 1: print("one validation fold only (selection_folds = 1, or a single non-test fold): no rotation")
 
 # %% [markdown]
 # ## Learning curves
@@ -167,7 +196,6 @@ plot_history(histories, "CNNs"); plt.show()
 # of clips longer than the model's input.
 
 # %%
-labels = data.logmels.labels.numpy()
 test_predictions = {}
 for name, model in trained.items():
     predict = lambda idx: predict_logits(model, data.logmels, idx, data.n_frames, multicrop=multicrop).argmax(1).numpy()
@@ -181,7 +209,10 @@ for name, model in trained.items():
                                  seeds=sorted(h["members"]) if "members" in h else [params.seed],
                                  checkpoint=f"models/{name}.pt", recipe=RECIPES[name],
                                  data_path_share=data_s / max(train_s - data_s, 1e-9))
-columns = ["val_accuracy", "test_accuracy", "macro_f1", "epochs", "best_epoch", "parameters", "seconds"]
+    results[name].update(rotated_estimate([results[name]["val_accuracy"], *rotation_accuracy[name]],
+                                          [len(va) for _, va in rotation_splits]))
+columns = ["val_accuracy", "val_mean", "val_sd", "test_accuracy", "macro_f1", "epochs", "best_epoch", "parameters",
+           "seconds"]
 pd.DataFrame(results).T[columns]
 
 # %% [markdown]
@@ -193,7 +224,7 @@ pd.DataFrame({n: dict(data_path_share=f"{r['data_path_share']:.1%}",
                       seconds_per_epoch=round(r["seconds"] / max(r["epochs"], 1), 1)) for n, r in results.items()}).T
 
 # %%
-best_name = max(results, key=lambda k: results[k]["val_accuracy"])
+best_name = max(results, key=lambda k: results[k]["val_mean"])
 baselines = run_path/"results"/"03_baselines.json"
 reference = json.loads(baselines.read_text())["entries"] if baselines.exists() else {}
 rows = {k: reference[k] for k in ("logreg", "svm_rbf") if k in reference} | results
@@ -211,7 +242,8 @@ comparison.round(3)
 # %%
 small, resnet = (results.get(m, {}).get("test_accuracy") for m in ("small_cnn", "resnet"))
 lines = [f"The model with the best validation accuracy is **{best_name}** "
-         f"({results[best_name]['val_accuracy']:.1%} on validation fold {split.val_fold})."]
+         f"({results[best_name]['val_mean']:.1%} averaged over validation folds "
+         f"{', '.join(str(r['val_fold']) for r in rotations)})."]
 if small is not None and resnet is not None:
     lines.append(f"On test fold {split.test_fold}, UrbanResNet scores {resnet:.1%} "
                  f"against SmallAudioCNN's {small:.1%}: "
@@ -239,6 +271,6 @@ plt.show()
 # %%
 write_results(run_path, "04_cnn", results, dataset=params.dataset, best_model=best_name,
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold,
-                         train_fraction=train_fraction),
+                         train_fraction=train_fraction), rotations=rotations,
               features=dict(feature_key=data.fp.key, n_frames=data.n_frames),
               history={k: v["history"] for k, v in histories.items()})

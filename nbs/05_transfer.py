@@ -41,35 +41,42 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from urbansound_nb.models import EfficientAT
+from urbansound_nb.batches import StudyData
+from urbansound_nb.models import EfficientAT, build_model
+from urbansound_nb.selection import select_on_validation
+from urbansound_nb.train import fit, predict_logits
+
+FINETUNE_INITS = ("probe", "random")   # the head fine-tuning starts from: the fitted probe's, or a new one
 
 # %%
-import json, time
+import dataclasses, time
 import matplotlib.pyplot as plt
-import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 from fastcore.test import test_eq, test_close
 from urbansound_nb.audio import is_synthetic
-from urbansound_nb.baselines import select_on_validation
 from urbansound_nb.batches import batch_frames, study_data
-from urbansound_nb.core import make_run_dir, write_results
+from urbansound_nb.core import make_run_dir, read_results, write_results
 from urbansound_nb.metrics import result_entry
-from urbansound_nb.models import build_model, n_parameters
+from urbansound_nb.models import n_parameters
 from urbansound_nb.params import as_int, as_name, study_params, use_test_values
 from urbansound_nb.pretrained import (PRETRAINED, EfficientATFeatures, audioset_labels, audioset_top, cached_embeddings,
                                       pretrained_network)
-from urbansound_nb.train import checkpoint_dict, fit, predict_logits, save_checkpoint, split_folds
+from urbansound_nb.selection import (SELECTION_RULE, choose_model, rotated_estimate, rotation_indices,
+                                     validation_rotations)
+from urbansound_nb.train import checkpoint_dict, save_checkpoint, split_folds
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 network = "mn04_as"     # EfficientAT width: mn04_as (default), mn10_as or mn20_as
 weights = None          # weights file or folder; None: $URBANSOUND_PRETRAINED, else the download; "random": untrained
 finetune_epochs = 5     # epochs of fine-tuning (the validation fold chooses the epoch)
+finetune_init = "probe" # the 10-class head fine-tuning starts from: "probe" (the fitted probe's) or "random"
 batch_size = 32
 
 # %%
@@ -77,6 +84,7 @@ use_test_values(globals(), weights="random", finetune_epochs=1)
 params = study_params(globals())
 network = as_name("network", network, PRETRAINED)
 finetune_epochs, batch_size = as_int("finetune_epochs", finetune_epochs, 1), as_int("batch_size", batch_size, 1)
+finetune_init = as_name("finetune_init", finetune_init, FINETUNE_INITS)
 
 # %% [markdown]
 # ## The network and its features
@@ -114,10 +122,11 @@ pd.DataFrame({"class": first["class"].values, "clip": first["slice_file_name"].v
 # ## A linear probe on frozen embeddings
 #
 # Each clip's embedding is the penultimate layer (notebook 05a), cached; the probe is a
-# standardised logistic regression, its `C` chosen on the validation fold, scored on the test
-# fold once. The standardisation and the regression are both linear, so they fold into one
-# linear layer on the network: the probe is saved as a network with a 10-class head, which
-# `predict` runs like any checkpoint.
+# standardised logistic regression. Its `C` is chosen on validation rotated over the non-test
+# folds (notebook 03b): one probe per `C` on each rotation's training folds, the best mean wins,
+# and the probe fitted on the study's own split scores the test fold once. The standardisation
+# and the regression are both linear, so they fold into one linear layer on the network: the
+# probe is saved as a network with a 10-class head, which `predict` runs like any checkpoint.
 
 # %%
 #| export
@@ -125,7 +134,7 @@ def body_state(network: EfficientAT) -> dict:
     "Every weight of `network` but its last layer's (AudioSet's head), to start a 10-class network from."
     return {k: v for k, v in network.state_dict().items() if not k.startswith("net.classifier.5.")}
 
-PROBE_C = (0.01, 0.03, 0.1, 0.3, 1.0)  # the probe's regularisations, chosen among on the validation fold
+PROBE_C = (0.01, 0.03, 0.1, 0.3, 1.0)  # the probe's regularisations, chosen among on validation
 
 def probe_pipeline(C: float = 1.0):
     "Standardised embeddings -> multinomial logistic regression."
@@ -147,14 +156,26 @@ _probe = probe_pipeline().fit(_X, _y)
 _folded = probe_network(EfficientAT(0.4, 527), _probe, 3).net.classifier[5]
 test_close(_folded(torch.from_numpy(_X)).softmax(-1).detach().numpy(), _probe.predict_proba(_X), eps=1e-4)
 
+# %% [markdown]
+# `fit_probe` does all of it, for this chapter and for chapter 08's folds alike: the choice of
+# `C` on the given (training, validation) splits, the test fold once, and the folded network.
+
+# %%
+#| export
+def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, splits) -> tuple[dict, object, EfficientAT]:
+    "A probe on `embeddings`, its C chosen on `splits` (the first: `data`'s own), tested once: (entry, probe, network)."
+    labels = data.logmels.labels.numpy()
+    entry, probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,
+                                        data.test, data.split.classes)
+    return entry, probe, probe_network(network, probe, len(data.split.classes))
+
 # %%
 embeddings, embedding_stats = cached_embeddings(net, data, params.cache_dir)
 print(f"embeddings {embeddings.shape}: {embedding_stats}")
-t0 = time.time()
+rotations = validation_rotations(split.train_folds, split.val_fold, params.selection_folds)
+splits = rotation_indices(data.meta["fold"].values, rotations)
 results = {}
-results["probe"], probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C],
-                                               embeddings, labels, data.train, data.val, data.test, split.classes)
-probe_model = probe_network(net, probe, len(split.classes))
+results["probe"], probe, probe_model = fit_probe(net, embeddings, data, splits)
 results["probe"].update(parameters=n_parameters(probe_model), checkpoint="models/probe.pt",
                         embedding_seconds=embedding_stats["seconds"],
                         embedding_clips_per_second=embedding_stats["clips_per_second"])
@@ -170,27 +191,46 @@ pd.DataFrame(results["probe"]["validation_grid"])
 # %% [markdown]
 # ## Fine-tuning the whole network
 #
-# The network starts from its AudioSet weights with a new 10-class head, and trains with the
-# study's loop (`fit`, notebook 04c) and its `efficientat` recipe: AdamW with a one-cycle schedule,
-# the head at 1e-3 and the body at a tenth of that, label smoothing, mixup, and a circular time
-# shift with two frequency masks per clip. The validation fold chooses the epoch.
+# The network trains with the study's loop (`fit`, notebook 04c) and its `efficientat` recipe:
+# AdamW with a one-cycle schedule (its first fifth a warm-up), the head at 1e-3 and the body at a
+# tenth of that, label smoothing, mixup, and a circular time shift with two frequency masks per
+# clip. It starts from the AudioSet weights with, by default, the fitted probe as its 10-class
+# head (`finetune_init = "probe"`: linear probing, then fine-tuning, which keeps a random head from
+# pulling the pretrained features about in the first steps). The validation fold chooses the
+# epoch.
+
+# %%
+#| export
+def fit_finetune(network: EfficientAT, data: StudyData, *, epochs: int, seed: int = 0, head: EfficientAT | None = None,
+                 out_dir=None, batch_size: int = 32, progress: bool = True):
+    "Fine-tune `network` on `data` with the `efficientat` recipe, from `head`'s 10-class head if given, else a new one."
+    start = head.state_dict() if head is not None else body_state(network)
+    return fit("efficientat", data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, save_as="finetune",
+               config=dict(width=network.width, n_classes=len(data.split.classes)), init_state=start,
+               batch_size=batch_size)
+
+def class_probabilities(models, data: StudyData, idx) -> torch.Tensor:
+    "The mean of `models`' class probabilities on clips `idx` (every window of a clip longer than the input)."
+    return torch.stack([predict_logits(m, data.logmels, idx, data.n_frames, multicrop=True).softmax(-1)
+                        for m in models]).mean(0)
 
 # %%
 t0 = time.time()
-finetuned, history = fit("efficientat", data, epochs=finetune_epochs, seed=params.seed, out_dir=run_path/"models",
-                         config=dict(width=net.width, n_classes=len(split.classes)), init_state=body_state(net),
-                         save_as="finetune", batch_size=batch_size)
+finetuned, history = fit_finetune(net, data, epochs=finetune_epochs, seed=params.seed, batch_size=batch_size,
+                                  head=probe_model if finetune_init == "probe" else None, out_dir=run_path/"models")
 finetune_seconds = time.time() - t0
-predict = lambda idx: predict_logits(finetuned, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy()
-results["finetune"] = result_entry(labels[data.val], predict(data.val), labels[data.test], predict(data.test),
-                                   split.classes, len(data.train), finetune_seconds, epochs=history["stopped_epoch"],
-                                   best_epoch=history["best"]["epoch"], parameters=n_parameters(finetuned),
-                                   checkpoint="models/finetune.pt")
+predict = lambda models, idx: class_probabilities(models, data, idx).argmax(1).numpy()
+results["finetune"] = result_entry(labels[data.val], predict([finetuned], data.val), labels[data.test],
+                                   predict([finetuned], data.test), split.classes, len(data.train), finetune_seconds,
+                                   epochs=history["stopped_epoch"], best_epoch=history["best"]["epoch"],
+                                   parameters=n_parameters(finetuned), checkpoint="models/finetune.pt",
+                                   init=finetune_init)
 fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
 epochs_run = [r["epoch"] for r in history["history"]]
 ax.plot(epochs_run, [r["train_accuracy"] for r in history["history"]], "--", label="training (mixed batches)")
 ax.plot(epochs_run, [r["val_accuracy"] for r in history["history"]], "-o", label="validation")
-ax.set(title=f"Fine-tuning {network}: accuracy per epoch", xlabel="epoch", ylabel="accuracy", ylim=(0, 1)); ax.legend()
+ax.set(title=f"Fine-tuning {network}: accuracy per epoch", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+ax.legend()
 plt.show()
 
 # %% [markdown]
@@ -205,24 +245,55 @@ plt.show()
 pair_config = dict(members=[dict(model="efficientat", config=dict(width=net.width, n_classes=len(split.classes)))] * 2)
 pair = build_model("ensemble", **pair_config)
 for slot, member in zip(pair.members, (probe_model, finetuned)): slot.load_state_dict(member.state_dict())
-predict = lambda idx: predict_logits(pair, data.logmels, idx, data.n_frames, multicrop=True).argmax(1).numpy()
-results["probe_finetune"] = result_entry(labels[data.val], predict(data.val), labels[data.test], predict(data.test),
-                                         split.classes, len(data.train), results["probe"]["seconds"] + finetune_seconds,
+results["probe_finetune"] = result_entry(labels[data.val], predict([pair], data.val), labels[data.test],
+                                         predict([pair], data.test), split.classes, len(data.train),
+                                         results["probe"]["seconds"] + finetune_seconds,
                                          parameters=n_parameters(pair), checkpoint="models/probe_finetune.pt")
 save_checkpoint(checkpoint_dict(pair.eval(), "ensemble", pair_config, data.fp, split.classes, data.clip_seconds,
-                      folds=split_folds(data), network=network, val_accuracy=results["probe_finetune"]["val_accuracy"]),
-      run_path/"models"/"probe_finetune.pt")
+                                folds=split_folds(data), network=network,
+                                val_accuracy=results["probe_finetune"]["val_accuracy"]),
+                run_path/"models"/"probe_finetune.pt")
 pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1", "seconds"]]
 
 # %% [markdown]
-# ## Three families, one split
+# ## Validation rotated over the non-test folds
+#
+# The probe's estimate is already rotated (its `C` was chosen that way). The fine-tuned network
+# and the pair are estimated the same way: for each further rotation the probe of that
+# rotation's training folds, fine-tuning from it, and their average, each scored on that
+# rotation's validation fold. These models serve only the estimate (checkpoints in
+# `models/rotation<k>/`, so a run resumes) and never see the test fold.
+
+# %%
+rotation_accuracy = dict(finetune=[], probe_finetune=[])
+for k, (tr, va) in enumerate(splits[1:], start=1):
+    rotated = dataclasses.replace(data, train=tr, val=va)
+    rotated_probe = probe_network(net, probe_pipeline(**results["probe"]["chosen"]).fit(embeddings[tr], labels[tr]),
+                                  len(split.classes))
+    rotated_finetune, _ = fit_finetune(net, rotated, epochs=finetune_epochs, seed=params.seed, batch_size=batch_size,
+                                       head=rotated_probe if finetune_init == "probe" else None,
+                                       out_dir=run_path/"models"/f"rotation{k}")
+    for name, members in (("finetune", [rotated_finetune]), ("probe_finetune", [rotated_probe, rotated_finetune])):
+        rotation_accuracy[name].append(float((predict(members, va) == labels[va]).mean()))
+for name, accuracies in rotation_accuracy.items():
+    results[name].update(rotated_estimate([results[name]["val_accuracy"], *accuracies],
+                                          [len(va) for _, va in splits]))
+pd.DataFrame(results).T[["val_accuracy", "val_mean", "val_sd", "n_val_total"]]
+
+# %% [markdown]
+# ## Three families, one split, one choice
 #
 # Every model of the study on the same folds: chance (chapter 03's majority class), MFCC
 # statistics with logistic regression and an RBF SVM (chapter 03), SmallAudioCNN and UrbanResNet
-# (chapter 04), and the two transfers. Training time is this run's wall time on this machine
+# (chapter 04), and the three transfers. Training time is this run's wall time on this machine
 # (the transfers' includes no pretraining, which AudioSet paid for); parameters count the
 # network's weights (none for chance, and the fitted coefficients are not counted for the
-# classical models). The best model is chosen on validation accuracy, across families.
+# classical models).
+#
+# The study's model is chosen among all of them by the rule of notebook 03b, stated here before
+# the figures it is applied to, on validation accuracy averaged over the rotations. That model is
+# what `best_model` names in the results, what chapter 06 analyses, and the checkpoint that
+# `urbansound-nb predict` is pointed at (`best_checkpoint`).
 
 # %%
 #| export
@@ -230,56 +301,83 @@ FAMILIES = {"majority": "chance", "logreg": "engineered features", "svm_rbf": "e
             "small_cnn": "CNN from scratch", "resnet": "CNN from scratch",
             "probe": "pretrained, transferred", "finetune": "pretrained, transferred",
             "probe_finetune": "pretrained, transferred"}
+ENSEMBLES = {"probe_finetune": ("probe", "finetune")}   # candidates that average other candidates
 
 def comparison_table(entries: dict) -> pd.DataFrame:
-    "One row per model: family, validation and test accuracy, macro F1, training seconds and parameters."
-    rows = {name: dict(family=FAMILIES.get(name, "?"), val_accuracy=e["val_accuracy"], test_accuracy=e["test_accuracy"],
-                       macro_f1=e["macro_f1"], seconds=e.get("seconds"), parameters=e.get("parameters"))
+    "One row per model: family, validation (own fold, rotated mean and sd), test, F1, seconds, parameters."
+    rows = {name: dict(family=FAMILIES.get(name, "?"), val_accuracy=e["val_accuracy"],
+                       val_mean=e.get("val_mean", e["val_accuracy"]), val_sd=e.get("val_sd"),
+                       n_val_total=e.get("n_val_total", e.get("n_val")), test_accuracy=e["test_accuracy"],
+                       macro_f1=e["macro_f1"], seconds=e.get("seconds"), parameters=e.get("parameters"),
+                       ensemble=name in ENSEMBLES, checkpoint=e.get("checkpoint"))
             for name, e in entries.items()}
     return pd.DataFrame(rows).T
 
 # %%
-def read_entries(notebook: str) -> dict:
+_t = comparison_table({"probe": dict(val_accuracy=0.7, test_accuracy=0.6, macro_f1=0.5, n_val=10),
+                       "probe_finetune": dict(val_accuracy=0.7, val_mean=0.72, val_sd=0.01, n_val_total=20,
+                                              test_accuracy=0.6, macro_f1=0.5)})
+test_eq(_t.loc["probe", "val_mean"], 0.7); test_eq(_t["ensemble"].tolist(), [False, True])
+
+# %%
+def earlier_entries(notebook: str, names) -> dict:
     path = run_path/"results"/f"{notebook}.json"
-    return json.loads(path.read_text())["entries"] if path.exists() else {}
-earlier = {**{k: v for k, v in read_entries("03_baselines").items() if k in ("majority", "logreg", "svm_rbf")},
-           **{k: v for k, v in read_entries("04_cnn").items() if k in ("small_cnn", "resnet")}}
+    return {k: v for k, v in read_results(run_path, notebook)["entries"].items() if k in names} if path.exists() else {}
+earlier = {**earlier_entries("03_baselines", ("majority", "logreg", "svm_rbf")),
+           **earlier_entries("04_cnn", ("small_cnn", "resnet"))}
 table = comparison_table({**earlier, **results})
-best_model = table["val_accuracy"].astype(float).idxmax()
-ax = table[["val_accuracy", "test_accuracy"]].astype(float).plot.bar(figsize=(9, 4), rot=20,
-                                                                    color=["tab:gray", "tab:blue"])
-ax.set(title=f"Every family on test fold {split.test_fold} (validation fold {split.val_fold})", xlabel="model",
-       ylabel="accuracy", ylim=(0, 1))
+best_model, table, reason = choose_model(table)
+rotated_over = ", ".join(str(r["val_fold"]) for r in rotations)
+print("The rule, fixed before this run:", SELECTION_RULE)
+print(f"\nValidation folds: {rotated_over}" + ("" if len(rotations) > 1 else
+      " (only one: selection_folds is 1 or there is a single non-test fold, so no rotation)"))
+print(reason)
+fig, ax = plt.subplots(figsize=(10, 4.5), constrained_layout=True)
+x, width = np.arange(len(table)), 0.38
+ax.bar(x - width / 2, table["val_mean"].astype(float), width, yerr=table["val_sd"].astype(float).fillna(0),
+       color="tab:gray", capsize=3, label=f"validation, mean over folds {rotated_over} (bar: sd)")
+ax.bar(x + width / 2, table["test_accuracy"].astype(float), width, color="tab:blue",
+       label=f"test fold {split.test_fold}, once")
+ax.set_xticks(x, [f"{m}\n(chosen)" if m == best_model else m for m in table.index], rotation=20)
+ax.set(title="Every family: validation chooses, the test fold reports", xlabel="model", ylabel="accuracy",
+       ylim=(0, 1.12))
+ax.legend(loc="upper left", fontsize=8, ncols=2)
 plt.show()
 percent = lambda column: column.astype(float).map("{:.1%}".format)
-table.assign(val_accuracy=percent(table.val_accuracy), test_accuracy=percent(table.test_accuracy),
-             macro_f1=table.macro_f1.astype(float).round(3))
+table.assign(val_accuracy=percent(table.val_accuracy), val_mean=percent(table.val_mean),
+             test_accuracy=percent(table.test_accuracy), macro_f1=table.macro_f1.astype(float).round(3)
+             )[["family", "val_accuracy", "val_mean", "val_sd", "tied", "test_accuracy", "macro_f1", "parameters"]]
 
 # %% [markdown]
 # ## What this run says
 
 # %%
 best = table.loc[best_model]
-lines = [f"Chosen on validation, the study's best model is **{best_model}** ({best['family']}): "
-         f"{best['val_accuracy']:.1%} on validation fold {split.val_fold}, {best['test_accuracy']:.1%} on test fold "
-         f"{split.test_fold}."]
+best_checkpoint = best["checkpoint"] or None
+lines = [f"Chosen on validation by the rule above, the study's model is **{best_model}** ({best['family']}): "
+         f"{best['val_mean']:.1%} on validation (mean over folds {rotated_over}), {best['test_accuracy']:.1%} on test "
+         f"fold {split.test_fold}, scored once."]
+lines.append(f"`urbansound-nb predict {params.run_dir}/{best_checkpoint}` classifies audio files with it." if
+             best_checkpoint else "It is not a network, so no checkpoint serves `predict`; the study names it all "
+             "the same, and chapter 06 analyses the best network.")
 described = {"probe": "linear probe", "finetune": "fine-tuned network", "probe_finetune": "average of the two"}
 for name, what in described.items():
     r = results[name]
-    lines.append(f"The {what} scores {r['val_accuracy']:.1%} / {r['test_accuracy']:.1%} (validation / test) "
+    lines.append(f"The {what} scores {r['val_mean']:.1%} / {r['test_accuracy']:.1%} (validation mean / test) "
                  f"in {r['seconds']:.0f} s.")
 scratch = [n for n in ("small_cnn", "resnet") if n in table.index]
 if scratch:
-    top = max(scratch, key=lambda n: table.loc[n, "val_accuracy"])
+    top = max(scratch, key=lambda n: table.loc[n, "val_mean"])
     gain = results["probe"]["test_accuracy"] - table.loc[top, "test_accuracy"]
     lines.append(f"Against the best CNN learned here from scratch ({top}, {table.loc[top, 'test_accuracy']:.1%} "
-                 "on test), "
-                 f"the probe, which learns only a linear layer, gains {100 * gain:+.1f} points.")
+                 f"on test), the probe, which learns only a linear layer, gains {100 * gain:+.1f} points.")
 Markdown(" ".join(lines))
 
 # %%
-write_results(run_path, "05_transfer", results, dataset=params.dataset, best_model=best_model, network=network,
-              weights_sha256=net.weights_sha, comparison=table.reset_index(names="model").to_dict("records"),
+write_results(run_path, "05_transfer", results, dataset=params.dataset, best_model=best_model,
+              best_checkpoint=best_checkpoint, network=network, weights_sha256=net.weights_sha,
+              selection=dict(rule=SELECTION_RULE, reason=reason, rotations=rotations),
+              comparison=table.reset_index(names="model").to_dict("records"),
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
               features=dict(feature_key=data.fp.key, n_frames=data.n_frames, seconds=round(feature_seconds, 1)),
               embeddings=embedding_stats, history=history["history"])

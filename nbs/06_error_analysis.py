@@ -16,11 +16,12 @@
 # %% [markdown]
 # # Error analysis, and predicting new files
 #
-# > Where the best CNN goes wrong: confusions, confident mistakes, salience and duration, and new files.
+# > Where the study's model goes wrong: confusions, confident mistakes, salience and duration, and new files.
 
 # %% [markdown]
-# This chapter loads the checkpoint that chapter 04 chose on the validation fold (and trains
-# one only if the run directory has none), scores the test fold, and takes the errors apart.
+# This chapter loads the checkpoint of the study's model, chosen by chapter 05 on validation
+# (and trains one only if the run directory has none), scores the test fold, and takes the
+# errors apart.
 # Predictions are joined to clips by their file name, never by position in a loader. The last
 # section turns the checkpoint into a classifier for arbitrary audio files, which the command
 # `urbansound-nb predict` exposes.
@@ -56,27 +57,37 @@ from urbansound_nb.train import RECIPES, fit_study_model, load_checkpoint, predi
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-model_name = None       # None: the best model on validation, any family; else small_cnn, resnet, probe, finetune
+model_name = None       # None: the study's model (chapter 05's choice); else small_cnn, resnet, probe, finetune
 n_examples = 6          # clips in each of the "confident mistakes" and "doubtful successes" tables
 epochs = 30             # used only when no checkpoint exists and one must be trained (as chapter 04 trains it)
 
 # %% [markdown]
 # ## The model and the test fold
 #
-# The model analysed is the study's best by validation accuracy, whichever family it comes
-# from: among the models of chapters 04 and 05 that left a checkpoint.
+# The model analysed is the study's model: the one chapter 05 chose on rotated validation by its
+# stated rule (`best_model` and `best_checkpoint` in its results), whichever family it comes from.
+# Where chapter 05 has not run, or chose a model without a checkpoint (a classical baseline), it
+# is the network of chapters 04 and 05 with the best validation accuracy (mean over the
+# rotations).
 
 # %%
 #| export
 def study_checkpoints(run_dir, notebooks=("04_cnn", "05_transfer")) -> dict:
-    "Validation accuracy of every model of `notebooks` whose results name a checkpoint that exists, by model name."
+    "Mean validation accuracy of every model of `notebooks` whose results name a checkpoint that exists, by name."
     out = {}
     for nb in notebooks:
         path = Path(run_dir)/"results"/f"{nb}.json"
         entries = json.loads(path.read_text())["entries"] if path.exists() else {}
-        out.update({name: e["val_accuracy"] for name, e in entries.items()
+        out.update({name: e.get("val_mean", e["val_accuracy"]) for name, e in entries.items()
                     if e.get("checkpoint") and (Path(run_dir)/e["checkpoint"]).exists()})
     return out
+
+def chosen_model(run_dir) -> str | None:
+    "The model chapter 05 chose, if it has a checkpoint; else the checkpointed model with the best validation."
+    path, candidates = Path(run_dir)/"results"/"05_transfer.json", study_checkpoints(run_dir)
+    chosen = json.loads(path.read_text()).get("best_model") if path.exists() else None
+    if chosen in candidates: return chosen
+    return max(candidates, key=candidates.get) if candidates else None
 #
 # The checkpoint must come from this run's split. A run directory reused with other folds would
 # otherwise hand this notebook a model that may have trained on the very clips it is about to
@@ -108,6 +119,10 @@ with tempfile.TemporaryDirectory() as d:
     write_results(d, "05_transfer", {"probe": dict(val_accuracy=0.7, checkpoint="models/probe.pt"),
                                      "finetune": dict(val_accuracy=0.8, checkpoint="models/finetune.pt")})
     test_eq(study_checkpoints(d), {"probe": 0.7})                        # finetune's checkpoint is missing
+    test_eq(chosen_model(d), "probe")
+    write_results(d, "05_transfer", {"probe": dict(val_accuracy=0.7, checkpoint="models/probe.pt"),
+                                     "logreg": dict(val_accuracy=0.8)}, best_model="logreg")
+    test_eq(chosen_model(d), "probe")                                    # no checkpoint for logreg: the best network
 _seen_test = dict(classes=["a", "b"], folds=dict(train=[3], val=[2], test=[1]))
 test_fail(lambda: check_checkpoint_split(_seen_test, _d, "m.pt"),
           contains="It has seen this run's test fold")
@@ -121,8 +136,9 @@ model_name = None if model_name is None else as_name("model_name", model_name, a
 n_examples = as_int("n_examples", n_examples, 1)
 run_path = make_run_dir(params.run_dir)
 candidates = study_checkpoints(run_path)
-name = model_name or (max(candidates, key=candidates.get) if candidates else "resnet")
-print("the study's models by validation accuracy:", {k: round(v, 3) for k, v in candidates.items()})
+name = model_name or chosen_model(run_path) or "resnet"
+print("the study's networks by mean validation accuracy:", {k: round(v, 3) for k, v in candidates.items()})
+print(f"analysed: {name}", "(as asked)" if model_name else "(the study's model, chosen by chapter 05)")
 ckpt = run_path/"models"/f"{name}.pt"
 model, checkpoint = load_checkpoint(ckpt) if ckpt.exists() else (None, None)
 # the checkpoint says which features its model reads (chapter 02's log-mels or the pretrained network's own)

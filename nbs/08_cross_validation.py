@@ -27,12 +27,15 @@
 # so an interrupted run resumes. On the full dataset this is the official 10-fold figure; on a
 # subset with fewer folds it is the same protocol over the folds there are.
 #
-# Each model is trained as its chapter trains it. By default only UrbanResNet is cross-validated,
-# as one model per fold (`resnet_seeds = 1`; chapter 04 averages two) for 12 epochs, to keep the
-# whole study within its time budget. `-p models "[resnet, small_cnn, probe, finetune]"` adds the
-# starting notebook's SmallAudioCNN and chapter 05's two transfers on the same folds, and the last
-# section then compares them fold by fold with the reference: a claim that one model beats another
-# rests on that comparison, not on one test fold.
+# Each model is trained as its chapter trains it, and by default every family is
+# cross-validated: the MFCC baselines (logistic regression, RBF SVM), the two CNNs learned from
+# scratch (SmallAudioCNN and UrbanResNet, one model per fold, `resnet_seeds = 1`, for `epochs`
+# epochs), and the pretrained network's transfers (the probe, the network fine-tuned from it for
+# `finetune_epochs` epochs, and their pair). Features and embeddings come from the cache, so the
+# baselines and the probe cost seconds per fold. `-p models "[resnet, probe]"` narrows it. The
+# last sections compare every model fold by fold with the reference (the starting notebook's
+# SmallAudioCNN): a claim that one model beats another rests on that comparison, not on one test
+# fold.
 
 # %%
 #| export
@@ -44,13 +47,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from urbansound_nb.baselines import select_on_validation
+from urbansound_nb.baselines import LOGREG_GRID, logistic_regression, mfcc_stats, rbf_svm, svm_grid
 from urbansound_nb.batches import StudyData
 from urbansound_nb.grid import run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.models import EfficientAT
-from urbansound_nb.train import fit, fit_study_model, predict_logits
-from urbansound_nb.transfer import PROBE_C, body_state, probe_pipeline
+from urbansound_nb.selection import select_on_validation
+from urbansound_nb.train import fit_study_model, predict_logits
+from urbansound_nb.transfer import class_probabilities, fit_finetune, fit_probe
 
 # %%
 import matplotlib.pyplot as plt
@@ -63,15 +67,18 @@ from urbansound_nb.grid import grid_client, parse_scheduler
 from urbansound_nb.metrics import summarise
 from urbansound_nb.params import as_folds, as_int, as_name, as_names, study_params, use_test_values
 from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures, cached_embeddings, pretrained_network
+from urbansound_nb.transfer import FINETUNE_INITS
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-models = ["resnet"]     # models to cross-validate, as their chapters train them: small_cnn, resnet, probe, finetune
+# models to cross-validate, as their chapters train them: every family by default
+models = ["logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune", "probe_finetune"]
 reference = "small_cnn" # with several models, the others are compared with this one fold by fold
 resnet_seeds = 1        # UrbanResNet averaged over this many seeds per fold (chapter 04 averages 2)
 folds = None            # folds to cross-validate; None: every fold present
 epochs = 12             # per fold (early stopping may end sooner)
 finetune_epochs = 3     # per fold, for the fine-tuned pretrained network
+finetune_init = "probe" # the head fine-tuning starts from, as in chapter 05: "probe" or "random"
 network = "mn04_as"     # the pretrained network of the transfers (chapter 05)
 weights = None          # weights file or folder; None: $URBANSOUND_PRETRAINED, else the download; "random": untrained
 scheduler = None        # None: here; "local:N": N worker processes; "tcp://host:8786": a Dask cluster (notebook 04d)
@@ -79,10 +86,12 @@ cell_threads = None     # torch threads per cell; None: the scheduler's share of
                         # from every scheduler (a CPU training's figures depend on its thread count; notebook 04d)
 
 # %%
-use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["resnet", "small_cnn", "probe"], weights="random")
+use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["logreg", "small_cnn", "probe", "probe_finetune"],
+                weights="random", finetune_epochs=1)
 # every fold takes every role
 params = replace(study_params(globals()), train_folds=None, val_fold=None, test_fold=None)
 finetune_epochs, network = as_int("finetune_epochs", finetune_epochs, 1), as_name("network", network, PRETRAINED)
+finetune_init = as_name("finetune_init", finetune_init, FINETUNE_INITS)
 resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
 cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
 parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
@@ -115,44 +124,63 @@ test_eq(cv_plan(range(1, 11))[9], dict(test_fold=10, val_fold=1, train_folds=lis
 test_fail(lambda: cv_plan([1, 2]), contains="at least 3 folds")
 
 # %% [markdown]
-# Each fold of the plan trains a model as its chapter does: the CNNs as chapter 04 trains them,
-# and the two transfers of chapter 05 from the same pretrained network, on its own features: the
-# probe's regularisation is chosen on the fold's validation fold from the cached embeddings, and
-# the fine-tuning starts afresh from the AudioSet weights on every fold.
+# Each fold of the plan trains a model as its chapter does: the MFCC baselines as chapter 03
+# fits them (their settings chosen on the fold's validation fold), the CNNs as chapter 04 trains
+# them, and the transfers of chapter 05 from the same pretrained network, on its own features:
+# the probe's regularisation is chosen on the fold's validation fold from the cached embeddings,
+# fine-tuning starts afresh from the AudioSet weights (and, as in chapter 05, from that fold's
+# probe as its head) on every fold, and the pair averages the two. The fine-tuning cell trains
+# all three, since the pair needs both and the probe costs seconds.
 
 # %%
 #| export
-TRANSFERS = ("probe", "finetune")
-CV_MODELS = ("small_cnn", "resnet", *TRANSFERS)
+TRANSFERS = ("probe", "finetune", "probe_finetune")
+CV_MODELS = ("logreg", "svm_rbf", "small_cnn", "resnet", *TRANSFERS)
+BASELINES = {"logreg": (logistic_regression, lambda n_features: LOGREG_GRID), "svm_rbf": (rbf_svm, svm_grid)}
 
 @dataclass
 class Transfer:
     "What the transfers need in every fold: the pretrained network, its features and its cached embeddings."
     network: EfficientAT; data: StudyData; embeddings: np.ndarray; finetune_epochs: int = 3
+    finetune_init: str = "probe"
 
-def _train_and_predict(model: str, split_data: StudyData, epochs: int, seed: int, resnet_seeds: int,
-                       transfer: Transfer | None):
-    "Train `model` on one fold's split: (validation predictions, test predictions, chosen epoch)."
-    if model in TRANSFERS and transfer is None: raise ValueError(f"{model!r} needs the pretrained network (`transfer`)")
-    if model == "probe":
-        y = split_data.logmels.labels.numpy()
-        entry, probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], transfer.embeddings, y,
-                                            split_data.train, split_data.val, split_data.test, split_data.split.classes)
-        predict = lambda idx: probe.predict(transfer.embeddings[idx])
-        return predict(split_data.val), predict(split_data.test), None
-    if model == "finetune":
-        net = transfer.network
-        m, h = fit("efficientat", split_data, epochs=transfer.finetune_epochs, seed=seed, progress=False,
-                   config=dict(width=net.width, n_classes=len(split_data.split.classes)), init_state=body_state(net))
-    else: m, h = fit_study_model(model, split_data, epochs=epochs, seed=seed, resnet_seeds=resnet_seeds,
-                                 resnet_epochs=epochs, progress=False)
+def _baseline_predictions(model: str, split_data: StudyData):
+    "An MFCC baseline of chapter 03 on one fold's split, its setting chosen on the fold's validation fold."
+    X, y = mfcc_stats(split_data.logmels), split_data.logmels.labels.numpy()
+    make, grid = BASELINES[model]
+    _, fitted = select_on_validation(make, grid(X.shape[1]), X, y, [(split_data.train, split_data.val)],
+                                     split_data.test, split_data.split.classes)
+    return {model: (fitted.predict(X[split_data.val]), fitted.predict(X[split_data.test]), None)}
+
+def _transfer_predictions(model: str, split_data: StudyData, seed: int, transfer: Transfer):
+    "The probe alone, or the network fine-tuned (from the probe) and the pair: {model: (val, test, epoch)}."
+    net, splits = transfer.network, [(split_data.train, split_data.val)]
+    _, _, probe_model = fit_probe(net, transfer.embeddings, split_data, splits)
+    probs = lambda models, idx: class_probabilities(models, split_data, idx).argmax(1).numpy()
+    if model == "probe": return {"probe": (probs([probe_model], split_data.val), probs([probe_model], split_data.test),
+                                           None)}
+    head = probe_model if transfer.finetune_init == "probe" else None
+    tuned, h = fit_finetune(net, split_data, epochs=transfer.finetune_epochs, seed=seed, head=head, progress=False)
+    return {name: (probs(members, split_data.val), probs(members, split_data.test), h["best"]["epoch"])
+            for name, members in (("finetune", [tuned]), ("probe_finetune", [probe_model, tuned]))}
+
+def _fold_predictions(model: str, split_data: StudyData, epochs: int, seed: int, resnet_seeds: int,
+                      transfer: Transfer | None) -> dict:
+    "Train `model` on one fold's split: {model (and models trained with it): (val predictions, test ones, epoch)}."
+    if model in TRANSFERS:
+        if transfer is None: raise ValueError(f"{model!r} needs the pretrained network (`transfer`)")
+        return _transfer_predictions(model, split_data, seed, transfer)
+    if model in BASELINES: return _baseline_predictions(model, split_data)
+    m, h = fit_study_model(model, split_data, epochs=epochs, seed=seed, resnet_seeds=resnet_seeds,
+                           resnet_epochs=epochs, progress=False)
     pv, pt = (predict_logits(m, split_data.logmels, idx, split_data.n_frames, multicrop=True).argmax(1).numpy()
               for idx in (split_data.val, split_data.test))
-    return pv, pt, h["best"]["epoch"]
+    return {model: (pv, pt, h["best"]["epoch"])}
 
 # %% [markdown]
 # Each (fold, model) is one cell of a grid (notebook 04d): `train_fold` trains and scores it,
 # here or on a Dask cluster (`scheduler`), and this notebook records each result as it comes.
+# A fine-tuning cell records the probe and the pair trained with it (`also`).
 
 # %%
 #| export
@@ -164,14 +192,28 @@ def train_fold(data: StudyData, transfer: Transfer | None, test_fold: int, val_f
     tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (train_folds, [val_fold], [test_fold]))
     # this split's folds; fit takes its band statistics from these training folds only
     t0, split_data = time.time(), replace(data, train=tr, val=va, test=te)
-    pv, pt, best_epoch = _train_and_predict(model, split_data, epochs, seed, resnet_seeds, transfer)
-    return dict(test_fold=test_fold, val_fold=val_fold, train_folds=list(train_folds),
-                **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0,
-                               best_epoch=best_epoch))
+    predictions = _fold_predictions(model, split_data, epochs, seed, resnet_seeds, transfer)
+    entries = {name: dict(test_fold=test_fold, val_fold=val_fold, train_folds=list(train_folds),
+                          **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0,
+                                         best_epoch=epoch))
+               for name, (pv, pt, epoch) in predictions.items()}
+    return dict(entries.pop(model), also=entries)
 
-def _fold_key(p: dict, model: str, epochs: int, seed: int, resnet_seeds: int) -> str:
-    seeds_suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else ""  # one seed keeps older keys
-    return f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{seeds_suffix}"
+def _fold_key(p: dict, model: str, epochs: int, seed: int, resnet_seeds: int, init: str) -> str:
+    suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else f"-{init}" if model == "finetune" else ""
+    return f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{suffix}"
+
+def _cells(plan, models, epochs: int, seed: int, resnet_seeds: int, transfer: Transfer | None) -> dict:
+    "The grid's cells; the pair is trained in the fine-tuning cell, so asking for it asks for that cell."
+    cells = {}
+    for m in dict.fromkeys("finetune" if m == "probe_finetune" else m for m in models):
+        m_epochs = transfer.finetune_epochs if m == "finetune" and transfer is not None else epochs
+        init = transfer.finetune_init if transfer is not None else "probe"
+        for p in plan:
+            cells[_fold_key(p, m, m_epochs, seed, resnet_seeds, init)] = dict(
+                test_fold=p["test_fold"], val_fold=p["val_fold"], train_folds=p["train_folds"], model=m,
+                epochs=m_epochs, seed=seed, resnet_seeds=resnet_seeds)
+    return cells
 
 def cross_validate(plan, data: StudyData, models, *, epochs: int, seed: int = 0, record_path=None,
                    resnet_seeds: int = 1, transfer: Transfer | None = None, client=None,
@@ -180,18 +222,16 @@ def cross_validate(plan, data: StudyData, models, *, epochs: int, seed: int = 0,
     models = [models] if isinstance(models, str) else list(models)
     unknown = [m for m in models if m not in CV_MODELS]
     if unknown: raise ValueError(f"unknown model {unknown[0]!r}; choose from {sorted(CV_MODELS)}")
-    cells = {}
-    for m in models:
-        m_epochs = transfer.finetune_epochs if m == "finetune" and transfer is not None else epochs
-        for p in plan:
-            cells[_fold_key(p, m, m_epochs, seed, resnet_seeds)] = dict(
-                test_fold=p["test_fold"], val_fold=p["val_fold"], train_folds=p["train_folds"], model=m,
-                epochs=m_epochs, seed=seed, resnet_seeds=resnet_seeds)
+    cells = _cells(plan, models, epochs, seed, resnet_seeds, transfer)
     describe = lambda key, r: (f"  {key.split('/')[1]}, test fold {r['test_fold']:2d} (validation {r['val_fold']}): "
                                f"test accuracy {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
     done = run_grid(train_fold, cells, shared=dict(data=data, transfer=transfer), record_path=record_path,
                     client=client, cache_dir=cache_dir, threads=threads, describe=describe, desc="08 folds x models")
-    return pd.DataFrame([dict(model=cells[k]["model"], **r) for k, r in done.items()])
+    rows = [dict(model=name, **entry) for k, r in done.items()
+            for name, entry in ((cells[k]["model"], r), *r.get("also", {}).items())]
+    rows = [{k: v for k, v in row.items() if k != "also"} for row in rows if row["model"] in models]
+    order = {m: i for i, m in enumerate(models)}
+    return pd.DataFrame(sorted(rows, key=lambda r: (order[r["model"]], r["test_fold"]))).reset_index(drop=True)
 
 # %% [markdown]
 # ## Running it
@@ -210,7 +250,8 @@ transfer = None
 if set(model_list) & set(TRANSFERS):   # the pretrained network's features and embeddings, once for every fold
     eat_data = study_data(params, EfficientATFeatures())
     net = pretrained_network(network, weights, params.cache_dir)
-    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], finetune_epochs)
+    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], finetune_epochs,
+                        finetune_init)
 pd.DataFrame(plan)
 
 # %%
@@ -229,14 +270,16 @@ by_model = summarise(cv, baseline=reference if compared else model_list[0], by="
 per_fold = cv.pivot(index="test_fold", columns="model", values="test_accuracy")[model_list]
 fold_diffs = per_fold.sub(per_fold[reference], axis=0) if compared else None
 colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-ax = per_fold.plot.bar(figsize=(9, 4), rot=0, color=colors[:len(model_list)], width=0.8)
+ax = per_fold.plot.bar(figsize=(12, 4.5), rot=0, color=colors[:len(model_list)], width=0.8)
 for m, color in zip(model_list, colors):
     ax.axhline(by_model.loc[m, "test_mean"], color=color, ls="--", lw=1,
                label=f"{m} mean {by_model.loc[m, 'test_mean']:.3f} (std {by_model.loc[m, 'test_std']:.3f})")
 ax.set(title=f"Test accuracy per fold ({len(plan)}-fold cross-validation)", xlabel="test fold", ylabel="accuracy",
        ylim=(0, 1))
-ax.legend(fontsize=8)
+ax.legend(fontsize=7, ncols=2, loc="upper left", bbox_to_anchor=(1.01, 1))
 plt.show()
+table = per_fold.T.assign(mean=per_fold.mean(), sd=per_fold.std(ddof=1))
+table.map("{:.1%}".format).rename_axis("model \\ test fold", axis=1)
 
 # %%
 per_class = {m: pd.DataFrame(g["per_class_accuracy"].tolist()).mean().sort_values()

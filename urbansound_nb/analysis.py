@@ -1,4 +1,4 @@
-"""Where the best CNN goes wrong: confusions, confident mistakes, salience and duration, and new files.
+"""Where the study's model goes wrong: confusions, confident mistakes, salience and duration, and new files.
 
 Docs: https://urbansound-nb.github.io/urbansound_nb/error_analysis.html.md"""
 
@@ -20,19 +20,26 @@ from .pretrained import feature_params
 from .train import CheckpointError, split_folds
 
 # %% auto #0
-__all__ = ['DURATION_BINS', 'DURATION_LABELS', 'study_checkpoints', 'check_checkpoint_split', 'prediction_table',
+__all__ = ['DURATION_BINS', 'DURATION_LABELS', 'study_checkpoints', 'chosen_model', 'check_checkpoint_split', 'prediction_table',
            'confused_pairs', 'plot_spectrogram_grid', 'accuracy_by']
 
-# %% ../nbs/06_error_analysis.ipynb #fc8a00ca84
+# %% ../nbs/06_error_analysis.ipynb #2b7da69354
 def study_checkpoints(run_dir, notebooks=("04_cnn", "05_transfer")) -> dict:
-    "Validation accuracy of every model of `notebooks` whose results name a checkpoint that exists, by model name."
+    "Mean validation accuracy of every model of `notebooks` whose results name a checkpoint that exists, by name."
     out = {}
     for nb in notebooks:
         path = Path(run_dir)/"results"/f"{nb}.json"
         entries = json.loads(path.read_text())["entries"] if path.exists() else {}
-        out.update({name: e["val_accuracy"] for name, e in entries.items()
+        out.update({name: e.get("val_mean", e["val_accuracy"]) for name, e in entries.items()
                     if e.get("checkpoint") and (Path(run_dir)/e["checkpoint"]).exists()})
     return out
+
+def chosen_model(run_dir) -> str | None:
+    "The model chapter 05 chose, if it has a checkpoint; else the checkpointed model with the best validation."
+    path, candidates = Path(run_dir)/"results"/"05_transfer.json", study_checkpoints(run_dir)
+    chosen = json.loads(path.read_text()).get("best_model") if path.exists() else None
+    if chosen in candidates: return chosen
+    return max(candidates, key=candidates.get) if candidates else None
 #
 # The checkpoint must come from this run's split. A run directory reused with other folds would
 # otherwise hand this notebook a model that may have trained on the very clips it is about to

@@ -22,7 +22,7 @@ from .batches import LogMelSet
 from .metrics import result_entry
 
 # %% auto #0
-__all__ = ['mfcc_from_logmel', 'mfcc_stats', 'chance_entries', 'select_on_validation', 'logistic_regression', 'rbf_svm']
+__all__ = ['LOGREG_GRID', 'mfcc_from_logmel', 'mfcc_stats', 'chance_entries', 'logistic_regression', 'rbf_svm', 'svm_grid']
 
 # %% ../nbs/03_baselines.ipynb #e734b95aea
 def mfcc_from_logmel(logmel: torch.Tensor, n_mfcc: int = 40) -> torch.Tensor:
@@ -59,20 +59,7 @@ def chance_entries(y, tr, va, te, classes, seed: int = 0) -> dict:
         out[name] = result_entry(y[va], guess(va), y[te], guess(te), classes, len(tr), 0.0, note=note)
     return out
 
-# %% ../nbs/03_baselines.ipynb #c6d6c80518
-def select_on_validation(make_model, grid: list[dict], X, y, tr, va, te, classes) -> tuple[dict, object]:
-    "Fit `make_model(**g)` for each g in `grid` on `tr`, choose by accuracy on `va`, then score `te` once."
-    t0, scores, best = time.time(), [], None
-    for g in grid:
-        m = make_model(**g).fit(X[tr], y[tr])
-        acc = float((m.predict(X[va]) == y[va]).mean()); scores.append(dict(**g, val_accuracy=acc))
-        if best is None or acc > best[0]: best = (acc, g, m)
-    _, g, model = best
-    entry = result_entry(y[va], model.predict(X[va]), y[te], model.predict(X[te]), classes, len(tr), time.time() - t0,
-                         chosen=g, validation_grid=scores)
-    return entry, model
-
-# %% ../nbs/03_baselines.ipynb #386defe369
+# %% ../nbs/03_baselines.ipynb #fa60f4571a
 def logistic_regression(C: float = 1.0):
     "MFCC statistics -> standard scaling -> multinomial logistic regression."
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
@@ -80,3 +67,9 @@ def logistic_regression(C: float = 1.0):
 def rbf_svm(C: float = 10.0, gamma="scale"):
     "MFCC statistics -> standard scaling -> RBF support-vector machine."
     return make_pipeline(StandardScaler(), SVC(C=C, gamma=gamma))
+
+LOGREG_GRID = [dict(C=c) for c in (0.01, 0.1, 1.0, 10.0)]   # the settings chosen among on validation
+
+def svm_grid(n_features: int) -> list[dict]:
+    "The SVM's settings: C, and gamma around scikit-learn's 'scale' for standardised features (1 / n_features)."
+    return [dict(C=c, gamma=g / n_features) for c in (1.0, 10.0, 100.0) for g in (0.25, 1.0, 4.0)]
