@@ -37,6 +37,12 @@ from fastcore.test import test_eq, test_close
 # `LogMelSet` holds the frames of a list of clips in memory as one padded float16 tensor
 # (8,732 clips of 173 frames x 64 bands take 190 MB) plus their lengths, and builds batches
 # by indexing: a random crop per clip in training, the centre at evaluation.
+#
+# A clip shorter than the model's input (the real files run from 0.2 s to 4 s) is **repeated**
+# until it fills the input, not padded with silence: a network then sees the sound over its
+# whole input, as EfficientAT's authors advise for their networks, and a short clip's
+# prediction does not depend on how much silence surrounds it. Training, embeddings, scoring and
+# `predict` all build their inputs this way (`PADDING`; `repeat_frames` for one clip).
 
 # %%
 #| export
@@ -59,25 +65,33 @@ class LogMelSet:
 
 # %%
 #| export
+PADDING = "repeat"   # how a clip shorter than the input is filled; part of every cache key of model inputs
+
+def repeat_frames(x: torch.Tensor, n_frames: int) -> torch.Tensor:
+    "The last axis of `x` repeated until it is `n_frames` long, then cut there (a longer `x` keeps its start)."
+    reps = -(-n_frames // max(x.shape[-1], 1))
+    return x.repeat(*([1] * (x.dim() - 1)), reps)[..., :n_frames]
+
 def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", generator=None) -> torch.Tensor:
-    "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop, floor padding."
+    "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop; a short clip repeated."
     idx = torch.as_tensor(idx, dtype=torch.long)
     lengths, data = ls.lengths[idx], ls.data[idx]
-    if data.shape[-1] < n_frames:
-        data = torch.nn.functional.pad(data, (0, n_frames - data.shape[-1]), value=ls.pad_value)
     extra = (lengths - n_frames).clamp_min(0)
     if mode == "random": off = (torch.rand(len(idx), generator=generator) * (extra + 1)).long().clamp_max(extra)
     elif mode == "center": off = extra // 2
     else: raise ValueError(f"mode must be 'center' or 'random', got {mode!r}")
-    cols = off[:, None] + torch.arange(n_frames)[None, :]                          # [B, n_frames]
-    # frames past a clip's end already hold the floor (LogMelSet pads with it), so a gather is all it takes
+    # a clip shorter than the input is repeated until it fills it (PADDING): the index wraps round its length
+    cols = (off[:, None] + torch.arange(n_frames)[None, :]) % lengths.clamp_min(1)[:, None]       # [B, n_frames]
     return data.gather(2, cols[:, None, :].expand(-1, data.shape[1], -1)).float()
 
 # %%
 toy = LogMelSet([np.full((n, 3), float(n), np.float16) for n in (2, 5, 9)], labels=[0, 1, 2])
 b = batch_frames(toy, [0, 1, 2], 5)
 test_eq(b.shape, (3, 3, 5))
-test_eq(b[0, 0].tolist(), [2, 2, DB_FLOOR, DB_FLOOR, DB_FLOOR])   # short clip: floor padding
+test_eq(b[0, 0].tolist(), [2.] * 5)                               # short clip: repeated, never padded
+test_eq(batch_frames(LogMelSet([np.array([[7.], [8.]], np.float16)]), [0], 5)[0, 0].tolist(), [7., 8., 7., 8., 7.])
+test_eq(repeat_frames(torch.tensor([[7., 8.]]), 5).tolist(), [[7., 8., 7., 8., 7.]])
+test_eq(repeat_frames(torch.arange(6.), 4).tolist(), [0., 1., 2., 3.])
 test_eq(b[1, 0].tolist(), [5.] * 5)
 toy.data[2, 0, :] = torch.arange(9).half()
 test_eq(batch_frames(toy, [2], 5)[0, 0].tolist(), [2., 3., 4., 5., 6.])   # centre crop

@@ -44,7 +44,7 @@ import torchaudio
 from torch import nn
 from tqdm import tqdm
 
-from urbansound_nb.batches import LogMelSet, batch_frames
+from urbansound_nb.batches import PADDING, LogMelSet, batch_frames
 from urbansound_nb.core import atomic_write_bytes, pick_device
 from urbansound_nb.data import unreachable
 from urbansound_nb.features import FeatureParams
@@ -295,8 +295,8 @@ def audioset_top(network: EfficientAT, x: torch.Tensor, labels, k: int = 3) -> l
 # %% [markdown]
 # ## Embeddings, computed once
 #
-# A clip's embedding is the network's penultimate layer on its centre crop (padded with the
-# features of silence), 512 numbers at width 0.4. They are cached beside the clip's features,
+# A clip's embedding is the network's penultimate layer on its centre crop (a shorter clip
+# repeated to fill it, notebook 02a), 512 numbers at width 0.4. They are cached beside the clip's features,
 # keyed by the clip's content and the weights' sha256, so a rerun reads them back in a second,
 # and a clip added later is the only one computed.
 
@@ -315,7 +315,7 @@ def embed_clips(network: EfficientAT, ls: LogMelSet, idx, n_frames: int, batch_s
 def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 64,
                       progress: bool = True) -> tuple[np.ndarray, dict]:
     "Embeddings of every clip of `data` (a `StudyData` with clip keys), computed once per clip and weights file."
-    path = Path(cache_dir).expanduser()/data.fp.key/f"embeddings-{network.weights_sha[:12]}.npz"
+    path = Path(cache_dir).expanduser()/data.fp.key/f"embeddings-{network.weights_sha[:12]}-{PADDING}.npz"
     known = dict(np.load(path)) if path.exists() else {}
     keys, known_keys = list(data.keys), dict(zip(known.get("keys", []), range(len(known.get("keys", [])))))
     todo = [i for i, k in enumerate(keys) if k not in known_keys]

@@ -30,24 +30,41 @@
 #| export
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from urbansound_nb.audio import AudioDecodeError, decode_audio
-from urbansound_nb.features import FeatureParams, fix_length, resample
+from urbansound_nb.batches import repeat_frames
+from urbansound_nb.features import FeatureParams, resample
 from urbansound_nb.pretrained import feature_params
-from urbansound_nb.train import load_checkpoint, window_starts
+from urbansound_nb.train import CheckpointError, load_checkpoint, window_starts
 
 # %%
 #| export
 SILENCE_PEAK = 1e-4  # a file whose samples never exceed this is treated as silence, not classified
 
+def resolve_checkpoint(path) -> Path:
+    "A checkpoint file as it is; a run directory: the checkpoint of the model its chapter 05 chose (`best_checkpoint`)."
+    path = Path(path)
+    if not path.is_dir(): return path
+    results = path/"results"/"05_transfer.json"
+    if not results.is_file():
+        raise CheckpointError(f"{path}: a directory without results/05_transfer.json, which names the study's model; "
+                              "give a run directory of the whole study, or a checkpoint file")
+    try: chosen = json.loads(results.read_text()).get("best_checkpoint")
+    except (ValueError, AttributeError) as e: raise CheckpointError(f"{results}: not a results file ({e})") from None
+    if not isinstance(chosen, str) or not chosen:
+        raise CheckpointError(f"{results}: the study's model has no checkpoint; give one of {path/'models'}/*.pt")
+    return path/chosen
+
 class Predictor:
-    "A saved checkpoint ready to classify audio files."
+    "A saved checkpoint (or a run directory: the study's chosen model) ready to classify audio files."
     def __init__(self, checkpoint, device="cpu"):
-        self.model, self.ck = load_checkpoint(checkpoint, device)
+        self.path = resolve_checkpoint(checkpoint)
+        self.model, self.ck = load_checkpoint(self.path, device)
         self.fp, self.classes, self.device = feature_params(self.ck["feature_params"]), self.ck["classes"], device
         self.n_frames, self.front = self.fp.frames(self.ck["clip_seconds"]), self.fp.front_end().to(device)
 
@@ -61,8 +78,7 @@ class Predictor:
         wave = resample(torch.from_numpy(samples), rate, self.fp.sample_rate).to(self.device)
         logmel = self.front(wave)                                          # [n_mels, frames]
         starts = window_starts(logmel.shape[-1], self.n_frames)           # the windows multi-crop scoring uses
-        windows = [fix_length(logmel[:, s:s + self.n_frames], self.n_frames, "start", self.fp.pad_value)
-                   for s in starts]
+        windows = [repeat_frames(logmel[:, s:s + self.n_frames], self.n_frames) for s in starts]  # as in training
         probs = self.model(torch.stack(windows)).softmax(-1).cpu().numpy()
         return probs, [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
 
@@ -116,3 +132,10 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(len(recs[1]["windows"]), 6)   # 3 s in half-overlapping 1 s windows, the last one ending with the file
     assert "empty" in recs[2]["error"] and "silent" in recs[3]["error"] and "no such file" in recs[5]["error"]
     test_eq(round(sum(p["probability"] for p in recs[0]["predictions"]), 3), 1.0)
+    # a run directory stands for the model its chapter 05 chose
+    from urbansound_nb.core import write_results
+    from fastcore.test import test_fail
+    test_fail(lambda: resolve_checkpoint(d), contains="without results/05_transfer.json")
+    write_results(d, "05_transfer", {}, best_model="small_cnn", best_checkpoint="model.pt")
+    test_eq(resolve_checkpoint(d), d/"model.pt")
+    test_eq(predict_files(d, [d/"tone.wav"]), predict_files(d/"model.pt", [d/"tone.wav"]))

@@ -262,7 +262,8 @@ test_eq([c.metadata for c in _page.cells], [{}] * 10)
 
 # %%
 #| export
-RESULT_COLUMNS = ["val_accuracy", "test_accuracy", "macro_f1", "n_train", "n_val", "n_test", "epochs", "seconds"]
+RESULT_COLUMNS = ["val_accuracy", "val_mean", "val_sd", "test_accuracy", "macro_f1", "n_train", "n_val", "n_test", "epochs",
+                  "seconds"]
 INTEGER_COLUMNS = ("n_train", "n_val", "n_test", "epochs")
 
 def results_tables(run_dir) -> dict[str, pd.DataFrame]:
@@ -284,13 +285,15 @@ def formatted(df: pd.DataFrame) -> pd.DataFrame:
     def fmt(column, v):
         if v is None or (isinstance(v, float) and pd.isna(v)): return ""
         if isinstance(v, str): return v
-        if "accuracy" in column or column.endswith("f1"): return f"{100 * float(v):.1f}%"
+        if "accuracy" in column or column.endswith("f1") or column in ("val_mean", "val_sd"):
+            return f"{100 * float(v):.1f}%"
         if column in INTEGER_COLUMNS: return f"{int(round(float(v))):,}"
         if column == "seconds": return f"{float(v):,.1f}"
         return str(v)
     return pd.DataFrame({c: [fmt(c, v) for v in df[c]] for c in df.columns}, index=df.index)
 
-COLUMN_LABELS = dict(val_accuracy="validation accuracy", test_accuracy="test accuracy", macro_f1="macro F1 (test)",
+COLUMN_LABELS = dict(val_accuracy="validation accuracy (own fold)", val_mean="validation, mean over rotations",
+                     val_sd="validation sd", test_accuracy="test accuracy", macro_f1="macro F1 (test)",
                      n_train="training clips", n_val="validation clips", n_test="test clips")
 
 def _table_html(df: pd.DataFrame) -> str:
@@ -308,14 +311,14 @@ test_eq(formatted(_df).loc["majority"].tolist(), ["", "873", "", "0.0"])
 # %%
 #| export
 def compared_models(run_dir) -> pd.DataFrame:
-    "Every model of the chapters that choose a best one: chapter, model, validation and test accuracy."
+    "Every model of the chapters that choose a best one: chapter, model, validation (rotated mean) and test accuracy."
     rows = []
     for f in sorted((Path(run_dir)/"results").glob("[0-9][0-9]_*.json")):
         doc = json.loads(f.read_text())
         if "best_model" not in doc: continue
         for name, e in doc.get("entries", {}).items():
             if isinstance(e, dict) and {"val_accuracy", "test_accuracy"} <= set(e):
-                rows.append(dict(chapter=f.stem, model=name, val_accuracy=e["val_accuracy"],
+                rows.append(dict(chapter=f.stem, model=name, val_accuracy=e.get("val_mean", e["val_accuracy"]),
                                  test_accuracy=e["test_accuracy"]))
     return pd.DataFrame(rows, columns=["chapter", "model", "val_accuracy", "test_accuracy"])
 
@@ -325,17 +328,24 @@ def comparison_chart(models: pd.DataFrame) -> bytes:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(models) + 1.2))
     y = range(len(models)); labels = [f"{m} ({c[:2]})" for c, m in zip(models.chapter, models.model)]
-    ax.barh([i - 0.2 for i in y], 100 * models.val_accuracy, height=0.4, label="validation fold")
-    ax.barh([i + 0.2 for i in y], 100 * models.test_accuracy, height=0.4, label="test fold")
+    ax.barh([i - 0.2 for i in y], 100 * models.val_accuracy, height=0.4, label="validation (mean over rotations)")
+    ax.barh([i + 0.2 for i in y], 100 * models.test_accuracy, height=0.4, label="test fold (scored once)")
     ax.set_yticks(list(y), labels); ax.invert_yaxis(); ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%)"); ax.set_ylabel("model (chapter)")
-    ax.set_title("Every model of chapters 03-05: validation and test accuracy"); ax.legend(loc="lower right")
+    ax.set_title("Every model of chapters 03-05: validation and test accuracy")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, frameon=False)   # clear of the bars
     fig.tight_layout(); buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig)
     return buf.getvalue()
 
 def results_html(run_dir) -> str:
     "The body of the results page: the comparison chart and every results table, as HTML."
     parts, models = [], compared_models(run_dir)
+    chosen = Path(run_dir)/"results"/"05_transfer.json"
+    if chosen.exists() and json.loads(chosen.read_text()).get("selection"):
+        doc = json.loads(chosen.read_text())
+        parts.append(f"<h2>The study's model: {html.escape(str(doc['best_model']))}</h2>\n"
+                     f"<p>{html.escape(doc['selection']['reason'])}</p>\n<p><em>The rule:</em> "
+                     f"{html.escape(doc['selection']['rule'])}</p>")
     if len(models):
         png = base64.b64encode(comparison_chart(models)).decode()
         parts.append(f'<h2>Every model compared</h2>\n<p><img src="data:image/png;base64,{png}" '

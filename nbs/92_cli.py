@@ -24,7 +24,7 @@
 # | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` (notebook 90) |
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
 # | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
-# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model (notebook 06a) |
+# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model, or a run's chosen one (06a) |
 # | `urbansound-nb site [--run-dir DIR] [--screenshots] [--check]` | a run's report site (91), checked (91a) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
 #
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=int, default=512)
     b.add_argument("--workers", type=int, default=None); b.add_argument("--sample-rate", type=int, default=22050)
     b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
-    p = sub.add_parser("predict", help="top-k classes of audio files with a saved checkpoint")
+    p = sub.add_parser("predict", help="top-k classes of audio files with a checkpoint, or a run's chosen model")
     p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
     p.add_argument("-k", "--top-k", type=int, default=3); p.add_argument("--json", action="store_true")
     p.add_argument("--per-window", action="store_true", help="also report every window of long files")

@@ -32,7 +32,8 @@ def test_results_follow_the_convention(reduced_run):
     assert {"majority", "logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune", "probe_finetune"} == compared
     for name in ("probe", "finetune", "probe_finetune"): assert (reduced_run/"models"/f"{name}.pt").exists()
     cv = json.loads((reduced_run/"results"/"08_cross_validation.json").read_text())
-    assert cv["summary"]["folds"] == 3 and set(cv["summary"]["models"]) == {"resnet", "small_cnn"}
+    every_family = {"logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune", "probe_finetune"}
+    assert cv["summary"]["folds"] == 3 and set(cv["summary"]["models"]) == every_family   # 08's default
     assert set(cv["summary"]["differences"]["resnet"]["per_fold"]) == {"fold1", "fold2", "fold3"}   # paired on the same test folds
 
 
@@ -48,3 +49,33 @@ def test_predict_classifies_every_original_format(reduced_run, originals, venv_b
     assert all(rec["error"] is None and len(rec["predictions"]) == 3 for rec in recs[:-1])
     assert "empty" in recs[-1]["error"] and recs[-1]["predictions"] == []
     assert abs(sum(p["probability"] for p in recs[0]["predictions"])) <= 1.0001
+
+
+def test_selection_is_rotated_and_stated(reduced_run):
+    "Every choice rests on validation rotated over the two non-test folds; chapter 05 states its rule and its reason."
+    for nb in ("03_baselines", "04_cnn", "05_transfer"):
+        doc = json.loads((reduced_run/"results"/f"{nb}.json").read_text())
+        for name, e in doc["entries"].items():
+            if name == "random": continue
+            assert len(e["val_rotations"]) == 2 and e["val_rotations"][0] == e["val_accuracy"], (nb, name)
+            assert abs(e["val_mean"] - sum(e["val_rotations"]) / 2) < 1e-9 and e["n_val_total"] > e["n_val"]
+    transfer = json.loads((reduced_run/"results"/"05_transfer.json").read_text())
+    assert [r["val_fold"] for r in transfer["selection"]["rotations"]] == [2, 1]
+    assert "one standard error" in transfer["selection"]["rule"] and transfer["best_model"] in transfer["selection"]["reason"]
+    chosen = {r["model"]: r for r in transfer["comparison"]}[transfer["best_model"]]
+    assert chosen["tied"] and transfer["best_checkpoint"] == chosen["checkpoint"]
+
+
+def test_predict_serves_the_chosen_model(reduced_run, originals, venv_bin):
+    "`predict RUN_DIR` uses the checkpoint of the model chapter 05 chose, with its own front end and padding."
+    transfer = json.loads((reduced_run/"results"/"05_transfer.json").read_text())
+    clip = next((originals/"audio").rglob("*.wav"))
+    r = subprocess.run([str(venv_bin/"urbansound-nb"), "predict", str(reduced_run), str(clip), "--json"],
+                       capture_output=True, text=True, timeout=600)
+    if transfer["best_checkpoint"] is None:                      # a classical model chosen: nothing to serve
+        assert r.returncode == 2 and "has no checkpoint" in r.stderr
+        return
+    direct = subprocess.run([str(venv_bin/"urbansound-nb"), "predict", str(reduced_run/transfer["best_checkpoint"]),
+                             str(clip), "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0])["predictions"] == json.loads(direct.stdout.splitlines()[0])["predictions"]

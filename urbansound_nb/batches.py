@@ -16,7 +16,7 @@ from .data import fold_split, load_urbansound, metadata_frame
 from .features import DB_FLOOR, FeatureCache, FeatureParams, cache_logmels
 
 # %% auto #0
-__all__ = ['LogMelSet', 'batch_frames', 'band_stats', 'StudyData', 'study_data']
+__all__ = ['PADDING', 'LogMelSet', 'repeat_frames', 'batch_frames', 'band_stats', 'StudyData', 'study_data']
 
 # %% ../nbs/02a_batches.ipynb #ca402db50b
 class LogMelSet:
@@ -36,19 +36,24 @@ class LogMelSet:
     def from_cache(cls, cache: FeatureCache, keys: list, labels=None):
         return cls([cache.get(k) for k in keys], labels, cache.fp)
 
-# %% ../nbs/02a_batches.ipynb #58dc3fb4de
+# %% ../nbs/02a_batches.ipynb #801c147870
+PADDING = "repeat"   # how a clip shorter than the input is filled; part of every cache key of model inputs
+
+def repeat_frames(x: torch.Tensor, n_frames: int) -> torch.Tensor:
+    "The last axis of `x` repeated until it is `n_frames` long, then cut there (a longer `x` keeps its start)."
+    reps = -(-n_frames // max(x.shape[-1], 1))
+    return x.repeat(*([1] * (x.dim() - 1)), reps)[..., :n_frames]
+
 def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", generator=None) -> torch.Tensor:
-    "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop, floor padding."
+    "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop; a short clip repeated."
     idx = torch.as_tensor(idx, dtype=torch.long)
     lengths, data = ls.lengths[idx], ls.data[idx]
-    if data.shape[-1] < n_frames:
-        data = torch.nn.functional.pad(data, (0, n_frames - data.shape[-1]), value=ls.pad_value)
     extra = (lengths - n_frames).clamp_min(0)
     if mode == "random": off = (torch.rand(len(idx), generator=generator) * (extra + 1)).long().clamp_max(extra)
     elif mode == "center": off = extra // 2
     else: raise ValueError(f"mode must be 'center' or 'random', got {mode!r}")
-    cols = off[:, None] + torch.arange(n_frames)[None, :]                          # [B, n_frames]
-    # frames past a clip's end already hold the floor (LogMelSet pads with it), so a gather is all it takes
+    # a clip shorter than the input is repeated until it fills it (PADDING): the index wraps round its length
+    cols = (off[:, None] + torch.arange(n_frames)[None, :]) % lengths.clamp_min(1)[:, None]       # [B, n_frames]
     return data.gather(2, cols[:, None, :].expand(-1, data.shape[1], -1)).float()
 
 # %% ../nbs/02a_batches.ipynb #72d3da867f

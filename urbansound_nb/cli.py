@@ -15,7 +15,7 @@ from .runner import RunFailed, configure_lab, lab_command, parse_value, run_note
 # %% auto #0
 __all__ = ['predict_cli', 'site_cli', 'main']
 
-# %% ../nbs/92_cli.ipynb #c2b7ae1fca
+# %% ../nbs/92_cli.ipynb #5ee55ce3d7
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="urbansound-nb",
                                  description="Run, test and publish the UrbanSound8K notebook study.")
@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=int, default=512)
     b.add_argument("--workers", type=int, default=None); b.add_argument("--sample-rate", type=int, default=22050)
     b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
-    p = sub.add_parser("predict", help="top-k classes of audio files with a saved checkpoint")
+    p = sub.add_parser("predict", help="top-k classes of audio files with a checkpoint, or a run's chosen model")
     p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
     p.add_argument("-k", "--top-k", type=int, default=3); p.add_argument("--json", action="store_true")
     p.add_argument("--per-window", action="store_true", help="also report every window of long files")
