@@ -46,16 +46,23 @@ URBANSOUND_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_ba
 ALL_FOLDS = tuple(range(1, 11))
 
 class AudioDecodeError(ValueError):
-    "Audio bytes that soundfile cannot turn into samples."
+    "Audio bytes that soundfile cannot turn into usable samples."
+
+MIN_SECONDS = 0.02  # shorter audio is refused: UrbanSound8K's shortest clip lasts 0.054 s
 
 def decode_audio(data: bytes, name: str = "clip") -> tuple[np.ndarray, int]:
-    "Decode audio bytes of any format soundfile reads to (float32 mono samples, sample rate)."
+    "Decode audio bytes of any format soundfile reads to (float32 mono samples, sample rate), or say what is wrong."
     if data is None or len(data) == 0: raise AudioDecodeError(f"{name}: the audio is empty (0 bytes)")
     try: samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:
         raise AudioDecodeError(f"{name}: soundfile cannot decode these {len(data)} bytes ({e}); "
                                "the file is corrupt or in a format libsndfile does not read") from None
     if samples.shape[0] == 0: raise AudioDecodeError(f"{name}: the file holds no samples")
+    if samples.shape[0] < MIN_SECONDS * rate:
+        raise AudioDecodeError(f"{name}: too short to classify ({samples.shape[0]} samples, "
+                               f"{samples.shape[0] / rate:.4f} s; at least {MIN_SECONDS} s)")
+    if not np.isfinite(samples).all():
+        raise AudioDecodeError(f"{name}: {int((~np.isfinite(samples)).sum())} samples are NaN or infinite")
     return samples.mean(axis=1, dtype=np.float32), int(rate)
 
 # %% [markdown]
@@ -113,6 +120,9 @@ f1 = encode_audio(tone, 8000, subtype="FLOAT"); time.sleep(1.1)
 test_eq(encode_audio(tone, 8000, subtype="FLOAT"), f1)  # deterministic, although libsndfile time-stamps float WAVs
 test_fail(lambda: decode_audio(b"", "empty.wav"), contains="empty.wav: the audio is empty")
 test_fail(lambda: decode_audio(b"RIFF\x00garbage" * 10, "bad.wav"), contains="bad.wav: soundfile cannot decode")
+test_fail(lambda: decode_audio(encode_audio(np.zeros(1, np.float32), 8000), "one.wav"), contains="one.wav: too short")
+_nan = np.full(800, 0.1, np.float32); _nan[10] = np.nan
+test_fail(lambda: decode_audio(encode_audio(_nan, 8000, subtype="FLOAT"), "nan.wav"), contains="nan.wav: 1 samples are NaN")
 
 # %% [markdown]
 # ## Listening in the notebook

@@ -111,6 +111,50 @@ def load_hub(hub_id: str = HUB_ID, fallbacks: Sequence[str] | None = None):
     raise DatasetUnavailable(f"Cannot load UrbanSound8K from the hub: {why}.\n" + "\n".join(failures) + "\n"
                              + _LOCAL_HELP)
 
+# %% [markdown]
+# Metadata is untrusted input too. Before any clip is read, every row is checked: its fold is
+# one of 1-10, its classID one of 0-9 and the one its class name has, its file name appears once
+# and is a plain name (no folder, nothing absolute, no `..`: a crafted name could otherwise make
+# the official layout read a file outside the dataset). The first bad row is named with its value.
+
+# %%
+#| export
+class MetadataError(DatasetUnavailable):
+    "A metadata row the study cannot use: the message names the row, the column and the value."
+
+def check_metadata(meta: pd.DataFrame, source) -> None:
+    "Refuse the first row whose fold, classID, class or file name is out of place (`MetadataError`)."
+    for i, r in enumerate(meta.to_dict("records")):
+        row = f"{source}: row {i} ({r.get('slice_file_name')!r})"
+        fold, cid, name = r.get("fold"), r.get("classID"), r.get("slice_file_name")
+        if not (isinstance(fold, (int, np.integer)) and 1 <= fold <= 10):
+            raise MetadataError(f"{row}: fold {fold!r} is not one of 1-10")
+        if not (isinstance(cid, (int, np.integer)) and 0 <= cid <= 9):
+            raise MetadataError(f"{row}: classID {cid!r} is not one of 0-9")
+        if r.get("class") != URBANSOUND_CLASSES[cid]:
+            raise MetadataError(f"{row}: class {r.get('class')!r} disagrees with classID {cid} "
+                                f"({URBANSOUND_CLASSES[cid]!r})")
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+            raise MetadataError(f"{row}: slice_file_name {name!r} is not a plain file name inside the dataset")
+    dup = meta["slice_file_name"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise MetadataError(f"{source}: row {i} repeats slice_file_name {meta['slice_file_name'].iloc[i]!r}")
+
+# %%
+from fastcore.test import test_fail
+_good = pd.DataFrame(dict(slice_file_name=["a.wav", "b.wav"], fold=[1, 10], classID=[0, 9],
+                          **{"class": ["air_conditioner", "street_music"]}))
+check_metadata(_good, "meta.csv")
+for column, value, says in (("fold", 11, "row 1 ('b.wav'): fold 11 is not one of 1-10"),
+                            ("classID", -1, "classID -1 is not one of 0-9"),
+                            ("class", "dog_bark", "class 'dog_bark' disagrees with classID 9"),
+                            ("slice_file_name", "../x.wav", "'../x.wav' is not a plain file name"),
+                            ("slice_file_name", "/etc/passwd", "'/etc/passwd' is not a plain file name"),
+                            ("slice_file_name", "a.wav", "row 1 repeats slice_file_name 'a.wav'")):
+    _bad = _good.copy(); _bad.loc[1, column] = value
+    test_fail(lambda: check_metadata(_bad, "meta.csv"), contains=says)
+
 # %%
 #| export
 def load_official(root) -> "datasets.Dataset":
@@ -121,6 +165,7 @@ def load_official(root) -> "datasets.Dataset":
     if missing:
         raise DatasetUnavailable(f"{csv}: missing column(s) {missing}; "
                                  f"expected the official header {list(COLUMNS[1:])}")
+    check_metadata(meta, csv)     # before any path is built from a row
     rows, absent = [], []
     for r in meta.to_dict("records"):
         wav = root/"audio"/f"fold{int(r['fold'])}"/r["slice_file_name"]
@@ -154,6 +199,7 @@ def check_columns(ds, source: str):
     if not (isinstance(ds.features["audio"], Audio) and not ds.features["audio"].decode):
         ds = ds.cast_column("audio", Audio(decode=False))  # bytes stay bytes; soundfile decodes them
     if len(ds) == 0: raise DatasetUnavailable(f"{source}: the dataset has no rows")
+    check_metadata(metadata_frame(ds), source)
     return ds
 
 # %% [markdown]

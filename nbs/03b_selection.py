@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Selection: validation rotated over the non-test folds, and a rule for ties
 #
-# > Every choice is made on validation data: averaged over rotations of the validation fold, settled by a rule stated first.
+# > Every choice made on validation averaged over rotations of the validation fold, and ties settled by a stated rule.
 
 # %% [markdown]
 # One validation fold is one draw. On UrbanSound8K a fold holds 800-990 clips cut from a few
@@ -61,7 +61,8 @@ def validation_rotations(train_folds, val_fold: int, selection_folds: int = 2) -
     if selection_folds < 1: raise ValueError(f"selection_folds must be at least 1, got {selection_folds}")
     non_test = sorted({*map(int, train_folds), int(val_fold)})
     others = [f for f in reversed(non_test) if f != val_fold]
-    return [dict(train_folds=[f for f in non_test if f != v], val_fold=v) for v in [val_fold, *others][:selection_folds]]
+    vals = [val_fold, *others][:selection_folds]
+    return [dict(train_folds=[f for f in non_test if f != v], val_fold=v) for v in vals]
 
 def rotation_indices(fold_of, rotations: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     "(training, validation) clip indices of each rotation, from each clip's fold."
@@ -140,11 +141,11 @@ test_eq(_entry["chosen"], dict(C=1.0)); test_eq(len(_entry["val_rotations"]), 2)
 
 # %%
 #| export
-SELECTION_RULE = ("Each candidate is scored by its validation accuracy averaged over the rotations. Candidates within one "
-                  "standard error of the best mean (binomial, over all the validation clips behind it) are tied with "
-                  "it. Among tied candidates an ensemble wins, since averaging equally good models lowers the "
-                  "variance that one validation estimate cannot see; failing that, the tied candidate with the fewest "
-                  "parameters (then the higher mean).")
+SELECTION_RULE = ("Each candidate is scored by its validation accuracy averaged over the rotations. Candidates "
+                  "within one standard error of the best mean (binomial, over all the validation clips behind it) "
+                  "are tied with it. Among tied candidates an ensemble wins, since averaging equally good models "
+                  "lowers the variance that one validation estimate cannot see; failing that, the tied candidate "
+                  "with the fewest parameters (then the higher mean).")
 
 def choose_model(candidates: pd.DataFrame) -> tuple[str, pd.DataFrame, str]:
     "The candidate `SELECTION_RULE` picks (columns val_mean, n_val_total, parameters, ensemble); the table; why."
@@ -165,7 +166,8 @@ def choose_model(candidates: pd.DataFrame) -> tuple[str, pd.DataFrame, str]:
         why = "it has the fewest parameters of the tied candidates" if len(tied) > 1 else "no other candidate is tied"
     others = [m for m in tied.index if m != chosen]
     reason = (f"The best mean is {best}'s, {p:.1%} over {n} validation clips; one standard error is "
-              f"{margin:.1%}. Tied with it: {', '.join(others) if others else 'none'}. Chosen: {chosen}, because {why}.")
+              f"{margin:.1%}. Tied with it: {', '.join(others) if others else 'none'}. "
+              f"Chosen: {chosen}, because {why}.")
     return chosen, table, reason
 
 # %%

@@ -138,7 +138,8 @@ rotation_splits = rotation_indices(data.meta["fold"].values, rotations)
 labels = data.logmels.labels.numpy()
 rotation_accuracy = {name: [] for name in models}
 for k, (tr, va) in enumerate(rotation_splits[1:], start=1):
-    rotated = replace(data, train=recording_subset(data.meta, tr, train_fraction, params.seed, "train_fraction"), val=va)
+    subset = recording_subset(data.meta, tr, train_fraction, params.seed, "train_fraction")
+    rotated = replace(data, train=subset, val=va)
     for name in models:
         model, _ = train(name, rotated, run_path/"models"/f"rotation{k}")
         pred = predict_logits(model, data.logmels, va, data.n_frames, multicrop=multicrop).argmax(1).numpy()

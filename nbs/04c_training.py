@@ -368,9 +368,10 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
                                                 **(info or {})), best_path)
         if out_dir:
             save_checkpoint(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(),
-                                 scheduler=sched.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(),
-                                 device_rng=device_rng_state(device), history=hist, best=best, epoch=epoch,
-                                 train_config=asdict(cfg), config=config, n_train=len(train_idx), info=info), last)
+                                 scheduler=sched.state_dict(), generator=gen.get_state(),
+                                 torch_rng=torch.get_rng_state(), device_rng=device_rng_state(device), history=hist,
+                                 best=best, epoch=epoch, train_config=asdict(cfg), config=config,
+                                 n_train=len(train_idx), info=info), last)
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0:
             print(f"  {name} epoch {epoch+1}: loss {row['train_loss']:.3f}, val acc {val_acc:.3f} "
@@ -424,7 +425,8 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: load_checkpoint(Path(d)/"crafted.pt"), contains="crafted.pt: refused, it asks to build")
     assert not (Path(d)/"ran").exists()
     test_fail(lambda: plain(dict(a=object())), contains="not object")
-    test_eq(plain(dict(a=np.float64(0.5), b=(np.int64(2), Path("x")), c=np.arange(2))), dict(a=0.5, b=(2, "x"), c=[0, 1]))
+    test_eq(plain(dict(a=np.float64(0.5), b=(np.int64(2), Path("x")), c=np.arange(2))),
+            dict(a=0.5, b=(2, "x"), c=[0, 1]))
 
 # %% [markdown]
 # An interruption costs nothing but time: a training stopped after its second epoch and resumed

@@ -162,7 +162,8 @@ test_close(_folded(torch.from_numpy(_X)).softmax(-1).detach().numpy(), _probe.pr
 
 # %%
 #| export
-def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, splits) -> tuple[dict, object, EfficientAT]:
+def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData,
+              splits) -> tuple[dict, object, EfficientAT]:
     "A probe on `embeddings`, its C chosen on `splits` (the first: `data`'s own), tested once: (entry, probe, network)."
     labels = data.logmels.labels.numpy()
     entry, probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,

@@ -76,6 +76,7 @@ class Predictor:
         if peak < SILENCE_PEAK:
             raise AudioDecodeError(f"{name}: the audio is silent (peak {peak:.1e}); nothing to classify")
         wave = resample(torch.from_numpy(samples), rate, self.fp.sample_rate).to(self.device)
+        wave = repeat_frames(wave, max(len(wave), self.fp.n_fft))         # the STFT needs a window's worth
         logmel = self.front(wave)                                          # [n_mels, frames]
         starts = window_starts(logmel.shape[-1], self.n_frames)           # the windows multi-crop scoring uses
         windows = [repeat_frames(logmel[:, s:s + self.n_frames], self.n_frames) for s in starts]  # as in training
@@ -102,6 +103,8 @@ def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False,
                 rec["windows"] = [{"start_seconds": round(s, 3), "predictions": _top(w, pr.classes, top_k)} for s,
                                   w in zip(starts, probs)]
         except (AudioDecodeError, OSError) as e: rec["error"] = str(e)
+        except Exception as e:   # whatever else one file does, the others keep their results
+            rec["error"], rec["predictions"] = f"{f}: cannot be classified ({type(e).__name__}: {e})", []
         out.append(rec)
     return out
 
@@ -125,10 +128,14 @@ with tempfile.TemporaryDirectory() as d:
     sf.write(d/"tone.wav", tone[:24000], 48000); sf.write(d/"long.flac", np.tile(tone, 3), 48000)
     (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(8000, np.float32), 8000)
     (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
-    names = ["tone.wav", "long.flac", "empty.wav", "silent.wav", "corrupt.wav", "absent.wav"]
+    sf.write(d/"short.wav", tone[:480], 48000); sf.write(d/"one.wav", tone[:1], 48000)   # 10 ms and one sample
+    names = ["tone.wav", "long.flac", "empty.wav", "silent.wav", "corrupt.wav", "absent.wav", "short.wav", "one.wav"]
     recs = predict_files(d/"model.pt", [d/n for n in names], top_k=2, per_window=True)
     for rec in recs: print(Path(rec["file"]).name, "->", rec["error"] or rec["predictions"])
-    test_eq([r["error"] is None for r in recs], [True, True, False, False, False, False])
+    test_eq([r["error"] is None for r in recs], [True, True, False, False, False, False, False, False])
+    assert "too short" in recs[-1]["error"] and "too short" in recs[-2]["error"]
+    sf.write(d/"short.wav", tone[:1200], 48000)                      # 25 ms: repeated to fill the input, classified
+    test_eq(predict_files(d/"model.pt", [d/"short.wav"])[0]["error"], None)
     test_eq(len(recs[1]["windows"]), 6)   # 3 s in half-overlapping 1 s windows, the last one ending with the file
     assert "empty" in recs[2]["error"] and "silent" in recs[3]["error"] and "no such file" in recs[5]["error"]
     test_eq(round(sum(p["probability"] for p in recs[0]["predictions"]), 3), 1.0)

@@ -262,8 +262,8 @@ test_eq([c.metadata for c in _page.cells], [{}] * 10)
 
 # %%
 #| export
-RESULT_COLUMNS = ["val_accuracy", "val_mean", "val_sd", "test_accuracy", "macro_f1", "n_train", "n_val", "n_test", "epochs",
-                  "seconds"]
+RESULT_COLUMNS = ["val_accuracy", "val_mean", "val_sd", "test_accuracy", "macro_f1", "n_train", "n_val", "n_test",
+                  "epochs", "seconds"]
 INTEGER_COLUMNS = ("n_train", "n_val", "n_test", "epochs")
 
 def results_tables(run_dir) -> dict[str, pd.DataFrame]:

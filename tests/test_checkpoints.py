@@ -22,7 +22,8 @@ class Payload:
 
 def _crafted(path: Path, marker: Path, **fields):
     config = dict(n_classes=2, n_mels=16)
-    ck = checkpoint_dict(build_model("small_cnn", **config), "small_cnn", config, FeatureParams(n_mels=16), ["a", "b"], 1.0)
+    model = build_model("small_cnn", **config)
+    ck = checkpoint_dict(model, "small_cnn", config, FeatureParams(n_mels=16), ["a", "b"], 1.0)
     torch.save({**ck, "extra": Payload(marker), **fields}, path)
 
 
@@ -44,7 +45,8 @@ def test_resume_refuses_a_crafted_training_state(tmp_path):
     import pandas as pd
     from urbansound_nb.batches import LogMelSet, StudyData
     rng = np.random.default_rng(0)
-    clips = LogMelSet([rng.standard_normal((40, 16)).astype(np.float16) for _ in range(12)], labels=[i % 2 for i in range(12)])
+    clips = LogMelSet([rng.standard_normal((40, 16)).astype(np.float16) for _ in range(12)],
+                      labels=[i % 2 for i in range(12)])
     data = StudyData(None, SimpleNamespace(classes=["a", "b"]), pd.DataFrame(dict(fold=[1] * 8 + [2] * 4)),
                      FeatureParams(n_mels=16), clips, 1.0, 32, np.arange(8), np.arange(8, 12), np.arange(8, 12), {})
     cfg, config = TrainConfig(epochs=1, batch_size=4, patience=None), dict(n_classes=2, n_mels=16)

@@ -61,7 +61,8 @@ def test_selection_is_rotated_and_stated(reduced_run):
             assert abs(e["val_mean"] - sum(e["val_rotations"]) / 2) < 1e-9 and e["n_val_total"] > e["n_val"]
     transfer = json.loads((reduced_run/"results"/"05_transfer.json").read_text())
     assert [r["val_fold"] for r in transfer["selection"]["rotations"]] == [2, 1]
-    assert "one standard error" in transfer["selection"]["rule"] and transfer["best_model"] in transfer["selection"]["reason"]
+    assert "one standard error" in transfer["selection"]["rule"]
+    assert transfer["best_model"] in transfer["selection"]["reason"]
     chosen = {r["model"]: r for r in transfer["comparison"]}[transfer["best_model"]]
     assert chosen["tied"] and transfer["best_checkpoint"] == chosen["checkpoint"]
 
@@ -78,4 +79,5 @@ def test_predict_serves_the_chosen_model(reduced_run, originals, venv_bin):
     direct = subprocess.run([str(venv_bin/"urbansound-nb"), "predict", str(reduced_run/transfer["best_checkpoint"]),
                              str(clip), "--json"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[0])["predictions"] == json.loads(direct.stdout.splitlines()[0])["predictions"]
+    first = lambda run: json.loads(run.stdout.splitlines()[0])["predictions"]
+    assert first(r) == first(direct)

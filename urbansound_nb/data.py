@@ -24,9 +24,10 @@ from .params import DATASET_ENV, HUB_ID, ParameterError, as_fraction, check_fold
 warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 # %% auto #0
-__all__ = ['DatasetUnavailable', 'unreachable', 'hub_unreachable_reason', 'load_hub', 'load_official', 'load_hub_layout',
-           'check_columns', 'metadata_frame', 'stratified_subset', 'load_urbansound', 'class_names', 'FoldSplit',
-           'default_folds', 'fold_split', 'split_class_counts', 'recording_subset']
+__all__ = ['DatasetUnavailable', 'unreachable', 'hub_unreachable_reason', 'load_hub', 'MetadataError', 'check_metadata',
+           'load_official', 'load_hub_layout', 'check_columns', 'metadata_frame', 'stratified_subset',
+           'load_urbansound', 'class_names', 'FoldSplit', 'default_folds', 'fold_split', 'split_class_counts',
+           'recording_subset']
 
 # %% ../nbs/00c_data.ipynb #d179cabadf
 class DatasetUnavailable(RuntimeError):
@@ -77,7 +78,30 @@ def load_hub(hub_id: str = HUB_ID, fallbacks: Sequence[str] | None = None):
     raise DatasetUnavailable(f"Cannot load UrbanSound8K from the hub: {why}.\n" + "\n".join(failures) + "\n"
                              + _LOCAL_HELP)
 
-# %% ../nbs/00c_data.ipynb #143161f4c8
+# %% ../nbs/00c_data.ipynb #37f4cd35bb
+class MetadataError(DatasetUnavailable):
+    "A metadata row the study cannot use: the message names the row, the column and the value."
+
+def check_metadata(meta: pd.DataFrame, source) -> None:
+    "Refuse the first row whose fold, classID, class or file name is out of place (`MetadataError`)."
+    for i, r in enumerate(meta.to_dict("records")):
+        row = f"{source}: row {i} ({r.get('slice_file_name')!r})"
+        fold, cid, name = r.get("fold"), r.get("classID"), r.get("slice_file_name")
+        if not (isinstance(fold, (int, np.integer)) and 1 <= fold <= 10):
+            raise MetadataError(f"{row}: fold {fold!r} is not one of 1-10")
+        if not (isinstance(cid, (int, np.integer)) and 0 <= cid <= 9):
+            raise MetadataError(f"{row}: classID {cid!r} is not one of 0-9")
+        if r.get("class") != URBANSOUND_CLASSES[cid]:
+            raise MetadataError(f"{row}: class {r.get('class')!r} disagrees with classID {cid} "
+                                f"({URBANSOUND_CLASSES[cid]!r})")
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+            raise MetadataError(f"{row}: slice_file_name {name!r} is not a plain file name inside the dataset")
+    dup = meta["slice_file_name"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise MetadataError(f"{source}: row {i} repeats slice_file_name {meta['slice_file_name'].iloc[i]!r}")
+
+# %% ../nbs/00c_data.ipynb #3439511aac
 def load_official(root) -> "datasets.Dataset":
     "Load a folder in the official layout: metadata/UrbanSound8K.csv and audio/foldN/<slice_file_name>."
     root = Path(root).expanduser().absolute(); csv = root/"metadata"/"UrbanSound8K.csv"
@@ -86,6 +110,7 @@ def load_official(root) -> "datasets.Dataset":
     if missing:
         raise DatasetUnavailable(f"{csv}: missing column(s) {missing}; "
                                  f"expected the official header {list(COLUMNS[1:])}")
+    check_metadata(meta, csv)     # before any path is built from a row
     rows, absent = [], []
     for r in meta.to_dict("records"):
         wav = root/"audio"/f"fold{int(r['fold'])}"/r["slice_file_name"]
@@ -106,7 +131,7 @@ def load_hub_layout(folder) -> "datasets.Dataset":
                                  f"({type(e).__name__}: {e})") from None
     return dd["train"] if "train" in dd else datasets.concatenate_datasets(list(dd.values()))
 
-# %% ../nbs/00c_data.ipynb #e3a2c3d7a1
+# %% ../nbs/00c_data.ipynb #391a8a98f5
 def check_columns(ds, source: str):
     "Keep UrbanSound8K's columns, in order, with raw (undecoded) audio; name any that are missing."
     from datasets import Audio
@@ -118,6 +143,7 @@ def check_columns(ds, source: str):
     if not (isinstance(ds.features["audio"], Audio) and not ds.features["audio"].decode):
         ds = ds.cast_column("audio", Audio(decode=False))  # bytes stay bytes; soundfile decodes them
     if len(ds) == 0: raise DatasetUnavailable(f"{source}: the dataset has no rows")
+    check_metadata(metadata_frame(ds), source)
     return ds
 
 # %% ../nbs/00c_data.ipynb #2f69e5b7df

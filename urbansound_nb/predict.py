@@ -22,7 +22,7 @@ from .train import CheckpointError, load_checkpoint, window_starts
 # %% auto #0
 __all__ = ['SILENCE_PEAK', 'resolve_checkpoint', 'Predictor', 'predict_files']
 
-# %% ../nbs/06a_predict.ipynb #c8a2648824
+# %% ../nbs/06a_predict.ipynb #3b12a6bd43
 SILENCE_PEAK = 1e-4  # a file whose samples never exceed this is treated as silence, not classified
 
 def resolve_checkpoint(path) -> Path:
@@ -55,13 +55,14 @@ class Predictor:
         if peak < SILENCE_PEAK:
             raise AudioDecodeError(f"{name}: the audio is silent (peak {peak:.1e}); nothing to classify")
         wave = resample(torch.from_numpy(samples), rate, self.fp.sample_rate).to(self.device)
+        wave = repeat_frames(wave, max(len(wave), self.fp.n_fft))         # the STFT needs a window's worth
         logmel = self.front(wave)                                          # [n_mels, frames]
         starts = window_starts(logmel.shape[-1], self.n_frames)           # the windows multi-crop scoring uses
         windows = [repeat_frames(logmel[:, s:s + self.n_frames], self.n_frames) for s in starts]  # as in training
         probs = self.model(torch.stack(windows)).softmax(-1).cpu().numpy()
         return probs, [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
 
-# %% ../nbs/06a_predict.ipynb #6dd3d824e8
+# %% ../nbs/06a_predict.ipynb #99267323fa
 def _top(probs, classes, k):
     return [{"class": classes[i], "probability": round(float(probs[i]), 4)} for i in np.argsort(-probs)[:k]]
 
@@ -80,5 +81,7 @@ def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False,
                 rec["windows"] = [{"start_seconds": round(s, 3), "predictions": _top(w, pr.classes, top_k)} for s,
                                   w in zip(starts, probs)]
         except (AudioDecodeError, OSError) as e: rec["error"] = str(e)
+        except Exception as e:   # whatever else one file does, the others keep their results
+            rec["error"], rec["predictions"] = f"{f}: cannot be classified ({type(e).__name__}: {e})", []
         out.append(rec)
     return out

@@ -1,4 +1,4 @@
-"""Every choice is made on validation data: averaged over rotations of the validation fold, settled by a rule stated first.
+"""Every choice made on validation averaged over rotations of the validation fold, and ties settled by a stated rule.
 
 Docs: https://urbansound-nb.github.io/urbansound_nb/selection.html.md"""
 
@@ -18,13 +18,14 @@ from .metrics import result_entry
 __all__ = ['SELECTION_RULE', 'validation_rotations', 'rotation_indices', 'rotated_estimate', 'select_on_validation',
            'choose_model']
 
-# %% ../nbs/03b_selection.ipynb #6539a84c23
+# %% ../nbs/03b_selection.ipynb #ae66630943
 def validation_rotations(train_folds, val_fold: int, selection_folds: int = 2) -> list[dict]:
     "The study's split, then up to `selection_folds - 1` more: another non-test fold validates, the others train."
     if selection_folds < 1: raise ValueError(f"selection_folds must be at least 1, got {selection_folds}")
     non_test = sorted({*map(int, train_folds), int(val_fold)})
     others = [f for f in reversed(non_test) if f != val_fold]
-    return [dict(train_folds=[f for f in non_test if f != v], val_fold=v) for v in [val_fold, *others][:selection_folds]]
+    vals = [val_fold, *others][:selection_folds]
+    return [dict(train_folds=[f for f in non_test if f != v], val_fold=v) for v in vals]
 
 def rotation_indices(fold_of, rotations: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     "(training, validation) clip indices of each rotation, from each clip's fold."
@@ -54,12 +55,12 @@ def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes
                          **rotated_estimate(accs, [len(v) for _, v in splits]))
     return entry, models[0]
 
-# %% ../nbs/03b_selection.ipynb #6131b4f2be
-SELECTION_RULE = ("Each candidate is scored by its validation accuracy averaged over the rotations. Candidates within one "
-                  "standard error of the best mean (binomial, over all the validation clips behind it) are tied with "
-                  "it. Among tied candidates an ensemble wins, since averaging equally good models lowers the "
-                  "variance that one validation estimate cannot see; failing that, the tied candidate with the fewest "
-                  "parameters (then the higher mean).")
+# %% ../nbs/03b_selection.ipynb #4785fca860
+SELECTION_RULE = ("Each candidate is scored by its validation accuracy averaged over the rotations. Candidates "
+                  "within one standard error of the best mean (binomial, over all the validation clips behind it) "
+                  "are tied with it. Among tied candidates an ensemble wins, since averaging equally good models "
+                  "lowers the variance that one validation estimate cannot see; failing that, the tied candidate "
+                  "with the fewest parameters (then the higher mean).")
 
 def choose_model(candidates: pd.DataFrame) -> tuple[str, pd.DataFrame, str]:
     "The candidate `SELECTION_RULE` picks (columns val_mean, n_val_total, parameters, ensemble); the table; why."
@@ -80,5 +81,6 @@ def choose_model(candidates: pd.DataFrame) -> tuple[str, pd.DataFrame, str]:
         why = "it has the fewest parameters of the tied candidates" if len(tied) > 1 else "no other candidate is tied"
     others = [m for m in tied.index if m != chosen]
     reason = (f"The best mean is {best}'s, {p:.1%} over {n} validation clips; one standard error is "
-              f"{margin:.1%}. Tied with it: {', '.join(others) if others else 'none'}. Chosen: {chosen}, because {why}.")
+              f"{margin:.1%}. Tied with it: {', '.join(others) if others else 'none'}. "
+              f"Chosen: {chosen}, because {why}.")
     return chosen, table, reason

@@ -137,9 +137,9 @@ def prepare_chapter(nb, results: dict | None = None, front_matter: bool = True):
     nb.cells = cells
     return nb
 
-# %% ../nbs/91_site.ipynb #17b9858ba2
-RESULT_COLUMNS = ["val_accuracy", "val_mean", "val_sd", "test_accuracy", "macro_f1", "n_train", "n_val", "n_test", "epochs",
-                  "seconds"]
+# %% ../nbs/91_site.ipynb #a94555c5ef
+RESULT_COLUMNS = ["val_accuracy", "val_mean", "val_sd", "test_accuracy", "macro_f1", "n_train", "n_val", "n_test",
+                  "epochs", "seconds"]
 INTEGER_COLUMNS = ("n_train", "n_val", "n_test", "epochs")
 
 def results_tables(run_dir) -> dict[str, pd.DataFrame]:

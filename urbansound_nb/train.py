@@ -199,7 +199,7 @@ def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n
     same = st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == n_train
     return st if same and st.get("info", info) == info else None
 
-# %% ../nbs/04c_training.ipynb #769cba88d4
+# %% ../nbs/04c_training.ipynb #c915c4a809
 def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None, augment=None,
                 class_weights=None, device=None, progress: bool = True, info: dict | None = None, init_state=None,
                 save_as: str | None = None):
@@ -251,9 +251,10 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
                                                 **(info or {})), best_path)
         if out_dir:
             save_checkpoint(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(),
-                                 scheduler=sched.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(),
-                                 device_rng=device_rng_state(device), history=hist, best=best, epoch=epoch,
-                                 train_config=asdict(cfg), config=config, n_train=len(train_idx), info=info), last)
+                                 scheduler=sched.state_dict(), generator=gen.get_state(),
+                                 torch_rng=torch.get_rng_state(), device_rng=device_rng_state(device), history=hist,
+                                 best=best, epoch=epoch, train_config=asdict(cfg), config=config,
+                                 n_train=len(train_idx), info=info), last)
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0:
             print(f"  {name} epoch {epoch+1}: loss {row['train_loss']:.3f}, val acc {val_acc:.3f} "

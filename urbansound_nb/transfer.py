@@ -46,8 +46,9 @@ def probe_network(body: EfficientAT, probe, n_classes: int) -> EfficientAT:
     with torch.no_grad(): model.net.classifier[5].weight.copy_(w); model.net.classifier[5].bias.copy_(b)
     return model.eval()
 
-# %% ../nbs/05_transfer.ipynb #aec5f3868a
-def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, splits) -> tuple[dict, object, EfficientAT]:
+# %% ../nbs/05_transfer.ipynb #609f3f1770
+def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData,
+              splits) -> tuple[dict, object, EfficientAT]:
     "A probe on `embeddings`, its C chosen on `splits` (the first: `data`'s own), tested once: (entry, probe, network)."
     labels = data.logmels.labels.numpy()
     entry, probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,
