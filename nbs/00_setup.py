@@ -98,7 +98,10 @@ print("device:", device, "| torch", torch.__version__, "| threads", torch.get_nu
 #
 # Each run writes into one directory: the executed notebooks, `results/NN_name.json` per
 # chapter, and `models/` for checkpoints. Files are written atomically (a temporary file
-# renamed into place), so an interrupted run never leaves half a results file behind.
+# renamed into place), so an interrupted run never leaves half a results file behind. They take
+# the permissions the user's umask gives a new file (a plain temporary file would be private to
+# its owner), and results files are strict JSON: a figure that is undefined (NaN, as a p-value
+# without variance) is written `null`, so that `jq`, browsers and other tools read every file.
 
 # %%
 #| export
@@ -107,22 +110,29 @@ def atomic_write_bytes(path, data: bytes):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0); os.umask(umask)       # read without changing it
+        os.fchmod(fd, 0o666 & ~umask)              # as open() would create it; mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f: f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return path
 
-def _jsonable(o):
-    if isinstance(o, np.integer): return int(o)
-    if isinstance(o, np.floating): return float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)): return o.tolist()
+def strict_json(o):
+    "`o` as plain JSON values: NumPy and torch values converted, paths as text, NaN and infinities as None."
+    if isinstance(o, dict): return {str(k) if not isinstance(k, (str, int, float, bool)) else k: strict_json(v)
+                                    for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [strict_json(v) for v in o]
+    if isinstance(o, (np.ndarray, torch.Tensor)): return strict_json(o.tolist())
+    if isinstance(o, (np.bool_, np.integer, np.floating)): o = o.item()
+    if isinstance(o, float) and not np.isfinite(o): return None
     if isinstance(o, (Path, torch.device)): return str(o)
+    if o is None or isinstance(o, (str, int, float, bool)): return o
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
 
 def save_json(obj, path):
-    "Write `obj` as indented JSON, atomically."
-    return atomic_write_bytes(path, json.dumps(obj, indent=2, default=_jsonable).encode())
+    "Write `obj` as indented strict JSON (NaN as null), atomically."
+    return atomic_write_bytes(path, json.dumps(strict_json(obj), indent=2, allow_nan=False).encode())
 
 # %%
 #| export
@@ -147,6 +157,10 @@ with tempfile.TemporaryDirectory() as d:
     write_results(rd, "00_demo", {"majority": {"test_accuracy": np.float32(0.25)}}, dataset="demo")
     test_eq(read_results(rd, "00_demo")["entries"]["majority"]["test_accuracy"], 0.25)
     test_eq(sorted(p.name for p in rd.iterdir()), ["models", "results"])
+    write_results(rd, "00_nan", {"m": {"paired_t_p": float("nan"), "x": np.array([1.0, np.inf])}})
+    test_eq(read_results(rd, "00_nan")["entries"]["m"], {"paired_t_p": None, "x": [1.0, None]})
+    _umask = os.umask(0); os.umask(_umask)
+    test_eq(oct((rd/"results"/"00_nan.json").stat().st_mode & 0o777), oct(0o666 & ~_umask))   # the umask's, not 0600
 
 # %% [markdown]
 # ## The dataset this run uses

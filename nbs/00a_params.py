@@ -156,7 +156,16 @@ def resolve_dataset(dataset=None) -> str:
     ds = dataset if dataset not in (None, "") else os.environ.get(DATASET_ENV) or HUB_ID
     if not isinstance(ds, (str, os.PathLike)):
         raise ParameterError(f"parameter 'dataset': expected a hub id, a folder or 'synthetic', got {ds!r}")
+    # a bare name would silently load whatever a hub cache holds under it
+    if str(ds) != "synthetic" and "/" not in str(ds) and os.sep not in str(ds) and not Path(ds).expanduser().exists():
+        raise ParameterError(f"parameter 'dataset': {str(ds)!r} is neither a folder nor a hub id (owner/name) "
+                             "nor 'synthetic'")
     return str(ds)
+
+# %%
+from fastcore.test import test_fail
+test_fail(lambda: resolve_dataset("somename"), contains="'somename' is neither a folder nor a hub id")
+assert resolve_dataset("owner/name") == "owner/name" and resolve_dataset("synthetic") == "synthetic"
 
 # %% [markdown]
 # ## The shared parameters, once

@@ -41,7 +41,32 @@ from pathlib import Path
 from urbansound_nb.runner import RunFailed, configure_lab, lab_command, parse_value, run_notebooks, sync
 
 # %%
-from fastcore.test import test_eq
+from fastcore.test import test_eq, test_fail
+
+# %% [markdown]
+# Arguments are checked as they are parsed: a count that is not a whole number in range is one
+# line and exit status 2 (argparse's own), before any work starts.
+
+# %%
+#| export
+def count(lo: int = 1, hi: int | None = None):
+    "An argparse type: a whole number from `lo` (to `hi`), or a one-line error naming the value."
+    def parse(text: str) -> int:
+        try: value = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi if hi is not None else ''}")
+        return value
+    return parse
+
+def usable_run_dir(path) -> str | None:
+    "Why `path` cannot hold a run (a file, not writable, not creatable), or None when it can."
+    path = Path(path).expanduser()
+    try: path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError: return f"{path}: exists and is not a directory"
+    except OSError as e: return f"{path}: cannot be created ({e.strerror})"
+    if not os.access(path, os.W_OK | os.X_OK): return f"{path}: not writable"
+    return None
 
 # %%
 #| export
@@ -58,12 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", help="shorthand for -p dataset VALUE")
     r.add_argument("--site", action="store_true", help="build the report site when the run succeeds")
     b = sub.add_parser("bench", help="benchmark the feature pipeline (prints figures; last line JSON)")
-    b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=int, default=512)
-    b.add_argument("--workers", type=int, default=None); b.add_argument("--sample-rate", type=int, default=22050)
+    b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=count(1), default=512)
+    b.add_argument("--workers", type=count(1), default=None)
+    b.add_argument("--sample-rate", type=count(4000, 192000), default=22050)
     b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
     p = sub.add_parser("predict", help="top-k classes of audio files with a checkpoint, or a run's chosen model")
     p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
-    p.add_argument("-k", "--top-k", type=int, default=3); p.add_argument("--json", action="store_true")
+    p.add_argument("-k", "--top-k", type=count(1), default=3); p.add_argument("--json", action="store_true")
     p.add_argument("--per-window", action="store_true", help="also report every window of long files")
     w = sub.add_parser("site", help="build the report website of a run directory")
     w.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest"))
@@ -78,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
 # %%
 test_eq(_parser().parse_args(["run", "00", "-p", "seed", "1", "-p", "train_folds", "[1]"]).param,
         [["seed", "1"], ["train_folds", "[1]"]])
+test_eq(count(1)("3"), 3)
+for bad in ("0", "abc", "-2"): test_fail(lambda: count(1)(bad), exc=argparse.ArgumentTypeError)
+import tempfile
+with tempfile.TemporaryDirectory() as d:
+    (Path(d)/"file").write_text("x")
+    test_eq(usable_run_dir(Path(d)/"new"/"run"), None)
+    assert "exists and is not a directory" in usable_run_dir(Path(d)/"file")
+    assert "cannot be created" in usable_run_dir(Path(d)/"file"/"run")
 
 # %% [markdown]
 # ## predict
@@ -160,6 +194,7 @@ def main(argv=None):
     if args.command == "run":
         params = {k: parse_value(v) for k, v in args.param}
         if args.dataset: params["dataset"] = args.dataset
+        if why := usable_run_dir(args.run_dir): print(f"error: run directory {why}", file=sys.stderr); return 2
         try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
         except RunFailed as e: print(f"FAILED: {e}", file=sys.stderr); return 1
         print(f"run complete: {run_dir}")

@@ -158,3 +158,25 @@ def test_results_are_written_atomically(tmp_path):
     write_results(tmp_path, "99_x", {"m": {"test_accuracy": np.float64(0.5)}})
     assert read_results(tmp_path, "99_x")["entries"]["m"]["test_accuracy"] == 0.5
     assert [p.name for p in (tmp_path/"results").iterdir()] == ["99_x.json"]  # no temporary files left
+
+
+def test_fuzzed_audio_gives_only_the_documented_error():
+    "Random bytes and truncated or corrupted headers of every format: AudioDecodeError naming the file, or samples."
+    import io
+    import numpy as np
+    import soundfile as sf
+    from urbansound_nb.audio import AudioDecodeError, decode_audio
+    rng = np.random.default_rng(0)
+    tone = (0.3 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    good = []
+    for fmt, subtype in (("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("AIFF", "PCM_24")):
+        buf = io.BytesIO(); sf.write(buf, tone, 8000, format=fmt, subtype=subtype); good.append(buf.getvalue())
+    cases = [rng.bytes(int(n)) for n in rng.integers(0, 4096, 40)]
+    cases += [g[:int(n)] for g in good for n in rng.integers(0, len(g), 12)]                 # truncated
+    for g in good:                                                                           # flipped header bytes
+        for _ in range(12):
+            b = bytearray(g); b[int(rng.integers(0, min(64, len(b))))] ^= 0xFF; cases.append(bytes(b))
+    for i, data in enumerate(cases):
+        try: samples, rate = decode_audio(data, f"case{i}.wav")
+        except AudioDecodeError as e: assert f"case{i}.wav" in str(e)
+        else: assert samples.ndim == 1 and np.isfinite(samples).all() and rate > 0

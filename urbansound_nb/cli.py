@@ -13,9 +13,29 @@ from pathlib import Path
 from .runner import RunFailed, configure_lab, lab_command, parse_value, run_notebooks, sync
 
 # %% auto #0
-__all__ = ['predict_cli', 'site_cli', 'main']
+__all__ = ['count', 'usable_run_dir', 'predict_cli', 'site_cli', 'main']
 
-# %% ../nbs/92_cli.ipynb #5ee55ce3d7
+# %% ../nbs/92_cli.ipynb #f7fca4df2b
+def count(lo: int = 1, hi: int | None = None):
+    "An argparse type: a whole number from `lo` (to `hi`), or a one-line error naming the value."
+    def parse(text: str) -> int:
+        try: value = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi if hi is not None else ''}")
+        return value
+    return parse
+
+def usable_run_dir(path) -> str | None:
+    "Why `path` cannot hold a run (a file, not writable, not creatable), or None when it can."
+    path = Path(path).expanduser()
+    try: path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError: return f"{path}: exists and is not a directory"
+    except OSError as e: return f"{path}: cannot be created ({e.strerror})"
+    if not os.access(path, os.W_OK | os.X_OK): return f"{path}: not writable"
+    return None
+
+# %% ../nbs/92_cli.ipynb #9fffc45f42
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="urbansound-nb",
                                  description="Run, test and publish the UrbanSound8K notebook study.")
@@ -29,12 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", help="shorthand for -p dataset VALUE")
     r.add_argument("--site", action="store_true", help="build the report site when the run succeeds")
     b = sub.add_parser("bench", help="benchmark the feature pipeline (prints figures; last line JSON)")
-    b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=int, default=512)
-    b.add_argument("--workers", type=int, default=None); b.add_argument("--sample-rate", type=int, default=22050)
+    b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=count(1), default=512)
+    b.add_argument("--workers", type=count(1), default=None)
+    b.add_argument("--sample-rate", type=count(4000, 192000), default=22050)
     b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
     p = sub.add_parser("predict", help="top-k classes of audio files with a checkpoint, or a run's chosen model")
     p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
-    p.add_argument("-k", "--top-k", type=int, default=3); p.add_argument("--json", action="store_true")
+    p.add_argument("-k", "--top-k", type=count(1), default=3); p.add_argument("--json", action="store_true")
     p.add_argument("--per-window", action="store_true", help="also report every window of long files")
     w = sub.add_parser("site", help="build the report website of a run directory")
     w.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest"))
@@ -82,7 +103,7 @@ def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False) -
     print("checked in Chromium: " + (f"{len(problems)} page(s) with problems" if problems else "every page is fine"))
     return 1 if problems else 0
 
-# %% ../nbs/92_cli.ipynb #32f186d368
+# %% ../nbs/92_cli.ipynb #55c2f4d15c
 def main(argv=None):
     "Entry point of the `urbansound-nb` console script."
     args = _parser().parse_args(argv)
@@ -90,6 +111,7 @@ def main(argv=None):
     if args.command == "run":
         params = {k: parse_value(v) for k, v in args.param}
         if args.dataset: params["dataset"] = args.dataset
+        if why := usable_run_dir(args.run_dir): print(f"error: run directory {why}", file=sys.stderr); return 2
         try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
         except RunFailed as e: print(f"FAILED: {e}", file=sys.stderr); return 1
         print(f"run complete: {run_dir}")

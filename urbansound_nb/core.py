@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'pick_device', 'atomic_write_bytes', 'save_json', 'make_run_dir', 'write_results', 'read_results']
+__all__ = ['seed_everything', 'pick_device', 'atomic_write_bytes', 'strict_json', 'save_json', 'make_run_dir', 'write_results',
+           'read_results']
 
 # %% ../nbs/00_setup.ipynb #69861cd441
 def seed_everything(seed: int = 0):
@@ -32,28 +33,35 @@ def pick_device(prefer: str | None = None) -> torch.device:
         return torch.device("mps")
     return torch.device("cpu")
 
-# %% ../nbs/00_setup.ipynb #0a06457d57
+# %% ../nbs/00_setup.ipynb #8c2bc9c764
 def atomic_write_bytes(path, data: bytes):
     "Write `data` to `path` through a temporary file and a rename: readers never see half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0); os.umask(umask)       # read without changing it
+        os.fchmod(fd, 0o666 & ~umask)              # as open() would create it; mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f: f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return path
 
-def _jsonable(o):
-    if isinstance(o, np.integer): return int(o)
-    if isinstance(o, np.floating): return float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)): return o.tolist()
+def strict_json(o):
+    "`o` as plain JSON values: NumPy and torch values converted, paths as text, NaN and infinities as None."
+    if isinstance(o, dict): return {str(k) if not isinstance(k, (str, int, float, bool)) else k: strict_json(v)
+                                    for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [strict_json(v) for v in o]
+    if isinstance(o, (np.ndarray, torch.Tensor)): return strict_json(o.tolist())
+    if isinstance(o, (np.bool_, np.integer, np.floating)): o = o.item()
+    if isinstance(o, float) and not np.isfinite(o): return None
     if isinstance(o, (Path, torch.device)): return str(o)
+    if o is None or isinstance(o, (str, int, float, bool)): return o
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
 
 def save_json(obj, path):
-    "Write `obj` as indented JSON, atomically."
-    return atomic_write_bytes(path, json.dumps(obj, indent=2, default=_jsonable).encode())
+    "Write `obj` as indented strict JSON (NaN as null), atomically."
+    return atomic_write_bytes(path, json.dumps(strict_json(obj), indent=2, allow_nan=False).encode())
 
 # %% ../nbs/00_setup.ipynb #0bcd0671ea
 def make_run_dir(run_dir) -> Path:

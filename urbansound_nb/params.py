@@ -85,7 +85,7 @@ def as_bool(name, value) -> bool:
     if isinstance(value, (int, str)) and str(value).strip().lower() in words: return words[str(value).strip().lower()]
     raise ParameterError(f"parameter {name!r}: expected true or false, got {value!r}")
 
-# %% ../nbs/00a_params.ipynb #567e5455bb
+# %% ../nbs/00a_params.ipynb #3806023070
 def check_fold_roles(train_folds, val_fold, test_fold):
     "The protocol: validation, test and training folds never overlap."
     if val_fold is not None and val_fold == test_fold:
@@ -101,6 +101,10 @@ def resolve_dataset(dataset=None) -> str:
     ds = dataset if dataset not in (None, "") else os.environ.get(DATASET_ENV) or HUB_ID
     if not isinstance(ds, (str, os.PathLike)):
         raise ParameterError(f"parameter 'dataset': expected a hub id, a folder or 'synthetic', got {ds!r}")
+    # a bare name would silently load whatever a hub cache holds under it
+    if str(ds) != "synthetic" and "/" not in str(ds) and os.sep not in str(ds) and not Path(ds).expanduser().exists():
+        raise ParameterError(f"parameter 'dataset': {str(ds)!r} is neither a folder nor a hub id (owner/name) "
+                             "nor 'synthetic'")
     return str(ds)
 
 # %% ../nbs/00a_params.ipynb #8bf1267db3
