@@ -52,7 +52,7 @@ from urbansound_nb.params import study_params, use_test_values
 # the shared parameters are notebook 00a's `StudyParams`: dataset, train_folds, val_fold, test_fold, max_items,
 # sample_rate, clip_seconds, epochs, seed, run_dir and cache_dir; set any of them here to override its default
 
-# %%
+# %% tags=["checks"]
 use_test_values(globals())
 params = study_params(globals())
 params

@@ -122,7 +122,8 @@ test_fail(lambda: decode_audio(b"", "empty.wav"), contains="empty.wav: the audio
 test_fail(lambda: decode_audio(b"RIFF\x00garbage" * 10, "bad.wav"), contains="bad.wav: soundfile cannot decode")
 test_fail(lambda: decode_audio(encode_audio(np.zeros(1, np.float32), 8000), "one.wav"), contains="one.wav: too short")
 _nan = np.full(800, 0.1, np.float32); _nan[10] = np.nan
-test_fail(lambda: decode_audio(encode_audio(_nan, 8000, subtype="FLOAT"), "nan.wav"), contains="nan.wav: 1 samples are NaN")
+test_fail(lambda: decode_audio(encode_audio(_nan, 8000, subtype="FLOAT"), "nan.wav"),
+          contains="nan.wav: 1 samples are NaN")
 
 # %% [markdown]
 # ## Listening in the notebook

@@ -50,10 +50,12 @@ from urbansound_nb.params import as_int, study_params, use_test_values
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 header_sample = None    # audio headers to read: None for every clip, or a number for a random sample
 
-# %%
+# %% tags=["checks"]
 use_test_values(globals())
 params = study_params(globals())
 header_sample = None if header_sample is None else as_int("header_sample", header_sample, 1)
+
+# %%
 ds = load_urbansound(params.dataset, params.max_items, params.seed)
 meta = metadata_frame(ds)
 if is_synthetic(ds):

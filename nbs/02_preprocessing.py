@@ -61,11 +61,13 @@ hop_length = 512        # STFT hop, samples (23 ms at 22.05 kHz)
 workers = None          # extraction threads; None: every core
 bench_items = 256       # clips for the on-the-fly comparison below
 
-# %%
+# %% tags=["checks"]
 use_test_values(globals(), bench_items=32)
 params = study_params(globals())
 workers = None if workers is None else as_int("workers", workers, 1)
 bench_items = as_int("bench_items", bench_items, 1)
+
+# %%
 ds = load_urbansound(params.dataset, params.max_items, params.seed)
 split = fold_split(ds, **params.split)
 print(f"{len(ds):,} clips from {params.dataset}", "(SYNTHETIC stand-in)" if is_synthetic(ds) else "")

@@ -75,12 +75,14 @@ deltas = True           # add statistics of the MFCC deltas
 # Log-mels come from the cache of notebook 02 (computed now if this is the first run with
 # these parameters); MFCCs are derived from them.
 
-# %%
+# %% tags=["checks"]
 use_test_values(globals())
 params = study_params(globals())
 # the cepstrum of n_mels bands has at most n_mels coefficients
 n_mfcc = as_int("n_mfcc", n_mfcc, 1, as_int("n_mels", n_mels, 1))
 deltas = as_bool("deltas", deltas)
+
+# %%
 seed_everything(params.seed)
 data = study_data(params, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft,
                                         hop_length=hop_length))

@@ -75,7 +75,7 @@ batch_size = 32
 multicrop = True        # sliding-window scoring of clips longer than the model's input
 train_fraction = 1.0    # train on this share of each class's training recordings (whole recordings)
 
-# %%
+# %% tags=["checks"]
 use_test_values(globals(), epochs=2)
 params = study_params(globals())
 models = as_names("models", models, RECIPES)   # a list, also when plain papermill passes it as a string

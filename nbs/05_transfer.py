@@ -81,7 +81,7 @@ finetune_epochs = 3     # epochs of fine-tuning (the validation fold chooses the
 finetune_init = "probe" # the 10-class head fine-tuning starts from: "probe" (the fitted probe's) or "random"
 batch_size = 32
 
-# %%
+# %% tags=["checks"]
 use_test_values(globals(), weights="random", finetune_epochs=1)
 params = study_params(globals())
 network = as_name("network", network, PRETRAINED)

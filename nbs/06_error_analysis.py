@@ -128,12 +128,14 @@ test_fail(lambda: check_checkpoint_split(_seen_test, _d, "m.pt"),
           contains="It has seen this run's test fold")
 test_fail(lambda: check_checkpoint_split(dict(classes=["b", "a"]), _d, "m.pt"), contains="m.pt: its classes")
 
-# %%
+# %% tags=["checks"]
 use_test_values(globals(), epochs=2)
 params = study_params(globals())
 analysable = ["small_cnn", "resnet", "probe", "finetune", "probe_finetune"]
 model_name = None if model_name is None else as_name("model_name", model_name, analysable)
 n_examples = as_int("n_examples", n_examples, 1)
+
+# %%
 run_path = make_run_dir(params.run_dir)
 candidates = study_checkpoints(run_path)
 name = model_name or chosen_model(run_path) or "resnet"

@@ -75,14 +75,6 @@ scheduler = None        # None: here; "local:N": N worker processes; "tcp://host
 cell_threads = None     # torch threads per cell; None: the scheduler's share of the cores. Fix it for the same figures
                         # from every scheduler (a CPU training's figures depend on its thread count; notebook 04d)
 
-# %%
-use_test_values(globals(), epochs=1, seeds=2, conditions=[*conditions, "mixup", "recording_variation"])
-params = study_params(globals())
-model = as_name("model", model, RECIPES)
-seed_list = list(range(params.seed, params.seed + as_int("seeds", seeds, 1)))
-cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
-parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
-
 # %% [markdown]
 # ## The conditions
 #
@@ -136,6 +128,15 @@ def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, 
     done = run_grid(train_condition, cells, shared=dict(data=data), record_path=record_path, client=client,
                     cache_dir=cache_dir, threads=threads, describe=describe, desc="07 conditions x seeds")
     return pd.DataFrame(list(done.values()))
+
+# %% tags=["checks"]
+use_test_values(globals(), epochs=1, seeds=2, conditions=[*conditions, "mixup", "recording_variation"])
+params = study_params(globals())
+model = as_name("model", model, RECIPES)
+seed_list = list(range(params.seed, params.seed + as_int("seeds", seeds, 1)))
+cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
+parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
+conditions = as_names("conditions", conditions, CONDITIONS)
 
 # %% [markdown]
 # ## The experiment

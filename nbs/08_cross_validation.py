@@ -85,18 +85,6 @@ scheduler = None        # None: here; "local:N": N worker processes; "tcp://host
 cell_threads = None     # torch threads per cell; None: the scheduler's share of the cores. Fix it for the same figures
                         # from every scheduler (a CPU training's figures depend on its thread count; notebook 04d)
 
-# %%
-use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["logreg", "small_cnn", "probe", "probe_finetune"],
-                weights="random", finetune_epochs=1)
-# every fold takes every role
-params = replace(study_params(globals()), train_folds=None, val_fold=None, test_fold=None)
-finetune_epochs, network = as_int("finetune_epochs", finetune_epochs, 1), as_name("network", network, PRETRAINED)
-finetune_init = as_name("finetune_init", finetune_init, FINETUNE_INITS)
-resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
-cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
-parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
-folds = None if folds is None else as_folds("folds", folds)
-
 # %% [markdown]
 # ## The plan
 
@@ -233,12 +221,24 @@ def cross_validate(plan, data: StudyData, models, *, epochs: int, seed: int = 0,
     order = {m: i for i, m in enumerate(models)}
     return pd.DataFrame(sorted(rows, key=lambda r: (order[r["model"]], r["test_fold"]))).reset_index(drop=True)
 
+# %% tags=["checks"]
+use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["logreg", "small_cnn", "probe", "probe_finetune"],
+                weights="random", finetune_epochs=1)
+# every fold takes every role
+params = replace(study_params(globals()), train_folds=None, val_fold=None, test_fold=None)
+finetune_epochs, network = as_int("finetune_epochs", finetune_epochs, 1), as_name("network", network, PRETRAINED)
+finetune_init = as_name("finetune_init", finetune_init, FINETUNE_INITS)
+resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
+cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
+parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
+folds = None if folds is None else as_folds("folds", folds)
+model_list = as_names("models", models, CV_MODELS)
+reference = as_name("reference", reference, CV_MODELS)
+
 # %% [markdown]
 # ## Running it
 
 # %%
-model_list = as_names("models", models, CV_MODELS)
-reference = as_name("reference", reference, CV_MODELS)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
 plan = cv_plan(data.meta["fold"].unique(), folds)

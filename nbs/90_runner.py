@@ -193,6 +193,43 @@ def notebook_parameters(ipynb) -> dict:
     return pm.inspect_notebook(str(ipynb))
 
 # %% [markdown]
+# Every parameter of every selected chapter is checked before the first chapter starts, so a
+# value that chapter 08 would refuse does not cost the hours of chapters 00-07 first. Each chapter
+# has one cell tagged `checks` that only validates its parameters (the shared ones through
+# `study_params`, its own through the `as_*` checks). `check_parameters` runs, for each chapter
+# and in this process, the chapter's import statements, its parameters cell, the values the run
+# passes, and its checks cell, with the names of the chapter's own module in scope; a refusal is
+# a `ParameterError` that names the chapter and the parameter.
+
+# %%
+#| export
+def check_parameters(notebooks, params: dict) -> None:
+    "Run each chapter's parameters and `checks` cells with `params` (before any chapter runs); ParameterError if not."
+    import importlib
+    from urbansound_nb.params import ParameterError
+    for nb in notebooks:
+        cells = nbformat.read(str(nb.with_suffix(".ipynb")), as_version=4).cells
+        tagged = {t: c for c in cells for t in c.metadata.get("tags", [])}
+        if "checks" not in tagged or "parameters" not in tagged: continue
+        before = cells[:cells.index(tagged["checks"])]
+        imports = [ast.unparse(n) for c in before if c.cell_type == "code" for n in _top_level(c.source)
+                   if isinstance(n, (ast.Import, ast.ImportFrom))]
+        module = next((c.source.split()[-1] for c in cells if c.source.startswith("#| default_exp")), None)
+        namespace = dict(vars(importlib.import_module(f"urbansound_nb.{module}"))) if module else {}
+        try:
+            exec("\n".join(imports), namespace); exec(tagged["parameters"].source, namespace)
+            namespace.update({k: v for k, v in params.items() if k in namespace or k in SHARED})
+            exec(tagged["checks"].source, namespace)
+        except ParameterError as e: raise ParameterError(f"{nb.stem}: {e}") from None
+        except Exception as e:
+            raise ParameterError(f"{nb.stem}: its parameters are refused ({type(e).__name__}: {e})") from None
+
+def _top_level(source: str) -> list:
+    "The top-level statements of a code cell (none where it is not Python, e.g. a magic)."
+    try: return ast.parse(source).body
+    except SyntaxError: return []
+
+# %% [markdown]
 # papermill says where a notebook failed (the cell, its execution count and source, carried by
 # `PapermillExecutionError`) and records how long it ran (`metadata.papermill.duration` of the
 # executed notebook); the runner reports both.
@@ -239,6 +276,7 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
     unknown = set(params) - set().union(*declared.values())
     if unknown: raise SystemExit(f"unknown parameter(s) {sorted(unknown)}: no selected notebook declares them "
                                  f"(declared: {sorted(set().union(*declared.values()))})")
+    check_parameters(notebooks, params)
     timings = _read_timings(run_dir)
     for i, nb in enumerate(notebooks, 1):
         own = {k: v for k, v in params.items() if k in declared[nb]}

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse, json, os, sys
 from pathlib import Path
 
+from urbansound_nb.params import ParameterError
 from urbansound_nb.runner import RunFailed, configure_lab, lab_command, parse_value, run_notebooks, sync
 
 # %%
@@ -197,6 +198,7 @@ def main(argv=None):
         if why := usable_run_dir(args.run_dir): print(f"error: run directory {why}", file=sys.stderr); return 2
         try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
         except RunFailed as e: print(f"FAILED: {e}", file=sys.stderr); return 1
+        except ParameterError as e: print(f"error: {e}", file=sys.stderr); return 2   # before any chapter ran
         print(f"run complete: {run_dir}")
         if args.site: from urbansound_nb.site import build_site; build_site(run_dir)
         return 0

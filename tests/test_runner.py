@@ -75,3 +75,19 @@ def test_run_streams_each_chapters_output(venv_bin, tmp_path):
     assert "log-mel logmel-" in r.stderr and "clip/s" in r.stderr       # 02's progress bar
     r2 = cli(venv_bin, *args)
     assert "min last time)" in r2.stdout
+
+
+def test_every_chapter_parameter_is_checked_before_the_first_chapter(venv_bin, tmp_path):
+    "A bad value of chapter 03's own parameter stops the run before chapter 00 starts: one line, exit status 2."
+    r = cli(venv_bin, "run", "--dataset", "synthetic", "--run-dir", tmp_path/"run", "-p", "n_mfcc", "abc")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "03_baselines" in r.stderr and "'n_mfcc'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path/"run"/"00_setup.ipynb").exists()
+    r = cli(venv_bin, "run", "--dataset", "synthetic", "--run-dir", tmp_path/"run", "-p", "models", "[resnet, nope]")
+    assert r.returncode == 2 and "'models'" in r.stderr and "nope" in r.stderr, r.stderr
+
+
+def test_an_unusable_run_directory_is_one_line(venv_bin, tmp_path):
+    (tmp_path/"file").write_text("x")
+    r = cli(venv_bin, "run", "00", "--dataset", "synthetic", "--run-dir", tmp_path/"file")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: run directory {tmp_path/'file'}: exists and is not a directory"

@@ -19,7 +19,8 @@ from .params import SHARED
 # %% auto #0
 __all__ = ['KERNELSPEC', 'LAB_OVERRIDES', 'stable_cell_ids', 'py_to_notebook', 'notebook_text', 'project_root',
            'notebook_sources', 'sync', 'export_package', 'parse_value', 'RunFailed', 'is_chapter', 'select_notebooks',
-           'notebook_parameters', 'failing_cell', 'papermill_seconds', 'run_notebooks', 'configure_lab', 'lab_command']
+           'notebook_parameters', 'check_parameters', 'failing_cell', 'papermill_seconds', 'run_notebooks',
+           'configure_lab', 'lab_command']
 
 # %% ../nbs/90_runner.ipynb #f0de0ad713
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
@@ -117,6 +118,33 @@ def notebook_parameters(ipynb) -> dict:
     import papermill as pm
     return pm.inspect_notebook(str(ipynb))
 
+# %% ../nbs/90_runner.ipynb #c7ae7b970b
+def check_parameters(notebooks, params: dict) -> None:
+    "Run each chapter's parameters and `checks` cells with `params` (before any chapter runs); ParameterError if not."
+    import importlib
+    from urbansound_nb.params import ParameterError
+    for nb in notebooks:
+        cells = nbformat.read(str(nb.with_suffix(".ipynb")), as_version=4).cells
+        tagged = {t: c for c in cells for t in c.metadata.get("tags", [])}
+        if "checks" not in tagged or "parameters" not in tagged: continue
+        before = cells[:cells.index(tagged["checks"])]
+        imports = [ast.unparse(n) for c in before if c.cell_type == "code" for n in _top_level(c.source)
+                   if isinstance(n, (ast.Import, ast.ImportFrom))]
+        module = next((c.source.split()[-1] for c in cells if c.source.startswith("#| default_exp")), None)
+        namespace = dict(vars(importlib.import_module(f"urbansound_nb.{module}"))) if module else {}
+        try:
+            exec("\n".join(imports), namespace); exec(tagged["parameters"].source, namespace)
+            namespace.update({k: v for k, v in params.items() if k in namespace or k in SHARED})
+            exec(tagged["checks"].source, namespace)
+        except ParameterError as e: raise ParameterError(f"{nb.stem}: {e}") from None
+        except Exception as e:
+            raise ParameterError(f"{nb.stem}: its parameters are refused ({type(e).__name__}: {e})") from None
+
+def _top_level(source: str) -> list:
+    "The top-level statements of a code cell (none where it is not Python, e.g. a magic)."
+    try: return ast.parse(source).body
+    except SyntaxError: return []
+
 # %% ../nbs/90_runner.ipynb #d118413a5c
 def failing_cell(error) -> str:
     "Where a `PapermillExecutionError` happened: the cell's index, execution count and first line of code."
@@ -128,7 +156,7 @@ def papermill_seconds(executed) -> float:
     meta = nbformat.read(executed, as_version=4).metadata.get("papermill", {})
     return round(float(meta.get("duration") or 0.0), 1)
 
-# %% ../nbs/90_runner.ipynb #5d9dde32d2
+# %% ../nbs/90_runner.ipynb #56a3cca683
 def _shared_is_known(record) -> bool:
     "Drop papermill's 'Passed unknown parameter' warning for the shared parameters, which every chapter takes."
     return not any(record.getMessage() == f"Passed unknown parameter: {name}" for name in SHARED)
@@ -152,6 +180,7 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
     unknown = set(params) - set().union(*declared.values())
     if unknown: raise SystemExit(f"unknown parameter(s) {sorted(unknown)}: no selected notebook declares them "
                                  f"(declared: {sorted(set().union(*declared.values()))})")
+    check_parameters(notebooks, params)
     timings = _read_timings(run_dir)
     for i, nb in enumerate(notebooks, 1):
         own = {k: v for k, v in params.items() if k in declared[nb]}
