@@ -146,7 +146,11 @@ class LogMel(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(fp.sample_rate, n_fft=fp.n_fft, hop_length=fp.hop_length,
                                                         n_mels=fp.n_mels, f_min=fp.f_min, f_max=fp.f_max, power=2.0)
         self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=None)  # 10 log10, floored at 1e-10 = DB_FLOOR
-    def forward(self, wave: torch.Tensor) -> torch.Tensor: return self.to_db(self.mel(wave))
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # a centred STFT pads by reflection, which needs more than half a window: a shorter clip is repeated
+        if wave.shape[-1] <= self.fp.n_fft // 2:
+            wave = wave.repeat(*[1] * (wave.dim() - 1), self.fp.n_fft // wave.shape[-1] + 1)
+        return self.to_db(self.mel(wave))
 
 # %%
 front = LogMel(features)
@@ -154,6 +158,7 @@ wave = torch.randn(2, int(params.clip_seconds * features.sample_rate)) * 0.1
 lm = front(wave)
 test_eq(lm.shape, (2, features.n_mels, features.frames(params.clip_seconds)))
 test_eq(front(torch.zeros(1, 4096)).max().item(), DB_FLOOR)  # silence sits exactly at the floor
+test_eq(front(torch.randn(1, 441)).shape[0], 1)                 # 0.02 s, the shortest clip decode_audio lets through
 if torch.cuda.is_available(): test_close(LogMel(features).cuda()(wave.cuda()).cpu(), lm, eps=1e-2)
 print(lm.shape, f"{lm.min():.1f} .. {lm.max():.1f} dB")
 

@@ -37,9 +37,15 @@ def test_decode_every_format(fmt, subtype, tol, rate, channels):
 
 
 @pytest.mark.parametrize("n", [1, 7, 100])
-def test_decode_clips_shorter_than_a_frame(n):
-    out, r = decode_audio(encode(np.full(n, 0.25, np.float32), 22050, "WAV", "PCM_16"), "short.wav")
-    assert len(out) == n and r == 22050
+def test_clips_under_the_minimum_are_named(n):
+    with pytest.raises(AudioDecodeError, match=f"short.wav: too short to classify \\({n} samples"):
+        decode_audio(encode(np.full(n, 0.25, np.float32), 22050, "WAV", "PCM_16"), "short.wav")
+
+
+def test_decode_clips_shorter_than_a_frame():
+    "0.025 s, above the minimum but shorter than one 1024-sample STFT window at 22.05 kHz, decodes."
+    out, r = decode_audio(encode(np.full(552, 0.25, np.float32), 22050, "WAV", "PCM_16"), "short.wav")
+    assert len(out) == 552 and r == 22050
 
 
 def test_decode_errors_name_the_clip():

@@ -58,7 +58,7 @@ class FeatureParams:
     def pad_value(self) -> float: return DB_FLOOR  # the features of silence, which pads short clips
     def front_end(self) -> nn.Module: return LogMel(self)
 
-# %% ../nbs/02_preprocessing.ipynb #d2ff542287
+# %% ../nbs/02_preprocessing.ipynb #d69ebd38db
 DB_FLOOR = -100.0  # dB: the log-mel of digital silence, and so of zero padding
 
 class LogMel(nn.Module):
@@ -69,7 +69,11 @@ class LogMel(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(fp.sample_rate, n_fft=fp.n_fft, hop_length=fp.hop_length,
                                                         n_mels=fp.n_mels, f_min=fp.f_min, f_max=fp.f_max, power=2.0)
         self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=None)  # 10 log10, floored at 1e-10 = DB_FLOOR
-    def forward(self, wave: torch.Tensor) -> torch.Tensor: return self.to_db(self.mel(wave))
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # a centred STFT pads by reflection, which needs more than half a window: a shorter clip is repeated
+        if wave.shape[-1] <= self.fp.n_fft // 2:
+            wave = wave.repeat(*[1] * (wave.dim() - 1), self.fp.n_fft // wave.shape[-1] + 1)
+        return self.to_db(self.mel(wave))
 
 # %% ../nbs/02_preprocessing.ipynb #7fcf790563
 _resamplers: dict = {}
