@@ -116,10 +116,10 @@ def test_a_download_with_the_wrong_checksum_is_not_cached(release, tmp_path):
 def test_probe_and_finetune_checkpoints_predict_without_a_dataset(tmp_path, originals):
     "A checkpoint of the network with EfficientAT's front end classifies every original file, with no download."
     from urbansound_nb.predict import predict_files
-    from urbansound_nb.train import _save, checkpoint_dict
+    from urbansound_nb.train import checkpoint_dict, save_checkpoint
     fp = P.EfficientATFeatures(); config = dict(width=0.4, n_classes=10)
-    _save(checkpoint_dict(EfficientAT(**config), "efficientat", config, fp, [f"c{i}" for i in range(10)], 4.0),
-          tmp_path/"probe.pt")
+    save_checkpoint(checkpoint_dict(EfficientAT(**config), "efficientat", config, fp, [f"c{i}" for i in range(10)], 4.0),
+                    tmp_path/"probe.pt")
     files = sorted((originals/"audio").rglob("*.wav"))
     recs = predict_files(tmp_path/"probe.pt", files, top_k=2)
     assert len(recs) == len(files) and all(r["error"] is None and len(r["predictions"]) == 2 for r in recs)

@@ -38,10 +38,23 @@ def test_papermill_runs_setup_on_synthetic(venv_bin, tmp_path):
     assert "00_setup," in (tmp_path/"timings.csv").read_text()
 
 
-def test_run_stops_naming_notebook_and_cell(venv_bin, tmp_path):
+def test_bad_fold_roles_stop_before_any_chapter(venv_bin, tmp_path):
     r = cli(venv_bin, "run", "00", "--dataset", "synthetic", "--run-dir", tmp_path, "-p", "val_fold", "3", "-p", "test_fold", "3")
+    assert r.returncode == 2 and "00_setup" in r.stderr and "must not see the test fold" in r.stderr
+    assert not (tmp_path/"00_setup.ipynb").exists()
+
+
+def test_run_stops_naming_notebook_and_cell(venv_bin, tmp_path):
+    "Metadata with fold 11: chapter 00 stops in the cell that loads the data, naming the row and the value."
+    from conftest import write_official_layout
+    import pandas as pd
+    write_official_layout(tmp_path/"data")
+    csv = tmp_path/"data"/"metadata"/"UrbanSound8K.csv"
+    meta = pd.read_csv(csv); meta.loc[1, "fold"] = 11; meta.to_csv(csv, index=False)
+    r = cli(venv_bin, "run", "00", "--dataset", tmp_path/"data", "--run-dir", tmp_path/"run")
     assert r.returncode == 1
-    assert "00_setup failed in cell" in r.stderr and "ParameterError" in r.stderr and "must not see the test fold" in r.stderr
+    assert "00_setup failed in cell" in r.stderr and "MetadataError" in r.stderr and "row 1" in r.stderr
+    assert "fold 11 is not one of 1-10" in r.stderr
 
 
 def test_unknown_parameter_is_refused(venv_bin, tmp_path):
