@@ -262,7 +262,11 @@ def lab_opens_as_notebook(path="nbs/00_setup.py", screenshot=None, timeout: floa
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{url}lab/tree/{path}?token={token}", timeout=timeout * 1000)
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell, .jp-FileEditor", timeout=timeout * 1000)
-        page.wait_for_timeout(1000)      # let the rest of the cells render
+        count = lambda: len(page.query_selector_all(".jp-NotebookPanel:visible .jp-Cell"))
+        shown, before = count(), -1
+        for _ in range(int(timeout)):    # cells render progressively, slower on a loaded machine: until the count holds
+            if shown == before: break
+            page.wait_for_timeout(1000); before, shown = shown, count()
         if screenshot: page.screenshot(path=str(screenshot))
         if page.query_selector(".jp-FileEditor:visible"): raise AssertionError(f"{path} opened in a text editor")
-        return len(page.query_selector_all(".jp-NotebookPanel:visible .jp-Cell"))
+        return shown

@@ -140,7 +140,7 @@ def screenshot_site(site_dir, out_dir) -> list[Path]:
             finally: page.close()
     return shots
 
-# %% ../nbs/91a_browser.ipynb #8855103095
+# %% ../nbs/91a_browser.ipynb #84a52ca439
 def free_port() -> int:
     "A TCP port on loopback that nothing listens on now."
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
@@ -179,7 +179,11 @@ def lab_opens_as_notebook(path="nbs/00_setup.py", screenshot=None, timeout: floa
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{url}lab/tree/{path}?token={token}", timeout=timeout * 1000)
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell, .jp-FileEditor", timeout=timeout * 1000)
-        page.wait_for_timeout(1000)      # let the rest of the cells render
+        count = lambda: len(page.query_selector_all(".jp-NotebookPanel:visible .jp-Cell"))
+        shown, before = count(), -1
+        for _ in range(int(timeout)):    # cells render progressively, slower on a loaded machine: until the count holds
+            if shown == before: break
+            page.wait_for_timeout(1000); before, shown = shown, count()
         if screenshot: page.screenshot(path=str(screenshot))
         if page.query_selector(".jp-FileEditor:visible"): raise AssertionError(f"{path} opened in a text editor")
-        return len(page.query_selector_all(".jp-NotebookPanel:visible .jp-Cell"))
+        return shown
