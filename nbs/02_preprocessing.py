@@ -134,6 +134,20 @@ print(features, features.key, f"{features.frames(params.clip_seconds)} frames pe
 # (chapter 05's) plug into the cache below the same way: parameters with a `key`, `frames`,
 # `pad_value` and a `front_end()` module.
 
+# A clip, or a waveform, shorter than what it must fill is repeated, never padded with silence
+# (notebook 02a says why): `repeat_frames` does it on the last axis, for frames and samples alike.
+
+# %%
+#| export
+def repeat_frames(x: torch.Tensor, n_frames: int) -> torch.Tensor:
+    "The last axis of `x` repeated until it is `n_frames` long, then cut there (a longer `x` keeps its start)."
+    reps = -(-n_frames // max(x.shape[-1], 1))
+    return x.repeat(*([1] * (x.dim() - 1)), reps)[..., :n_frames]
+
+# %%
+test_eq(repeat_frames(torch.tensor([[7., 8.]]), 5).tolist(), [[7., 8., 7., 8., 7.]])
+test_eq(repeat_frames(torch.arange(6.), 4).tolist(), [0., 1., 2., 3.])
+
 # %%
 #| export
 DB_FLOOR = -100.0  # dB: the log-mel of digital silence, and so of zero padding
@@ -149,7 +163,7 @@ class LogMel(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         # a centred STFT pads by reflection, which needs more than half a window: a shorter clip is repeated
         if wave.shape[-1] <= self.fp.n_fft // 2:
-            wave = wave.repeat(*[1] * (wave.dim() - 1), self.fp.n_fft // wave.shape[-1] + 1)
+            wave = repeat_frames(wave, wave.shape[-1] * (self.fp.n_fft // wave.shape[-1] + 1))
         return self.to_db(self.mel(wave))
 
 # %%

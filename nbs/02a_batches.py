@@ -42,7 +42,7 @@ from fastcore.test import test_eq, test_close
 # until it fills the input, not padded with silence: a network then sees the sound over its
 # whole input, as EfficientAT's authors advise for their networks, and a short clip's
 # prediction does not depend on how much silence surrounds it. Training, embeddings, scoring and
-# `predict` all build their inputs this way (`PADDING`; `repeat_frames` for one clip).
+# `predict` all build their inputs this way (`PADDING`; `repeat_frames` of notebook 02 for one clip).
 
 # %%
 #| export
@@ -67,11 +67,6 @@ class LogMelSet:
 #| export
 PADDING = "repeat"   # how a clip shorter than the input is filled; part of every cache key of model inputs
 
-def repeat_frames(x: torch.Tensor, n_frames: int) -> torch.Tensor:
-    "The last axis of `x` repeated until it is `n_frames` long, then cut there (a longer `x` keeps its start)."
-    reps = -(-n_frames // max(x.shape[-1], 1))
-    return x.repeat(*([1] * (x.dim() - 1)), reps)[..., :n_frames]
-
 def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", generator=None) -> torch.Tensor:
     "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop; a short clip repeated."
     idx = torch.as_tensor(idx, dtype=torch.long)
@@ -90,8 +85,6 @@ b = batch_frames(toy, [0, 1, 2], 5)
 test_eq(b.shape, (3, 3, 5))
 test_eq(b[0, 0].tolist(), [2.] * 5)                               # short clip: repeated, never padded
 test_eq(batch_frames(LogMelSet([np.array([[7.], [8.]], np.float16)]), [0], 5)[0, 0].tolist(), [7., 8., 7., 8., 7.])
-test_eq(repeat_frames(torch.tensor([[7., 8.]]), 5).tolist(), [[7., 8., 7., 8., 7.]])
-test_eq(repeat_frames(torch.arange(6.), 4).tolist(), [0., 1., 2., 3.])
 test_eq(b[1, 0].tolist(), [5.] * 5)
 toy.data[2, 0, :] = torch.arange(9).half()
 test_eq(batch_frames(toy, [2], 5)[0, 0].tolist(), [2., 3., 4., 5., 6.])   # centre crop

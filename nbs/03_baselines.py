@@ -211,12 +211,12 @@ def svm_grid(n_features: int) -> list[dict]:
     return [dict(C=c, gamma=g / n_features) for c in (1.0, 10.0, 100.0) for g in (0.25, 1.0, 4.0)]
 
 # %%
-results["logreg"], logreg = select_on_validation(logistic_regression, LOGREG_GRID, X, labels, splits, test_idx,
+results["logreg"], (logreg, *_) = select_on_validation(logistic_regression, LOGREG_GRID, X, labels, splits, test_idx,
                                                   split.classes)
 pd.DataFrame(results["logreg"]["validation_grid"])
 
 # %%
-results["svm_rbf"], svm = select_on_validation(rbf_svm, svm_grid(X.shape[1]), X, labels, splits, test_idx,
+results["svm_rbf"], (svm, *_) = select_on_validation(rbf_svm, svm_grid(X.shape[1]), X, labels, splits, test_idx,
                                                split.classes)
 pd.DataFrame(results["svm_rbf"]["validation_grid"]).round(4)
 

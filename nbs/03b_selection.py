@@ -103,12 +103,14 @@ test_eq(rotated_estimate([0.5], [10])["val_sd"], None)
 #
 # `select_on_validation` fits one model per setting of a grid on each rotation's training
 # clips and scores it on that rotation's validation clips; the setting with the best mean wins.
-# The model kept is the one fitted on the first rotation (the study's split), and only it
-# scores the test fold, once. Chapter 03 uses it for its baselines, chapter 05 for the probe.
+# Its models come back, one per rotation: the first (the study's split) is the one kept, and only
+# it scores the test fold, once; the others serve the rotated estimates of what is built on them
+# (chapter 05 fine-tunes from each rotation's probe). Chapter 03 uses it for its baselines,
+# chapter 05 for the probe.
 
 # %%
 #| export
-def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes) -> tuple[dict, object]:
+def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes) -> tuple[dict, list]:
     "Fit `make_model(**g)` for each g on every (train, val) of `splits`; choose g by mean accuracy; test once."
     t0, scores, fitted = time.time(), [], []
     for g in grid:
@@ -120,7 +122,7 @@ def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes
     entry = result_entry(y[va], models[0].predict(X[va]), y[te], models[0].predict(X[te]), classes, len(tr),
                          time.time() - t0, chosen=grid[best], validation_grid=scores,
                          **rotated_estimate(accs, [len(v) for _, v in splits]))
-    return entry, models[0]
+    return entry, models
 
 # %%
 _rng = np.random.default_rng(0)
@@ -130,6 +132,7 @@ _splits = [(np.arange(0, 60), np.arange(60, 75)), (np.arange(15, 75), np.arange(
 _entry, _model = select_on_validation(lambda C: LogisticRegression(C=C), [dict(C=1e-4), dict(C=1.0)], _X, _y, _splits,
                                       np.arange(75, 90), ["a", "b", "c"])
 test_eq(_entry["chosen"], dict(C=1.0)); test_eq(len(_entry["val_rotations"]), 2); test_eq(_entry["n_val_total"], 30)
+test_eq(len(_model), 2)                      # the chosen setting's model of each rotation, the study's first
 
 # %% [markdown]
 # ## The rule for ties

@@ -160,17 +160,17 @@ test_close(_folded(torch.from_numpy(_X)).softmax(-1).detach().numpy(), _probe.pr
 
 # %% [markdown]
 # `fit_probe` does all of it, for this chapter and for chapter 08's folds alike: the choice of
-# `C` on the given (training, validation) splits, the test fold once, and the folded network.
+# `C` on the given (training, validation) splits, the test fold once, and the folded network of
+# each split (the study's first).
 
 # %%
 #| export
-def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData,
-              splits) -> tuple[dict, object, EfficientAT]:
-    "A probe on `embeddings`, its C chosen on `splits` (the first: `data`'s own), tested once: (entry, probe, network)."
+def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, splits) -> tuple[dict, list]:
+    "A probe on `embeddings`, C chosen on `splits` (the first: `data`'s own), tested once: (entry, a network per split)."
     labels = data.logmels.labels.numpy()
-    entry, probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,
-                                        data.test, data.split.classes)
-    return entry, probe, probe_network(network, probe, len(data.split.classes))
+    entry, probes = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,
+                                         data.test, data.split.classes)
+    return entry, [probe_network(network, probe, len(data.split.classes)) for probe in probes]
 
 # %%
 embeddings, embedding_stats = cached_embeddings(net, data, params.cache_dir)
@@ -178,7 +178,8 @@ print(f"embeddings {embeddings.shape}: {embedding_stats}")
 rotations = validation_rotations(split.train_folds, split.val_fold, params.selection_folds)
 splits = rotation_indices(data.meta["fold"].values, rotations)
 results = {}
-results["probe"], probe, probe_model = fit_probe(net, embeddings, data, splits)
+results["probe"], probe_models = fit_probe(net, embeddings, data, splits)
+probe_model = probe_models[0]
 results["probe"].update(parameters=n_parameters(probe_model), checkpoint="models/probe.pt",
                         embedding_seconds=embedding_stats["seconds"],
                         embedding_clips_per_second=embedding_stats["clips_per_second"])
@@ -263,17 +264,15 @@ pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1", "seconds"]
 # ## Validation rotated over the non-test folds
 #
 # The probe's estimate is already rotated (its `C` was chosen that way). The fine-tuned network
-# and the pair are estimated the same way: for each further rotation the probe of that
-# rotation's training folds, fine-tuning from it, and their average, each scored on that
-# rotation's validation fold. These models serve only the estimate (checkpoints in
+# and the pair are estimated the same way: for each further rotation the probe `fit_probe`
+# fitted on that rotation's training folds, fine-tuning from it, and their average, each scored
+# on that rotation's validation fold. These models serve only the estimate (checkpoints in
 # `models/rotation<k>/`, so a run resumes) and never see the test fold.
 
 # %%
 rotation_accuracy = dict(finetune=[], probe_finetune=[])
-for k, (tr, va) in enumerate(splits[1:], start=1):
+for k, ((tr, va), rotated_probe) in enumerate(zip(splits[1:], probe_models[1:]), start=1):
     rotated = dataclasses.replace(data, train=tr, val=va)
-    rotated_probe = probe_network(net, probe_pipeline(**results["probe"]["chosen"]).fit(embeddings[tr], labels[tr]),
-                                  len(split.classes))
     rotated_finetune, _ = fit_finetune(net, rotated, epochs=finetune_epochs, seed=params.seed, batch_size=batch_size,
                                        head=rotated_probe if finetune_init == "probe" else None,
                                        out_dir=run_path/"models"/f"rotation{k}")

@@ -30,7 +30,6 @@
 #| export
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
+from urbansound_nb.core import read_results
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.pretrained import feature_params
 from urbansound_nb.train import CheckpointError, split_folds
@@ -77,7 +77,7 @@ def study_checkpoints(run_dir, notebooks=("04_cnn", "05_transfer")) -> dict:
     out = {}
     for nb in notebooks:
         path = Path(run_dir)/"results"/f"{nb}.json"
-        entries = json.loads(path.read_text())["entries"] if path.exists() else {}
+        entries = read_results(run_dir, nb)["entries"] if path.exists() else {}
         out.update({name: e.get("val_mean", e["val_accuracy"]) for name, e in entries.items()
                     if e.get("checkpoint") and (Path(run_dir)/e["checkpoint"]).exists()})
     return out
@@ -85,7 +85,7 @@ def study_checkpoints(run_dir, notebooks=("04_cnn", "05_transfer")) -> dict:
 def chosen_model(run_dir) -> str | None:
     "The model chapter 05 chose, if it has a checkpoint; else the checkpointed model with the best validation."
     path, candidates = Path(run_dir)/"results"/"05_transfer.json", study_checkpoints(run_dir)
-    chosen = json.loads(path.read_text()).get("best_model") if path.exists() else None
+    chosen = read_results(run_dir, "05_transfer").get("best_model") if path.exists() else None
     if chosen in candidates: return chosen
     return max(candidates, key=candidates.get) if candidates else None
 #

@@ -30,15 +30,14 @@
 #| export
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from urbansound_nb.audio import AudioDecodeError, decode_audio
-from urbansound_nb.batches import repeat_frames
-from urbansound_nb.features import FeatureParams, resample
+from urbansound_nb.core import read_results
+from urbansound_nb.features import FeatureParams, repeat_frames, resample
 from urbansound_nb.pretrained import feature_params
 from urbansound_nb.train import CheckpointError, load_checkpoint, window_starts
 
@@ -54,7 +53,7 @@ def resolve_checkpoint(path) -> Path:
     if not results.is_file():
         raise CheckpointError(f"{path}: a directory without results/05_transfer.json, which names the study's model; "
                               "give a run directory of the whole study, or a checkpoint file")
-    try: chosen = json.loads(results.read_text()).get("best_checkpoint")
+    try: chosen = read_results(path, "05_transfer").get("best_checkpoint")
     except (ValueError, AttributeError) as e: raise CheckpointError(f"{results}: not a results file ({e})") from None
     if not isinstance(chosen, str) or not chosen:
         raise CheckpointError(f"{results}: the study's model has no checkpoint; give one of {path/'models'}/*.pt")

@@ -16,7 +16,7 @@ from .data import fold_split, load_urbansound, metadata_frame
 from .features import DB_FLOOR, FeatureCache, FeatureParams, cache_logmels
 
 # %% auto #0
-__all__ = ['PADDING', 'LogMelSet', 'repeat_frames', 'batch_frames', 'band_stats', 'StudyData', 'study_data']
+__all__ = ['PADDING', 'LogMelSet', 'batch_frames', 'band_stats', 'StudyData', 'study_data']
 
 # %% ../nbs/02a_batches.ipynb #ca402db50b
 class LogMelSet:
@@ -36,13 +36,8 @@ class LogMelSet:
     def from_cache(cls, cache: FeatureCache, keys: list, labels=None):
         return cls([cache.get(k) for k in keys], labels, cache.fp)
 
-# %% ../nbs/02a_batches.ipynb #801c147870
+# %% ../nbs/02a_batches.ipynb #c6005b693e
 PADDING = "repeat"   # how a clip shorter than the input is filled; part of every cache key of model inputs
-
-def repeat_frames(x: torch.Tensor, n_frames: int) -> torch.Tensor:
-    "The last axis of `x` repeated until it is `n_frames` long, then cut there (a longer `x` keeps its start)."
-    reps = -(-n_frames // max(x.shape[-1], 1))
-    return x.repeat(*([1] * (x.dim() - 1)), reps)[..., :n_frames]
 
 def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", generator=None) -> torch.Tensor:
     "Frames [len(idx), n_mels, n_frames] (float32) of clips `idx`: random or centre crop; a short clip repeated."

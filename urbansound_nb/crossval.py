@@ -39,7 +39,7 @@ def cv_plan(present, folds=None) -> list[dict]:
     return [dict(test_fold=k, val_fold=next_fold(k), train_folds=[f for f in present if f not in (k, next_fold(k))])
             for k in folds]
 
-# %% ../nbs/08_cross_validation.ipynb #e132b6befd
+# %% ../nbs/08_cross_validation.ipynb #8c30a233c8
 TRANSFERS = ("probe", "finetune", "probe_finetune")
 CV_MODELS = ("logreg", "svm_rbf", "small_cnn", "resnet", *TRANSFERS)
 BASELINES = {"logreg": (logistic_regression, lambda n_features: LOGREG_GRID), "svm_rbf": (rbf_svm, svm_grid)}
@@ -54,14 +54,14 @@ def _baseline_predictions(model: str, split_data: StudyData):
     "An MFCC baseline of chapter 03 on one fold's split, its setting chosen on the fold's validation fold."
     X, y = mfcc_stats(split_data.logmels), split_data.logmels.labels.numpy()
     make, grid = BASELINES[model]
-    _, fitted = select_on_validation(make, grid(X.shape[1]), X, y, [(split_data.train, split_data.val)],
+    _, (fitted,) = select_on_validation(make, grid(X.shape[1]), X, y, [(split_data.train, split_data.val)],
                                      split_data.test, split_data.split.classes)
     return {model: (fitted.predict(X[split_data.val]), fitted.predict(X[split_data.test]), None)}
 
 def _transfer_predictions(model: str, split_data: StudyData, seed: int, transfer: Transfer):
     "The probe alone, or the network fine-tuned (from the probe) and the pair: {model: (val, test, epoch)}."
     net, splits = transfer.network, [(split_data.train, split_data.val)]
-    _, _, probe_model = fit_probe(net, transfer.embeddings, split_data, splits)
+    _, (probe_model,) = fit_probe(net, transfer.embeddings, split_data, splits)
     probs = lambda models, idx: class_probabilities(models, split_data, idx).argmax(1).numpy()
     if model == "probe": return {"probe": (probs([probe_model], split_data.val), probs([probe_model], split_data.test),
                                            None)}
@@ -83,7 +83,7 @@ def _fold_predictions(model: str, split_data: StudyData, epochs: int, seed: int,
               for idx in (split_data.val, split_data.test))
     return {model: (pv, pt, h["best"]["epoch"])}
 
-# %% ../nbs/08_cross_validation.ipynb #67ca0d455e
+# %% ../nbs/08_cross_validation.ipynb #303dabfe0e
 def train_fold(data: StudyData, transfer: Transfer | None, test_fold: int, val_fold: int, train_folds: list,
                model: str, epochs: int, seed: int, resnet_seeds: int) -> dict:
     "Train `model` as its chapter does on one fold's split of `data`; its validation and test figures."
@@ -127,8 +127,10 @@ def cross_validate(plan, data: StudyData, models, *, epochs: int, seed: int = 0,
                                f"test accuracy {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
     done = run_grid(train_fold, cells, shared=dict(data=data, transfer=transfer), record_path=record_path,
                     client=client, cache_dir=cache_dir, threads=threads, describe=describe, desc="08 folds x models")
-    rows = [dict(model=name, **entry) for k, r in done.items()
-            for name, entry in ((cells[k]["model"], r), *r.get("also", {}).items())]
-    rows = [{k: v for k, v in row.items() if k != "also"} for row in rows if row["model"] in models]
-    order = {m: i for i, m in enumerate(models)}
-    return pd.DataFrame(sorted(rows, key=lambda r: (order[r["model"]], r["test_fold"]))).reset_index(drop=True)
+    rows = []
+    for key, result in done.items():   # a cell's own model, then those trained with it (`also`), as asked for
+        result = dict(result)
+        also = result.pop("also", {})
+        rows += [dict(model=name, **entry) for name, entry in ((cells[key]["model"], result), *also.items())
+                 if name in models]
+    return pd.DataFrame(sorted(rows, key=lambda r: (models.index(r["model"]), r["test_fold"])))

@@ -23,8 +23,8 @@ from .audio import audio_bytes, audio_file, decode_audio
 from .core import atomic_write_bytes, pick_device, save_json
 
 # %% auto #0
-__all__ = ['FEATURE_VERSION', 'DB_FLOOR', 'FeatureParams', 'LogMel', 'resample', 'load_waveform', 'fix_length', 'clip_key',
-           'FeatureCache', 'FileKeys', 'cache_logmels']
+__all__ = ['FEATURE_VERSION', 'DB_FLOOR', 'FeatureParams', 'repeat_frames', 'LogMel', 'resample', 'load_waveform', 'fix_length',
+           'clip_key', 'FeatureCache', 'FileKeys', 'cache_logmels']
 
 # %% ../nbs/02_preprocessing.ipynb #6186bb4448
 FEATURE_VERSION = 1  # bump when the computation below changes: old caches are then ignored
@@ -58,7 +58,13 @@ class FeatureParams:
     def pad_value(self) -> float: return DB_FLOOR  # the features of silence, which pads short clips
     def front_end(self) -> nn.Module: return LogMel(self)
 
-# %% ../nbs/02_preprocessing.ipynb #d69ebd38db
+# %% ../nbs/02_preprocessing.ipynb #e273cfa55a
+def repeat_frames(x: torch.Tensor, n_frames: int) -> torch.Tensor:
+    "The last axis of `x` repeated until it is `n_frames` long, then cut there (a longer `x` keeps its start)."
+    reps = -(-n_frames // max(x.shape[-1], 1))
+    return x.repeat(*([1] * (x.dim() - 1)), reps)[..., :n_frames]
+
+# %% ../nbs/02_preprocessing.ipynb #6cb2d9ec64
 DB_FLOOR = -100.0  # dB: the log-mel of digital silence, and so of zero padding
 
 class LogMel(nn.Module):
@@ -72,7 +78,7 @@ class LogMel(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         # a centred STFT pads by reflection, which needs more than half a window: a shorter clip is repeated
         if wave.shape[-1] <= self.fp.n_fft // 2:
-            wave = wave.repeat(*[1] * (wave.dim() - 1), self.fp.n_fft // wave.shape[-1] + 1)
+            wave = repeat_frames(wave, wave.shape[-1] * (self.fp.n_fft // wave.shape[-1] + 1))
         return self.to_db(self.mel(wave))
 
 # %% ../nbs/02_preprocessing.ipynb #7fcf790563

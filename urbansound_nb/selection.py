@@ -40,8 +40,8 @@ def rotated_estimate(accuracies, n_val) -> dict:
     return dict(val_mean=float(np.mean(acc)), val_sd=float(np.std(acc, ddof=1)) if len(acc) > 1 else None,
                 val_rotations=acc, n_val_total=int(np.sum(n_val)))
 
-# %% ../nbs/03b_selection.ipynb #cbedd21b95
-def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes) -> tuple[dict, object]:
+# %% ../nbs/03b_selection.ipynb #778a9a0062
+def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes) -> tuple[dict, list]:
     "Fit `make_model(**g)` for each g on every (train, val) of `splits`; choose g by mean accuracy; test once."
     t0, scores, fitted = time.time(), [], []
     for g in grid:
@@ -53,7 +53,7 @@ def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes
     entry = result_entry(y[va], models[0].predict(X[va]), y[te], models[0].predict(X[te]), classes, len(tr),
                          time.time() - t0, chosen=grid[best], validation_grid=scores,
                          **rotated_estimate(accs, [len(v) for _, v in splits]))
-    return entry, models[0]
+    return entry, models
 
 # %% ../nbs/03b_selection.ipynb #4785fca860
 SELECTION_RULE = ("Each candidate is scored by its validation accuracy averaged over the rotations. Candidates "

@@ -46,14 +46,13 @@ def probe_network(body: EfficientAT, probe, n_classes: int) -> EfficientAT:
     with torch.no_grad(): model.net.classifier[5].weight.copy_(w); model.net.classifier[5].bias.copy_(b)
     return model.eval()
 
-# %% ../nbs/05_transfer.ipynb #609f3f1770
-def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData,
-              splits) -> tuple[dict, object, EfficientAT]:
-    "A probe on `embeddings`, its C chosen on `splits` (the first: `data`'s own), tested once: (entry, probe, network)."
+# %% ../nbs/05_transfer.ipynb #d1dd29fecc
+def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, splits) -> tuple[dict, list]:
+    "A probe on `embeddings`, C chosen on `splits` (the first: `data`'s own), tested once: (entry, a network per split)."
     labels = data.logmels.labels.numpy()
-    entry, probe = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,
-                                        data.test, data.split.classes)
-    return entry, probe, probe_network(network, probe, len(data.split.classes))
+    entry, probes = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,
+                                         data.test, data.split.classes)
+    return entry, [probe_network(network, probe, len(data.split.classes)) for probe in probes]
 
 # %% ../nbs/05_transfer.ipynb #153bb0501c
 def fit_finetune(network: EfficientAT, data: StudyData, *, epochs: int, seed: int = 0, head: EfficientAT | None = None,
