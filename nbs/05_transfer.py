@@ -166,7 +166,7 @@ test_close(_folded(torch.from_numpy(_X)).softmax(-1).detach().numpy(), _probe.pr
 # %%
 #| export
 def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, splits) -> tuple[dict, list]:
-    "A probe on `embeddings`, C chosen on `splits` (the first: `data`'s own), tested once: (entry, a network per split)."
+    "A probe on `embeddings`, its C chosen on `splits` (the first: `data`'s own), tested once: (entry, [network])."
     labels = data.logmels.labels.numpy()
     entry, probes = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,
                                          data.test, data.split.classes)

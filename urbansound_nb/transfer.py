@@ -46,9 +46,9 @@ def probe_network(body: EfficientAT, probe, n_classes: int) -> EfficientAT:
     with torch.no_grad(): model.net.classifier[5].weight.copy_(w); model.net.classifier[5].bias.copy_(b)
     return model.eval()
 
-# %% ../nbs/05_transfer.ipynb #d1dd29fecc
+# %% ../nbs/05_transfer.ipynb #6ccde4c74f
 def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, splits) -> tuple[dict, list]:
-    "A probe on `embeddings`, C chosen on `splits` (the first: `data`'s own), tested once: (entry, a network per split)."
+    "A probe on `embeddings`, its C chosen on `splits` (the first: `data`'s own), tested once: (entry, [network])."
     labels = data.logmels.labels.numpy()
     entry, probes = select_on_validation(probe_pipeline, [dict(C=c) for c in PROBE_C], embeddings, labels, splits,
                                          data.test, data.split.classes)
