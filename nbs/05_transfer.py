@@ -59,7 +59,7 @@ FINETUNE_INITS = ("probe", "random")   # the head fine-tuning starts from: the f
 # %%
 import dataclasses, time
 import matplotlib.pyplot as plt
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_close
 from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import batch_frames, study_data
@@ -331,10 +331,9 @@ earlier = {**earlier_entries("03_baselines", ("majority", "logreg", "svm_rbf")),
 table = comparison_table({**earlier, **results})
 best_model, table, reason = choose_model(table)
 rotated_over = ", ".join(str(r["val_fold"]) for r in rotations)
-print("The rule, fixed before this run:", SELECTION_RULE)
-print(f"\nValidation folds: {rotated_over}" + ("" if len(rotations) > 1 else
-      " (only one: selection_folds is 1 or there is a single non-test fold, so no rotation)"))
-print(reason)
+only_one = "" if len(rotations) > 1 else " (only one: selection_folds is 1 or there is one non-test fold)"
+display(Markdown(f"**The rule, fixed before this run.** {SELECTION_RULE}\n\n**Validation folds:** "
+                 f"{rotated_over}{only_one}. {reason}"))
 fig, ax = plt.subplots(figsize=(10, 4.5), constrained_layout=True)
 x, width = np.arange(len(table)), 0.38
 ax.bar(x - width / 2, table["val_mean"].astype(float), width, yerr=table["val_sd"].astype(float).fillna(0),
@@ -347,9 +346,13 @@ ax.set(title="Every family: validation chooses, the test fold reports", xlabel="
 ax.legend(loc="upper left", fontsize=8, ncols=2)
 plt.show()
 percent = lambda column: column.astype(float).map("{:.1%}".format)
-table.assign(val_accuracy=percent(table.val_accuracy), val_mean=percent(table.val_mean),
-             test_accuracy=percent(table.test_accuracy), macro_f1=table.macro_f1.astype(float).round(3)
-             )[["family", "val_accuracy", "val_mean", "val_sd", "tied", "test_accuracy", "macro_f1", "parameters"]]
+spread = table.val_sd.astype(float).fillna(0).map(lambda sd: f" ± {100 * sd:.1f}")
+pd.DataFrame({"family": table.family, f"validation, fold {split.val_fold}": percent(table.val_accuracy),
+              "validation, mean ± sd": percent(table.val_mean) + spread,
+              "tied": table.tied.map({True: "yes", False: ""}),
+              f"test, fold {split.test_fold}": percent(table.test_accuracy),
+              "macro F1": table.macro_f1.astype(float).round(3),
+              "parameters": table.parameters.map(lambda n: f"{int(n):,}" if pd.notna(n) else "")})
 
 # %% [markdown]
 # ## What this run says
