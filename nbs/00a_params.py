@@ -191,6 +191,7 @@ class StudyParams:
     max_items: int | None = None     # None: every clip; a number: a stratified subset, for quick runs
     epochs: int = 30                 # used by the training chapters
     selection_folds: int = 2         # validation rotates over this many non-test folds (notebook 03b); 1: one fold
+    strict_audio: bool = False       # True: a clip that cannot be decoded stops the run; False: it is skipped, named
     run_dir: Path = Path("../runs/notebook")  # relative to nbs/, where chapters run
     cache_dir: Path = Path("../cache")
 
@@ -204,6 +205,7 @@ class StudyParams:
         self.max_items = None if self.max_items is None else as_int("max_items", self.max_items, 1)
         self.epochs = as_int("epochs", self.epochs, 1, 10000)
         self.selection_folds = as_int("selection_folds", self.selection_folds, 1, 9)
+        self.strict_audio = as_bool("strict_audio", self.strict_audio)
         self.clip_seconds = _as_seconds(self.clip_seconds)
         self.run_dir, self.cache_dir = Path(self.run_dir), Path(self.cache_dir)
         check_fold_roles(self.train_folds, self.val_fold, self.test_fold)

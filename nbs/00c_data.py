@@ -53,7 +53,8 @@ import numpy as np
 import pandas as pd
 from tqdm import TqdmWarning
 
-from urbansound_nb.audio import COLUMNS, URBANSOUND_CLASSES, dataset_from_rows, synthetic_urbansound
+from urbansound_nb.audio import (COLUMNS, URBANSOUND_CLASSES, AudioDecodeError, dataset_from_rows,
+                                synthetic_urbansound)
 from urbansound_nb.params import DATASET_ENV, HUB_ID, ParameterError, as_fraction, check_fold_roles, resolve_dataset
 
 # `datasets` and `huggingface_hub` use tqdm.auto, which in a kernel without ipywidgets warns
@@ -349,3 +350,35 @@ test_eq(recording_subset(_m, [3, 5], 1.0), [3, 5])
 test_fail(lambda: recording_subset(_m, np.arange(12), 0, name="train_fraction"),
           contains="'train_fraction': expected a number in (0, 1]")
 test_fail(lambda: recording_subset(_m, np.arange(12), 1.5), contains="got 1.5")
+
+# %% [markdown]
+# ## Clips that cannot be decoded
+#
+# One corrupt file among thousands should not end a study of hours. A clip that cannot be read
+# or decoded is left out, and said so: every chapter that leaves clips out prints them with their
+# fold and the reason, writes them to its results JSON (`clips_skipped`, beside `clips_used`),
+# and the site's "this run" header counts them. `strict_audio=True` turns the first such clip
+# into an error that stops the run.
+
+# %%
+#| export
+def skipped_clip(row: dict, reason: str) -> dict:
+    "The record of a clip left out: its file name, fold, class and why."
+    return {"slice_file_name": row["slice_file_name"], "fold": int(row["fold"]), "class": row["class"],
+            "reason": reason}
+
+def report_skipped(skipped: list[dict], total: int, strict: bool = False, shown: int = 20) -> None:
+    "Print the clips left out of `total` (the first `shown`); `strict`: refuse them instead, naming the first."
+    if not skipped: return
+    if strict:
+        raise AudioDecodeError(f"{len(skipped)} of {total:,} clips cannot be decoded and strict_audio is set; "
+                               f"the first: {skipped[0]['reason']}")
+    print(f"left out {len(skipped)} of {total:,} clips that cannot be read or decoded "
+          "(strict_audio=True would stop the run):")
+    for s in skipped[:shown]: print(f"  fold {s['fold']}, {s['class']}: {s['reason']}")
+    if len(skipped) > shown: print(f"  ... and {len(skipped) - shown} more: the results JSON lists all")
+
+# %%
+_bad = [skipped_clip(dict(slice_file_name="x.wav", fold=3, **{"class": "siren"}), "x.wav: the file holds no samples")]
+report_skipped(_bad, 100)
+test_fail(lambda: report_skipped(_bad, 100, strict=True), contains="1 of 100 clips cannot be decoded")

@@ -39,11 +39,12 @@ from IPython.display import Audio
 from tqdm import tqdm
 
 from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file
+from urbansound_nb.data import skipped_clip
 
 # %%
 from urbansound_nb.audio import ClipPlayer, decode_row, encode_audio, is_synthetic
 from urbansound_nb.core import write_results
-from urbansound_nb.data import fold_split, load_urbansound, metadata_frame, split_class_counts
+from urbansound_nb.data import fold_split, load_urbansound, metadata_frame, report_skipped, split_class_counts
 from urbansound_nb.params import as_int, study_params, use_test_values
 
 # %% tags=["parameters"]
@@ -151,18 +152,23 @@ def audio_header(audio: dict, name: str = "clip"):
     try: return sf.info(source)
     except Exception as e: raise AudioDecodeError(f"{name}: soundfile cannot read its header ({e})") from None
 
-def audio_headers(ds, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
-    "Sample rate, channels, encoding and duration from each clip's header (all clips, or a random `sample`)."
+def audio_headers(ds, sample: int | None = None, seed: int = 0) -> tuple[pd.DataFrame, list[dict]]:
+    "Rate, channels, encoding and duration from each clip's header (all, or a random `sample`); the unreadable ones."
     everything = sample is None or sample >= len(ds)
     idx = np.arange(len(ds)) if everything else np.sort(np.random.default_rng(seed).choice(len(ds), sample, False))
-    rows, sub = [], ds.select(idx.tolist()).select_columns(["audio", "slice_file_name", "class"])
+    rows, kept, skipped = [], [], []
+    sub = ds.select(idx.tolist()).select_columns(["audio", "slice_file_name", "class", "fold"])
     for batch in tqdm(sub.iter(batch_size=256), total=(len(idx) + 255) // 256, desc="audio headers", mininterval=2):
-        for a, name, cls in zip(batch["audio"], batch["slice_file_name"], batch["class"]):
-            info = audio_header(a, name)
+        for a, name, cls, fold in zip(batch["audio"], batch["slice_file_name"], batch["class"], batch["fold"]):
+            at = len(rows) + len(skipped)
+            try: info = audio_header(a, name)
+            except AudioDecodeError as e:
+                skipped.append(skipped_clip({"slice_file_name": name, "class": cls, "fold": fold}, str(e))); continue
+            kept.append(idx[at])
             rows.append(dict(slice_file_name=name, **{"class": cls}, sample_rate=info.samplerate,
                              channels=info.channels,
                              format=info.format, subtype=info.subtype, decoded_seconds=info.frames / info.samplerate))
-    return pd.DataFrame(rows, index=idx)
+    return pd.DataFrame(rows, index=kept), skipped
 
 # %%
 import tempfile
@@ -174,9 +180,14 @@ with tempfile.TemporaryDirectory() as d:
     wav.write_bytes(b"not audio" * 10)
     test_fail(lambda: audio_header(dict(bytes=None, path=str(wav)), "x.wav"),
               contains="x.wav: soundfile cannot read its header")
+from urbansound_nb.audio import dataset_from_rows
+_rows = load_urbansound("synthetic", max_items=4).to_list(); _rows[2]["audio"] = dict(bytes=b"junk" * 9, path=None)
+_h, _bad = audio_headers(dataset_from_rows(_rows))        # an unreadable header: left out and named, not fatal
+test_eq(list(_h.index), [0, 1, 3]); test_eq([b["slice_file_name"] for b in _bad], [_rows[2]["slice_file_name"]])
 
 # %%
-headers = audio_headers(ds, header_sample, params.seed)
+headers, skipped = audio_headers(ds, header_sample, params.seed)
+report_skipped(skipped, len(ds), params.strict_audio)
 meta["metadata_seconds"] = meta["end"] - meta["start"]
 durations = meta.join(headers[["decoded_seconds"]], how="inner")
 print(f"headers read for {len(headers):,} of {len(ds):,} clips")
@@ -251,9 +262,11 @@ def plot_clip(samples: np.ndarray, rate: int, title: str, n_mels: int = 64, axes
     return axes
 
 # %%
-examples = meta.groupby("class", sort=True).head(1).sort_values("classID")
+readable = meta.index.isin(headers.index) if header_sample is None else np.ones(len(meta), bool)
+examples = meta[readable].groupby("class", sort=True).head(1).sort_values("classID")
 for i, r in examples.iterrows():
-    x, rate = decode_row(ds[int(i)])
+    try: x, rate = decode_row(ds[int(i)])
+    except AudioDecodeError as e: print(f"no example of {r['class']}: {e}"); continue
     plot_clip(x, rate, f"{r['class']} ({r['slice_file_name']}, fold {r['fold']})"); plt.show()
     display(ClipPlayer(x, rate, f"{r['class']}: {r['slice_file_name']}, {len(x)/rate:.2f} s at {rate} Hz"))
 
@@ -265,5 +278,5 @@ write_results(params.run_dir, "01_eda", {
                     share_shorter_than_4s=float(short), headers_read=len(headers),
                     sample_rates={int(k): int(v) for k, v in fmt["sample_rate"].value_counts().items()},
                     encodings=fmt["encoding"].value_counts().to_dict()),
-    "chance": chance}, dataset=params.dataset,
+    "chance": chance}, dataset=params.dataset, clips_used=len(ds) - len(skipped), clips_skipped=skipped,
         split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))

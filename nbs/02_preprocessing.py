@@ -32,7 +32,7 @@
 #| export
 from __future__ import annotations
 
-import hashlib, io, json, os, time
+import hashlib, io, json, os, time, warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -44,7 +44,7 @@ import torchaudio
 from torch import nn
 from tqdm import tqdm
 
-from urbansound_nb.audio import audio_bytes, audio_file, decode_audio
+from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file, decode_audio
 from urbansound_nb.core import atomic_write_bytes, pick_device, save_json
 
 # %%
@@ -260,6 +260,13 @@ assert len(crops) > 3, "random crops vary"
 # matters at 0.03 dB resolution), and `shard-*.json`, the index (clip key, offset, length).
 # A shard's index is written last and atomically, so an interrupted extraction leaves only
 # complete shards, and the next call computes just the clips that are missing.
+#
+# The cache is checked as it is opened. A shard whose index cannot be read, whose frames are
+# truncated, or whose index lists more frames than it holds is named in a warning and removed,
+# and its clips are computed again (a read-only cache, as Dask workers open it, names it and
+# says to delete it instead). A clip that cannot be decoded gets no features: its key and the
+# reason go into `undecodable.json`, so it is named again without being decoded again, and the
+# chapters leave it out and say so (`study_data`, notebook 02a).
 
 # %%
 #| export
@@ -275,27 +282,71 @@ def _clip_batches(ds, batch_size=256):
 
 # %%
 #| export
+UNDECODABLE = "undecodable.json"  # in each feature folder: {clip key: why it cannot be decoded}
+
+class CacheDamaged(RuntimeError):
+    "A cache file that cannot be used as it is: the message names it and says how to clear it."
+
+def _json_or_empty(path: Path) -> dict:
+    "A JSON object from `path`; {} when it is absent or damaged (it is only a memo)."
+    try: out = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError): out = {}
+    return out if isinstance(out, dict) else {}
+
 class FeatureCache:
     "Log-mel frames on disk, one folder per `FeatureParams`, sharded, resumable; `read_only`: never writes."
     def __init__(self, cache_dir, fp: FeatureParams, read_only: bool = False):
-        self.fp, self.dir = fp, Path(cache_dir).expanduser()/fp.key
+        self.fp, self.dir, self.read_only = fp, Path(cache_dir).expanduser()/fp.key, read_only
         if read_only and not self.dir.is_dir():
             raise FileNotFoundError(f"no feature cache at {self.dir}: compute the features first (study_data)")
         if not read_only:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_json(dict(asdict(fp), version=FEATURE_VERSION), self.dir/"params.json")
         self.index: dict = {}
-        for f in sorted(self.dir.glob("shard-*.json")):
-            for k, off, n in json.loads(f.read_text())["clips"]: self.index[k] = (f.with_suffix(".npy").name, off, n)
+        for f in sorted(self.dir.glob("shard-*.json")): self._add_shard(f)
+        # clips that cannot be decoded, by key, with the reason: remembered so they are not decoded again
+        self.undecodable: dict = _json_or_empty(self.dir/UNDECODABLE)
+        self.unreadable: dict = {}  # files that could not be read this time: never remembered
         self._open: dict = {}
+
+    def _add_shard(self, index_file: Path):
+        "Index one shard, or (damaged: unreadable, truncated, inconsistent) drop it so its clips are computed again."
+        npy = index_file.with_suffix(".npy")
+        try:
+            clips = json.loads(index_file.read_text())["clips"]
+            rows, width = np.load(npy, mmap_mode="r").shape   # the header only: a truncated file fails here
+            if width != self.fp.n_mels or any(off < 0 or n < 1 or off + n > rows for _, off, n in clips):
+                raise ValueError(f"{rows}x{width} frames do not hold the clips its index lists")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            what = f"damaged feature-cache shard {index_file.name} / {npy.name} in {self.dir} ({e})"
+            if self.read_only: raise CacheDamaged(f"{what}; delete both files to have its clips computed again")
+            warnings.warn(f"{what}: removed, its clips are computed again")
+            index_file.unlink(missing_ok=True); npy.unlink(missing_ok=True)
+            return
+        for k, off, n in clips: self.index[k] = (npy.name, off, n)
 
     def __contains__(self, key): return key in self.index
     def __len__(self): return len(self.index)
 
+    def skip_reason(self, key) -> str | None:
+        "Why the clip of `key` has no features (it cannot be read or decoded), else None."
+        return self.unreadable.get(key) or self.undecodable.get(key)
+
+    def mark_undecodable(self, reasons: dict):
+        "Remember clips (key: reason) that cannot be decoded."
+        self.undecodable.update(reasons)
+        if reasons and not self.read_only: save_json(self.undecodable, self.dir/UNDECODABLE)
+
     def get(self, key) -> np.ndarray:
         "Frames [frames, n_mels] (float16, memory-mapped) of one clip."
+        if key not in self.index:
+            raise KeyError(f"clip {key} has no features in {self.dir}: {self.skip_reason(key) or 'not computed'}")
         shard, off, n = self.index[key]
-        if shard not in self._open: self._open[shard] = np.load(self.dir/shard, mmap_mode="r")
+        if shard not in self._open:
+            try: self._open[shard] = np.load(self.dir/shard, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise CacheDamaged(f"damaged feature-cache shard {self.dir/shard} ({e}); delete it and its .json "
+                                   "to have its clips computed again") from None
         return self._open[shard][off:off + n]
 
 # %%
@@ -306,6 +357,11 @@ def _clip_logmel(data: bytes, name: str, front: LogMel, device) -> np.ndarray:
     wave = load_waveform(data, front.fp.sample_rate, name).to(device)
     return front(wave).T.to(torch.float16).cpu().numpy()
 
+def _logmel_or_reason(data: bytes, name: str, front: LogMel, device) -> np.ndarray | str:
+    "A clip's log-mel frames, or why it cannot be decoded (the caller skips it and says so)."
+    try: return _clip_logmel(data, name, front, device)
+    except AudioDecodeError as e: return str(e)
+
 def _write_shard(cache: FeatureCache, keys: list, frames: list):
     "One shard: the frames first, then (atomically) the index that makes them visible."
     name = "shard-" + hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
@@ -315,6 +371,20 @@ def _write_shard(cache: FeatureCache, keys: list, frames: list):
     atomic_write_bytes(cache.dir/f"{name}.json",
                        json.dumps({"clips": [[k, o, len(f)] for k, o, f in zip(keys, offs, frames)]}).encode())
     for k, o, f in zip(keys, offs, frames): cache.index[k] = (f"{name}.npy", o, len(f))
+
+# %%
+import tempfile, warnings
+with tempfile.TemporaryDirectory() as d:
+    c = FeatureCache(d, features); _write_shard(c, ["a", "b"], [np.zeros((3, 64), np.float16)] * 2)
+    test_eq(len(FeatureCache(d, features)), 2)
+    shard = next(c.dir.glob("shard-*.npy")); shard.write_bytes(shard.read_bytes()[:-100])    # truncated
+    test_fail(lambda: FeatureCache(d, features, read_only=True), contains="damaged feature-cache shard")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always"); test_eq(len(FeatureCache(d, features)), 0)
+    assert shard.name in str(said[0].message) and not shard.exists()     # named, removed: computed again
+    c.mark_undecodable({"c": "c.wav: the audio is empty (0 bytes)"})
+    test_eq(FeatureCache(d, features).skip_reason("c"), "c.wav: the audio is empty (0 bytes)")
+    test_fail(lambda: c.get("c"), contains="c.wav: the audio is empty")
 
 # %% [markdown]
 # Finding a clip's key means reading and hashing its bytes, and every notebook does it to look
@@ -341,9 +411,7 @@ class FileKeys:
 
     def __init__(self, cache_dir):
         self.path = Path(cache_dir).expanduser()/"file_keys.json"
-        try: self.entries = json.loads(self.path.read_text()) if self.path.exists() else {}
-        except (OSError, ValueError): self.entries = {}  # a damaged memo costs a rehash, nothing else
-        if not isinstance(self.entries, dict): self.entries = {}
+        self.entries = _json_or_empty(self.path)  # a damaged memo costs a rehash, nothing else
         self.hashed, self.changed = 0, False
 
     def key(self, audio: dict, name: str = "clip") -> str:
@@ -367,7 +435,6 @@ class FileKeys:
 # from the memo until the file changes:
 
 # %%
-import tempfile
 from urbansound_nb.audio import encode_audio
 with tempfile.TemporaryDirectory() as d:
     wav = Path(d)/"a.wav"; wav.write_bytes(encode_audio(np.zeros(800, np.float32), 8000))
@@ -393,8 +460,10 @@ def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dic
     try:
         for batch in ds.select_columns(["audio", "slice_file_name"]).iter(batch_size=256):
             for audio, name in zip(batch["audio"], batch["slice_file_name"]):
-                k = file_keys.key(audio, name)
-                if k not in cache and k not in todo: todo[k] = len(keys)
+                try: k = file_keys.key(audio, name)
+                except (AudioDecodeError, OSError) as e:  # missing or unreadable: skipped and named, like bad audio
+                    k = f"unreadable:{audio_file(audio) or name}"; cache.unreadable[k] = f"{name}: {e}"
+                if k not in cache and k not in todo and not cache.skip_reason(k): todo[k] = len(keys)
                 keys.append(k)
     finally: file_keys.save()  # the files hashed before an unreadable one stay remembered
     return keys, todo
@@ -410,12 +479,14 @@ def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dic
 def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device, workers: int, shard_size: int, bar):
     "Compute and store the log-mels of the rows in `todo`, reading their audio again 32 clips at a time."
     keys, pending, inflight = list(todo), ([], []), deque()
-    def work(ks, names, datas): return ks, [_clip_logmel(d, n, front, device) for n, d in zip(names, datas)]
+    def work(ks, names, datas): return ks, [_logmel_or_reason(d, n, front, device) for n, d in zip(names, datas)]
     def collect(keep: int):  # oldest chunk first; a full shard is written at once
         nonlocal pending
         while len(inflight) > keep:
             ks, frames = inflight.popleft().result()
-            pending[0].extend(ks); pending[1].extend(frames); bar.update(len(ks))
+            cache.mark_undecodable({k: f for k, f in zip(ks, frames) if isinstance(f, str)})
+            good = [(k, f) for k, f in zip(ks, frames) if not isinstance(f, str)]
+            pending[0].extend(k for k, _ in good); pending[1].extend(f for _, f in good); bar.update(len(ks))
             if len(pending[0]) >= shard_size: _write_shard(cache, *pending); pending = ([], [])
     try:
         with ThreadPoolExecutor(workers) as ex:
@@ -441,7 +512,7 @@ with tempfile.TemporaryDirectory() as d:
 #| export
 def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, device=None,
                   shard_size: int = 256, progress: bool = True) -> tuple[FeatureCache, list[str], dict]:
-    "Make sure every clip of `ds` is in the cache; return the cache, the clips' keys in order, and statistics."
+    "Cache every clip of `ds` that decodes (`cache.skip_reason` says why others do not); the cache, keys, statistics."
     t0 = time.time(); cache, file_keys = FeatureCache(cache_dir, fp), FileKeys(cache_dir)
     keys, todo = _hash_clips(ds, cache, file_keys); hashed = time.time()
     device = torch.device(device) if device else pick_device()
@@ -451,8 +522,9 @@ def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, 
     try:
         if todo: _extract_missing(cache, ds, todo, front, device, workers, shard_size, bar)
     finally: torch.set_num_threads(threads); bar.close()
-    stats = dict(clips=len(keys), computed=len(todo), reused=len(keys) - len(todo), hashed=file_keys.hashed,
-                 hash_seconds=round(hashed - t0, 3),
+    skipped, computed = sum(bool(cache.skip_reason(k)) for k in keys), sum(k in cache for k in todo)
+    stats = dict(clips=len(keys), computed=computed, reused=len(keys) - computed - skipped, skipped=skipped,
+                 hashed=file_keys.hashed, hash_seconds=round(hashed - t0, 3),
                  extract_seconds=round(time.time() - hashed, 3), workers=workers, device=str(device))
     return cache, keys, stats
 
@@ -550,4 +622,5 @@ bench = benchmark(params.dataset, max_items=bench_items, workers=workers, fp=fea
 #| slow
 write_results(params.run_dir, "02_preprocessing", {"features": dict(
     feature_key=features.key, **asdict(features), n_frames=n_frames, clips=len(allset), cache_dir=str(cache.dir),
-    first_pass=stats, second_pass=stats2, benchmark=bench)}, dataset=params.dataset)
+    first_pass=stats, second_pass=stats2, benchmark=bench)}, dataset=params.dataset,
+              **data.clip_counts())

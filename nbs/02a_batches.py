@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from urbansound_nb.data import fold_split, load_urbansound, metadata_frame
+from urbansound_nb.data import fold_split, load_urbansound, metadata_frame, report_skipped, skipped_clip
 from urbansound_nb.features import DB_FLOOR, FeatureCache, FeatureParams, cache_logmels
 
 # %%
@@ -131,21 +131,37 @@ class StudyData:
     ds: object; split: object; meta: object; fp: FeatureParams; logmels: LogMelSet
     clip_seconds: float; n_frames: int; train: np.ndarray; val: np.ndarray; test: np.ndarray; cache_stats: dict
     keys: list | None = None  # each clip's content key in the feature cache
+    skipped: list = field(default_factory=list)  # the clips left out: they cannot be read or decoded
     # not an __init__ argument, so dataclasses.replace (another split of the same clips) starts without it
     _band_stats: tuple | None = field(default=None, init=False, repr=False, compare=False)
     def band_stats(self):
         "Per-band mean and std of the training folds only (no leak), computed once per StudyData."
         if self._band_stats is None: self._band_stats = band_stats(self.logmels, self.train)
         return self._band_stats
+    def clip_counts(self) -> dict:
+        "The clips the chapter's figures rest on and those left out, for its results file."
+        return dict(clips_used=len(self.meta), clips_skipped=self.skipped)
+
+def decodable(ds, cache: FeatureCache, keys: list, strict: bool = False) -> tuple[object, list, list]:
+    "`ds` and `keys` without the clips the cache could not decode, and those clips' records (reported here)."
+    bad = [i for i, k in enumerate(keys) if cache.skip_reason(k)]
+    if not bad: return ds, keys, []
+    rows = ds.select(bad).select_columns(["slice_file_name", "fold", "class"]).to_list()
+    skipped = [skipped_clip(r, cache.skip_reason(keys[i])) for i, r in zip(bad, rows)]
+    report_skipped(skipped, len(ds), strict)
+    keep = sorted(set(range(len(ds))) - set(bad))
+    return ds.select(keep), [keys[i] for i in keep], skipped
 
 def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
     "Load `params.dataset`, split it by fold and read (or compute) its log-mels with `fp` (default: 64 bands)."
     ds = load_urbansound(params.dataset, params.max_items, params.seed)
-    split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)
+    fold_split(ds, params.train_folds, params.val_fold, params.test_fold)  # a split error before hours of features
     fp = fp or FeatureParams(sample_rate=params.sample_rate)
     cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, progress=progress)
+    ds, keys, skipped = decodable(ds, cache, keys, params.strict_audio)
+    split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)
     fold = meta["fold"].values
     tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
     return StudyData(ds, split, meta, fp, LogMelSet.from_cache(cache, keys, meta["classID"].values),
-                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats, keys)
+                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats, keys, skipped)
 

@@ -259,4 +259,4 @@ print(f"On test fold {split.test_fold}: logistic regression {lr_acc:.1%}, RBF SV
 write_results(params.run_dir, "03_baselines", results, dataset=params.dataset, best_model=best_name,
               features=dict(feature_key=features.key, n_mfcc=n_mfcc, deltas=deltas, n_features=int(X.shape[1])),
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
-              rotations=rotations)
+              rotations=rotations, **data.clip_counts())

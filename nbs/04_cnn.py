@@ -274,4 +274,4 @@ write_results(run_path, "04_cnn", results, dataset=params.dataset, best_model=be
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold,
                          train_fraction=train_fraction), rotations=rotations,
               features=dict(feature_key=data.fp.key, n_frames=data.n_frames),
-              history={k: v["history"] for k, v in histories.items()})
+              history={k: v["history"] for k, v in histories.items()}, **data.clip_counts())

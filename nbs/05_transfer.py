@@ -386,4 +386,4 @@ write_results(run_path, "05_transfer", results, dataset=params.dataset, best_mod
               comparison=table.reset_index(names="model").to_dict("records"),
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
               features=dict(feature_key=data.fp.key, n_frames=data.n_frames, seconds=round(feature_seconds, 1)),
-              embeddings=embedding_stats, history=history["history"])
+              embeddings=embedding_stats, history=history["history"], **data.clip_counts())

@@ -34,7 +34,7 @@
 #| export
 from __future__ import annotations
 
-import hashlib, io, json, math, os, tempfile, time
+import hashlib, io, json, math, os, tempfile, time, warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -312,11 +312,22 @@ def embed_clips(network: EfficientAT, ls: LogMelSet, idx, n_frames: int, batch_s
         out.append(network.embed(batch_frames(ls, idx[start:start + batch_size], n_frames).to(device)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
+def _stored_embeddings(path: Path) -> dict:
+    "The embeddings stored at `path` ({keys, vectors}); {} when absent, or damaged (named, then computed again)."
+    if not path.exists(): return {}
+    try:
+        with np.load(path) as z: known = dict(keys=z["keys"], vectors=z["vectors"])  # no pickles: allow_pickle=False
+        if known["vectors"].ndim != 2 or len(known["keys"]) != len(known["vectors"]): raise ValueError("shapes differ")
+        return known
+    except Exception as e:
+        warnings.warn(f"damaged embeddings cache {path} ({type(e).__name__}: {e}): computed again")
+        return {}
+
 def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 64,
                       progress: bool = True) -> tuple[np.ndarray, dict]:
     "Embeddings of every clip of `data` (a `StudyData` with clip keys), computed once per clip and weights file."
     path = Path(cache_dir).expanduser()/data.fp.key/f"embeddings-{network.weights_sha[:12]}-{PADDING}.npz"
-    known = dict(np.load(path)) if path.exists() else {}
+    known = _stored_embeddings(path)
     keys, known_keys = list(data.keys), dict(zip(known.get("keys", []), range(len(known.get("keys", [])))))
     todo = [i for i, k in enumerate(keys) if k not in known_keys]
     t0 = time.time()
@@ -334,6 +345,13 @@ def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 6
         atomic_write_bytes(path, buf.getvalue())
     return out, dict(computed=len(todo), reused=len(keys) - len(todo), seconds=round(seconds, 2),
                      clips_per_second=round(len(todo) / seconds, 1) if todo and seconds > 0 else None)
+
+# %%
+with tempfile.TemporaryDirectory() as d:     # a damaged store is named and computed again, never a cryptic error
+    (Path(d)/"embeddings.npz").write_bytes(b"PK\x03\x04 cut short")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always"); test_eq(_stored_embeddings(Path(d)/"embeddings.npz"), {})
+    assert "damaged embeddings cache" in str(said[0].message) and "embeddings.npz" in str(said[0].message)
 
 # %% [markdown]
 # ## Throughput

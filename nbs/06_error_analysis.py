@@ -357,4 +357,5 @@ write_results(run_path, "06_error_analysis", {name: dict(
     test_accuracy=float(acc), n_test=len(pred), confused_pairs=pairs.to_dict("records"),
     accuracy_by_salience=by_sal["accuracy"].to_dict(),
     accuracy_by_duration={str(k): v for k, v in by_dur["accuracy"].items()},
-    checkpoint=str(ckpt.relative_to(run_path)))}, dataset=params.dataset, interpretation=lines)
+    checkpoint=str(ckpt.relative_to(run_path)))}, dataset=params.dataset, interpretation=lines,
+    **data.clip_counts())

@@ -221,4 +221,5 @@ def _condition_entry(c, r) -> dict:
 
 write_results(run_path, "07_augmentation", {c: _condition_entry(c, r) for c, r in summary.iterrows()},
               dataset=params.dataset, model=model, epochs=params.epochs, seeds=seed_list, conclusion=lines,
-              split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold))
+              split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
+              **data.clip_counts())

@@ -337,4 +337,4 @@ FOLD_FIGURES = ("val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy
 write_results(run_path, "08_cross_validation",
               {f"{r.model}/fold{int(r.test_fold)}": {k: r[k] for k in FOLD_FIGURES} for _, r in cv.iterrows()},
               dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_seeds=resnet_seeds,
-              summary=summary)
+              summary=summary, **data.clip_counts())

@@ -230,6 +230,19 @@ def _top_level(source: str) -> list:
     except SyntaxError: return []
 
 # %% [markdown]
+# The data is checked before the first chapter too: `check_dataset` loads the run's dataset
+# once, which checks its columns and every metadata row (`check_metadata`, notebook 00c), so
+# a fold 11 or a file name that leaves the dataset folder, or a hub that cannot be reached, is
+# one line before any chapter runs (`DatasetUnavailable`; `MetadataError` names the row).
+
+# %%
+#| export
+def check_dataset(params: dict) -> None:
+    "Load the run's dataset (`params['dataset']`, else the default) once, checking its metadata; raise if unusable."
+    from urbansound_nb.data import load_urbansound
+    load_urbansound(params.get("dataset"))
+
+# %% [markdown]
 # papermill says where a notebook failed (the cell, its execution count and source, carried by
 # `PapermillExecutionError`) and records how long it ran (`metadata.papermill.duration` of the
 # executed notebook); the runner reports both.
@@ -257,6 +270,26 @@ def _shared_is_known(record) -> bool:
     "Drop papermill's 'Passed unknown parameter' warning for the shared parameters, which every chapter takes."
     return not any(record.getMessage() == f"Passed unknown parameter: {name}" for name in SHARED)
 
+def keep_if_whole(partial: Path, out: Path) -> bool:
+    "Move `partial` onto `out` if it is a whole notebook; a half-written one stays aside and `out` is untouched."
+    try: nbformat.read(partial, as_version=4)
+    except Exception: return False
+    os.replace(partial, out)
+    return True
+
+def execute_chapter(nb: Path, out: Path, parameters: dict, timeout=None, stream: bool = True):
+    "Run chapter `nb` with papermill into `out`, which only ever holds a whole notebook (papermill writes aside)."
+    import papermill as pm
+    partial = out.with_name(f".{out.stem}.partial.ipynb")   # papermill rewrites its output after every cell
+    try:
+        # the kernel's output (the chapters' progress bars, their prints) goes to the terminal as it comes;
+        # ipykernel 7 warns on every start that its local TCP sockets are unencrypted; errors still show
+        pm.execute_notebook(str(nb.with_suffix(".ipynb")), str(partial), parameters=parameters, cwd=str(nb.parent),
+                            kernel_name="python3", progress_bar=False, execution_timeout=timeout,
+                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    finally: keep_if_whole(partial, out)
+
 def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
                   stream: bool = True) -> Path:
     "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results: `run_dir/results`."
@@ -277,7 +310,8 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
     if unknown: raise SystemExit(f"unknown parameter(s) {sorted(unknown)}: no selected notebook declares them "
                                  f"(declared: {sorted(set().union(*declared.values()))})")
     check_parameters(notebooks, params)
-    timings = _read_timings(run_dir)
+    check_dataset(params)
+    timings = read_timings(run_dir)
     for i, nb in enumerate(notebooks, 1):
         own = {k: v for k, v in params.items() if k in declared[nb]}
         out = run_dir/nb.with_suffix(".ipynb").name
@@ -285,13 +319,7 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
         last = timings.get(nb.stem, {})
         expected = f" (about {last['seconds'] / 60:.1f} min last time)" if last.get("status") == "ok" else ""
         print(f"[{i}/{len(notebooks)}] {nb.stem} ...{expected}", flush=True)
-        try:
-            # the kernel's output (the chapters' progress bars, their prints) goes to the terminal as it comes;
-            # ipykernel 7 warns on every start that its local TCP sockets are unencrypted; errors still show
-            pm.execute_notebook(str(nb.with_suffix(".ipynb")), str(out), parameters=own, cwd=str(nb.parent),
-                                kernel_name="python3", progress_bar=False, execution_timeout=timeout,
-                                stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        try: execute_chapter(nb, out, own, timeout, stream)
         except KeyboardInterrupt:
             raise RunFailed(f"interrupted in {nb.stem}; run the same command again to resume: features, trainings and "
                             "finished grid cells are kept in the cache and run directory") from None
@@ -299,13 +327,32 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
             timings[nb.stem] = dict(seconds=papermill_seconds(out), status="failed"); _write_timings(run_dir, timings)
             raise RunFailed(f"{nb.stem} failed in {failing_cell(e)}: {e.ename}: {e.evalue}\n"
                             f"executed notebook with the traceback: {out}") from None
+        except OSError as e:   # a full disk, a folder made read-only meanwhile: the run directory keeps what it had
+            raise RunFailed(f"{nb.stem}: cannot write into the run directory ({e})") from None
         timings[nb.stem] = dict(seconds=papermill_seconds(out), status="ok"); _write_timings(run_dir, timings)
         print(f"    {nb.stem}: {timings[nb.stem]['seconds']:.1f} s", flush=True)
     return run_dir
 
+# %% [markdown]
+# papermill rewrites its output notebook after every cell, so an interruption or a full disk
+# while it writes would leave half a notebook. It therefore writes beside the executed notebook
+# (`.NAME.partial.ipynb`), and the run moves that file into place only when it reads back as a
+# whole notebook: the executed notebook in the run directory is always a complete one, the last
+# run's or this one's.
+
+# %%
+import tempfile
+with tempfile.TemporaryDirectory() as d:
+    out, partial = Path(d)/"03_baselines.ipynb", Path(d)/".03_baselines.partial.ipynb"
+    out.write_text(notebook_text(nbformat.v4.new_notebook())); whole = out.read_text()
+    partial.write_text(whole[:len(whole) // 2])                        # cut short, as by a full disk
+    test_eq(keep_if_whole(partial, out), False); test_eq(out.read_text(), whole)
+    partial.write_text(whole); test_eq(keep_if_whole(partial, out), True); assert not partial.exists()
+
 # %%
 #| export
-def _read_timings(run_dir) -> dict:
+def read_timings(run_dir) -> dict:
+    "Each chapter's wall time (s) and status ('ok', 'failed') in a run directory, from its `timings.csv`."
     f = Path(run_dir)/"timings.csv"
     if not f.exists(): return {}
     rows = [l.split(",") for l in f.read_text().splitlines()[1:] if l.strip()]

@@ -42,7 +42,7 @@
 #| export
 from __future__ import annotations
 
-import ast, base64, copy, html, io, json, re, shutil, subprocess
+import ast, base64, copy, html, io, json, os, re, shutil, subprocess
 from pathlib import Path
 
 import nbformat
@@ -168,6 +168,15 @@ def _split_text(split: dict) -> str:
     return (f"train fold{'s' if ',' in train else ''} {train} · validation fold {split.get('val_fold')} · "
             f"test fold {split.get('test_fold')}")
 
+def _clips_text(results: dict, shown: int = 5) -> str:
+    "How many clips the chapter's figures rest on, and the ones it left out, named."
+    used, skipped = results.get("clips_used"), results.get("clips_skipped") or []
+    if used is None: return ""
+    names = ", ".join(f"`{s['slice_file_name']}` (fold {s['fold']})" for s in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    left_out = f"; **{len(skipped)} left out**, they cannot be read or decoded: {names}{more}" if skipped else ""
+    return f"{used:,}{left_out}"
+
 def run_header(nb, results: dict | None = None) -> str:
     "A short Markdown table of what this run of the notebook was: dataset, split, parameters, start and wall time."
     pm = nb.metadata.get("papermill", {}); passed = dict(pm.get("parameters") or {}); results = results or {}
@@ -176,7 +185,7 @@ def run_header(nb, results: dict | None = None) -> str:
     started = (pm.get("start_time") or "")[:16].replace("T", " ")
     split = results.get("split_text") or _split_text(results.get("split") or {})
     rows = [("dataset", f"`{dataset}`"), ("split", split),
-            ("parameters", others or "the notebook's defaults"),
+            ("clips", _clips_text(results)), ("parameters", others or "the notebook's defaults"),
             ("wall time", _duration(pm.get("duration")) + (f" (started {started} UTC)" if started else ""))]
     if pm.get("exception"): rows.append(("status", "**failed**: the run stopped in this notebook"))
     body = "\n".join(f"| {k} | {v} |" for k, v in rows if v)
@@ -189,6 +198,9 @@ _header = run_header(_nb, {"split": {"train_folds": [1], "val_fold": 2, "test_fo
 print(_header)
 assert "`mini`" in _header and "`epochs=2`" in _header and "2 min 19 s (started 2026-12-01 01:59 UTC)" in _header
 assert "train fold 1 · validation fold 2 · test fold 3" in _header
+_skipped = [dict(slice_file_name="x.wav", fold=3, reason="x.wav: the file holds no samples")]
+assert "| clips | 2,147; **1 left out**, they cannot be read or decoded: `x.wav` (fold 3) |" in run_header(
+    _nb, {"clips_used": 2147, "clips_skipped": _skipped})
 
 # %% [markdown]
 # ## A chapter prepared as a report page
@@ -319,8 +331,16 @@ def compared_models(run_dir) -> pd.DataFrame:
         for name, e in doc.get("entries", {}).items():
             if isinstance(e, dict) and {"val_accuracy", "test_accuracy"} <= set(e):
                 rows.append(dict(chapter=f.stem, model=name, val_accuracy=e.get("val_mean", e["val_accuracy"]),
-                                 test_accuracy=e["test_accuracy"]))
-    return pd.DataFrame(rows, columns=["chapter", "model", "val_accuracy", "test_accuracy"])
+                                 test_accuracy=e["test_accuracy"], n_val=e.get("n_val_total", e.get("n_val")),
+                                 n_test=e.get("n_test")))
+    return pd.DataFrame(rows, columns=["chapter", "model", "val_accuracy", "test_accuracy", "n_val", "n_test"])
+
+def _clips(counts: pd.Series) -> str:
+    "', N clips' when the figures rest on one known number of clips, ', N-M clips' when on several."
+    counts = counts.dropna().astype(int)
+    if counts.empty: return ""
+    lo, hi = counts.min(), counts.max()
+    return f", {lo:,} clips" if lo == hi else f", {lo:,}-{hi:,} clips"
 
 def comparison_chart(models: pd.DataFrame) -> bytes:
     "A PNG bar chart of every model's validation and test accuracy, grouped by chapter."
@@ -328,8 +348,10 @@ def comparison_chart(models: pd.DataFrame) -> bytes:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(models) + 1.2))
     y = range(len(models)); labels = [f"{m} ({c[:2]})" for c, m in zip(models.chapter, models.model)]
-    ax.barh([i - 0.2 for i in y], 100 * models.val_accuracy, height=0.4, label="validation (mean over rotations)")
-    ax.barh([i + 0.2 for i in y], 100 * models.test_accuracy, height=0.4, label="test fold (scored once)")
+    ax.barh([i - 0.2 for i in y], 100 * models.val_accuracy, height=0.4,
+            label=f"validation (mean over rotations{_clips(models.n_val)})")
+    ax.barh([i + 0.2 for i in y], 100 * models.test_accuracy, height=0.4,
+            label=f"test fold (scored once{_clips(models.n_test)})")
     ax.set_yticks(list(y), labels); ax.invert_yaxis(); ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%)"); ax.set_ylabel("model (chapter)")
     ax.set_title("Every model of chapters 03-05: validation and test accuracy")
@@ -358,6 +380,53 @@ RESULTS_SUMMARY = "Every results file of this run, gathered. Accuracies in perce
 def results_markdown(run_dir) -> str:
     "The results page for Quarto: front matter, then the HTML body."
     return f"---\ntitle: Results\ndescription: {RESULTS_SUMMARY}\n---\n\n{results_html(run_dir)}\n"
+
+# %% [markdown]
+# ## The Runs page
+#
+# The site of a run can put other runs beside it (`build_site(..., compare=[...])`,
+# `urbansound-nb site --compare RUN_DIR ...`): the Runs page shows the comparison of notebook
+# 90a, with its warnings, one chart of test accuracy per model per run, the table, the parameters
+# that differ, and each run's overview linked to its own site. Without other runs it shows this
+# run alone and says how to add others.
+
+# %%
+#| export
+RUNS_SUMMARY = "This run beside others: every model's accuracy in each run, and the parameters that differ."
+
+def _run_link(run, site_dir: Path, own: bool) -> str:
+    "A link to a run's own report: this site's home page, another run's site, else its folder."
+    if own: return '<a href="index.html">this site</a>'
+    target = run.path/"site"/"index.html"
+    href = os.path.relpath(target if target.exists() else run.path, site_dir)
+    return f'<a href="{html.escape(href)}">{"its report" if target.exists() else "its folder (no site built)"}</a>'
+
+def runs_html(run_dir, compare=(), site_dir=None) -> str:
+    "The body of the Runs page: warnings, the chart, the table, the differing parameters, each run's overview."
+    from urbansound_nb.compare import compare_runs, run_overview, runs_chart, wide_table
+    c, site_dir = compare_runs([run_dir, *compare]), Path(site_dir or Path(run_dir)/"site")
+    parts = [] if len(c.runs) > 1 else ["<p>Only this run: <code>urbansound-nb site --compare RUN_DIR ...</code> "
+                                        "puts other runs beside it.</p>"]
+    parts += [f"<p><strong>Warning:</strong> {html.escape(w)}</p>" for w in [*c.skipped, *c.warnings]]
+    png = base64.b64encode(runs_chart(c)).decode()
+    parts.append(f'<h2>Test accuracy, run by run</h2>\n<p><img src="data:image/png;base64,{png}" '
+                 f'alt="test accuracy of every model in each run" style="max-width:100%"></p>')
+    table = wide_table(c).reset_index().fillna("")
+    parts.append("<h2>Every model, run by run</h2>\n<p>Accuracy and macro F1 in percent; the last columns: test "
+                 "accuracy minus the first run's, in points.</p>\n"
+                 + table.to_html(border=0, classes="results table table-sm", index=False))
+    if len(c.runs) > 1 and len(c.parameters):
+        parts.append("<h2>Parameters that differ</h2>\n" + c.parameters.astype(str).to_html(
+            border=0, classes="results table table-sm"))
+    for i, r in enumerate(c.runs):
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in run_overview(r))
+        parts.append(f"<h2>{html.escape(r.label)}</h2>\n<p>{html.escape(str(r.path))}: "
+                     f"{_run_link(r, site_dir, i == 0)}</p>\n<table class='table table-sm'>{rows}</table>")
+    return "\n\n".join(parts)
+
+def runs_markdown(body: str) -> str:
+    "The Runs page for Quarto: front matter, then the HTML body."
+    return f"---\ntitle: Runs\ndescription: {RUNS_SUMMARY}\n---\n\n{body}\n"
 
 # %% [markdown]
 # ## Rendering with Quarto
@@ -396,7 +465,7 @@ def raw_html_outputs(page):
             if "<script" not in markup: o.data = {"text/markdown": f"````{{=html}}\n{markup}\n````"}
     return page
 
-def _quarto(run_dir: Path, out: Path, root: Path):
+def _quarto(run_dir: Path, out: Path, root: Path, runs_body: str):
     "Stage a Quarto project of the run and render it into `out`."
     stage = run_dir/"_quarto_stage"; shutil.rmtree(stage, ignore_errors=True); stage.mkdir()
     for name in STAGED_FILES: shutil.copy(root/name, stage/name)
@@ -405,6 +474,7 @@ def _quarto(run_dir: Path, out: Path, root: Path):
         nbformat.write(raw_html_outputs(page), stage/nb.name)
     (stage/"index.md").write_text((root/"README.md").read_text())
     (stage/"results.md").write_text(results_markdown(run_dir))
+    (stage/"runs.md").write_text(runs_markdown(runs_body))
     shutil.copy(root/EXPLANATIONS, stage/"explanations.md")
     r = subprocess.run(["quarto", "render", str(stage), "--output-dir", str(out.resolve())],
                        capture_output=True, text=True)
@@ -479,7 +549,7 @@ assert _fallback.cells[0].source.startswith("# Demo chapter") and "**This run**"
 
 # %%
 #| export
-def _nbconvert(run_dir: Path, out: Path, root: Path):
+def _nbconvert(run_dir: Path, out: Path, root: Path, runs_body: str):
     "Render the run with nbconvert (no Quarto needed): one self-contained page per chapter, plus index and results."
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
@@ -487,7 +557,7 @@ def _nbconvert(run_dir: Path, out: Path, root: Path):
     nbs = executed_notebooks(run_dir); out.mkdir(parents=True, exist_ok=True)
     titled = [(nb, *notebook_title(nbformat.read(nb, as_version=4))) for nb in nbs]
     pages = ([("index.html", "Home", "")] + [(nb.stem + ".html", t or nb.stem, "") for nb, t, _ in titled]
-             + [("results.html", "Results", "every results file"),
+             + [("results.html", "Results", "every results file"), ("runs.html", "Runs", "beside other runs"),
                 ("explanations.html", "Explanations", "what was tried and not taken")])
     exporter = HTMLExporter(extra_loaders=[DictLoader({"folded.html.j2": _FOLDED_TEMPLATE})],
                             template_file="folded.html.j2", embed_images=True)
@@ -503,13 +573,27 @@ def _nbconvert(run_dir: Path, out: Path, root: Path):
     (out/"index.html").write_text(_page(readme, "urbansound_nb", pages, "index.html"))
     intro = f"<h1>Results</h1><p>{RESULTS_SUMMARY}</p>"
     (out/"results.html").write_text(_page(intro + results_html(run_dir), "Results", pages, "results.html"))
+    runs_intro = f"<h1>Runs</h1><p>{RUNS_SUMMARY}</p>"
+    (out/"runs.html").write_text(_page(runs_intro + runs_body, "Runs", pages, "runs.html"))
     explanations = markdown2html_mistune((root/EXPLANATIONS).read_text())
     (out/"explanations.html").write_text(_page(explanations, "Explanations", pages, "explanations.html"))
 
+# %% [markdown]
+# The site is built in a folder beside its place (`.site.building`) and swapped in by two renames
+# when it is complete: an interrupted build, or one that fails half-way, leaves the previous site
+# as it was.
+
 # %%
 #| export
-def build_site(run_dir, out=None, renderer: str | None = None) -> Path:
-    "Build the report website of `run_dir` into `out` (default `run_dir/site`): Quarto if installed, else nbconvert."
+def swap_in(new: Path, out: Path):
+    "Put folder `new` at `out` by renames: `out` is the old site or the new one, never a half-written one."
+    old = out.with_name(f".{out.name}.old"); shutil.rmtree(old, ignore_errors=True)
+    if out.exists(): os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+def build_site(run_dir, out=None, renderer: str | None = None, compare=()) -> Path:
+    "The report website of `run_dir` in `out` (default `run_dir/site`), by Quarto if installed, else nbconvert."
     run_dir = Path(run_dir).resolve(); out = Path(out) if out else run_dir/"site"; root = project_root()
     if not executed_notebooks(run_dir):
         raise FileNotFoundError(f"{run_dir}: no executed notebooks; run `urbansound-nb run --run-dir {run_dir}` first")
@@ -520,10 +604,15 @@ def build_site(run_dir, out=None, renderer: str | None = None) -> Path:
     if renderer == "quarto" and not shutil.which("quarto"):
         raise FileNotFoundError("quarto is not on the PATH: install it (https://quarto.org/docs/get-started/) "
                                 "or leave the renderer out to use nbconvert")
-    if renderer == "quarto": _quarto(run_dir, out, root)
-    else:
-        if not asked: print("quarto is not on the PATH: rendering with nbconvert (offline) instead")
-        _nbconvert(run_dir, out, root)
+    if not asked and renderer == "nbconvert": print("quarto is not on the PATH: rendering with nbconvert (offline)")
+    building = out.with_name(f".{out.name}.building")    # the whole site is made aside, then swapped in
+    shutil.rmtree(building, ignore_errors=True)
+    runs_body = runs_html(run_dir, compare, out)
+    try: (_quarto if renderer == "quarto" else _nbconvert)(run_dir, building, root, runs_body)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    swap_in(building, out)
     print(f"site ({renderer}): {out/'index.html'}")
     return out
 
@@ -538,8 +627,12 @@ with tempfile.TemporaryDirectory() as d:
     nbformat.write(nbformat.v4.new_notebook(cells=_cells), d/"00_demo.ipynb")
     write_results(d, "00_demo", {"m": {"val_accuracy": 0.5, "test_accuracy": 0.25, "n_train": 10.0}}, best_model="m")
     site = build_site(d, renderer="nbconvert")
-    test_eq(sorted(p.name for p in site.iterdir()), ["00_demo.html", "explanations.html", "index.html", "results.html"])
+    test_eq(sorted(p.name for p in site.iterdir()),
+            ["00_demo.html", "explanations.html", "index.html", "results.html", "runs.html"])
     page = (site/"00_demo.html").read_text()
     assert "Demo chapter" in page and "import numpy" not in page
     assert "25.0%" in (site/"results.html").read_text() and "data:image/png;base64" in (site/"results.html").read_text()
     test_fail(lambda: build_site(d, renderer="mkdocs"), contains="renderer must be 'quarto' or 'nbconvert'")
+    (d/"results"/"01_broken.json").write_text("{half")   # a build that fails half-way leaves the site as it was
+    test_fail(lambda: build_site(d, renderer="nbconvert"))
+    assert "Demo chapter" in (site/"00_demo.html").read_text() and not (d/".site.building").exists()

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # The command line
 #
-# > `urbansound-nb`: sync, run, bench, predict, site and lab, on top of every other module.
+# > `urbansound-nb`: sync, run, bench, predict, compare, site and lab, on top of every other module.
 
 # %% [markdown]
 # | command | does |
@@ -24,8 +24,10 @@
 # | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` (notebook 90) |
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
 # | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
+# | `urbansound-nb bench --predict-memory [CHECKPOINT]` | peak memory of `predict` on a 10-minute file (06a) |
 # | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model, or a run's chosen one (06a) |
-# | `urbansound-nb site [--run-dir DIR] [--screenshots] [--check]` | a run's report site (91), checked (91a) |
+# | `urbansound-nb compare RUN_DIR RUN_DIR... [--json/--csv]` | runs side by side: accuracies, what differs (90a) |
+# | `urbansound-nb site [--run-dir DIR] [--compare RUN_DIR...] [--check]` | a run's report site (91), checked (91a) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
 #
 # This module sits on top: it imports the others, and none of them imports it. The heavier
@@ -88,16 +90,24 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=count(1), default=None)
     b.add_argument("--sample-rate", type=count(4000, 192000), default=22050)
     b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
+    b.add_argument("--predict-memory", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help="instead: peak memory of predict on a 10-minute file (default: a study-shaped checkpoint)")
     p = sub.add_parser("predict", help="top-k classes of audio files with a checkpoint, or a run's chosen model")
     p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
     p.add_argument("-k", "--top-k", type=count(1), default=3); p.add_argument("--json", action="store_true")
     p.add_argument("--per-window", action="store_true", help="also report every window of long files")
+    c = sub.add_parser("compare", help="runs side by side: every model's accuracy per run, the parameters that differ")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the first is the reference")
+    as_ = c.add_mutually_exclusive_group()
+    as_.add_argument("--json", action="store_true", help="the same as JSON")
+    as_.add_argument("--csv", action="store_true", help="the table as CSV (warnings on stderr)")
     w = sub.add_parser("site", help="build the report website of a run directory")
     w.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest"))
     w.add_argument("--out", default=None)
     w.add_argument("--renderer", choices=["quarto", "nbconvert"], default=None, help="default: quarto when on the PATH")
     w.add_argument("--screenshots", action="store_true", help="a PNG of each page's top into RUN_DIR/screenshots/")
     w.add_argument("--check", action="store_true", help="open every page in headless Chromium; exit 1 on a problem")
+    w.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR", help="other runs for the Runs page")
     l = sub.add_parser("lab", help="JupyterLab with the .py notebooks opening as notebooks")
     l.add_argument("extra", nargs=argparse.REMAINDER)
     return ap
@@ -161,10 +171,24 @@ with tempfile.TemporaryDirectory() as d:
 
 # %%
 #| export
-def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False) -> int:
+def compare_cli(run_dirs, fmt: str = "text") -> int:
+    "`urbansound-nb compare`: the runs side by side as text, JSON or CSV; 2 when no folder given is a run."
+    from urbansound_nb.compare import NotARun, compare_runs, comparison_json, comparison_text, wide_table
+    try: c = compare_runs(run_dirs)
+    except NotARun as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if fmt == "json": print(json.dumps(comparison_json(c), indent=2, allow_nan=False))
+    elif fmt == "csv":
+        for line in [*c.skipped, *c.warnings]: print(f"warning: {line}", file=sys.stderr)
+        print(wide_table(c).to_csv(), end="")
+    else: print(comparison_text(c))
+    return 0
+
+def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False, compare=()) -> int:
     "Build the site of `run_dir`; photograph and check its pages when asked. 1: a check found a problem; 2: no site."
     from urbansound_nb.site import build_site
-    try: site = build_site(run_dir, out, renderer)
+    try: site = build_site(run_dir, out, renderer, compare=compare)
     except (FileNotFoundError, RuntimeError) as e: print(f"site: {e}", file=sys.stderr); return 2
     if not (screenshots or check): return 0
     from urbansound_nb.browser import check_site, missing_browser, screenshot_site
@@ -193,15 +217,20 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "sync": sync(export=not args.no_export); return 0
     if args.command == "run":
+        from urbansound_nb.data import DatasetUnavailable   # here: `datasets` is slow to import for the other commands
         params = {k: parse_value(v) for k, v in args.param}
         if args.dataset: params["dataset"] = args.dataset
         if why := usable_run_dir(args.run_dir): print(f"error: run directory {why}", file=sys.stderr); return 2
         try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
         except RunFailed as e: print(f"FAILED: {e}", file=sys.stderr); return 1
         except ParameterError as e: print(f"error: {e}", file=sys.stderr); return 2   # before any chapter ran
+        except DatasetUnavailable as e: print(f"error: {e}", file=sys.stderr); return 2   # before any chapter ran
         print(f"run complete: {run_dir}")
         if args.site: from urbansound_nb.site import build_site; build_site(run_dir)
         return 0
+    if args.command == "bench" and args.predict_memory is not None:
+        from urbansound_nb.predict import benchmark_predict_memory
+        benchmark_predict_memory(args.predict_memory or None); return 0
     if args.command == "bench":
         from urbansound_nb.bench import benchmark
         from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
@@ -214,7 +243,10 @@ def main(argv=None):
     if args.command == "predict":
         return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)
     if args.command == "site":
-        return site_cli(args.run_dir, args.out, args.renderer, screenshots=args.screenshots, check=args.check)
+        return site_cli(args.run_dir, args.out, args.renderer, screenshots=args.screenshots, check=args.check,
+                        compare=args.compare)
+    if args.command == "compare":
+        return compare_cli(args.run_dirs, "json" if args.json else "csv" if args.csv else "text")
     if args.command == "lab":
         print("JupyterLab settings:", configure_lab())
         os.execv(sys.executable, lab_command(extra=[a for a in args.extra if a != "--"]))

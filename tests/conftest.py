@@ -28,13 +28,15 @@ def venv_bin():
     return Path(sys.executable).parent
 
 
-def write_official_layout(root: Path, n_clips: int = 3) -> list[dict]:
-    "A folder in the official layout (metadata CSV + audio/fold1/*.wav) of `n_clips` generated clips; returns their rows."
+def write_official_layout(root: Path, n_clips: int | None = 3, folds=(1,)) -> list[dict]:
+    "A folder in the official layout (metadata CSV + audio/foldN/*.wav) of `n_clips` generated clips; returns their rows."
     from urbansound_nb.audio import synthetic_urbansound
     from urbansound_nb.data import metadata_frame
-    (root/"metadata").mkdir(parents=True); (root/"audio"/"fold1").mkdir(parents=True)
-    synth = synthetic_urbansound(clips_per_class_fold=1, folds=[1]).select(range(n_clips)); rows = synth.to_list()
-    for r in rows: (root/"audio"/"fold1"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])
+    synth = synthetic_urbansound(clips_per_class_fold=1, folds=list(folds))
+    synth = synth.select(range(n_clips or len(synth))); rows = synth.to_list()
+    (root/"metadata").mkdir(parents=True)
+    for f in folds: (root/"audio"/f"fold{f}").mkdir(parents=True)
+    for r in rows: (root/"audio"/f"fold{r['fold']}"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])
     metadata_frame(synth).to_csv(root/"metadata"/"UrbanSound8K.csv", index=False)
     return rows
 

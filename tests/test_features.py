@@ -64,16 +64,37 @@ def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
     (root/"audio"/"fold1"/rows[1]["slice_file_name"]).write_bytes(rows[0]["audio"]["bytes"])  # now a copy of clip 0
     _, keys3, s3 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
     assert (s3["hashed"], s3["computed"], keys3[1]) == (1, 0, keys[0])  # read again, and found in the cache under clip 0's content
-    os.remove(root/"audio"/"fold1"/rows[3]["slice_file_name"])
-    with pytest.raises(AudioDecodeError, match=rows[3]["slice_file_name"]): cache_logmels(ds, FP, tmp_path/"cache", progress=False)
+    os.remove(root/"audio"/"fold1"/rows[3]["slice_file_name"])     # gone after loading: skipped and named
+    cache, keys4, s4 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
+    assert s4["skipped"] == 1 and rows[3]["slice_file_name"] in cache.skip_reason(keys4[3])
 
 
-def test_corrupt_clip_is_named(tmp_path):
+def test_corrupt_clip_is_skipped_counted_and_named(tmp_path):
     ds = load_urbansound("synthetic", max_items=12)
     rows = ds.to_list(); rows[3]["audio"] = {"bytes": b"not audio at all" * 4, "path": "x.wav"}
-    from urbansound_nb.audio import AudioDecodeError, dataset_from_rows as _dataset_from_rows
+    from urbansound_nb.audio import dataset_from_rows as _dataset_from_rows
     bad = _dataset_from_rows(rows)
-    with pytest.raises(AudioDecodeError, match=rows[3]["slice_file_name"]): cache_logmels(bad, FP, tmp_path, progress=False)
+    cache, keys, s1 = cache_logmels(bad, FP, tmp_path, progress=False)
+    assert (s1["skipped"], s1["computed"]) == (1, 11) and rows[3]["slice_file_name"] in cache.skip_reason(keys[3])
+    _, _, s2 = cache_logmels(bad, FP, tmp_path, progress=False)   # remembered: not decoded again
+    assert (s2["skipped"], s2["computed"], s2["reused"]) == (1, 0, 11)
+
+
+def test_study_data_leaves_out_undecodable_clips(tmp_path, capsys):
+    from urbansound_nb.audio import AudioDecodeError
+    from urbansound_nb.batches import study_data
+    from urbansound_nb.params import StudyParams
+    root = tmp_path/"US8K"; rows = write_official_layout(root, None, folds=(1, 2, 3))
+    bad = rows[12]; (root/"audio"/f"fold{bad['fold']}"/bad["slice_file_name"]).write_bytes(b"RIFF" + bytes(40))
+    params = StudyParams(dataset=str(root), cache_dir=tmp_path/"cache", run_dir=tmp_path/"run")
+    data = study_data(params, FP, progress=False)
+    assert len(data.meta) == len(rows) - 1 and bad["slice_file_name"] not in set(data.meta["slice_file_name"])
+    counts = data.clip_counts()
+    assert counts["clips_used"] == 29 and [s["slice_file_name"] for s in counts["clips_skipped"]] == [bad["slice_file_name"]]
+    assert "left out 1 of 30 clips" in capsys.readouterr().out
+    assert len(data.logmels) == 29 and len(data.train) + len(data.val) + len(data.test) == 29
+    params.strict_audio = True
+    with pytest.raises(AudioDecodeError, match=bad["slice_file_name"]): study_data(params, FP, progress=False)
 
 
 def test_logmel_front_end_and_padding():

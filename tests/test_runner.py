@@ -44,17 +44,30 @@ def test_bad_fold_roles_stop_before_any_chapter(venv_bin, tmp_path):
     assert not (tmp_path/"00_setup.ipynb").exists()
 
 
-def test_run_stops_naming_notebook_and_cell(venv_bin, tmp_path):
-    "Metadata with fold 11: chapter 00 stops in the cell that loads the data, naming the row and the value."
+def test_bad_metadata_stops_before_any_chapter(venv_bin, tmp_path):
+    "Metadata with fold 11: one message naming the row and the value, exit status 2, before chapter 00 runs."
     from conftest import write_official_layout
     import pandas as pd
     write_official_layout(tmp_path/"data")
     csv = tmp_path/"data"/"metadata"/"UrbanSound8K.csv"
     meta = pd.read_csv(csv); meta.loc[1, "fold"] = 11; meta.to_csv(csv, index=False)
     r = cli(venv_bin, "run", "00", "--dataset", tmp_path/"data", "--run-dir", tmp_path/"run")
-    assert r.returncode == 1
-    assert "00_setup failed in cell" in r.stderr and "MetadataError" in r.stderr and "row 1" in r.stderr
-    assert "fold 11 is not one of 1-10" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path/"run"/"00_setup.ipynb").exists()
+    assert "row 1" in r.stderr and "fold 11 is not one of 1-10" in r.stderr
+
+
+def test_an_undecodable_clip_is_skipped_or_with_strict_audio_stops_the_run(venv_bin, tmp_path):
+    "Without strict_audio the corrupt clip is left out, counted and named; with it, the chapter stops naming it."
+    from conftest import write_official_layout
+    rows = write_official_layout(tmp_path/"data", None, folds=(1, 2, 3))
+    bad = rows[4]["slice_file_name"]; (tmp_path/"data"/"audio"/"fold1"/bad).write_bytes(b"RIFF" + bytes(60))
+    r = cli(venv_bin, "run", "01", "--dataset", tmp_path/"data", "--run-dir", tmp_path/"run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "left out 1 of 30 clips" in r.stdout and bad in r.stdout
+    res = json.loads((tmp_path/"run"/"results"/"01_eda.json").read_text())
+    assert res["clips_used"] == 29 and [c["slice_file_name"] for c in res["clips_skipped"]] == [bad]
+    r = cli(venv_bin, "run", "01", "--dataset", tmp_path/"data", "--run-dir", tmp_path/"run", "-p", "strict_audio", "true")
+    assert r.returncode == 1 and "01_eda failed in cell" in r.stderr and bad in r.stderr and "strict_audio" in r.stderr
 
 
 def test_unknown_parameter_is_refused(venv_bin, tmp_path):
@@ -65,8 +78,8 @@ def test_unknown_parameter_is_refused(venv_bin, tmp_path):
 def test_hub_offline_fails_within_seconds(venv_bin, tmp_path):
     t = time.time()
     r = cli(venv_bin, "run", "00", "--run-dir", tmp_path)
-    assert r.returncode == 1 and time.time() - t < 60
-    assert "DatasetUnavailable" in r.stderr and "URBANSOUND_DATASET" in r.stderr
+    assert r.returncode == 2 and time.time() - t < 60 and "Traceback" not in r.stderr
+    assert "Cannot load UrbanSound8K from the hub" in r.stderr and "URBANSOUND_DATASET" in r.stderr
 
 
 @pytest.mark.parametrize("which", ["mini", "originals"])

@@ -19,8 +19,8 @@ from .params import SHARED
 # %% auto #0
 __all__ = ['KERNELSPEC', 'LAB_OVERRIDES', 'stable_cell_ids', 'py_to_notebook', 'notebook_text', 'project_root',
            'notebook_sources', 'sync', 'export_package', 'parse_value', 'RunFailed', 'is_chapter', 'select_notebooks',
-           'notebook_parameters', 'check_parameters', 'failing_cell', 'papermill_seconds', 'run_notebooks',
-           'configure_lab', 'lab_command']
+           'notebook_parameters', 'check_parameters', 'check_dataset', 'failing_cell', 'papermill_seconds',
+           'keep_if_whole', 'execute_chapter', 'run_notebooks', 'read_timings', 'configure_lab', 'lab_command']
 
 # %% ../nbs/90_runner.ipynb #f0de0ad713
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
@@ -145,6 +145,12 @@ def _top_level(source: str) -> list:
     try: return ast.parse(source).body
     except SyntaxError: return []
 
+# %% ../nbs/90_runner.ipynb #d2f7b8c5b5
+def check_dataset(params: dict) -> None:
+    "Load the run's dataset (`params['dataset']`, else the default) once, checking its metadata; raise if unusable."
+    from urbansound_nb.data import load_urbansound
+    load_urbansound(params.get("dataset"))
+
 # %% ../nbs/90_runner.ipynb #d118413a5c
 def failing_cell(error) -> str:
     "Where a `PapermillExecutionError` happened: the cell's index, execution count and first line of code."
@@ -156,10 +162,30 @@ def papermill_seconds(executed) -> float:
     meta = nbformat.read(executed, as_version=4).metadata.get("papermill", {})
     return round(float(meta.get("duration") or 0.0), 1)
 
-# %% ../nbs/90_runner.ipynb #56a3cca683
+# %% ../nbs/90_runner.ipynb #0763fa7e6f
 def _shared_is_known(record) -> bool:
     "Drop papermill's 'Passed unknown parameter' warning for the shared parameters, which every chapter takes."
     return not any(record.getMessage() == f"Passed unknown parameter: {name}" for name in SHARED)
+
+def keep_if_whole(partial: Path, out: Path) -> bool:
+    "Move `partial` onto `out` if it is a whole notebook; a half-written one stays aside and `out` is untouched."
+    try: nbformat.read(partial, as_version=4)
+    except Exception: return False
+    os.replace(partial, out)
+    return True
+
+def execute_chapter(nb: Path, out: Path, parameters: dict, timeout=None, stream: bool = True):
+    "Run chapter `nb` with papermill into `out`, which only ever holds a whole notebook (papermill writes aside)."
+    import papermill as pm
+    partial = out.with_name(f".{out.stem}.partial.ipynb")   # papermill rewrites its output after every cell
+    try:
+        # the kernel's output (the chapters' progress bars, their prints) goes to the terminal as it comes;
+        # ipykernel 7 warns on every start that its local TCP sockets are unencrypted; errors still show
+        pm.execute_notebook(str(nb.with_suffix(".ipynb")), str(partial), parameters=parameters, cwd=str(nb.parent),
+                            kernel_name="python3", progress_bar=False, execution_timeout=timeout,
+                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    finally: keep_if_whole(partial, out)
 
 def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
                   stream: bool = True) -> Path:
@@ -181,7 +207,8 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
     if unknown: raise SystemExit(f"unknown parameter(s) {sorted(unknown)}: no selected notebook declares them "
                                  f"(declared: {sorted(set().union(*declared.values()))})")
     check_parameters(notebooks, params)
-    timings = _read_timings(run_dir)
+    check_dataset(params)
+    timings = read_timings(run_dir)
     for i, nb in enumerate(notebooks, 1):
         own = {k: v for k, v in params.items() if k in declared[nb]}
         out = run_dir/nb.with_suffix(".ipynb").name
@@ -189,13 +216,7 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
         last = timings.get(nb.stem, {})
         expected = f" (about {last['seconds'] / 60:.1f} min last time)" if last.get("status") == "ok" else ""
         print(f"[{i}/{len(notebooks)}] {nb.stem} ...{expected}", flush=True)
-        try:
-            # the kernel's output (the chapters' progress bars, their prints) goes to the terminal as it comes;
-            # ipykernel 7 warns on every start that its local TCP sockets are unencrypted; errors still show
-            pm.execute_notebook(str(nb.with_suffix(".ipynb")), str(out), parameters=own, cwd=str(nb.parent),
-                                kernel_name="python3", progress_bar=False, execution_timeout=timeout,
-                                stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        try: execute_chapter(nb, out, own, timeout, stream)
         except KeyboardInterrupt:
             raise RunFailed(f"interrupted in {nb.stem}; run the same command again to resume: features, trainings and "
                             "finished grid cells are kept in the cache and run directory") from None
@@ -203,12 +224,15 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
             timings[nb.stem] = dict(seconds=papermill_seconds(out), status="failed"); _write_timings(run_dir, timings)
             raise RunFailed(f"{nb.stem} failed in {failing_cell(e)}: {e.ename}: {e.evalue}\n"
                             f"executed notebook with the traceback: {out}") from None
+        except OSError as e:   # a full disk, a folder made read-only meanwhile: the run directory keeps what it had
+            raise RunFailed(f"{nb.stem}: cannot write into the run directory ({e})") from None
         timings[nb.stem] = dict(seconds=papermill_seconds(out), status="ok"); _write_timings(run_dir, timings)
         print(f"    {nb.stem}: {timings[nb.stem]['seconds']:.1f} s", flush=True)
     return run_dir
 
-# %% ../nbs/90_runner.ipynb #66e845e9ae
-def _read_timings(run_dir) -> dict:
+# %% ../nbs/90_runner.ipynb #ffd92a0b06
+def read_timings(run_dir) -> dict:
+    "Each chapter's wall time (s) and status ('ok', 'failed') in a run directory, from its `timings.csv`."
     f = Path(run_dir)/"timings.csv"
     if not f.exists(): return {}
     rows = [l.split(",") for l in f.read_text().splitlines()[1:] if l.strip()]
