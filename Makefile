@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 study: $(STAMP)
 	$(BIN)/urbansound-nb run --run-dir $(RUN_DIR) $(if $(DATASET),--dataset $(DATASET)) $(PARAMS) --site
 
-## the tests: notebooks regenerated, package == fresh export, nbdev-test, pytest
+## the tests: ruff, notebooks regenerated, package == fresh export, nbdev-test, pytest
 test: $(STAMP)
+	$(BIN)/ruff check urbansound_nb nbs tests
 	$(BIN)/urbansound-nb sync --no-export
 	$(BIN)/python -m pytest tests
 

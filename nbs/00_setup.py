@@ -35,7 +35,11 @@
 #| export
 from __future__ import annotations
 
-import json, os, random, tempfile, time
+import json
+import os
+import random
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +77,9 @@ params
 #| export
 def seed_everything(seed: int = 0):
     "Seed Python, NumPy and PyTorch (all devices) from one integer, with cuDNN's deterministic algorithms."
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # repeatable GPU trainings
     return seed
@@ -88,7 +94,9 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 # %%
 seed_everything(params.seed)
-a = torch.rand(3); seed_everything(params.seed); test_eq(a, torch.rand(3))
+a = torch.rand(3)
+seed_everything(params.seed)
+test_eq(a, torch.rand(3))
 assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
 device = pick_device()
 print("device:", device, "| torch", torch.__version__, "| threads", torch.get_num_threads())
@@ -107,15 +115,18 @@ print("device:", device, "| torch", torch.__version__, "| threads", torch.get_nu
 #| export
 def atomic_write_bytes(path, data: bytes):
     "Write `data` to `path` through a temporary file and a rename: readers never see half a file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0); os.umask(umask)       # read without changing it
+        umask = os.umask(0)
+        os.umask(umask)  # read without changing it
         os.fchmod(fd, 0o666 & ~umask)              # as open() would create it; mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f: f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 def strict_json(o):
@@ -159,7 +170,8 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(sorted(p.name for p in rd.iterdir()), ["models", "results"])
     write_results(rd, "00_nan", {"m": {"paired_t_p": float("nan"), "x": np.array([1.0, np.inf])}})
     test_eq(read_results(rd, "00_nan")["entries"]["m"], {"paired_t_p": None, "x": [1.0, None]})
-    _umask = os.umask(0); os.umask(_umask)
+    _umask = os.umask(0)
+    os.umask(_umask)
     test_eq(oct((rd/"results"/"00_nan.json").stat().st_mode & 0o777), oct(0o666 & ~_umask))   # the umask's, not 0600
 
 # %% [markdown]

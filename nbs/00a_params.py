@@ -32,7 +32,8 @@
 #| export
 from __future__ import annotations
 
-import os, tempfile
+import os
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def as_bool(name, value) -> bool:
 from fastcore.test import test_eq, test_fail
 test_fail(lambda: as_int("resnet_seeds", 0, 1), contains="'resnet_seeds': must be at least 1, got 0")
 test_fail(lambda: as_int("val_fold", "nine"), contains="'val_fold': expected an integer")
-test_eq(as_folds("train_folds", "1,2"), [1, 2]); test_eq(as_folds("train_folds", 3), [3])
+test_eq(as_folds("train_folds", "1,2"), [1, 2])
+test_eq(as_folds("train_folds", 3), [3])
 test_eq(as_names("models", "[resnet, 'small_cnn']", ["resnet", "small_cnn"]), ["resnet", "small_cnn"])
 test_eq(as_names("models", ["resnet"], ["resnet", "small_cnn"]), ["resnet"])
 test_eq(as_names("models", "resnet", ["resnet"]), ["resnet"])
@@ -130,7 +132,8 @@ test_fail(lambda: as_bool("deltas", "maybe"), contains="parameter 'deltas': expe
 test_eq(as_name("model", "resnet", ["resnet", "small_cnn"]), "resnet")
 test_fail(lambda: as_name("model", "vgg", ["resnet"]), contains="parameter 'model': unknown ['vgg']")
 test_fail(lambda: as_name("model", ["resnet", "resnet"], ["resnet"]), contains="expected one of ['resnet']")
-test_eq(as_fraction("f", "0.25"), 0.25); test_fail(lambda: as_fraction("f", True), contains="got True")
+test_eq(as_fraction("f", "0.25"), 0.25)
+test_fail(lambda: as_fraction("f", True), contains="got True")
 
 # %% [markdown]
 # ## The fold protocol, as a parameter check
@@ -178,6 +181,10 @@ assert resolve_dataset("owner/name") == "owner/name" and resolve_dataset("synthe
 
 # %%
 #| export
+LOG_MEL = dict(sample_rate=22050, n_mels=64, n_fft=1024, hop_length=512)  # the front end (notebook 02), defined here
+BATCH_SIZE = 32                                  # training batches of every network
+FINETUNE_INITS = ("probe", "random")             # the head fine-tuning starts from: the fitted probe's, or a new one
+
 @dataclass
 class StudyParams:
     "The parameters shared by every chapter, checked."
@@ -185,12 +192,21 @@ class StudyParams:
     train_folds: list | None = None  # None: every fold that is neither validation nor test
     val_fold: int | None = None      # None: the second-to-last fold present
     test_fold: int | None = None     # None: the last fold present
-    sample_rate: int = 22050         # Hz, every clip is resampled to this rate
+    sample_rate: int = LOG_MEL["sample_rate"]  # Hz, every clip is resampled to this rate
+    n_mels: int = LOG_MEL["n_mels"]            # mel bands of the log-mel front end
+    n_fft: int = LOG_MEL["n_fft"]              # its STFT window, samples (46 ms at 22.05 kHz)
+    hop_length: int = LOG_MEL["hop_length"]    # its STFT hop, samples (23 ms at 22.05 kHz)
     clip_seconds: float = 4.0        # the length every clip is padded or cropped to
     seed: int = 0
     max_items: int | None = None     # None: every clip; a number: a stratified subset, for quick runs
-    epochs: int = 30                 # used by the training chapters
+    epochs: int = 30                 # the most epochs of the main trainings (04, 06); early stopping may end sooner
+    batch_size: int = BATCH_SIZE     # training batches
     selection_folds: int = 2         # validation rotates over this many non-test folds (notebook 03b); 1: one fold
+    network: str = "mn04_as"         # the pretrained network (05, 08): EfficientAT mn04_as, mn10_as or mn20_as
+    weights: str | None = None       # its weights file or folder; None: $URBANSOUND_PRETRAINED, else the download
+    finetune_init: str = "probe"     # fine-tuning starts from the fitted probe's head, or a "random" one
+    scheduler: str | None = None     # the grids (07, 08): None here; "local:N" processes; "tcp://host:8786" (04d)
+    cell_threads: int | None = None  # torch threads per grid cell; None: the scheduler's share of the cores
     strict_audio: bool = False       # True: a clip that cannot be decoded stops the run; False: it is skipped, named
     run_dir: Path = Path("../runs/notebook")  # relative to nbs/, where chapters run
     cache_dir: Path = Path("../cache")
@@ -201,10 +217,16 @@ class StudyParams:
         self.val_fold = None if self.val_fold is None else as_int("val_fold", self.val_fold, 1, 10)
         self.test_fold = None if self.test_fold is None else as_int("test_fold", self.test_fold, 1, 10)
         self.sample_rate = as_int("sample_rate", self.sample_rate, 4000, 192000)
+        self.n_fft = as_int("n_fft", self.n_fft, 16, 65536)
+        self.n_mels = as_int("n_mels", self.n_mels, 1, self.n_fft // 2 + 1)
+        self.hop_length = as_int("hop_length", self.hop_length, 1, self.n_fft)
         self.seed = as_int("seed", self.seed, 0)
         self.max_items = None if self.max_items is None else as_int("max_items", self.max_items, 1)
         self.epochs = as_int("epochs", self.epochs, 1, 10000)
+        self.batch_size = as_int("batch_size", self.batch_size, 1)
         self.selection_folds = as_int("selection_folds", self.selection_folds, 1, 9)
+        self.finetune_init = as_name("finetune_init", self.finetune_init, FINETUNE_INITS)
+        self.cell_threads = None if self.cell_threads is None else as_int("cell_threads", self.cell_threads, 1)
         self.strict_audio = as_bool("strict_audio", self.strict_audio)
         self.clip_seconds = _as_seconds(self.clip_seconds)
         self.run_dir, self.cache_dir = Path(self.run_dir), Path(self.cache_dir)

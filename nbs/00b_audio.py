@@ -91,7 +91,8 @@ def decode_row(row: dict) -> tuple[np.ndarray, int]:
 # %%
 from fastcore.test import test_eq, test_fail
 test_eq(audio_file(dict(bytes=None, path="/data/a.wav")), "/data/a.wav")
-test_eq(audio_file(dict(bytes=b"RIFF", path="a.wav")), None); test_eq(audio_file(dict(bytes=None, path=None)), None)
+test_eq(audio_file(dict(bytes=b"RIFF", path="a.wav")), None)
+test_eq(audio_file(dict(bytes=None, path=None)), None)
 test_fail(lambda: audio_bytes(dict(bytes=None, path="/nowhere/a.wav"), "a.wav"),
           contains="a.wav: neither bytes nor a readable path")
 
@@ -102,7 +103,9 @@ test_fail(lambda: audio_bytes(dict(bytes=None, path="/nowhere/a.wav"), "a.wav"),
 #| export
 def encode_audio(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
     "Encode samples ([n] or [n, channels]) as audio-file bytes; the same samples always give the same bytes."
-    buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); data = bytearray(buf.getvalue())
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
+    data = bytearray(buf.getvalue())
     # libsndfile stamps the PEAK chunk of float WAV/AIFF files with the current time; zero the stamp so that
     # identical audio hashes identically (the feature cache is keyed by content). The chunk sits in the header,
     # before the samples: search only there, so that sample bytes that happen to spell PEAK are never touched.
@@ -116,12 +119,14 @@ tone = np.sin(2*np.pi*440*np.arange(8000)/8000).astype(np.float32)*0.5
 x, r = decode_audio(encode_audio(np.stack([tone, tone], 1), 8000, subtype="PCM_U8"), "u8-stereo.wav")
 test_eq((x.shape, x.dtype, r), ((8000,), np.float32, 8000))
 assert np.abs(x - tone).max() < 0.02  # 8-bit quantisation
-f1 = encode_audio(tone, 8000, subtype="FLOAT"); time.sleep(1.1)
+f1 = encode_audio(tone, 8000, subtype="FLOAT")
+time.sleep(1.1)
 test_eq(encode_audio(tone, 8000, subtype="FLOAT"), f1)  # deterministic, although libsndfile time-stamps float WAVs
 test_fail(lambda: decode_audio(b"", "empty.wav"), contains="empty.wav: the audio is empty")
 test_fail(lambda: decode_audio(b"RIFF\x00garbage" * 10, "bad.wav"), contains="bad.wav: soundfile cannot decode")
 test_fail(lambda: decode_audio(encode_audio(np.zeros(1, np.float32), 8000), "one.wav"), contains="one.wav: too short")
-_nan = np.full(800, 0.1, np.float32); _nan[10] = np.nan
+_nan = np.full(800, 0.1, np.float32)
+_nan[10] = np.nan
 test_fail(lambda: decode_audio(encode_audio(_nan, 8000, subtype="FLOAT"), "nan.wav"),
           contains="nan.wav: 1 samples are NaN")
 
@@ -164,7 +169,8 @@ test_eq(repr(p), "[audio: a test tone (1.00 s)]")
 #| export
 def _synthetic_sound(cls: int, n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
     "One clip of synthetic class `cls`: distinguishable by spectrum and rhythm, varied by `rng`."
-    t = np.arange(n) / rate; f = rng.uniform(0.85, 1.15)  # pitch jitter
+    t = np.arange(n) / rate
+    f = rng.uniform(0.85, 1.15)  # pitch jitter
     noise = rng.standard_normal(n)
     if cls == 0: x = np.convolve(noise, np.ones(40)/40, "same")*3 + 0.3*np.sin(2*np.pi*120*f*t)           # hum
     elif cls == 1: x = np.sin(2*np.pi*420*f*t) + np.sin(2*np.pi*520*f*t) + 0.3*np.sin(2*np.pi*1040*f*t)    # horn
@@ -230,7 +236,11 @@ def synthetic_urbansound(clips_per_class_fold: int = 3, folds: Sequence[int] = A
     return dataset_from_rows(rows, description="SYNTHETIC stand-in for UrbanSound8K (generated, not real audio)")
 
 # %%
+from IPython.display import display
 synth = synthetic_urbansound(clips_per_class_fold=1, folds=[1, 2])
-test_eq(synth.column_names, list(COLUMNS)); test_eq(len(synth), 20); assert is_synthetic(synth)
-x, r = decode_row(synth[0]); print(synth[0]["slice_file_name"], x.shape, r)
+test_eq(synth.column_names, list(COLUMNS))
+test_eq(len(synth), 20)
+assert is_synthetic(synth)
+x, r = decode_row(synth[0])
+print(synth[0]["slice_file_name"], x.shape, r)
 display(ClipPlayer(x, r, f"{synth[0]['class']} (synthetic)"))

@@ -44,18 +44,23 @@
 #| export
 from __future__ import annotations
 
-import os, socket, threading, warnings
+import os
+import socket
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm import TqdmWarning
 
-from urbansound_nb.audio import (COLUMNS, URBANSOUND_CLASSES, AudioDecodeError, dataset_from_rows,
-                                synthetic_urbansound)
+from urbansound_nb.audio import COLUMNS, URBANSOUND_CLASSES, AudioDecodeError, dataset_from_rows, synthetic_urbansound
 from urbansound_nb.params import DATASET_ENV, HUB_ID, ParameterError, as_fraction, check_fold_roles, resolve_dataset
+
+if TYPE_CHECKING:   # annotations only: `datasets` is slow to import, so a function imports it when it needs it
+    import datasets
 
 # `datasets` and `huggingface_hub` use tqdm.auto, which in a kernel without ipywidgets warns
 # "IProgress not found" into every executed notebook and falls back to the text bar we want anyway
@@ -74,7 +79,9 @@ def unreachable(url: str, timeout: float = 3.0) -> str | None:
     def _probe():
         try: socket.create_connection((host, port), timeout=timeout).close()
         except OSError as e: err.append(f"cannot connect to {host}:{port} ({e})")
-    t = threading.Thread(target=_probe, daemon=True); t.start(); t.join(timeout + 0.5)  # DNS has no timeout of its own
+    t = threading.Thread(target=_probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)  # DNS has no timeout of its own
     return err[0] if err else (f"no answer from {host}:{port} within {timeout:.0f} s" if t.is_alive() else None)
 
 def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
@@ -91,7 +98,8 @@ _LOCAL_HELP = ("Point the study at a local copy instead: dataset='/path/to/Urban
 
 def _load_hub_cached(hub_id: str):
     "Load `hub_id` from the local Hugging Face cache only (offline mode)."
-    import datasets, huggingface_hub.constants as hfc
+    import datasets
+    import huggingface_hub.constants as hfc
     old = datasets.config.HF_HUB_OFFLINE, hfc.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = hfc.HF_HUB_OFFLINE = True
     try: return datasets.load_dataset(hub_id, split="train")
@@ -153,14 +161,16 @@ for column, value, says in (("fold", 11, "row 1 ('b.wav'): fold 11 is not one of
                             ("slice_file_name", "../x.wav", "'../x.wav' is not a plain file name"),
                             ("slice_file_name", "/etc/passwd", "'/etc/passwd' is not a plain file name"),
                             ("slice_file_name", "a.wav", "row 1 repeats slice_file_name 'a.wav'")):
-    _bad = _good.copy(); _bad.loc[1, column] = value
+    _bad = _good.copy()
+    _bad.loc[1, column] = value
     test_fail(lambda: check_metadata(_bad, "meta.csv"), contains=says)
 
 # %%
 #| export
 def load_official(root) -> "datasets.Dataset":
     "Load a folder in the official layout: metadata/UrbanSound8K.csv and audio/foldN/<slice_file_name>."
-    root = Path(root).expanduser().absolute(); csv = root/"metadata"/"UrbanSound8K.csv"
+    root = Path(root).expanduser().absolute()
+    csv = root/"metadata"/"UrbanSound8K.csv"
     meta = pd.read_csv(csv)
     missing = [c for c in COLUMNS if c != "audio" and c not in meta.columns]
     if missing:
@@ -170,7 +180,9 @@ def load_official(root) -> "datasets.Dataset":
     rows, absent = [], []
     for r in meta.to_dict("records"):
         wav = root/"audio"/f"fold{int(r['fold'])}"/r["slice_file_name"]
-        if not wav.is_file(): absent.append(str(wav.relative_to(root))); continue
+        if not wav.is_file():
+            absent.append(str(wav.relative_to(root)))
+            continue
         # the path only: `audio_bytes` reads each file when a clip is needed
         rows.append(dict(r, audio=dict(bytes=None, path=str(wav))))
     if absent:
@@ -276,8 +288,12 @@ def class_names(ds) -> list[str]:
 @dataclass
 class FoldSplit:
     "Train/validation/test subsets of one dataset, chosen by fold."
-    train: Any; val: Any; test: Any
-    train_folds: list; val_fold: int; test_fold: int
+    train: Any
+    val: Any
+    test: Any
+    train_folds: list
+    val_fold: int
+    test_fold: int
     classes: list
     def items(self): return dict(train=self.train, val=self.val, test=self.test).items()
 
@@ -293,7 +309,8 @@ def default_folds(present: Sequence[int], train_folds=None, val_fold=None, test_
 #| export
 def fold_split(ds, train_folds=None, val_fold=None, test_fold=None) -> FoldSplit:
     "Split `ds` by fold under the UrbanSound8K protocol (folds disjoint, present, non-empty)."
-    folds = np.asarray(ds["fold"]); present = sorted(set(folds.tolist()))
+    folds = np.asarray(ds["fold"])
+    present = sorted(set(folds.tolist()))
     train_folds, val_fold, test_fold = default_folds(present, train_folds, val_fold, test_fold)
     check_fold_roles(train_folds, val_fold, test_fold)
     absent = [f for f in [*train_folds, val_fold, test_fold] if f not in present]
@@ -341,7 +358,8 @@ def recording_subset(meta: pd.DataFrame, idx, fraction: float, seed: int = 0, na
 # %%
 _m = pd.DataFrame(dict(classID=[0] * 8 + [1] * 4, fsID=[1, 1, 2, 2, 3, 3, 4, 4, 9, 9, 8, 8]))
 half = recording_subset(_m, np.arange(12), 0.5, seed=1)
-test_eq(len(half), 6); test_eq(sorted(set(_m.classID[half])), [0, 1])                     # every class kept
+test_eq(len(half), 6)
+test_eq(sorted(set(_m.classID[half])), [0, 1])  # every class kept
 for r, g in _m.groupby("fsID"): assert set(g.index) <= set(half) or not set(g.index) & set(half)  # whole recordings
 test_eq(recording_subset(_m, np.arange(12), 0.5, seed=1), half)                          # reproducible
 # one recording per class at least

@@ -28,20 +28,22 @@
 #| export
 from __future__ import annotations
 
-import io, os
+import io
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import soundfile as sf
-import torch, torchaudio
-from IPython.display import Audio
+import torch
+import torchaudio
 from tqdm import tqdm
 
 from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file
 from urbansound_nb.data import skipped_clip
 
 # %%
+from IPython.display import display
 from urbansound_nb.audio import ClipPlayer, decode_row, encode_audio, is_synthetic
 from urbansound_nb.core import write_results
 from urbansound_nb.data import fold_split, load_urbansound, metadata_frame, report_skipped, split_class_counts
@@ -81,7 +83,8 @@ def imbalance_ratio(meta: pd.DataFrame) -> float:
 # %%
 from fastcore.test import test_eq, test_fail
 _m = pd.DataFrame({"class": ["a", "a", "a", "b"], "fold": [1, 2, 2, 1]})
-test_eq(imbalance_ratio(_m), 3.0); test_eq(class_fold_table(_m).loc["total", "total"], 4)
+test_eq(imbalance_ratio(_m), 3.0)
+test_eq(class_fold_table(_m).loc["total", "total"], 4)
 
 # %%
 table = class_fold_table(meta)
@@ -163,7 +166,8 @@ def audio_headers(ds, sample: int | None = None, seed: int = 0) -> tuple[pd.Data
             at = len(rows) + len(skipped)
             try: info = audio_header(a, name)
             except AudioDecodeError as e:
-                skipped.append(skipped_clip({"slice_file_name": name, "class": cls, "fold": fold}, str(e))); continue
+                skipped.append(skipped_clip({"slice_file_name": name, "class": cls, "fold": fold}, str(e)))
+                continue
             kept.append(idx[at])
             rows.append(dict(slice_file_name=name, **{"class": cls}, sample_rate=info.samplerate,
                              channels=info.channels,
@@ -174,16 +178,19 @@ def audio_headers(ds, sample: int | None = None, seed: int = 0) -> tuple[pd.Data
 import tempfile
 from pathlib import Path
 with tempfile.TemporaryDirectory() as d:
-    wav = Path(d)/"x.wav"; wav.write_bytes(encode_audio(np.zeros(2205, np.float32), 22050))
+    wav = Path(d)/"x.wav"
+    wav.write_bytes(encode_audio(np.zeros(2205, np.float32), 22050))
     test_eq(audio_header(dict(bytes=None, path=str(wav))).frames, 2205)           # the file's header
     test_eq(audio_header(dict(bytes=wav.read_bytes(), path=None)).samplerate, 22050)  # the bytes' header
     wav.write_bytes(b"not audio" * 10)
     test_fail(lambda: audio_header(dict(bytes=None, path=str(wav)), "x.wav"),
               contains="x.wav: soundfile cannot read its header")
 from urbansound_nb.audio import dataset_from_rows
-_rows = load_urbansound("synthetic", max_items=4).to_list(); _rows[2]["audio"] = dict(bytes=b"junk" * 9, path=None)
+_rows = load_urbansound("synthetic", max_items=4).to_list()
+_rows[2]["audio"] = dict(bytes=b"junk" * 9, path=None)
 _h, _bad = audio_headers(dataset_from_rows(_rows))        # an unreadable header: left out and named, not fatal
-test_eq(list(_h.index), [0, 1, 3]); test_eq([b["slice_file_name"] for b in _bad], [_rows[2]["slice_file_name"]])
+test_eq(list(_h.index), [0, 1, 3])
+test_eq([b["slice_file_name"] for b in _bad], [_rows[2]["slice_file_name"]])
 
 # %%
 headers, skipped = audio_headers(ds, header_sample, params.seed)
@@ -237,7 +244,8 @@ sal
 # %%
 ax = sal[[c for c in ("foreground", "background") if c in sal]].plot.barh(stacked=True, figsize=(8, 4.5),
                                                                           color=["tab:orange", "tab:gray"])
-ax.set(title="Salience per class", xlabel="clips", ylabel="class"); plt.show()
+ax.set(title="Salience per class", xlabel="clips", ylabel="class")
+plt.show()
 
 # %% [markdown]
 # ## One clip of each class
@@ -251,7 +259,8 @@ def plot_clip(samples: np.ndarray, rate: int, title: str, n_mels: int = 64, axes
     "Waveform and log-mel spectrogram of one clip, with titles, axes and units."
     if axes is None: _, axes = plt.subplots(1, 2, figsize=(12, 3), constrained_layout=True)
     t = np.arange(len(samples)) / rate
-    axes[0].plot(t, samples, lw=0.5); axes[0].set(title=f"{title}: waveform", xlabel="time (s)", ylabel="amplitude")
+    axes[0].plot(t, samples, lw=0.5)
+    axes[0].set(title=f"{title}: waveform", xlabel="time (s)", ylabel="amplitude")
     mel_spectrogram = torchaudio.transforms.MelSpectrogram(rate, n_fft=1024, hop_length=256, n_mels=n_mels)
     mel = mel_spectrogram(torch.from_numpy(samples))
     db = torchaudio.transforms.AmplitudeToDB("power", top_db=None)(mel)
@@ -266,8 +275,11 @@ readable = meta.index.isin(headers.index) if header_sample is None else np.ones(
 examples = meta[readable].groupby("class", sort=True).head(1).sort_values("classID")
 for i, r in examples.iterrows():
     try: x, rate = decode_row(ds[int(i)])
-    except AudioDecodeError as e: print(f"no example of {r['class']}: {e}"); continue
-    plot_clip(x, rate, f"{r['class']} ({r['slice_file_name']}, fold {r['fold']})"); plt.show()
+    except AudioDecodeError as e:
+        print(f"no example of {r['class']}: {e}")
+        continue
+    plot_clip(x, rate, f"{r['class']} ({r['slice_file_name']}, fold {r['fold']})")
+    plt.show()
     display(ClipPlayer(x, rate, f"{r['class']}: {r['slice_file_name']}, {len(x)/rate:.2f} s at {rate} Hz"))
 
 # %%

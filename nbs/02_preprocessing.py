@@ -32,7 +32,12 @@
 #| export
 from __future__ import annotations
 
-import hashlib, io, json, os, time, warnings
+import hashlib
+import io
+import json
+import os
+import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -46,6 +51,7 @@ from tqdm import tqdm
 
 from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file, decode_audio
 from urbansound_nb.core import atomic_write_bytes, pick_device, save_json
+from urbansound_nb.params import LOG_MEL
 
 # %%
 from urbansound_nb.audio import is_synthetic
@@ -55,9 +61,7 @@ from urbansound_nb.params import as_int, study_params, use_test_values
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-n_mels = 64             # mel bands
-n_fft = 1024            # STFT window, samples (46 ms at 22.05 kHz)
-hop_length = 512        # STFT hop, samples (23 ms at 22.05 kHz)
+# (the front end's n_mels, n_fft and hop_length are shared: the next chapters read the features this one caches)
 workers = None          # extraction threads; None: every core
 bench_items = 256       # clips for the on-the-fly comparison below
 
@@ -91,10 +95,10 @@ FEATURE_VERSION = 1  # bump when the computation below changes: old caches are t
 @dataclass(frozen=True)
 class FeatureParams:
     "Everything that determines a clip's log-mel."
-    sample_rate: int = 22050
-    n_mels: int = 64
-    n_fft: int = 1024
-    hop_length: int = 512
+    sample_rate: int = LOG_MEL["sample_rate"]   # the study's defaults are notebook 00a's
+    n_mels: int = LOG_MEL["n_mels"]
+    n_fft: int = LOG_MEL["n_fft"]
+    hop_length: int = LOG_MEL["hop_length"]
     f_min: float = 0.0
     f_max: float | None = None
     def __post_init__(self):
@@ -117,11 +121,17 @@ class FeatureParams:
     def pad_value(self) -> float: return DB_FLOOR  # the features of silence, which pads short clips
     def front_end(self) -> nn.Module: return LogMel(self)
 
+def study_features(params) -> FeatureParams:
+    "The log-mel front end a run's parameters (`StudyParams`) ask for."
+    return FeatureParams(**{name: getattr(params, name) for name in LOG_MEL})
+
 # %%
+import dataclasses
 from fastcore.test import test_eq, test_ne, test_fail, test_close
-features = FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
-test_ne(features.key,
-        FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels + 1, n_fft=n_fft, hop_length=hop_length).key)
+from urbansound_nb.params import StudyParams
+features = study_features(params)
+test_eq(study_features(StudyParams(dataset="synthetic")), FeatureParams())    # one set of defaults: notebook 00a's
+test_ne(features.key, dataclasses.replace(features, n_mels=features.n_mels + 1).key)
 test_fail(lambda: FeatureParams(n_mels=0), contains="'n_mels' must be a positive integer")
 print(features, features.key, f"{features.frames(params.clip_seconds)} frames per {params.clip_seconds:g} s clip")
 
@@ -321,7 +331,8 @@ class FeatureCache:
             what = f"damaged feature-cache shard {index_file.name} / {npy.name} in {self.dir} ({e})"
             if self.read_only: raise CacheDamaged(f"{what}; delete both files to have its clips computed again")
             warnings.warn(f"{what}: removed, its clips are computed again")
-            index_file.unlink(missing_ok=True); npy.unlink(missing_ok=True)
+            index_file.unlink(missing_ok=True)
+            npy.unlink(missing_ok=True)
             return
         for k, off, n in clips: self.index[k] = (npy.name, off, n)
 
@@ -365,7 +376,8 @@ def _logmel_or_reason(data: bytes, name: str, front: LogMel, device) -> np.ndarr
 def _write_shard(cache: FeatureCache, keys: list, frames: list):
     "One shard: the frames first, then (atomically) the index that makes them visible."
     name = "shard-" + hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
-    buf = io.BytesIO(); np.save(buf, np.concatenate(frames) if frames else np.zeros((0, cache.fp.n_mels), np.float16))
+    buf = io.BytesIO()
+    np.save(buf, np.concatenate(frames) if frames else np.zeros((0, cache.fp.n_mels), np.float16))
     atomic_write_bytes(cache.dir/f"{name}.npy", buf.getvalue())
     offs = np.cumsum([0] + [len(f) for f in frames[:-1]]).tolist()
     atomic_write_bytes(cache.dir/f"{name}.json",
@@ -373,14 +385,17 @@ def _write_shard(cache: FeatureCache, keys: list, frames: list):
     for k, o, f in zip(keys, offs, frames): cache.index[k] = (f"{name}.npy", o, len(f))
 
 # %%
-import tempfile, warnings
+import tempfile
 with tempfile.TemporaryDirectory() as d:
-    c = FeatureCache(d, features); _write_shard(c, ["a", "b"], [np.zeros((3, 64), np.float16)] * 2)
+    c = FeatureCache(d, features)
+    _write_shard(c, ["a", "b"], [np.zeros((3, 64), np.float16)] * 2)
     test_eq(len(FeatureCache(d, features)), 2)
-    shard = next(c.dir.glob("shard-*.npy")); shard.write_bytes(shard.read_bytes()[:-100])    # truncated
+    shard = next(c.dir.glob("shard-*.npy"))
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated
     test_fail(lambda: FeatureCache(d, features, read_only=True), contains="damaged feature-cache shard")
     with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always"); test_eq(len(FeatureCache(d, features)), 0)
+        warnings.simplefilter("always")
+        test_eq(len(FeatureCache(d, features)), 0)
     assert shard.name in str(said[0].message) and not shard.exists()     # named, removed: computed again
     c.mark_undecodable({"c": "c.wav: the audio is empty (0 bytes)"})
     test_eq(FeatureCache(d, features).skip_reason("c"), "c.wav: the audio is empty (0 bytes)")
@@ -422,13 +437,17 @@ class FileKeys:
         sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] if st else None
         known = self.entries.get(path) if sig else None
         if isinstance(known, list) and known[:-1] == sig: return known[-1]
-        k = clip_key(audio_bytes(audio, name)); self.hashed += 1
+        k = clip_key(audio_bytes(audio, name))
+        self.hashed += 1
         if sig and time.time_ns() - st.st_ctime_ns > self.fresh_seconds * 1e9:
-            self.entries[path] = [*sig, k]; self.changed = True
+            self.entries[path] = [*sig, k]
+            self.changed = True
         return k
 
     def save(self):
-        if self.changed: save_json(self.entries, self.path); self.changed = False
+        if self.changed:
+            save_json(self.entries, self.path)
+            self.changed = False
 
 # %% [markdown]
 # A file is read once; a second look-up, or a new `FileKeys` on the same folder, answers
@@ -437,19 +456,32 @@ class FileKeys:
 # %%
 from urbansound_nb.audio import encode_audio
 with tempfile.TemporaryDirectory() as d:
-    wav = Path(d)/"a.wav"; wav.write_bytes(encode_audio(np.zeros(800, np.float32), 8000))
+    wav = Path(d)/"a.wav"
+    wav.write_bytes(encode_audio(np.zeros(800, np.float32), 8000))
     # just written: not remembered yet
-    fk = FileKeys(d); k = fk.key(dict(bytes=None, path=str(wav))); test_eq(fk.entries, {})
-    fk.fresh_seconds = 0; test_eq(fk.key(dict(bytes=None, path=str(wav))), k); test_eq(fk.hashed, 2)
-    test_eq(k, clip_key(wav.read_bytes())); fk.key(dict(bytes=None, path=str(wav))); test_eq(fk.hashed, 2)  # remembered
-    fk.save(); fk2 = FileKeys(d); test_eq(fk2.key(dict(bytes=None, path=str(wav))), k); test_eq(fk2.hashed, 0)
-    before = wav.stat(); time.sleep(0.05)                                   # past the clock tick of file times
+    fk = FileKeys(d)
+    k = fk.key(dict(bytes=None, path=str(wav)))
+    test_eq(fk.entries, {})
+    fk.fresh_seconds = 0
+    test_eq(fk.key(dict(bytes=None, path=str(wav))), k)
+    test_eq(fk.hashed, 2)
+    test_eq(k, clip_key(wav.read_bytes()))
+    fk.key(dict(bytes=None, path=str(wav)))
+    test_eq(fk.hashed, 2)  # remembered
+    fk.save()
+    fk2 = FileKeys(d)
+    test_eq(fk2.key(dict(bytes=None, path=str(wav))), k)
+    test_eq(fk2.hashed, 0)
+    before = wav.stat()
+    time.sleep(0.05)  # past the clock tick of file times
     # other audio, same size, old modification time
     wav.write_bytes(encode_audio(np.ones(800, np.float32) / 4, 8000))
-    os.utime(wav, ns=(before.st_atime_ns, before.st_mtime_ns)); test_eq(wav.stat().st_size, before.st_size)
+    os.utime(wav, ns=(before.st_atime_ns, before.st_mtime_ns))
+    test_eq(wav.stat().st_size, before.st_size)
     assert fk2.key(dict(bytes=None, path=str(wav))) != k and fk2.hashed == 1  # noticed all the same: hashed afresh
     test_eq(fk2.key(dict(bytes=wav.read_bytes(), path=None)), clip_key(wav.read_bytes()))  # bytes are always hashed
-    (Path(d)/"file_keys.json").write_text("{not json"); test_eq(FileKeys(d).entries, {})  # a damaged memo is ignored
+    (Path(d)/"file_keys.json").write_text("{not json")
+    test_eq(FileKeys(d).entries, {})  # a damaged memo is ignored
     test_fail(lambda: fk2.key(dict(bytes=None, path=str(Path(d)/"gone.wav")), "gone.wav"), contains="gone.wav")
 
 # %%
@@ -462,7 +494,8 @@ def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dic
             for audio, name in zip(batch["audio"], batch["slice_file_name"]):
                 try: k = file_keys.key(audio, name)
                 except (AudioDecodeError, OSError) as e:  # missing or unreadable: skipped and named, like bad audio
-                    k = f"unreadable:{audio_file(audio) or name}"; cache.unreadable[k] = f"{name}: {e}"
+                    k = f"unreadable:{audio_file(audio) or name}"
+                    cache.unreadable[k] = f"{name}: {e}"
                 if k not in cache and k not in todo and not cache.skip_reason(k): todo[k] = len(keys)
                 keys.append(k)
     finally: file_keys.save()  # the files hashed before an unreadable one stay remembered
@@ -486,8 +519,12 @@ def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device,
             ks, frames = inflight.popleft().result()
             cache.mark_undecodable({k: f for k, f in zip(ks, frames) if isinstance(f, str)})
             good = [(k, f) for k, f in zip(ks, frames) if not isinstance(f, str)]
-            pending[0].extend(k for k, _ in good); pending[1].extend(f for _, f in good); bar.update(len(ks))
-            if len(pending[0]) >= shard_size: _write_shard(cache, *pending); pending = ([], [])
+            pending[0].extend(k for k, _ in good)
+            pending[1].extend(f for _, f in good)
+            bar.update(len(ks))
+            if len(pending[0]) >= shard_size:
+                _write_shard(cache, *pending)
+                pending = ([], [])
     try:
         with ThreadPoolExecutor(workers) as ex:
             for i, (names, datas) in enumerate(_clip_batches(ds.select(list(todo.values())), 32)):
@@ -502,26 +539,34 @@ from datasets import concatenate_datasets
 tiny = load_urbansound("synthetic", max_items=12)
 tiny = concatenate_datasets([tiny, tiny.select([0])])                     # the first clip twice
 with tempfile.TemporaryDirectory() as d:
-    c = FeatureCache(d, features); ks, todo = _hash_clips(tiny, c, FileKeys(d))
+    c = FeatureCache(d, features)
+    ks, todo = _hash_clips(tiny, c, FileKeys(d))
     # the copy is not computed again
-    test_eq(len(ks), 13); test_eq(ks[12], ks[0]); test_eq(list(todo.values()), list(range(12)))
+    test_eq(len(ks), 13)
+    test_eq(ks[12], ks[0])
+    test_eq(list(todo.values()), list(range(12)))
     _extract_missing(c, tiny, todo, LogMel(features), "cpu", 2, 256, tqdm(disable=True))
-    test_eq(len(c), 12); test_eq(_hash_clips(tiny, c, FileKeys(d))[1], {})  # all cached now
+    test_eq(len(c), 12)
+    test_eq(_hash_clips(tiny, c, FileKeys(d))[1], {})  # all cached now
 
 # %%
 #| export
 def cache_logmels(ds, fp: FeatureParams, cache_dir, workers: int | None = None, device=None,
                   shard_size: int = 256, progress: bool = True) -> tuple[FeatureCache, list[str], dict]:
     "Cache every clip of `ds` that decodes (`cache.skip_reason` says why others do not); the cache, keys, statistics."
-    t0 = time.time(); cache, file_keys = FeatureCache(cache_dir, fp), FileKeys(cache_dir)
-    keys, todo = _hash_clips(ds, cache, file_keys); hashed = time.time()
+    t0 = time.time()
+    cache, file_keys = FeatureCache(cache_dir, fp), FileKeys(cache_dir)
+    keys, todo = _hash_clips(ds, cache, file_keys)
+    hashed = time.time()
     device = torch.device(device) if device else pick_device()
     front, workers, threads = fp.front_end().to(device), workers or os.cpu_count() or 1, torch.get_num_threads()
     bar = tqdm(total=len(todo), desc=f"log-mel {fp.key}", unit="clip", disable=not progress or not todo, mininterval=2)
     torch.set_num_threads(1)  # one core per worker thread: the threads are the parallelism
     try:
         if todo: _extract_missing(cache, ds, todo, front, device, workers, shard_size, bar)
-    finally: torch.set_num_threads(threads); bar.close()
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
     skipped, computed = sum(bool(cache.skip_reason(k)) for k in keys), sum(k in cache for k in todo)
     stats = dict(clips=len(keys), computed=computed, reused=len(keys) - computed - skipped, skipped=skipped,
                  hashed=file_keys.hashed, hash_seconds=round(hashed - t0, 3),
@@ -537,7 +582,8 @@ stats
 
 # %%
 cache2, keys2, stats2 = cache_logmels(ds, features, params.cache_dir, workers=workers)
-test_eq(keys2, keys); test_eq(stats2["computed"], 0)
+test_eq(keys2, keys)
+test_eq(stats2["computed"], 0)
 print(f"second pass: {stats2['reused']} clips reused, {stats2['hash_seconds']:.2f} s to hash and look them up")
 
 # %% [markdown]
@@ -576,7 +622,9 @@ print(f"train-fold band means {mean.min():.1f} .. {mean.max():.1f} dB, stds {std
 # %%
 data = study_data(params, features)
 test_eq(data.cache_stats["computed"], 0)               # everything came from the cache filled above
-test_eq(data.train, train_idx); test_eq(len(data.val), len(split.val)); test_eq(len(data.test), len(split.test))
+test_eq(data.train, train_idx)
+test_eq(len(data.val), len(split.val))
+test_eq(len(data.test), len(split.test))
 test_close(data.band_stats()[0], mean)
 print(f"train {len(data.train)}, validation {len(data.val)}, test {len(data.test)} clips; "
       f"inputs {features.n_mels} x {data.n_frames}")
@@ -593,7 +641,8 @@ fig, axes = plt.subplots(2, 5, figsize=(16, 5.5), sharey=True, constrained_layou
 for ax, (i, r) in zip(axes.flat, first.iterrows()):
     im = ax.imshow(batch_frames(allset, [i], n_frames)[0], origin="lower", aspect="auto", vmin=-100, vmax=20,
                    extent=[0, n_frames * features.hop_length / features.sample_rate, 0, features.n_mels], cmap="magma")
-    ax.set_title(f"{r['class']}\n{r['slice_file_name']}", fontsize=9); ax.set_xlabel("time (s)")
+    ax.set_title(f"{r['class']}\n{r['slice_file_name']}", fontsize=9)
+    ax.set_xlabel("time (s)")
 for ax in axes[:, 0]: ax.set_ylabel("mel band")
 fig.colorbar(im, ax=axes, label="power (dB)", shrink=0.8)
 fig.suptitle(f"Cached log-mel features, one training clip per class "

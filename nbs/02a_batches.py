@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from urbansound_nb.data import fold_split, load_urbansound, metadata_frame, report_skipped, skipped_clip
-from urbansound_nb.features import DB_FLOOR, FeatureCache, FeatureParams, cache_logmels
+from urbansound_nb.features import DB_FLOOR, FeatureCache, FeatureParams, cache_logmels, study_features
 
 # %%
 from fastcore.test import test_eq, test_close
@@ -105,7 +105,9 @@ def band_stats(ls: LogMelSet, idx=None) -> tuple[torch.Tensor, torch.Tensor]:
     for chunk in idx.split(512):
         d, L = ls.data[chunk].float(), ls.lengths[chunk]
         mask = (torch.arange(d.shape[-1])[None, :] < L[:, None])[:, None, :]
-        total = total + (d * mask).sum((0, 2)); sq = sq + (d.square() * mask).sum((0, 2)); count += int(mask.sum())
+        total = total + (d * mask).sum((0, 2))
+        sq = sq + (d.square() * mask).sum((0, 2))
+        count += int(mask.sum())
     mean = total / count
     return mean, (sq / count - mean.square()).clamp_min(1e-6).sqrt()
 
@@ -128,8 +130,17 @@ test_close(m,
 @dataclass
 class StudyData:
     "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
-    ds: object; split: object; meta: object; fp: FeatureParams; logmels: LogMelSet
-    clip_seconds: float; n_frames: int; train: np.ndarray; val: np.ndarray; test: np.ndarray; cache_stats: dict
+    ds: object
+    split: object
+    meta: object
+    fp: FeatureParams
+    logmels: LogMelSet
+    clip_seconds: float
+    n_frames: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    cache_stats: dict
     keys: list | None = None  # each clip's content key in the feature cache
     skipped: list = field(default_factory=list)  # the clips left out: they cannot be read or decoded
     # not an __init__ argument, so dataclasses.replace (another split of the same clips) starts without it
@@ -153,10 +164,10 @@ def decodable(ds, cache: FeatureCache, keys: list, strict: bool = False) -> tupl
     return ds.select(keep), [keys[i] for i in keep], skipped
 
 def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
-    "Load `params.dataset`, split it by fold and read (or compute) its log-mels with `fp` (default: 64 bands)."
+    "Load `params.dataset`, split it by fold, read (or compute) its log-mels with `fp` (default: the run's front end)."
     ds = load_urbansound(params.dataset, params.max_items, params.seed)
     fold_split(ds, params.train_folds, params.val_fold, params.test_fold)  # a split error before hours of features
-    fp = fp or FeatureParams(sample_rate=params.sample_rate)
+    fp = fp or study_features(params)
     cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, progress=progress)
     ds, keys, skipped = decodable(ds, cache, keys, params.strict_audio)
     split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)

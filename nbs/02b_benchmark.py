@@ -22,7 +22,10 @@
 #| export
 from __future__ import annotations
 
-import json, os, tempfile, time
+import json
+import os
+import tempfile
+import time
 
 import numpy as np
 import torch
@@ -57,13 +60,15 @@ def benchmark(dataset=None, max_items: int = 512, workers: int | None = None, sa
               fp: FeatureParams | None = None, model: nn.Module | None = None, batch_size: int = 32,
                             seed: int = 0) -> dict:
     "Print throughput figures of the feature pipeline on `max_items` clips of `dataset`; the last line is JSON."
-    import tempfile
-    ds = load_urbansound(dataset, max_items, seed); fp = fp or FeatureParams(sample_rate=sample_rate)
+    ds = load_urbansound(dataset, max_items, seed)
+    fp = fp or FeatureParams(sample_rate=sample_rate)
     n_frames, res = fp.frames(4.0), dict(dataset=str(dataset), clips=len(ds), cores=os.cpu_count(), feature_key=fp.key)
     with tempfile.TemporaryDirectory() as d:
-        t = time.time(); cache, keys, st = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
+        t = time.time()
+        cache, keys, st = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
         res.update(cached_extract_clips_per_s=len(ds) / (time.time() - t), workers=st["workers"])
-        t = time.time(); cache, keys, _ = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
+        t = time.time()
+        cache, keys, _ = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
         ls = LogMelSet.from_cache(cache, keys, np.zeros(len(keys)))
         res["cache_reload_clips_per_s"] = len(ds) / (time.time() - t)
     otf = ds.select(range(min(len(ds), 256)))
@@ -85,7 +90,10 @@ def epoch_data_path(ls: LogMelSet, n_frames: int, batch_size: int = 32, model: n
     if model is not None:
         opt, t = torch.optim.SGD(model.parameters(), lr=1e-3), time.time()
         for xb in batches:
-            loss = model(xb).logsumexp(1).mean(); opt.zero_grad(); loss.backward(); opt.step()
+            loss = model(xb).logsumexp(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         out["epoch_model_seconds"] = time.time() - t
         out["data_path_overhead"] = out["epoch_data_seconds"] / out["epoch_model_seconds"]
     return out
@@ -93,4 +101,5 @@ def epoch_data_path(ls: LogMelSet, n_frames: int, batch_size: int = 32, model: n
 # %%
 from fastcore.test import test_eq
 res = benchmark("synthetic", max_items=24, workers=2, fp=FeatureParams(n_mels=32, n_fft=512, hop_length=256))
-test_eq(res["clips"], 24); assert res["epoch_speedup_cached_vs_on_the_fly"] > 0
+test_eq(res["clips"], 24)
+assert res["epoch_speedup_cached_vs_on_the_fly"] > 0

@@ -34,8 +34,6 @@
 #| export
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torchaudio
@@ -63,9 +61,6 @@ from urbansound_nb.selection import rotated_estimate, rotation_indices, select_o
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-n_mels = 64
-n_fft = 1024
-hop_length = 512
 n_mfcc = 40             # MFCC coefficients
 deltas = True           # add statistics of the MFCC deltas
 
@@ -79,13 +74,12 @@ deltas = True           # add statistics of the MFCC deltas
 use_test_values(globals())
 params = study_params(globals())
 # the cepstrum of n_mels bands has at most n_mels coefficients
-n_mfcc = as_int("n_mfcc", n_mfcc, 1, as_int("n_mels", n_mels, 1))
+n_mfcc = as_int("n_mfcc", n_mfcc, 1, params.n_mels)
 deltas = as_bool("deltas", deltas)
 
 # %%
 seed_everything(params.seed)
-data = study_data(params, FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft,
-                                        hop_length=hop_length))
+data = study_data(params)    # the front end of the run's parameters (n_mels, n_fft, hop_length)
 ds, split, meta, features, allset, stats = data.ds, data.split, data.meta, data.fp, data.logmels, data.cache_stats
 print(f"{len(ds):,} clips", "(SYNTHETIC)" if is_synthetic(ds) else "",
       f"| features: {stats['computed']} computed, {stats['reused']} from the cache")
@@ -176,7 +170,8 @@ def chance_entries(y, tr, va, te, classes, seed: int = 0) -> dict:
 # %%
 _y = np.array([0, 0, 0, 1, 1, 2])
 _chance = chance_entries(_y, np.arange(6), np.arange(6), np.arange(3), ["a", "b", "c"])
-test_eq(_chance["majority"]["test_accuracy"], 1.0); test_eq(_chance["majority"]["note"], "always a")
+test_eq(_chance["majority"]["test_accuracy"], 1.0)
+test_eq(_chance["majority"]["note"], "always a")
 
 # %%
 results = chance_entries(labels, train_idx, val_idx, test_idx, split.classes, params.seed)
@@ -234,7 +229,9 @@ summary
 # %%
 ax = summary[["val_accuracy", "test_accuracy"]].plot.bar(figsize=(8, 4), rot=0, color=["tab:gray", "tab:blue"])
 ax.set(title=f"Baselines: train folds {split.train_folds}, validation {split.val_fold}, test {split.test_fold}",
-       xlabel="model", ylabel="accuracy"); ax.set_ylim(0, 1); plt.show()
+       xlabel="model", ylabel="accuracy")
+ax.set_ylim(0, 1)
+plt.show()
 
 # %%
 best_name = max(("logreg", "svm_rbf"), key=lambda k: results[k]["val_mean"])
@@ -245,7 +242,8 @@ print(classification_report(labels[test_idx], pred_te, labels=range(len(split.cl
                             zero_division=0))
 
 # %%
-confusion_pair(labels[test_idx], pred_te, split.classes, f"{best_name}, test fold {split.test_fold}"); plt.show()
+confusion_pair(labels[test_idx], pred_te, split.classes, f"{best_name}, test fold {split.test_fold}")
+plt.show()
 
 # %%
 pd.DataFrame({k: results[k]["per_class_accuracy"] for k in ("logreg", "svm_rbf")}).round(3).rename_axis("class")

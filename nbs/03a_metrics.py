@@ -54,7 +54,8 @@ def result_entry(val_true, val_pred, test_true, test_pred, classes, n_train: int
 # %%
 from fastcore.test import test_eq, test_close
 e = evaluate([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b", "c"])
-test_eq(e["accuracy"], 0.75); test_eq({k: e["per_class_accuracy"][k] for k in "ab"}, {"a": 0.5, "b": 1.0})
+test_eq(e["accuracy"], 0.75)
+test_eq({k: e["per_class_accuracy"][k] for k in "ab"}, {"a": 0.5, "b": 1.0})
 assert np.isnan(e["per_class_accuracy"]["c"])                       # no clip of class c: no accuracy, not zero
 r = result_entry([0, 1], [0, 1], [0, 1], [1, 1], ["a", "b"], 10, 1.234)
 test_eq((r["val_accuracy"], r["test_accuracy"], r["n_test"], r["seconds"]), (1.0, 0.5, 2, 1.23))
@@ -79,7 +80,8 @@ def confusion_pair(y_true, y_pred, classes, title: str):
     return fig
 
 # %%
-confusion_pair([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], ["a", "b", "c"], "A toy example"); plt.show()
+confusion_pair([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], ["a", "b", "c"], "A toy example")
+plt.show()
 
 # %% [markdown]
 # ## Comparisons paired on seeds or folds
@@ -120,8 +122,10 @@ def summarise(runs: pd.DataFrame, baseline: str = "none", by: str = "condition",
 toy = pd.DataFrame(dict(model=["a", "a", "b", "b"], test_fold=[1, 2, 1, 2], val_accuracy=[.5, .6, .4, .5],
                         test_accuracy=[.5, .7, .4, .5]))
 toy_summary = summarise(toy, baseline="b", by="model", pair="test_fold")
-test_close(toy_summary.loc["a", "test_diff_mean"], 0.15); test_eq(toy_summary.loc["a", "test_folds_better"], 2)
-test_eq(toy_summary.loc["b", "test_folds"], 2); test_eq(toy_summary.loc["a", "test_folds_better_val"], 2)
+test_close(toy_summary.loc["a", "test_diff_mean"], 0.15)
+test_eq(toy_summary.loc["a", "test_folds_better"], 2)
+test_eq(toy_summary.loc["b", "test_folds"], 2)
+test_eq(toy_summary.loc["a", "test_folds_better_val"], 2)
 toy_summary
 
 # %% [markdown]

@@ -34,7 +34,8 @@
 #| export
 from __future__ import annotations
 
-import math, time
+import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -42,7 +43,7 @@ import pandas as pd
 from urbansound_nb.metrics import result_entry
 
 # %%
-from fastcore.test import test_eq, test_close, test_fail
+from fastcore.test import test_eq, test_close
 from sklearn.linear_model import LogisticRegression
 
 # %% [markdown]
@@ -116,7 +117,8 @@ def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes
     for g in grid:
         models = [make_model(**g).fit(X[tr], y[tr]) for tr, _ in splits]
         accs = [float((m.predict(X[va]) == y[va]).mean()) for m, (_, va) in zip(models, splits)]
-        scores.append(dict(**g, val_accuracy=accs[0], val_mean=float(np.mean(accs)))); fitted.append((models, accs))
+        scores.append(dict(**g, val_accuracy=accs[0], val_mean=float(np.mean(accs))))
+        fitted.append((models, accs))
     best = int(np.argmax([s["val_mean"] for s in scores]))
     (models, accs), (tr, va) = fitted[best], splits[0]
     entry = result_entry(y[va], models[0].predict(X[va]), y[te], models[0].predict(X[te]), classes, len(tr),
@@ -131,7 +133,9 @@ _X[:, 0] += _y * 2
 _splits = [(np.arange(0, 60), np.arange(60, 75)), (np.arange(15, 75), np.arange(0, 15))]
 _entry, _model = select_on_validation(lambda C: LogisticRegression(C=C), [dict(C=1e-4), dict(C=1.0)], _X, _y, _splits,
                                       np.arange(75, 90), ["a", "b", "c"])
-test_eq(_entry["chosen"], dict(C=1.0)); test_eq(len(_entry["val_rotations"]), 2); test_eq(_entry["n_val_total"], 30)
+test_eq(_entry["chosen"], dict(C=1.0))
+test_eq(len(_entry["val_rotations"]), 2)
+test_eq(_entry["n_val_total"], 30)
 test_eq(len(_model), 2)                      # the chosen setting's model of each rotation, the study's first
 
 # %% [markdown]
@@ -177,7 +181,8 @@ def choose_model(candidates: pd.DataFrame) -> tuple[str, pd.DataFrame, str]:
 _c = pd.DataFrame(dict(val_mean=[0.695, 0.674, 0.685, 0.50], n_val_total=[387] * 4, parameters=[1e6, 1e6, 2e6, None],
                        ensemble=[False, False, True, False]), index=["finetune", "probe", "pair", "logreg"])
 _chosen, _table, _why = choose_model(_c)
-test_eq(_chosen, "pair"); test_eq(_table["tied"].tolist(), [True, True, True, False])
+test_eq(_chosen, "pair")
+test_eq(_table["tied"].tolist(), [True, True, True, False])
 print(_why)
 test_eq(choose_model(_c.drop(index="pair"))[0], "finetune")       # equal sizes: the higher mean
 test_eq(choose_model(_c.assign(val_mean=[0.9, 0.5, 0.5, 0.89], n_val_total=10_000))[0], "finetune")

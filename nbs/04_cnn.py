@@ -45,7 +45,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 # %%
-import json, time
+import json
+import time
 import pandas as pd
 from dataclasses import replace
 from IPython.display import Markdown
@@ -54,7 +55,6 @@ from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import study_data
 from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.data import recording_subset
-from urbansound_nb.features import FeatureParams
 from urbansound_nb.metrics import confusion_pair, result_entry
 from urbansound_nb.models import n_parameters
 from urbansound_nb.params import as_bool, as_fraction, as_int, as_names, study_params, use_test_values
@@ -63,26 +63,21 @@ from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-n_mels = 64
-n_fft = 1024
-hop_length = 512
-models = ["small_cnn", "resnet"]
+cnn_models = ["small_cnn", "resnet"]   # the CNNs to train and compare (`epochs`, `batch_size` are shared)
 resnet_seeds = 2        # UrbanResNet averages this many trainings (seeds seed, seed+1, ...); 1: a single model
 resnet_epochs = 20      # epochs of each UrbanResNet training (at most `epochs`)
-epochs = 30             # the most epochs either model trains; early stopping may end sooner
 patience = 10           # epochs without a better validation accuracy before stopping (UrbanResNet)
-batch_size = 32
 multicrop = True        # sliding-window scoring of clips longer than the model's input
 train_fraction = 1.0    # train on this share of each class's training recordings (whole recordings)
 
 # %% tags=["checks"]
 use_test_values(globals(), epochs=2)
 params = study_params(globals())
-models = as_names("models", models, RECIPES)   # a list, also when plain papermill passes it as a string
+cnn_models = as_names("cnn_models", cnn_models, RECIPES)   # a list, also when plain papermill passes a string
 train_fraction = as_fraction("train_fraction", train_fraction)
 multicrop = as_bool("multicrop", multicrop)
 resnet_seeds, resnet_epochs = as_int("resnet_seeds", resnet_seeds, 1), as_int("resnet_epochs", resnet_epochs, 1)
-batch_size, patience = as_int("batch_size", batch_size, 1), as_int("patience", patience, 1)
+patience = as_int("patience", patience, 1)
 
 # %% [markdown]
 # ## This run's data
@@ -92,8 +87,7 @@ batch_size, patience = as_int("batch_size", batch_size, 1), as_int("patience", p
 
 # %%
 run_path = make_run_dir(params.run_dir)
-features = FeatureParams(sample_rate=params.sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
-data = study_data(params, features)
+data = study_data(params)                    # the front end of the run's parameters, cached by chapter 02
 data = replace(data, train=recording_subset(data.meta, data.train, train_fraction, params.seed, "train_fraction"))
 split = data.split
 share = f" ({train_fraction:.0%} of the training recordings)" if train_fraction < 1 else ""
@@ -110,11 +104,11 @@ print(f"features: {data.cache_stats['computed']} computed, {data.cache_stats['re
 def train(name, split_data, out_dir):
     "`name` trained as this chapter trains it, on `split_data`'s training clips, checkpoints in `out_dir`."
     return fit_study_model(name, split_data, epochs=params.epochs, seed=params.seed, out_dir=out_dir,
-                           resnet_seeds=resnet_seeds, resnet_epochs=resnet_epochs, batch_size=batch_size,
+                           resnet_seeds=resnet_seeds, resnet_epochs=resnet_epochs, batch_size=params.batch_size,
                            patience=RECIPES[name]["patience"] and patience)
 
 trained, histories, results = {}, {}, {}
-for name in models:
+for name in cnn_models:
     t0 = time.time()
     model, history = train(name, data, run_path/"models")
     trained[name], histories[name] = model, history
@@ -136,11 +130,11 @@ for name in models:
 rotations = validation_rotations(split.train_folds, split.val_fold, params.selection_folds)
 rotation_splits = rotation_indices(data.meta["fold"].values, rotations)
 labels = data.logmels.labels.numpy()
-rotation_accuracy = {name: [] for name in models}
+rotation_accuracy = {name: [] for name in cnn_models}
 for k, (tr, va) in enumerate(rotation_splits[1:], start=1):
     subset = recording_subset(data.meta, tr, train_fraction, params.seed, "train_fraction")
     rotated = replace(data, train=subset, val=va)
-    for name in models:
+    for name in cnn_models:
         model, _ = train(name, rotated, run_path/"models"/f"rotation{k}")
         pred = predict_logits(model, data.logmels, va, data.n_frames, multicrop=multicrop).argmax(1).numpy()
         rotation_accuracy[name].append(float((pred == labels[va]).mean()))
@@ -175,7 +169,9 @@ def plot_history(histories: dict, title: str = "Learning curves"):
         ax_acc.axvline(h["best"]["epoch"], color=color, lw=0.8, ls=":")
     ax_loss.set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title=f"{title}: accuracy (dotted: chosen epoch)", xlabel="epoch", ylabel="accuracy")
-    ax_loss.legend(); ax_acc.legend(); return fig
+    ax_loss.legend()
+    ax_acc.legend()
+    return fig
 
 def selection_flattery(history: dict) -> tuple[float, float]:
     "Mean validation accuracy of the chosen epochs of a model's trainings, and of their last five epochs."
@@ -188,7 +184,8 @@ _h = dict(history=[dict(epoch=1, val_accuracy=0.5)], best=dict(val_accuracy=0.5,
 test_eq(trainings({"a": _h, "b": dict(members={0: "h0", 1: "h1"})}), [("a", _h), ("b seed 0", "h0"),
                                                                       ("b seed 1", "h1")])
 test_eq(selection_flattery(_h), (0.5, 0.5))
-plot_history(histories, "CNNs"); plt.show()
+plot_history(histories, "CNNs")
+plt.show()
 
 # %% [markdown]
 # ## The test fold, once
@@ -201,7 +198,8 @@ test_predictions = {}
 for name, model in trained.items():
     predict = lambda idx: predict_logits(model, data.logmels, idx, data.n_frames, multicrop=multicrop).argmax(1).numpy()
     val_pred, test_pred = predict(data.val), predict(data.test)
-    h = histories[name]; test_predictions[name] = test_pred
+    h = histories[name]
+    test_predictions[name] = test_pred
     data_s, train_s = (sum(r[k] for r in h["history"]) for k in ("data_seconds", "train_seconds"))
     results[name] = result_entry(labels[data.val], val_pred, labels[data.test], test_pred, split.classes,
                                  len(data.train), sum(r["seconds"] for r in h["history"]),

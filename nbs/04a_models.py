@@ -183,14 +183,16 @@ class EfficientAT(nn.Module):
 
     def param_groups(self, lr: float, body_scale: float) -> list[dict]:
         "Optimizer groups: the last layer (the head) at `lr`, everything else (the body) at `lr * body_scale`."
-        head = list(self.net.classifier[5].parameters()); ids = {id(p) for p in head}
+        head = list(self.net.classifier[5].parameters())
+        ids = {id(p) for p in head}
         body = [p for p in self.parameters() if id(p) not in ids]
         return [dict(params=body, lr=lr * body_scale), dict(params=head, lr=lr)]
 
 # %%
 eat = EfficientAT(n_classes=10).eval()
 x_demo = torch.randn(2, 128, 401)
-test_eq(eat(x_demo).shape, (2, 10)); test_eq(eat.embed(x_demo).shape, (2, 512))
+test_eq(eat(x_demo).shape, (2, 10))
+test_eq(eat.embed(x_demo).shape, (2, 512))
 test_eq(len(eat.param_groups(1e-3, 0.1)[1]["params"]), 2)                  # the head: weight and bias
 print(f"EfficientAT mn04: {sum(p.numel() for p in eat.parameters()):,} parameters")
 

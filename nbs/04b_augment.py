@@ -62,21 +62,24 @@ from fastcore.test import test_eq, test_close
 #| export
 def time_stretch(x: torch.Tensor, generator=None, max_factor: float = 1.25) -> torch.Tensor:
     "Stretch a batch [B, bands, frames] in time by one random factor in [1/max_factor, max_factor], keeping its length."
-    T = x.shape[-1]; r = math.exp((float(torch.rand(1, generator=generator)) * 2 - 1) * math.log(max_factor))
+    T = x.shape[-1]
+    r = math.exp((float(torch.rand(1, generator=generator)) * 2 - 1) * math.log(max_factor))
     x = F.interpolate(x, size=max(2, round(T * r)), mode="linear", align_corners=False)
     # a shrunk clip ends in silence
     return x[..., :T] if x.shape[-1] >= T else F.pad(x, (0, T - x.shape[-1]), value=DB_FLOOR)
 
 def band_shift(x: torch.Tensor, generator=None, max_shift: int | None = None) -> torch.Tensor:
     "Shift each clip's bands up or down by up to `max_shift` (default: 1/16 of the bands), repeating the edge band."
-    B, n, T = x.shape; k = max_shift if max_shift is not None else max(1, n // 16)
+    B, n, T = x.shape
+    k = max_shift if max_shift is not None else max(1, n // 16)
     s = torch.randint(-k, k + 1, (B,), generator=generator)
     rows = (torch.arange(n)[None] - s[:, None]).clamp(0, n - 1)
     return x.gather(1, rows[:, :, None].expand(-1, -1, T))
 
 def random_eq(x: torch.Tensor, generator=None, max_db=(6.0, 4.0, 3.0)) -> torch.Tensor:
     "Add a random smooth curve over the bands to each clip: tilt, bow and wiggle (Chebyshev polynomials), `max_db` dB."
-    B, n, _ = x.shape; f = torch.linspace(-1, 1, n)
+    B, n, _ = x.shape
+    f = torch.linspace(-1, 1, n)
     c = (torch.rand(B, 3, generator=generator) * 2 - 1) * torch.tensor(max_db)
     curve = c[:, :1] * f + c[:, 1:2] * (2 * f**2 - 1) + c[:, 2:] * (4 * f**3 - 3 * f)
     return x + curve[:, :, None]
@@ -87,21 +90,26 @@ def recording_variation(x: torch.Tensor, y=None, generator=None, max_gain_db: fl
     return x + ((torch.rand(len(x), generator=generator) * 2 - 1) * max_gain_db)[:, None, None]
 
 # %%
-g = torch.Generator().manual_seed(0); batch = torch.randn(4, 32, 100)
-test_eq(time_stretch(batch, g).shape, batch.shape); test_eq(recording_variation(batch, generator=g).shape, batch.shape)
+g = torch.Generator().manual_seed(0)
+batch = torch.randn(4, 32, 100)
+test_eq(time_stretch(batch, g).shape, batch.shape)
+test_eq(recording_variation(batch, generator=g).shape, batch.shape)
 test_close(time_stretch(batch, g, max_factor=1.0), batch)                              # factor 1: unchanged
 test_eq(band_shift(batch, g, max_shift=0), batch)
 # rows move by 2 at most, in order
 shifted = band_shift(torch.arange(32.)[None, :, None].expand(4, 32, 5), g, max_shift=2)
 assert ((shifted[:, :, 0] - torch.arange(32.)).abs() <= 2).all() and (shifted[:, 1:, 0] >= shifted[:, :-1, 0]).all()
 # one curve per clip
-eq = random_eq(batch, g) - batch; test_close(eq[:, :, 0], eq[:, :, -1]); assert eq.abs().max() <= 13
+eq = random_eq(batch, g) - batch
+test_close(eq[:, :, 0], eq[:, :, -1])
+assert eq.abs().max() <= 13
 fig, axes = plt.subplots(1, 2, figsize=(12, 3), constrained_layout=True)
 demo = torch.linspace(-60, -20, 64)[None, :, None].expand(1, 64, 173) + 10 * torch.sin(torch.arange(173.) / 9)
 for ax, img, t in zip(axes, (demo[0], recording_variation(demo, generator=g)[0]), ("original", "recording_variation")):
     im = ax.imshow(img, origin="lower", aspect="auto", cmap="magma")
     ax.set(title=f"A synthetic log-mel: {t}", xlabel="frame", ylabel="mel band")
-fig.colorbar(im, ax=axes, label="power (dB)"); plt.show()
+fig.colorbar(im, ax=axes, label="power (dB)")
+plt.show()
 
 # %% [markdown]
 # ## Masks, shifts and gains
@@ -114,7 +122,9 @@ fig.colorbar(im, ax=axes, label="power (dB)"); plt.show()
 def spec_augment_lite(x: torch.Tensor, y=None, generator=None, n_masks: int = 2, max_bands: int = 8,
                       max_frames: int = 20) -> torch.Tensor:
     "SpecAugment-lite: `n_masks` frequency and time masks per clip, filled with the clip's mean level."
-    x = x.clone(); B, F_, T = x.shape; fill = x.mean((1, 2))
+    x = x.clone()
+    B, F_, T = x.shape
+    fill = x.mean((1, 2))
     r = lambda hi: torch.randint(0, max(hi, 1), (B,), generator=generator)
     for _ in range(n_masks):
         fw, tw = r(max_bands + 1), r(max_frames + 1)
@@ -137,9 +147,11 @@ def shift_gain(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 6.0
 
 
 # %%
-g = torch.Generator().manual_seed(0); batch = torch.randn(4, 16, 50)
+g = torch.Generator().manual_seed(0)
+batch = torch.randn(4, 16, 50)
 masked = spec_augment_lite(batch, generator=g)
-test_eq(masked.shape, batch.shape); assert (masked != batch).any() and (masked == batch).float().mean() > 0.3
+test_eq(masked.shape, batch.shape)
+assert (masked != batch).any() and (masked == batch).float().mean() > 0.3
 s = shift_gain(batch, generator=torch.Generator().manual_seed(1))
 test_close(torch.sort(s[0, 0] - s[0, 0].mean()).values, torch.sort(batch[0, 0] - batch[0, 0].mean()).values, eps=1e-4)
 
@@ -170,4 +182,5 @@ AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shif
 # %%
 test_eq(shift_freqmask(torch.randn(3, 128, 40), generator=torch.Generator().manual_seed(0)).shape, (3, 128, 40))
 mixed, ya, yb, lam = mixup(torch.ones(4, 2, 3), torch.arange(4), 0.2, torch.Generator().manual_seed(0))
-test_close(mixed, torch.ones(4, 2, 3)); assert 0 <= lam <= 1 and sorted(yb.tolist()) == [0, 1, 2, 3]
+test_close(mixed, torch.ones(4, 2, 3))
+assert 0 <= lam <= 1 and sorted(yb.tolist()) == [0, 1, 2, 3]

@@ -37,7 +37,12 @@
 #| export
 from __future__ import annotations
 
-import copy, io, math, pickle, re, time
+import copy
+import io
+import math
+import pickle
+import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,12 +56,13 @@ from urbansound_nb.augment import AUGMENTATIONS, mixup
 from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
 from urbansound_nb.core import atomic_write_bytes, pick_device, seed_everything
 from urbansound_nb.features import FeatureParams
-from urbansound_nb.models import SeedEnsemble, build_model
+from urbansound_nb.models import build_model
 
 # %%
 import tempfile
 from types import SimpleNamespace
 import pandas as pd
+from urbansound_nb.models import SeedEnsemble
 from fastcore.test import test_eq, test_close, test_fail
 
 # %% [markdown]
@@ -118,7 +124,8 @@ def _optimizer(model, cfg: TrainConfig, steps: int):
 #| export
 def balanced_class_weights(labels, n_classes: int) -> np.ndarray:
     "Inverse-frequency class weights (scikit-learn's 'balanced'), averaging 1 over the classes present."
-    labels = np.asarray(labels); present = np.unique(labels)
+    labels = np.asarray(labels)
+    present = np.unique(labels)
     w = np.zeros(n_classes)
     w[present] = compute_class_weight("balanced", classes=present, y=labels)
     return w / w[present].mean()
@@ -146,12 +153,16 @@ def predict_logits(model, ls: LogMelSet, idx, n_frames: int, *, multicrop: bool 
                    device=None) -> torch.Tensor:
     "Logits [len(idx), classes] from centre crops, or (multicrop) the mean softmax over half-overlapping windows."
     device = device or next(model.parameters()).device
-    model.eval(); idx = torch.as_tensor(np.asarray(idx), dtype=torch.long); out = []
+    model.eval()
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    out = []
     for chunk in idx.split(batch_size):
         if not multicrop or int(ls.lengths[chunk].max()) <= n_frames:
-            out.append(model(batch_frames(ls, chunk, n_frames).to(device)).float().cpu()); continue
+            out.append(model(batch_frames(ls, chunk, n_frames).to(device)).float().cpu())
+            continue
         for i in chunk.tolist():  # long clips: every window, probabilities averaged (returned as log-probabilities)
-            length = int(ls.lengths[i]); x = ls.data[i, :, :max(length, n_frames)].float()
+            length = int(ls.lengths[i])
+            x = ls.data[i, :, :max(length, n_frames)].float()
             wins = torch.stack([x[:, s:s + n_frames] for s in window_starts(length, n_frames)])
             out.append(model(wins.to(device)).float().softmax(-1).mean(0, keepdim=True).log().cpu())
     return torch.cat(out)
@@ -190,7 +201,9 @@ def plain(obj):
 
 def save_checkpoint(obj: dict, path):
     "Write `obj` (tensors and plain values, see `plain`) to `path` atomically, loadable with `weights_only=True`."
-    buf = io.BytesIO(); torch.save(plain(obj), buf); atomic_write_bytes(path, buf.getvalue())
+    buf = io.BytesIO()
+    torch.save(plain(obj), buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
     "Everything predict needs: model name and config, weights, feature parameters, class names, clip length."
@@ -222,7 +235,9 @@ def load_checkpoint(path, device="cpu"):
     if missing:  # e.g. a `.last.pt` training state, or a bare state dict
         raise CheckpointError(f"{path}: not a model checkpoint of this study (missing {', '.join(missing)}); "
                               "use models/<name>.pt of a run")
-    try: model = build_model(ck["model"], **ck["config"]); model.load_state_dict(ck["state_dict"])
+    try:
+        model = build_model(ck["model"], **ck["config"])
+        model.load_state_dict(ck["state_dict"])
     except (ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: its weights do not fit its model {ck['model']!r} ({e})") from None
     return model.to(device).eval(), ck
@@ -292,18 +307,25 @@ test_eq(set_device_rng_state(("cuda", torch.zeros(16, dtype=torch.uint8)), "cpu"
 #| export
 def _train_epoch(model, data: StudyData, train_idx, cfg: TrainConfig, opt, sched, gen, hooks, weight, device) -> dict:
     "One epoch over `train_idx` in shuffled batches: loss, accuracy and the seconds spent building batches."
-    model.train(); y_all, t0, t_data, tot, correct, n = data.logmels.labels, time.time(), 0.0, 0.0, 0.0, 0
+    model.train()
+    y_all, t0, t_data, tot, correct, n = data.logmels.labels, time.time(), 0.0, 0.0, 0.0, 0
     for b in train_idx[torch.randperm(len(train_idx), generator=gen)].split(cfg.batch_size):
-        td = time.time(); x, y = batch_frames(data.logmels, b, data.n_frames, "random", generator=gen), y_all[b]
+        td = time.time()
+        x, y = batch_frames(data.logmels, b, data.n_frames, "random", generator=gen), y_all[b]
         for hook in hooks: x = hook(x, y, gen)
-        x, y = x.to(device), y.to(device); t_data += time.time() - td
+        x, y = x.to(device), y.to(device)
+        t_data += time.time() - td
         xm, ya, yb, lam = mixup(x, y, cfg.mixup_alpha, gen) if cfg.mixup_alpha > 0 else (x, y, y, 1.0)
         out = model(xm)
         loss = lam * F.cross_entropy(out, ya, weight=weight, label_smoothing=cfg.label_smoothing)
         if lam < 1:
             loss = loss + (1 - lam) * F.cross_entropy(out, yb, weight=weight, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-        tot += loss.item() * len(b); n += len(b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        tot += loss.item() * len(b)
+        n += len(b)
         correct += (lam * (out.argmax(1) == ya).float() + (1 - lam) * (out.argmax(1) == yb).float()).sum().item()
     return dict(train_loss=tot / n, train_accuracy=correct / n, data_seconds=t_data, train_seconds=time.time() - t0)
 
@@ -321,7 +343,8 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
                 class_weights=None, device=None, progress: bool = True, info: dict | None = None, init_state=None,
                 save_as: str | None = None):
     "Train model `name` on `data.train`, its epoch chosen on `data.val`: (best model, history); resumes from `out_dir`."
-    device = device or pick_device(); seed_everything(cfg.seed)
+    device = device or pick_device()
+    seed_everything(cfg.seed)
     if cfg.augmentation not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {cfg.augmentation!r}; choose from {sorted(AUGMENTATIONS)}")
     hooks = [h for h in (AUGMENTATIONS[cfg.augmentation], augment) if h is not None]
@@ -352,7 +375,8 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
     bar = tqdm(range(start, cfg.epochs), desc=name, unit="epoch", disable=not progress or start >= cfg.epochs,
                mininterval=5)
     for epoch in bar:
-        t0 = time.time(); row = _train_epoch(model, data, train_idx, cfg, opt, sched, gen, hooks, weight, device)
+        t0 = time.time()
+        row = _train_epoch(model, data, train_idx, cfg, opt, sched, gen, hooks, weight, device)
         logits = predict_logits(model, data.logmels, data.val, data.n_frames, device=device)
         val_loss, val_acc = F.cross_entropy(logits, yv).item(), (logits.argmax(1) == yv).float().mean().item()
         hist.append(dict(epoch=epoch + 1, train_loss=row["train_loss"], train_accuracy=row["train_accuracy"],
@@ -394,7 +418,8 @@ def tiny_data(n_mels: int = 16) -> StudyData:
     return StudyData(None, SimpleNamespace(classes=["a", "b"]), meta, FeatureParams(n_mels=n_mels), clips, 1.0, 32,
                      np.arange(16), np.arange(16, 24), np.arange(16, 24), {})
 
-small = tiny_data(); small_config = dict(n_classes=2, n_mels=16)
+small = tiny_data()
+small_config = dict(n_classes=2, n_mels=16)
 cfg2, cfg3 = TrainConfig(epochs=2, batch_size=8, patience=None), TrainConfig(epochs=3, batch_size=8, patience=None)
 with tempfile.TemporaryDirectory() as d:
     train = lambda cfg, **kw: train_model("small_cnn", small_config, small, cfg, out_dir=d, progress=False, **kw)
@@ -406,10 +431,12 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(len(train(cfg3, info=other_folds)[1]["history"]), 3)               # other folds: trained afresh
     assert read_checkpoint(Path(d)/"small_cnn.pt")["folds"] == dict(train=[2])
     (Path(d)/"small_cnn.pt").unlink()                                       # best deleted, last kept: trained afresh
-    test_eq(len(train(cfg3, info=other_folds)[1]["history"]), 3); assert (Path(d)/"small_cnn.pt").exists()
+    test_eq(len(train(cfg3, info=other_folds)[1]["history"]), 3)
+    assert (Path(d)/"small_cnn.pt").exists()
     loaded, ck = load_checkpoint(Path(d)/"small_cnn.pt")
     test_eq(predict_logits(loaded, small.logmels, range(2), 10, multicrop=True).shape, (2, 2))   # 10-frame windows
-    test_eq(ck["classes"], ["a", "b"]); test_eq(predict_logits(loaded, small.logmels, range(4), 32).shape, (4, 2))
+    test_eq(ck["classes"], ["a", "b"])
+    test_eq(predict_logits(loaded, small.logmels, range(4), 32).shape, (4, 2))
     # anything else named as a checkpoint fails with the file's name and what is wrong with it
     (Path(d)/"junk.pt").write_bytes(b"not a checkpoint")
     test_fail(lambda: load_checkpoint(Path(d)/"junk.pt"), contains="junk.pt: not a readable checkpoint")
@@ -530,10 +557,13 @@ def fit_study_model(name: str, data: StudyData, *, epochs: int, seed: int = 0, o
 # %%
 with tempfile.TemporaryDirectory() as d:
     ens, eh = fit_ensemble("small_cnn", small, epochs=2, seeds=[0, 1], out_dir=d, progress=False, batch_size=8)
-    test_eq(len(ens.members), 2); test_eq(eh["stopped_epoch"], 4); test_eq(sorted(eh["members"]), [0, 1])
+    test_eq(len(ens.members), 2)
+    test_eq(eh["stopped_epoch"], 4)
+    test_eq(sorted(eh["members"]), [0, 1])
     assert (Path(d)/"small_cnn.seed1"/"small_cnn.last.pt").exists()
     loaded, ck = load_checkpoint(Path(d)/"small_cnn.pt")
-    test_eq(ck["model"], "ensemble"); test_eq(ck["seeds"], [0, 1])
+    test_eq(ck["model"], "ensemble")
+    test_eq(ck["seeds"], [0, 1])
     test_eq(ck["folds"], dict(train=[1], val=[2, 3], test=[2, 3]))          # which folds it has seen, for chapter 06
     test_eq(load_checkpoint(Path(d)/"small_cnn.seed1"/"small_cnn.pt")[1]["folds"], ck["folds"])
     test_close(predict_logits(loaded, small.logmels, range(24), 32), predict_logits(ens, small.logmels, range(24), 32))

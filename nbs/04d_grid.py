@@ -42,7 +42,14 @@
 #| export
 from __future__ import annotations
 
-import contextlib, dataclasses, functools, json, logging, os, re, time
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +97,17 @@ test_fail(lambda: parse_scheduler("10.0.0.5:8786"), contains="scheduler must be 
 @dataclasses.dataclass(frozen=True)
 class CachedData:
     "A small, picklable reference to a StudyData's features in the cache; `load()` rebuilds it read-only."
-    cache_dir: str; fp: object; keys: tuple; labels: tuple; folds: tuple
+    cache_dir: str
+    fp: object
+    keys: tuple
+    labels: tuple
+    folds: tuple
     split: object = dataclasses.field(hash=False)     # a FoldSplit (lists inside): compared, not hashed
-    clip_seconds: float = 4.0; n_frames: int = 0; train: tuple = (); val: tuple = (); test: tuple = ()
+    clip_seconds: float = 4.0
+    n_frames: int = 0
+    train: tuple = ()
+    val: tuple = ()
+    test: tuple = ()
 
     def load(self) -> StudyData: return _load_cached(self)
 
@@ -177,7 +192,8 @@ class GridFailed(RuntimeError):
 def _worker_facts(paths) -> dict:
     "Run on every worker: the package version it imports, and which of `paths` it cannot see."
     try:
-        import urbansound_nb; version = urbansound_nb.__version__
+        import urbansound_nb
+        version = urbansound_nb.__version__
     except ImportError: version = None
     return dict(version=version, missing=[p for p in paths if not Path(p).exists()])
 
@@ -214,7 +230,9 @@ class TorchPerWorker(WorkerPlugin):
 def grid_client(scheduler, paths=()):
     "A Dask client for the `scheduler` parameter (None when it is None), checked; the cluster closed afterwards."
     kind, arg = parse_scheduler(scheduler)
-    if kind == "inline": yield None; return
+    if kind == "inline":
+        yield None
+        return
     from distributed import Client, LocalCluster
     cluster = None
     if kind == "local":
@@ -222,7 +240,8 @@ def grid_client(scheduler, paths=()):
         # ":0": the scheduler's HTTP endpoint on a free port, so that two clusters on one machine do not collide
         cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": str(threads)})
-        client = Client(cluster); client.register_plugin(TorchPerWorker(threads))
+        client = Client(cluster)
+        client.register_plugin(TorchPerWorker(threads))
     else:
         try: client = Client(arg, timeout=f"{CONNECT_TIMEOUT}s")
         except (OSError, TimeoutError) as e:
@@ -270,7 +289,9 @@ def run_grid(fn, cells: dict, *, shared: dict | None = None, record_path=None, c
         if describe: tqdm.write(describe(key, result))
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell") as bar:
         if client is None:
-            for key in todo: finish(key, run_cell(fn, shared, cells[key], threads)); bar.update()
+            for key in todo:
+                finish(key, run_cell(fn, shared, cells[key], threads))
+                bar.update()
         else:
             from distributed import as_completed
             if cache_dir is None:

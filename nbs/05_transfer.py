@@ -50,14 +50,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from urbansound_nb.batches import StudyData
-from urbansound_nb.models import EfficientAT, build_model
+from urbansound_nb.models import EfficientAT
+from urbansound_nb.params import BATCH_SIZE
 from urbansound_nb.selection import select_on_validation
 from urbansound_nb.train import fit, predict_logits
 
-FINETUNE_INITS = ("probe", "random")   # the head fine-tuning starts from: the fitted probe's, or a new one
 
 # %%
-import dataclasses, time
+import dataclasses
+import time
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_close
@@ -65,7 +66,7 @@ from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import batch_frames, study_data
 from urbansound_nb.core import make_run_dir, read_results, write_results
 from urbansound_nb.metrics import result_entry
-from urbansound_nb.models import n_parameters
+from urbansound_nb.models import build_model, n_parameters
 from urbansound_nb.params import as_int, as_name, study_params, use_test_values
 from urbansound_nb.pretrained import (PRETRAINED, EfficientATFeatures, audioset_labels, audioset_top, cached_embeddings,
                                       pretrained_network)
@@ -75,18 +76,14 @@ from urbansound_nb.train import checkpoint_dict, save_checkpoint, split_folds
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-network = "mn04_as"     # EfficientAT width: mn04_as (default), mn10_as or mn20_as
-weights = None          # weights file or folder; None: $URBANSOUND_PRETRAINED, else the download; "random": untrained
+# (network, weights, finetune_init and batch_size are shared: chapter 08 cross-validates the same network)
 finetune_epochs = 3     # epochs of fine-tuning (the validation fold chooses the epoch)
-finetune_init = "probe" # the 10-class head fine-tuning starts from: "probe" (the fitted probe's) or "random"
-batch_size = 32
 
 # %% tags=["checks"]
 use_test_values(globals(), weights="random", finetune_epochs=1)
 params = study_params(globals())
-network = as_name("network", network, PRETRAINED)
-finetune_epochs, batch_size = as_int("finetune_epochs", finetune_epochs, 1), as_int("batch_size", batch_size, 1)
-finetune_init = as_name("finetune_init", finetune_init, FINETUNE_INITS)
+network = as_name("network", params.network, PRETRAINED)
+finetune_epochs = as_int("finetune_epochs", finetune_epochs, 1)
 
 # %% [markdown]
 # ## The network and its features
@@ -101,7 +98,7 @@ t0 = time.time()
 data = study_data(params, EfficientATFeatures())
 feature_seconds = time.time() - t0
 split, labels = data.split, data.logmels.labels.numpy()
-net = pretrained_network(network, weights, params.cache_dir)
+net = pretrained_network(network, params.weights, params.cache_dir)
 print(f"{len(data.ds):,} clips", "(SYNTHETIC)" if is_synthetic(data.ds) else "",
       f"| features: {data.cache_stats['computed']} computed, {data.cache_stats['reused']} from the cache "
       f"({feature_seconds:.0f} s) | input {data.fp.n_mels} x {data.n_frames}")
@@ -149,7 +146,9 @@ def probe_network(body: EfficientAT, probe, n_classes: int) -> EfficientAT:
     b = torch.as_tensor(logreg.intercept_ - (logreg.coef_ * scaler.mean_ / scaler.scale_).sum(1), dtype=torch.float32)
     model = EfficientAT(body.width, n_classes=n_classes)
     model.load_state_dict(body_state(body), strict=False)
-    with torch.no_grad(): model.net.classifier[5].weight.copy_(w); model.net.classifier[5].bias.copy_(b)
+    with torch.no_grad():
+        model.net.classifier[5].weight.copy_(w)
+        model.net.classifier[5].bias.copy_(b)
     return model.eval()
 
 # %%
@@ -207,7 +206,7 @@ pd.DataFrame(results["probe"]["validation_grid"])
 # %%
 #| export
 def fit_finetune(network: EfficientAT, data: StudyData, *, epochs: int, seed: int = 0, head: EfficientAT | None = None,
-                 out_dir=None, batch_size: int = 32, progress: bool = True):
+                 out_dir=None, batch_size: int = BATCH_SIZE, progress: bool = True):
     "Fine-tune `network` on `data` with the `efficientat` recipe, from `head`'s 10-class head if given, else a new one."
     start = head.state_dict() if head is not None else body_state(network)
     return fit("efficientat", data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, save_as="finetune",
@@ -221,15 +220,16 @@ def class_probabilities(models, data: StudyData, idx) -> torch.Tensor:
 
 # %%
 t0 = time.time()
-finetuned, history = fit_finetune(net, data, epochs=finetune_epochs, seed=params.seed, batch_size=batch_size,
-                                  head=probe_model if finetune_init == "probe" else None, out_dir=run_path/"models")
+finetuned, history = fit_finetune(net, data, epochs=finetune_epochs, seed=params.seed, batch_size=params.batch_size,
+                                  head=probe_model if params.finetune_init == "probe" else None,
+                                  out_dir=run_path/"models")
 finetune_seconds = time.time() - t0
 predict = lambda models, idx: class_probabilities(models, data, idx).argmax(1).numpy()
 results["finetune"] = result_entry(labels[data.val], predict([finetuned], data.val), labels[data.test],
                                    predict([finetuned], data.test), split.classes, len(data.train), finetune_seconds,
                                    epochs=history["stopped_epoch"], best_epoch=history["best"]["epoch"],
                                    parameters=n_parameters(finetuned), checkpoint="models/finetune.pt",
-                                   init=finetune_init)
+                                   init=params.finetune_init)
 fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
 epochs_run = [r["epoch"] for r in history["history"]]
 ax.plot(epochs_run, [r["train_accuracy"] for r in history["history"]], "--", label="training (mixed batches)")
@@ -273,8 +273,9 @@ pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1", "seconds"]
 rotation_accuracy = dict(finetune=[], probe_finetune=[])
 for k, ((tr, va), rotated_probe) in enumerate(zip(splits[1:], probe_models[1:]), start=1):
     rotated = dataclasses.replace(data, train=tr, val=va)
-    rotated_finetune, _ = fit_finetune(net, rotated, epochs=finetune_epochs, seed=params.seed, batch_size=batch_size,
-                                       head=rotated_probe if finetune_init == "probe" else None,
+    rotated_finetune, _ = fit_finetune(net, rotated, epochs=finetune_epochs, seed=params.seed,
+                                       batch_size=params.batch_size,
+                                       head=rotated_probe if params.finetune_init == "probe" else None,
                                        out_dir=run_path/"models"/f"rotation{k}")
     for name, members in (("finetune", [rotated_finetune]), ("probe_finetune", [rotated_probe, rotated_finetune])):
         rotation_accuracy[name].append(float((predict(members, va) == labels[va]).mean()))
@@ -320,7 +321,8 @@ def comparison_table(entries: dict) -> pd.DataFrame:
 _t = comparison_table({"probe": dict(val_accuracy=0.7, test_accuracy=0.6, macro_f1=0.5, n_val=10),
                        "probe_finetune": dict(val_accuracy=0.7, val_mean=0.72, val_sd=0.01, n_val_total=20,
                                               test_accuracy=0.6, macro_f1=0.5)})
-test_eq(_t.loc["probe", "val_mean"], 0.7); test_eq(_t["ensemble"].tolist(), [False, True])
+test_eq(_t.loc["probe", "val_mean"], 0.7)
+test_eq(_t["ensemble"].tolist(), [False, True])
 
 # %%
 def earlier_entries(notebook: str, names) -> dict:

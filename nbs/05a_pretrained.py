@@ -34,7 +34,14 @@
 #| export
 from __future__ import annotations
 
-import hashlib, io, json, math, os, tempfile, time, warnings
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -158,10 +165,12 @@ def weights_file(name: str = "mn04_as", weights=None, cache_dir="../cache") -> P
     file, _, sha = PRETRAINED[name]
     local = weights or os.environ.get(WEIGHTS_ENV)
     if local:
-        path = Path(local).expanduser(); path = path/file if path.is_dir() else path
+        path = Path(local).expanduser()
+        path = path/file if path.is_dir() else path
         if not path.is_file():
             raise WeightsError(f"{path}: no such weights file (from {'weights' if weights else WEIGHTS_ENV})")
-        _check_sha(path, sha, f"the official {file}"); return path
+        _check_sha(path, sha, f"the official {file}")
+        return path
     cached = Path(cache_dir).expanduser()/"pretrained"/file
     recorded = cached.with_suffix(".sha256")
     expected = sha or (recorded.read_text().strip() if recorded.exists() else None)
@@ -177,10 +186,12 @@ def pretrained_network(name: str = "mn04_as", weights=None, cache_dir="../cache"
     "EfficientAT `name` with its AudioSet weights (527 outputs), in eval mode; `weights='random'`: untrained (tests)."
     if name not in PRETRAINED:
         raise WeightsError(f"unknown pretrained network {name!r}; choose from {sorted(PRETRAINED)}")
-    width = PRETRAINED[name][1]; model = EfficientAT(width, n_classes=527)
+    width = PRETRAINED[name][1]
+    model = EfficientAT(width, n_classes=527)
     if weights == "random": model.weights_path, model.weights_sha = None, "random"
     else:
-        path = weights_file(name, weights, cache_dir); model.net.load_state_dict(load_weights(path, width))
+        path = weights_file(name, weights, cache_dir)
+        model.net.load_state_dict(load_weights(path, width))
         model.weights_path, model.weights_sha = str(path), sha256_file(path)
     return model.eval()
 
@@ -280,7 +291,9 @@ def audioset_labels(weights_path=None, cache_dir="../cache") -> list[str]:
     if weights_path: candidates.insert(0, Path(weights_path).parent/"audioset_class_labels_indices.csv")
     found = next((p for p in candidates if p.is_file()), None)
     if found is None and not unreachable(LABELS_URL):
-        try: torch.hub.download_url_to_file(LABELS_URL, str(candidates[-1]), progress=False); found = candidates[-1]
+        try:
+            torch.hub.download_url_to_file(LABELS_URL, str(candidates[-1]), progress=False)
+            found = candidates[-1]
         except Exception: found = None
     if found is None: return [f"class {i}" for i in range(527)]
     rows = list(csv.DictReader(found.open()))
@@ -306,7 +319,10 @@ def audioset_top(network: EfficientAT, x: torch.Tensor, labels, k: int = 3) -> l
 def embed_clips(network: EfficientAT, ls: LogMelSet, idx, n_frames: int, batch_size: int = 64, device=None,
                 progress: bool = True) -> np.ndarray:
     "Penultimate-layer embeddings [len(idx), dim] of clips `idx` (centre crops of `n_frames`)."
-    device = device or pick_device(); network = network.to(device).eval(); idx = np.asarray(idx); out = []
+    device = device or pick_device()
+    network = network.to(device).eval()
+    idx = np.asarray(idx)
+    out = []
     batches = tqdm(range(0, len(idx), batch_size), desc="embeddings", unit="batch", disable=not progress, mininterval=5)
     for start in batches:
         out.append(network.embed(batch_frames(ls, idx[start:start + batch_size], n_frames).to(device)).float().cpu())
@@ -341,7 +357,8 @@ def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 6
         out[todo] = fresh
         all_keys = list(known_keys) + [keys[i] for i in todo]
         vectors = np.concatenate([known["vectors"], fresh]) if known_keys else fresh
-        buf = io.BytesIO(); np.savez(buf, keys=np.array(all_keys), vectors=vectors)
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.array(all_keys), vectors=vectors)
         atomic_write_bytes(path, buf.getvalue())
     return out, dict(computed=len(todo), reused=len(keys) - len(todo), seconds=round(seconds, 2),
                      clips_per_second=round(len(todo) / seconds, 1) if todo and seconds > 0 else None)
@@ -350,7 +367,8 @@ def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 6
 with tempfile.TemporaryDirectory() as d:     # a damaged store is named and computed again, never a cryptic error
     (Path(d)/"embeddings.npz").write_bytes(b"PK\x03\x04 cut short")
     with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always"); test_eq(_stored_embeddings(Path(d)/"embeddings.npz"), {})
+        warnings.simplefilter("always")
+        test_eq(_stored_embeddings(Path(d)/"embeddings.npz"), {})
     assert "damaged embeddings cache" in str(said[0].message) and "embeddings.npz" in str(said[0].message)
 
 # %% [markdown]
@@ -373,11 +391,13 @@ def benchmark_pretrained(dataset=None, max_items: int = 256, network: str = "mn0
     ds, fp = load_urbansound(dataset, max_items, seed), EfficientATFeatures()
     res = dict(dataset=str(dataset), clips=len(ds), network=network, threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory() as d:
-        t = time.time(); cache, keys, _ = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
+        t = time.time()
+        cache, keys, _ = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
         res["front_end_clips_per_s"] = len(ds) / (time.time() - t)
         ls = LogMelSet.from_cache(cache, keys)
     net = EfficientAT(PRETRAINED[network][1], n_classes=527)
-    t = time.time(); embed_clips(net, ls, np.arange(len(ls)), fp.frames(4.0), batch_size, device="cpu", progress=False)
+    t = time.time()
+    embed_clips(net, ls, np.arange(len(ls)), fp.frames(4.0), batch_size, device="cpu", progress=False)
     res["embedding_clips_per_s"] = len(ls) / (time.time() - t)
     both = 1 / res["front_end_clips_per_s"] + 1 / res["embedding_clips_per_s"]
     res["front_end_and_embedding_clips_per_s"] = 1 / both

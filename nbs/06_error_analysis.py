@@ -39,11 +39,11 @@ import pandas as pd
 from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
 from urbansound_nb.core import read_results
 from urbansound_nb.features import FeatureParams
-from urbansound_nb.pretrained import feature_params
 from urbansound_nb.train import CheckpointError, split_folds
 
 # %%
-import os, tempfile
+import os
+import tempfile
 from types import SimpleNamespace
 from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_fail
@@ -53,13 +53,14 @@ from urbansound_nb.batches import study_data
 from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.metrics import confusion_pair, evaluate
 from urbansound_nb.params import as_int, as_name, study_params, use_test_values
+from urbansound_nb.pretrained import feature_params
 from urbansound_nb.train import RECIPES, fit_study_model, load_checkpoint, predict_logits
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 model_name = None       # None: the study's model (chapter 05's choice); else small_cnn, resnet, probe, finetune
 n_examples = 6          # clips in each of the "confident mistakes" and "doubtful successes" tables
-epochs = 30             # used only when no checkpoint exists and one must be trained (as chapter 04 trains it)
+# (a model with no checkpoint is trained as chapter 04 trains it, for the shared `epochs`)
 
 # %% [markdown]
 # ## The model and the test fold
@@ -115,7 +116,8 @@ _d = SimpleNamespace(split=SimpleNamespace(classes=["a", "b"]), meta=pd.DataFram
 check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1], val=[2], test=[3])), _d, "m.pt")
 check_checkpoint_split(dict(classes=["a", "b"]), _d, "m.pt")          # an older checkpoint, without folds
 with tempfile.TemporaryDirectory() as d:
-    (Path(d)/"models").mkdir(); (Path(d)/"models"/"probe.pt").touch()
+    (Path(d)/"models").mkdir()
+    (Path(d)/"models"/"probe.pt").touch()
     write_results(d, "05_transfer", {"probe": dict(val_accuracy=0.7, checkpoint="models/probe.pt"),
                                      "finetune": dict(val_accuracy=0.8, checkpoint="models/finetune.pt")})
     test_eq(study_checkpoints(d), {"probe": 0.7})                        # finetune's checkpoint is missing
@@ -165,7 +167,8 @@ print(f"{name}: epoch {checkpoint.get('epoch')}, "
 #| export
 def prediction_table(probs: np.ndarray, clip_ids, labels, classes, k: int = 3) -> pd.DataFrame:
     "One row per clip: id, true and predicted class, confidence, and the top-k classes with probabilities."
-    probs = np.asarray(probs); top = np.argsort(-probs, 1)[:, :k]
+    probs = np.asarray(probs)
+    top = np.argsort(-probs, 1)[:, :k]
     df = pd.DataFrame({"slice_file_name": list(clip_ids), "true": [classes[i] for i in labels],
                        "predicted": [classes[i] for i in top[:, 0]],
                        "confidence": probs[np.arange(len(probs)), top[:, 0]]})
@@ -242,20 +245,24 @@ def plot_spectrogram_grid(ls: LogMelSet, rows: pd.DataFrame, n_frames: int, titl
         ax.set(xlabel="time (s)" if fp else "frame", ylabel="mel band")
     for ax in axes.flat[n:]: ax.axis("off")
     fig.colorbar(im, ax=axes, label="power (dB)" if in_db else "scaled log power", shrink=0.8)
-    fig.suptitle(title); return fig
+    fig.suptitle(title)
+    return fig
 
 # %%
 pred["index"] = pred["slice_file_name"].map(dict(zip(meta["slice_file_name"], meta.index)))
 show = ["slice_file_name", "true", "predicted", "confidence", "top3", "salience", "duration"]
 wrong = pred[~pred["correct"]].nlargest(n_examples, "confidence")
 right = pred[pred["correct"]].nsmallest(n_examples, "confidence")
-print("Most confident mistakes"); display(wrong[show].round(3))
-print("Least confident correct predictions"); display(right[show].round(3))
+print("Most confident mistakes")
+display(wrong[show].round(3))
+print("Least confident correct predictions")
+display(right[show].round(3))
 
 # %%
 for rows, title in ((wrong, "Most confident mistakes"), (right, "Least confident correct predictions")):
     if len(rows):
-        plot_spectrogram_grid(allset, rows, n_frames, f"{title}, test fold {split.test_fold}", features); plt.show()
+        plot_spectrogram_grid(allset, rows, n_frames, f"{title}, test fold {split.test_fold}", features)
+        plt.show()
 
 # %%
 for rows, title in ((wrong, "mistake"), (right, "doubtful success")):
@@ -294,7 +301,8 @@ a2.set(title="Accuracy by clip duration (metadata)", xlabel="duration", ylabel="
 for ax, t in ((a1, by_sal), (a2, by_dur)):
     for i, (n, a) in enumerate(zip(t["clips"], t["accuracy"])): ax.text(i, a + 0.02, f"n={n}", ha="center", fontsize=8)
 plt.show()
-display(by_sal.round(3)); display(by_dur.round(3))
+display(by_sal.round(3))
+display(by_dur.round(3))
 
 # %% [markdown]
 # ## What the numbers say
@@ -332,14 +340,18 @@ Markdown("\n\n".join(lines))
 # stereo, a 9 s file), plus an empty, a silent and a corrupt file:
 
 # %%
-import tempfile, soundfile as sf
+import tempfile
+import soundfile as sf
 from urbansound_nb.predict import predict_files
 with tempfile.TemporaryDirectory() as d:
-    d = Path(d); r0 = pred.iloc[0]; x, rate = decode_row(ds[int(r0["index"])])
+    d = Path(d)
+    r0 = pred.iloc[0]
+    x, rate = decode_row(ds[int(r0["index"])])
     sf.write(d/"clip_u8.wav", x, rate, subtype="PCM_U8")
     sf.write(d/"clip_stereo.flac", np.stack([x, x], 1), rate)  # soundfile keeps the rate; predict resamples
     sf.write(d/"long_9s.wav", np.tile(x, int(np.ceil(9 * rate / len(x))))[: 9 * rate], rate)
-    (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(rate, np.float32), rate)
+    (d/"empty.wav").write_bytes(b"")
+    sf.write(d/"silent.wav", np.zeros(rate, np.float32), rate)
     (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
     files = [d/n for n in ("clip_u8.wav", "clip_stereo.flac", "long_9s.wav", "empty.wav", "silent.wav", "corrupt.wav")]
     recs = predict_files(ckpt, files, per_window=True)

@@ -41,7 +41,7 @@ from torch import nn
 
 from urbansound_nb.audio import AudioDecodeError, decode_audio
 from urbansound_nb.core import read_results
-from urbansound_nb.features import FeatureParams, repeat_frames, resample
+from urbansound_nb.features import repeat_frames, resample
 from urbansound_nb.pretrained import feature_params
 from urbansound_nb.train import CheckpointError, load_checkpoint, window_starts
 
@@ -140,7 +140,9 @@ class Predictor:
         batch, out = [], []
         for w in windows:
             batch.append(w)
-            if len(batch) == WINDOW_BATCH: out.append(self.model(torch.stack(batch)).softmax(-1).cpu()); batch = []
+            if len(batch) == WINDOW_BATCH:
+                out.append(self.model(torch.stack(batch)).softmax(-1).cpu())
+                batch = []
         if batch: out.append(self.model(torch.stack(batch)).softmax(-1).cpu())
         return torch.cat(out).numpy()
 
@@ -200,9 +202,10 @@ def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False,
 # classifies a short clip, a long one window by window, and reports the files it cannot use:
 
 # %%
-import os, tempfile
-import soundfile as sf
+import os
+import tempfile
 from fastcore.test import test_eq
+from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import build_model
 from urbansound_nb.train import checkpoint_dict, save_checkpoint
 classes = ["tone", "noise"]
@@ -212,10 +215,13 @@ with tempfile.TemporaryDirectory() as d:
     model = build_model("small_cnn", **config)
     save_checkpoint(checkpoint_dict(model, "small_cnn", config, fp, classes, 1.0), d/"model.pt")
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000).astype(np.float32)
-    sf.write(d/"tone.wav", tone[:24000], 48000); sf.write(d/"long.flac", np.tile(tone, 3), 48000)
-    (d/"empty.wav").write_bytes(b""); sf.write(d/"silent.wav", np.zeros(8000, np.float32), 8000)
+    sf.write(d/"tone.wav", tone[:24000], 48000)
+    sf.write(d/"long.flac", np.tile(tone, 3), 48000)
+    (d/"empty.wav").write_bytes(b"")
+    sf.write(d/"silent.wav", np.zeros(8000, np.float32), 8000)
     (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
-    sf.write(d/"short.wav", tone[:480], 48000); sf.write(d/"one.wav", tone[:1], 48000)   # 10 ms and one sample
+    sf.write(d/"short.wav", tone[:480], 48000)
+    sf.write(d/"one.wav", tone[:1], 48000)  # 10 ms and one sample
     names = ["tone.wav", "long.flac", "empty.wav", "silent.wav", "corrupt.wav", "absent.wav", "short.wav", "one.wav"]
     recs = predict_files(d/"model.pt", [d/n for n in names], top_k=2, per_window=True)
     for rec in recs: print(Path(rec["file"]).name, "->", rec["error"] or rec["predictions"])
@@ -242,7 +248,8 @@ with tempfile.TemporaryDirectory() as d:
 # %%
 from fastcore.test import test_close
 with tempfile.TemporaryDirectory() as d:
-    d = Path(d); save_checkpoint(checkpoint_dict(model, "small_cnn", config, fp, classes, 1.0), d/"model.pt")
+    d = Path(d)
+    save_checkpoint(checkpoint_dict(model, "small_cnn", config, fp, classes, 1.0), d/"model.pt")
     pr, rng = Predictor(d/"model.pt"), np.random.default_rng(0)
     for rate in (44100, 8000):
         sf.write(d/"long.wav", (0.1 * rng.standard_normal((rate * 70, 2))).astype(np.float32), rate)
@@ -250,9 +257,11 @@ with tempfile.TemporaryDirectory() as d:
         full = pr.front(resample(torch.from_numpy(decode_audio((d/"long.wav").read_bytes())[0]), rate, fp.sample_rate))
         with sf.SoundFile(d/"long.wav") as sound:
             blocks, total = stream_logmel(sound, pr.front, "long.wav", block_frames=500)
-            test_eq(total, full.shape[-1]); test_close(torch.cat(list(blocks), -1), full, eps=1e-3)
+            test_eq(total, full.shape[-1])
+            test_close(torch.cat(list(blocks), -1), full, eps=1e-3)
         streamed, streamed_starts = pr.file_probs(d/"long.wav")
-        test_eq(streamed_starts, starts); test_close(streamed, whole, eps=1e-5)
+        test_eq(streamed_starts, starts)
+        test_close(streamed, whole, eps=1e-5)
 
 # %% [markdown]
 # ## Memory on a long file
@@ -291,20 +300,25 @@ def study_shaped_checkpoint(path, n_classes: int = 10) -> Path:
 
 def peak_memory(cmd: list[str]) -> tuple[int, float, int]:
     "Peak resident memory (bytes), wall time (s) and exit status of `cmd` run as a child process."
-    import os, subprocess, time
-    t0 = time.time(); child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import os
+    import subprocess
+    import time
+    t0 = time.time()
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)
     return usage.ru_maxrss * 1024, time.time() - t0, os.waitstatus_to_exitcode(status)
 
 def benchmark_predict_memory(checkpoint=None, minutes: float = 10.0) -> dict:
     "Peak memory and time of `urbansound-nb predict` on a 4-second and a `minutes`-long file; printed and returned."
-    import sys, tempfile
+    import sys
+    import tempfile
     command = [sys.executable, "-c", "import sys; from urbansound_nb.cli import main; sys.exit(main())", "predict"]
     floor = peak_memory([sys.executable, "-c", "import torch, torchaudio, torchvision"])[0]
     out = {"python with torch, torchaudio, torchvision imported": dict(peak_mb=round(floor / 2**20))}
     print(f"the floor, python with torch, torchaudio and torchvision imported: peak memory {floor / 2**20:,.0f} MB")
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d); ckpt = Path(checkpoint) if checkpoint else study_shaped_checkpoint(d/"pair.pt")
+        d = Path(d)
+        ckpt = Path(checkpoint) if checkpoint else study_shaped_checkpoint(d/"pair.pt")
         for label, length in (("4-second file", 4 / 60), (f"{minutes:g}-minute file", minutes)):
             f = write_long_wav(d/"clip.wav", length)
             rss, seconds, status = peak_memory([*command, str(ckpt), str(f), "--json"])

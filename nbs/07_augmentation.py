@@ -50,13 +50,13 @@ from urbansound_nb.augment import shift_gain, spec_augment_lite
 from urbansound_nb.batches import StudyData
 from urbansound_nb.grid import run_grid
 from urbansound_nb.metrics import result_entry
+from urbansound_nb.params import BATCH_SIZE
 from urbansound_nb.train import balanced_class_weights, fit, predict_logits
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown
-from fastcore.test import test_eq
 from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import study_data
 from urbansound_nb.core import make_run_dir, write_results
@@ -70,10 +70,8 @@ from urbansound_nb.train import RECIPES
 conditions = ["none", "specaugment_lite", "shift_gain", "class_weights"]
 seeds = 3               # seeds per condition (seed, seed+1, ...)
 model = "small_cnn"     # the model every condition trains
-epochs = 8              # per training run; every condition and seed trains exactly this long
-scheduler = None        # None: here; "local:N": N worker processes; "tcp://host:8786": a Dask cluster (notebook 04d)
-cell_threads = None     # torch threads per cell; None: the scheduler's share of the cores. Fix it for the same figures
-                        # from every scheduler (a CPU training's figures depend on its thread count; notebook 04d)
+grid_epochs = 8         # per training run; every condition and seed trains exactly this long
+# (scheduler and cell_threads are shared: fix cell_threads for the same figures from every scheduler, notebook 04d)
 
 # %% [markdown]
 # ## The conditions
@@ -105,11 +103,13 @@ BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onec
 
 # %%
 #| export
-def train_condition(data: StudyData, condition: str, seed: int, model: str, epochs: int, batch_size: int = 32) -> dict:
+def train_condition(data: StudyData, condition: str, seed: int, model: str, epochs: int,
+                    batch_size: int = BATCH_SIZE) -> dict:
     "Train `model` on `data` with one condition and seed; its validation and test figures."
     augment, overrides, weighted = CONDITIONS[condition]
     y, tr, va, te, classes = data.logmels.labels.numpy(), data.train, data.val, data.test, data.split.classes
-    t0 = time.time(); w = balanced_class_weights(y[tr], len(classes)) if weighted else None
+    t0 = time.time()
+    w = balanced_class_weights(y[tr], len(classes)) if weighted else None
     m, h = fit(model, data, epochs=epochs, seed=seed, augment=augment, class_weights=w, progress=False,
                batch_size=batch_size, **{**BASE_RECIPE, **overrides})
     pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames).argmax(1).numpy() for idx in (va, te))
@@ -117,7 +117,8 @@ def train_condition(data: StudyData, condition: str, seed: int, model: str, epoc
                                                                time.time() - t0, best_epoch=h["best"]["epoch"]))
 
 def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, record_path=None,
-                   batch_size: int = 32, client=None, cache_dir=None, threads: int | None = None) -> pd.DataFrame:
+                   batch_size: int = BATCH_SIZE, client=None, cache_dir=None,
+                   threads: int | None = None) -> pd.DataFrame:
     "Train `model` on `data` once per condition and seed (on `client`'s cluster if given); one row per run."
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown: raise ValueError(f"unknown condition {unknown[0]!r}; choose from {sorted(CONDITIONS)}")
@@ -130,12 +131,12 @@ def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, 
     return pd.DataFrame(list(done.values()))
 
 # %% tags=["checks"]
-use_test_values(globals(), epochs=1, seeds=2, conditions=[*conditions, "mixup", "recording_variation"])
+use_test_values(globals(), grid_epochs=1, seeds=2, conditions=[*conditions, "mixup", "recording_variation"])
 params = study_params(globals())
 model = as_name("model", model, RECIPES)
 seed_list = list(range(params.seed, params.seed + as_int("seeds", seeds, 1)))
-cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
-parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
+grid_epochs = as_int("grid_epochs", grid_epochs, 1, 10000)
+parse_scheduler(params.scheduler)     # a bad scheduler fails here, before any work
 conditions = as_names("conditions", conditions, CONDITIONS)
 
 # %% [markdown]
@@ -146,14 +147,14 @@ conditions = as_names("conditions", conditions, CONDITIONS)   # a list, also whe
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)
 split = data.split
-print(f"{model}, {params.epochs} epochs, seeds {seed_list}, {len(conditions)} conditions: "
+print(f"{model}, {grid_epochs} epochs, seeds {seed_list}, {len(conditions)} conditions: "
       f"{len(conditions) * len(seed_list)} runs", "(SYNTHETIC data)" if is_synthetic(data.ds) else "")
 
 # %%
-with grid_client(scheduler, paths=[params.cache_dir]) as client:     # None: here, one run after another
-    runs = run_experiment(conditions, seed_list, data, model, params.epochs,
+with grid_client(params.scheduler, paths=[params.cache_dir]) as client:     # None: here, one run after another
+    runs = run_experiment(conditions, seed_list, data, model, grid_epochs,
                           run_path/"results"/"07_augmentation.runs.json", client=client, cache_dir=params.cache_dir,
-                          threads=cell_threads)
+                          threads=params.cell_threads, batch_size=params.batch_size)
 runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "seconds"]].round(3)
 
 # %% [markdown]
@@ -178,8 +179,10 @@ a1.legend()
 for c, color in zip(summary.index, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
     test_of = lambda cond: runs[runs["condition"] == cond].set_index("seed")["test_accuracy"]
     d = test_of(c) - test_of("none")
-    a2.scatter([c] * len(d), 100 * d, color=color); a2.plot([c], [100 * d.mean()], "k_", ms=20)
-a2.axhline(0, color="black", lw=0.8); a2.tick_params(axis="x", rotation=20)
+    a2.scatter([c] * len(d), 100 * d, color=color)
+    a2.plot([c], [100 * d.mean()], "k_", ms=20)
+a2.axhline(0, color="black", lw=0.8)
+a2.tick_params(axis="x", rotation=20)
 a2.set(title="Paired test difference to 'none' (one dot per seed, bar: mean)", xlabel="condition",
        ylabel="accuracy difference (points)")
 plt.show()
@@ -202,7 +205,7 @@ for c, r in summary.drop(index="none", errors="ignore").iterrows():
 if "specaugment_lite" in summary.index:
     spec = summary.loc["specaugment_lite"]
     lines.append(f"\nThe starting notebook found that SpecAugment-lite lowered accuracy. Here: {verdict(spec)}.")
-lines.append(f"\n(Seeds: {len(seed_list)}, {params.epochs} epochs per run, model {model}; "
+lines.append(f"\n(Seeds: {len(seed_list)}, {grid_epochs} epochs per run, model {model}; "
              "more seeds narrow these estimates.)")
 Markdown("\n".join(lines))
 
@@ -220,6 +223,6 @@ def _condition_entry(c, r) -> dict:
                 per_seed=own[["seed", "val_accuracy", "test_accuracy"]].to_dict("records"))
 
 write_results(run_path, "07_augmentation", {c: _condition_entry(c, r) for c, r in summary.iterrows()},
-              dataset=params.dataset, model=model, epochs=params.epochs, seeds=seed_list, conclusion=lines,
+              dataset=params.dataset, model=model, epochs=grid_epochs, seeds=seed_list, conclusion=lines,
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
               **data.clip_counts())

@@ -29,10 +29,12 @@
 #
 # Each model is trained as its chapter trains it, and by default every family is
 # cross-validated: the MFCC baselines (logistic regression, RBF SVM), the two CNNs learned from
-# scratch (SmallAudioCNN and UrbanResNet, one model per fold, `resnet_seeds = 1`, for `epochs`
-# epochs), and the pretrained network's transfers (the probe, the network fine-tuned from it for
-# `finetune_epochs` epochs, and their pair). Features and embeddings come from the cache, so the
-# baselines and the probe cost seconds per fold. `-p models "[resnet, probe]"` narrows it. The
+# scratch (SmallAudioCNN and UrbanResNet, one model per fold, `cv_resnet_seeds = 1`, for
+# `cv_epochs` epochs), and the pretrained network's transfers (the probe, the network fine-tuned
+# from it for `cv_finetune_epochs` epochs, and their pair). Features and embeddings come from the
+# cache, so the baselines and the probe cost seconds per fold. `-p cv_models "[resnet, probe]"`
+# narrows it. (These parameters carry their own names: chapters 04 and 05 train for `epochs` and
+# `finetune_epochs`, and one `-p` on a whole run means one thing in every chapter.) The
 # last sections compare every model fold by fold with the reference (the starting notebook's
 # SmallAudioCNN): a claim that one model beats another rests on that comparison, not on one test
 # fold.
@@ -67,23 +69,17 @@ from urbansound_nb.grid import grid_client, parse_scheduler
 from urbansound_nb.metrics import summarise
 from urbansound_nb.params import as_folds, as_int, as_name, as_names, study_params, use_test_values
 from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures, cached_embeddings, pretrained_network
-from urbansound_nb.transfer import FINETUNE_INITS
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 # models to cross-validate, as their chapters train them: every family by default
-models = ["logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune", "probe_finetune"]
+cv_models = ["logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune", "probe_finetune"]
 reference = "small_cnn" # with several models, the others are compared with this one fold by fold
-resnet_seeds = 1        # UrbanResNet averaged over this many seeds per fold (chapter 04 averages 2)
+cv_resnet_seeds = 1     # UrbanResNet averaged over this many seeds per fold (chapter 04 averages `resnet_seeds`)
 folds = None            # folds to cross-validate; None: every fold present
-epochs = 10             # per fold, for the CNNs (early stopping may end sooner)
-finetune_epochs = 2     # per fold, for the pretrained network fine-tuned from its probe
-finetune_init = "probe" # the head fine-tuning starts from, as in chapter 05: "probe" or "random"
-network = "mn04_as"     # the pretrained network of the transfers (chapter 05)
-weights = None          # weights file or folder; None: $URBANSOUND_PRETRAINED, else the download; "random": untrained
-scheduler = None        # None: here; "local:N": N worker processes; "tcp://host:8786": a Dask cluster (notebook 04d)
-cell_threads = None     # torch threads per cell; None: the scheduler's share of the cores. Fix it for the same figures
-                        # from every scheduler (a CPU training's figures depend on its thread count; notebook 04d)
+cv_epochs = 10          # per fold, for the CNNs (early stopping may end sooner); chapter 04 trains for `epochs`
+cv_finetune_epochs = 2  # per fold, for the pretrained network fine-tuned from its probe (chapter 05: `finetune_epochs`)
+# (network, weights, finetune_init, batch_size, scheduler and cell_threads are shared)
 
 # %% [markdown]
 # ## The plan
@@ -129,7 +125,10 @@ BASELINES = {"logreg": (logistic_regression, lambda n_features: LOGREG_GRID), "s
 @dataclass
 class Transfer:
     "What the transfers need in every fold: the pretrained network, its features and its cached embeddings."
-    network: EfficientAT; data: StudyData; embeddings: np.ndarray; finetune_epochs: int = 3
+    network: EfficientAT
+    data: StudyData
+    embeddings: np.ndarray
+    finetune_epochs: int = 3
     finetune_init: str = "probe"
 
 def _baseline_predictions(model: str, split_data: StudyData):
@@ -224,17 +223,15 @@ def cross_validate(plan, data: StudyData, models, *, epochs: int, seed: int = 0,
     return pd.DataFrame(sorted(rows, key=lambda r: (models.index(r["model"]), r["test_fold"])))
 
 # %% tags=["checks"]
-use_test_values(globals(), epochs=1, folds=[1, 2, 3], models=["logreg", "small_cnn", "probe", "probe_finetune"],
-                weights="random", finetune_epochs=1)
+use_test_values(globals(), cv_epochs=1, folds=[1, 2, 3], cv_models=["logreg", "small_cnn", "probe", "probe_finetune"],
+                weights="random", cv_finetune_epochs=1)
 # every fold takes every role
 params = replace(study_params(globals()), train_folds=None, val_fold=None, test_fold=None)
-finetune_epochs, network = as_int("finetune_epochs", finetune_epochs, 1), as_name("network", network, PRETRAINED)
-finetune_init = as_name("finetune_init", finetune_init, FINETUNE_INITS)
-resnet_seeds = as_int("resnet_seeds", resnet_seeds, 1)
-cell_threads = None if cell_threads is None else as_int("cell_threads", cell_threads, 1)
-parse_scheduler(scheduler)     # a bad scheduler fails here, before any work
+cv_epochs, cv_finetune_epochs = as_int("cv_epochs", cv_epochs, 1), as_int("cv_finetune_epochs", cv_finetune_epochs, 1)
+network, cv_resnet_seeds = as_name("network", params.network, PRETRAINED), as_int("cv_resnet_seeds", cv_resnet_seeds, 1)
+parse_scheduler(params.scheduler)     # a bad scheduler fails here, before any work
 folds = None if folds is None else as_folds("folds", folds)
-model_list = as_names("models", models, CV_MODELS)
+model_list = as_names("cv_models", cv_models, CV_MODELS)
 reference = as_name("reference", reference, CV_MODELS)
 
 # %% [markdown]
@@ -244,24 +241,24 @@ reference = as_name("reference", reference, CV_MODELS)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
 plan = cv_plan(data.meta["fold"].unique(), folds)
-averaged = f"(UrbanResNet: {resnet_seeds} seeds averaged)" if "resnet" in model_list and resnet_seeds > 1 else ""
-print(f"{', '.join(model_list)}: {params.epochs} epochs per fold", averaged, f"| {len(plan)} folds",
+averaged = f"(UrbanResNet: {cv_resnet_seeds} seeds averaged)" if "resnet" in model_list and cv_resnet_seeds > 1 else ""
+print(f"{', '.join(model_list)}: {cv_epochs} epochs per fold", averaged, f"| {len(plan)} folds",
       "(SYNTHETIC data)" if is_synthetic(data.ds) else "",
       f"| features: {data.cache_stats['computed']} computed, {data.cache_stats['reused']} from the cache")
 transfer = None
 if set(model_list) & set(TRANSFERS):   # the pretrained network's features and embeddings, once for every fold
     eat_data = study_data(params, EfficientATFeatures())
-    net = pretrained_network(network, weights, params.cache_dir)
-    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], finetune_epochs,
-                        finetune_init)
+    net = pretrained_network(network, params.weights, params.cache_dir)
+    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], cv_finetune_epochs,
+                        params.finetune_init)
 pd.DataFrame(plan)
 
 # %%
 record = run_path/"results"/"08_cross_validation.folds.json"
-with grid_client(scheduler, paths=[params.cache_dir]) as client:     # None: here, one fold after another
-    cv = cross_validate(plan, data, model_list, epochs=params.epochs, seed=params.seed, record_path=record,
-                        resnet_seeds=resnet_seeds, transfer=transfer, client=client, cache_dir=params.cache_dir,
-                        threads=cell_threads)
+with grid_client(params.scheduler, paths=[params.cache_dir]) as client:     # None: here, one fold after another
+    cv = cross_validate(plan, data, model_list, epochs=cv_epochs, seed=params.seed, record_path=record,
+                        resnet_seeds=cv_resnet_seeds, transfer=transfer, client=client, cache_dir=params.cache_dir,
+                        threads=params.cell_threads)
 cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1",
     "best_epoch", "seconds"]].round(3)
 
@@ -316,7 +313,8 @@ if compared:
                      f"{len(plan)} test folds (per fold: {per_fold_text}); "
                      f"better on {int(r['test_folds_better'])} of {len(plan)} folds"
                      + p_text)
-    display(by_model.round(3)); display(Markdown("\n".join(lines)))
+    display(by_model.round(3))
+    display(Markdown("\n".join(lines)))
 else:
     print(f"no paired comparison: it needs several models, {reference!r} among them (models = {model_list})")
 
@@ -336,5 +334,5 @@ FOLD_FIGURES = ("val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy
                 "seconds", "val_fold", "train_folds", "best_epoch")
 write_results(run_path, "08_cross_validation",
               {f"{r.model}/fold{int(r.test_fold)}": {k: r[k] for k in FOLD_FIGURES} for _, r in cv.iterrows()},
-              dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_seeds=resnet_seeds,
+              dataset=params.dataset, models=model_list, epochs=cv_epochs, resnet_seeds=cv_resnet_seeds,
               summary=summary, **data.clip_counts())

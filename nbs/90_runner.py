@@ -29,7 +29,14 @@
 #| export
 from __future__ import annotations
 
-import ast, hashlib, json, logging, os, subprocess, sys
+import ast
+import hashlib
+import importlib
+import json
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -77,11 +84,12 @@ def notebook_text(nb) -> str: return nbformat.writes(nb) + "\n"
 
 # %%
 import tempfile
-from fastcore.test import test_eq, test_ne
+from fastcore.test import test_eq
 _src = ('# %%\n#| default_exp demo\n\n# %% [markdown]\n# # Demo\n\n'
         '# %% tags=["parameters"]\nx = 1\n\n# %%\nx\n\n# %%\nx\n')
 with tempfile.TemporaryDirectory() as d:
-    p = Path(d)/"demo.py"; p.write_text(_src)
+    p = Path(d)/"demo.py"
+    p.write_text(_src)
     nb1, nb2 = py_to_notebook(p), py_to_notebook(p)
     test_eq(notebook_text(nb1), notebook_text(nb2))                      # byte-identical
     test_eq(nb1.metadata.kernelspec.name, "python3")
@@ -111,13 +119,15 @@ def notebook_sources(root=None) -> list[Path]:
 #| export
 def sync(root=None, export: bool = True, quiet: bool = False) -> list[Path]:
     "Generate nbs/*.ipynb from nbs/*.py (only where changed) and, with `export`, run nbdev-export."
-    root = project_root(root); written = []
+    root = project_root(root)
+    written = []
     sources = notebook_sources(root)
     if not sources: raise FileNotFoundError(f"{root/'nbs'}: no numbered py:percent notebooks to sync")
     for py in sources:
         ipynb, text = py.with_suffix(".ipynb"), notebook_text(py_to_notebook(py))
         if not ipynb.exists() or ipynb.read_text() != text:
-            atomic_write_bytes(ipynb, text.encode()); written.append(ipynb)
+            atomic_write_bytes(ipynb, text.encode())
+            written.append(ipynb)
     for stale in set((root/"nbs").glob("[0-9][0-9]*_*.ipynb")) - {py.with_suffix(".ipynb") for py in sources}:
         stale.unlink()  # generated from a source that was renamed or removed: nbdev would test and export it
     if not quiet: print(f"sync: {len(sources)} notebooks, {len(written)} regenerated")
@@ -146,7 +156,9 @@ def parse_value(text: str):
     except (ValueError, SyntaxError): return text
 
 # %%
-test_eq(parse_value("[1,2]"), [1, 2]); test_eq(parse_value("null"), None); test_eq(parse_value("3"), 3)
+test_eq(parse_value("[1,2]"), [1, 2])
+test_eq(parse_value("null"), None)
+test_eq(parse_value("3"), 3)
 test_eq(parse_value("../shared/data/urbansound8k-mini"), "../shared/data/urbansound8k-mini")
 test_eq(parse_value("danavery/urbansound8K"), "danavery/urbansound8K")
 
@@ -205,7 +217,6 @@ def notebook_parameters(ipynb) -> dict:
 #| export
 def check_parameters(notebooks, params: dict) -> None:
     "Run each chapter's parameters and `checks` cells with `params` (before any chapter runs); ParameterError if not."
-    import importlib
     from urbansound_nb.params import ParameterError
     for nb in notebooks:
         cells = nbformat.read(str(nb.with_suffix(".ipynb")), as_version=4).cells
@@ -217,7 +228,8 @@ def check_parameters(notebooks, params: dict) -> None:
         module = next((c.source.split()[-1] for c in cells if c.source.startswith("#| default_exp")), None)
         namespace = dict(vars(importlib.import_module(f"urbansound_nb.{module}"))) if module else {}
         try:
-            exec("\n".join(imports), namespace); exec(tagged["parameters"].source, namespace)
+            exec("\n".join(imports), namespace)
+            exec(tagged["parameters"].source, namespace)
             namespace.update({k: v for k, v in params.items() if k in namespace or k in SHARED})
             exec(tagged["checks"].source, namespace)
         except ParameterError as e: raise ParameterError(f"{nb.stem}: {e}") from None
@@ -251,7 +263,7 @@ def check_dataset(params: dict) -> None:
 #| export
 def failing_cell(error) -> str:
     "Where a `PapermillExecutionError` happened: the cell's index, execution count and first line of code."
-    first = next((l for l in error.source.splitlines() if l.strip() and not l.startswith("#|")), "")
+    first = next((line for line in error.source.splitlines() if line.strip() and not line.startswith("#|")), "")
     return f"cell {error.cell_index} (In [{error.exec_count}]: {first[:80]})"
 
 def papermill_seconds(executed) -> float:
@@ -294,15 +306,18 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
                   stream: bool = True) -> Path:
     "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results: `run_dir/results`."
     import papermill as pm
-    root = project_root(root); params = dict(params or {})
-    run_dir = Path(run_dir).expanduser().resolve(); (run_dir/"results").mkdir(parents=True, exist_ok=True)
+    root = project_root(root)
+    params = dict(params or {})
+    run_dir = Path(run_dir).expanduser().resolve()
+    (run_dir/"results").mkdir(parents=True, exist_ok=True)
     for key in ("cache_dir", "dataset", "weights"):  # paths are relative to where the command was typed, not nbs/
         if isinstance(params.get(key), str) and Path(params[key]).expanduser().exists():
             params[key] = str(Path(params[key]).expanduser().resolve())
     for var in ("URBANSOUND_DATASET", "URBANSOUND_PRETRAINED"):  # the same for the paths the chapters read from these
         if os.environ.get(var) and Path(os.environ[var]).expanduser().exists():
             os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
-    params.setdefault("cache_dir", str(root/"cache")); params["run_dir"] = str(run_dir)
+    params.setdefault("cache_dir", str(root/"cache"))
+    params["run_dir"] = str(run_dir)
     sync(root, export=False, quiet=True)
     notebooks = select_notebooks(names, root)
     declared = {nb: set(notebook_parameters(nb.with_suffix(".ipynb"))) | set(SHARED) for nb in notebooks}
@@ -324,12 +339,14 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
             raise RunFailed(f"interrupted in {nb.stem}; run the same command again to resume: features, trainings and "
                             "finished grid cells are kept in the cache and run directory") from None
         except pm.PapermillExecutionError as e:
-            timings[nb.stem] = dict(seconds=papermill_seconds(out), status="failed"); _write_timings(run_dir, timings)
+            timings[nb.stem] = dict(seconds=papermill_seconds(out), status="failed")
+            _write_timings(run_dir, timings)
             raise RunFailed(f"{nb.stem} failed in {failing_cell(e)}: {e.ename}: {e.evalue}\n"
                             f"executed notebook with the traceback: {out}") from None
         except OSError as e:   # a full disk, a folder made read-only meanwhile: the run directory keeps what it had
             raise RunFailed(f"{nb.stem}: cannot write into the run directory ({e})") from None
-        timings[nb.stem] = dict(seconds=papermill_seconds(out), status="ok"); _write_timings(run_dir, timings)
+        timings[nb.stem] = dict(seconds=papermill_seconds(out), status="ok")
+        _write_timings(run_dir, timings)
         print(f"    {nb.stem}: {timings[nb.stem]['seconds']:.1f} s", flush=True)
     return run_dir
 
@@ -344,10 +361,14 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
 import tempfile
 with tempfile.TemporaryDirectory() as d:
     out, partial = Path(d)/"03_baselines.ipynb", Path(d)/".03_baselines.partial.ipynb"
-    out.write_text(notebook_text(nbformat.v4.new_notebook())); whole = out.read_text()
+    out.write_text(notebook_text(nbformat.v4.new_notebook()))
+    whole = out.read_text()
     partial.write_text(whole[:len(whole) // 2])                        # cut short, as by a full disk
-    test_eq(keep_if_whole(partial, out), False); test_eq(out.read_text(), whole)
-    partial.write_text(whole); test_eq(keep_if_whole(partial, out), True); assert not partial.exists()
+    test_eq(keep_if_whole(partial, out), False)
+    test_eq(out.read_text(), whole)
+    partial.write_text(whole)
+    test_eq(keep_if_whole(partial, out), True)
+    assert not partial.exists()
 
 # %%
 #| export
@@ -355,7 +376,7 @@ def read_timings(run_dir) -> dict:
     "Each chapter's wall time (s) and status ('ok', 'failed') in a run directory, from its `timings.csv`."
     f = Path(run_dir)/"timings.csv"
     if not f.exists(): return {}
-    rows = [l.split(",") for l in f.read_text().splitlines()[1:] if l.strip()]
+    rows = [line.split(",") for line in f.read_text().splitlines()[1:] if line.strip()]
     return {r[0]: dict(seconds=float(r[1]), status=r[2]) for r in rows if len(r) == 3}
 
 def _write_timings(run_dir, timings: dict):
@@ -400,5 +421,6 @@ def lab_command(root=None, extra=()) -> list[str]:
 
 # %%
 with tempfile.TemporaryDirectory() as d:
-    f = configure_lab(d); configure_lab(d)
+    f = configure_lab(d)
+    configure_lab(d)
     test_eq(json.loads(f.read_text()), LAB_OVERRIDES)

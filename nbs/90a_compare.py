@@ -39,7 +39,9 @@
 #| export
 from __future__ import annotations
 
-import ast, json
+import ast
+import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +67,8 @@ UNCOMPARED = ("run_dir", "cache_dir")  # where a run wrote and read its files: t
 @dataclass
 class Run:
     "What one run directory recorded: its results by chapter, its effective parameters and chapter timings."
-    path: Path; label: str
+    path: Path
+    label: str
     results: dict = field(default_factory=dict)      # chapter -> its results JSON
     parameters: dict = field(default_factory=dict)   # name -> value, shared and chapters' own
     passed: dict = field(default_factory=dict)       # what the run was given (papermill's injected values)
@@ -120,14 +123,21 @@ def read_run(path, label: str | None = None) -> Run:
     run = Run(path, label or path.name, timings=read_timings(path))
     for f in sorted(results_dir.glob("[0-9][0-9]_*.json")):
         try: doc = json.loads(f.read_text())
-        except (OSError, ValueError) as e: run.unreadable.append(f"{f.name} ({e})"); continue
+        except (OSError, ValueError) as e:
+            run.unreadable.append(f"{f.name} ({e})")
+            continue
         if isinstance(doc, dict) and "entries" in doc: run.results[f.stem] = doc
     for nb in executed:
         try: defaults, passed = notebook_parameters(nb)
-        except Exception as e: run.unreadable.append(f"{nb.name} ({type(e).__name__}: {e})"); continue
-        run.parameters.update({**defaults, **passed}); run.passed.update(passed)
+        except Exception as e:
+            run.unreadable.append(f"{nb.name} ({type(e).__name__}: {e})")
+            continue
+        run.parameters.update({**defaults, **passed})
+        run.passed.update(passed)
     run.parameters.update(run.results.get("00_setup", {}).get("params") or {})
-    for name in UNCOMPARED: run.parameters.pop(name, None); run.passed.pop(name, None)
+    for name in UNCOMPARED:
+        run.parameters.pop(name, None)
+        run.passed.pop(name, None)
     return run
 
 # %% [markdown]
@@ -191,7 +201,11 @@ def comparison_warnings(runs: list[Run]) -> list[str]:
 @dataclass
 class Comparison:
     "Runs compared: the long table (one row per run, chapter and model), parameters that differ, warnings."
-    runs: list; rows: pd.DataFrame; parameters: pd.DataFrame; warnings: list; skipped: list
+    runs: list
+    rows: pd.DataFrame
+    parameters: pd.DataFrame
+    warnings: list
+    skipped: list
 
 def _labels(paths) -> list[str]:
     "Each run's folder name, with its parent's where two names are the same."
@@ -282,7 +296,8 @@ with tempfile.TemporaryDirectory() as d:
     before = sorted((p.name, p.stat().st_mtime_ns) for p in Path(d).rglob("*"))
     c = compare_runs([a, b, Path(d)/"absent", Path(d)])
     print(comparison_text(c))
-    test_eq(list(c.parameters.index), ["seed"]); test_eq(len(c.skipped), 2)
+    test_eq(list(c.parameters.index), ["seed"])
+    test_eq(len(c.skipped), 2)
     assert any("b has no results of 05_transfer" in w for w in c.warnings)
     assert any("unreadable 04_cnn.json" in w for w in c.warnings)
     t = wide_table(c)
@@ -291,8 +306,10 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(t.loc[("05_transfer", "probe"), "a: val"], 72.0)
     test_eq(sorted((p.name, p.stat().st_mtime_ns) for p in Path(d).rglob("*")), before)   # nothing written
     test_fail(lambda: compare_runs([Path(d)/"absent"]), contains="nothing to compare")
-    doc = comparison_json(c); json.dumps(doc, allow_nan=False)              # strict JSON: no NaN
-    test_eq(doc["table"][0]["a: test"], 40.0); test_eq(doc["parameters"], {"seed": {"a": 0, "b": 1}})
+    doc = comparison_json(c)
+    json.dumps(doc, allow_nan=False)  # strict JSON: no NaN
+    test_eq(doc["table"][0]["a: test"], 40.0)
+    test_eq(doc["parameters"], {"seed": {"a": 0, "b": 1}})
     test_eq(dict(run_overview(c.runs[0]))["split"], "train [1] · validation 2 · test 3")
 
 # %% [markdown]
@@ -304,8 +321,8 @@ with tempfile.TemporaryDirectory() as d:
 #| export
 def runs_chart(c: Comparison) -> bytes:
     "A PNG of every model's test accuracy in each run (bars grouped by model)."
-    import io
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     wide = c.rows.pivot_table(index=["chapter", "model"], columns="run", values="test_accuracy", sort=False)
     wide = wide.reindex(columns=[r.label for r in c.runs])
@@ -313,11 +330,17 @@ def runs_chart(c: Comparison) -> bytes:
     fig, ax = plt.subplots(figsize=(9, 0.3 * len(wide) * n_runs + 1.6))
     for k, run in enumerate(wide.columns):
         ax.barh([i - 0.4 + height * (k + 0.5) for i in range(len(wide))], 100 * wide[run], height=height, label=run)
-    ax.set_yticks(range(len(wide)), [f"{m} ({ch[:2]})" for ch, m in wide.index]); ax.invert_yaxis()
-    ax.set_xlim(0, 100); ax.set_xlabel("test accuracy (%)"); ax.set_ylabel("model (chapter)")
+    ax.set_yticks(range(len(wide)), [f"{m} ({ch[:2]})" for ch, m in wide.index])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_ylabel("model (chapter)")
     ax.set_title("Test accuracy of every model, run by run")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=min(n_runs, 4), frameon=False)
-    fig.tight_layout(); buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
     return buf.getvalue()
 
 # %%

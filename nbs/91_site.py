@@ -42,7 +42,16 @@
 #| export
 from __future__ import annotations
 
-import ast, base64, copy, html, io, json, os, re, shutil, subprocess
+import ast
+import base64
+import copy
+import html
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -64,7 +73,7 @@ def notebook_title(nb) -> tuple[str, str]:
     for c in nb.cells:
         if c.cell_type == "markdown" and c.source.lstrip().startswith("# "):
             lines = c.source.strip().splitlines()
-            summary = " ".join(l[1:].strip() for l in lines[1:] if l.startswith(">"))
+            summary = " ".join(line[1:].strip() for line in lines[1:] if line.startswith(">"))
             return lines[0][2:].strip(), summary
     return "", ""
 
@@ -179,7 +188,9 @@ def _clips_text(results: dict, shown: int = 5) -> str:
 
 def run_header(nb, results: dict | None = None) -> str:
     "A short Markdown table of what this run of the notebook was: dataset, split, parameters, start and wall time."
-    pm = nb.metadata.get("papermill", {}); passed = dict(pm.get("parameters") or {}); results = results or {}
+    pm = nb.metadata.get("papermill", {})
+    passed = dict(pm.get("parameters") or {})
+    results = results or {}
     dataset = passed.get("dataset") or results.get("dataset") or "the default (see chapter 00)"
     others = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in passed.items() if k not in SHARED_IN_HEADER)
     started = (pm.get("start_time") or "")[:16].replace("T", " ")
@@ -220,12 +231,14 @@ def prepare_chapter(nb, results: dict | None = None, front_matter: bool = True):
             if front_matter:                # Quarto takes the title from front matter, as nbdev's pages do
                 meta = yaml.safe_dump({"title": title, "description": summary}, allow_unicode=True, width=1000)
                 cells.append(nbformat.v4.new_raw_cell(f"---\n{meta}---"))
-                rest = [l for l in cell.source.strip().splitlines()[1:] if not l.startswith(">")]
+                rest = [line for line in cell.source.strip().splitlines()[1:] if not line.startswith(">")]
                 if "\n".join(rest).strip(): cells.append(nbformat.v4.new_markdown_cell("\n".join(rest).strip()))
             else: cells.append(cell)
             cells.append(nbformat.v4.new_markdown_cell(run_header(nb, results)))
             continue
-        if cell.cell_type != "code": cells.append(cell); continue
+        if cell.cell_type != "code":
+            cells.append(cell)
+            continue
         options, directives, code = split_directives(cell.source)
         cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
         hidden = ("hide" in directives or "default_exp" in directives or options.get("include") is False
@@ -344,19 +357,27 @@ def _clips(counts: pd.Series) -> str:
 
 def comparison_chart(models: pd.DataFrame) -> bytes:
     "A PNG bar chart of every model's validation and test accuracy, grouped by chapter."
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(models) + 1.2))
-    y = range(len(models)); labels = [f"{m} ({c[:2]})" for c, m in zip(models.chapter, models.model)]
+    y = range(len(models))
+    labels = [f"{m} ({c[:2]})" for c, m in zip(models.chapter, models.model)]
     ax.barh([i - 0.2 for i in y], 100 * models.val_accuracy, height=0.4,
             label=f"validation (mean over rotations{_clips(models.n_val)})")
     ax.barh([i + 0.2 for i in y], 100 * models.test_accuracy, height=0.4,
             label=f"test fold (scored once{_clips(models.n_test)})")
-    ax.set_yticks(list(y), labels); ax.invert_yaxis(); ax.set_xlim(0, 100)
-    ax.set_xlabel("accuracy (%)"); ax.set_ylabel("model (chapter)")
+    ax.set_yticks(list(y), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%)")
+    ax.set_ylabel("model (chapter)")
     ax.set_title("Every model of chapters 03-05: validation and test accuracy")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, frameon=False)   # clear of the bars
-    fig.tight_layout(); buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
     return buf.getvalue()
 
 def results_html(run_dir) -> str:
@@ -467,7 +488,9 @@ def raw_html_outputs(page):
 
 def _quarto(run_dir: Path, out: Path, root: Path, runs_body: str):
     "Stage a Quarto project of the run and render it into `out`."
-    stage = run_dir/"_quarto_stage"; shutil.rmtree(stage, ignore_errors=True); stage.mkdir()
+    stage = run_dir/"_quarto_stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
     for name in STAGED_FILES: shutil.copy(root/name, stage/name)
     for nb in executed_notebooks(run_dir):
         page = prepare_chapter(nbformat.read(nb, as_version=4), _results_of(run_dir, nb))
@@ -554,7 +577,8 @@ def _nbconvert(run_dir: Path, out: Path, root: Path, runs_body: str):
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
     from nbconvert.filters import markdown2html_mistune
-    nbs = executed_notebooks(run_dir); out.mkdir(parents=True, exist_ok=True)
+    nbs = executed_notebooks(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
     titled = [(nb, *notebook_title(nbformat.read(nb, as_version=4))) for nb in nbs]
     pages = ([("index.html", "Home", "")] + [(nb.stem + ".html", t or nb.stem, "") for nb, t, _ in titled]
              + [("results.html", "Results", "every results file"), ("runs.html", "Runs", "beside other runs"),
@@ -587,14 +611,17 @@ def _nbconvert(run_dir: Path, out: Path, root: Path, runs_body: str):
 #| export
 def swap_in(new: Path, out: Path):
     "Put folder `new` at `out` by renames: `out` is the old site or the new one, never a half-written one."
-    old = out.with_name(f".{out.name}.old"); shutil.rmtree(old, ignore_errors=True)
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if out.exists(): os.replace(out, old)
     os.replace(new, out)
     shutil.rmtree(old, ignore_errors=True)
 
 def build_site(run_dir, out=None, renderer: str | None = None, compare=()) -> Path:
     "The report website of `run_dir` in `out` (default `run_dir/site`), by Quarto if installed, else nbconvert."
-    run_dir = Path(run_dir).resolve(); out = Path(out) if out else run_dir/"site"; root = project_root()
+    run_dir = Path(run_dir).resolve()
+    out = Path(out) if out else run_dir/"site"
+    root = project_root()
     if not executed_notebooks(run_dir):
         raise FileNotFoundError(f"{run_dir}: no executed notebooks; run `urbansound-nb run --run-dir {run_dir}` first")
     asked = renderer is not None

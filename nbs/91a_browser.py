@@ -33,8 +33,22 @@
 #| export
 from __future__ import annotations
 
-import asyncio, concurrent.futures, contextlib, functools, http.server, os, re, secrets, shutil, socket
-import subprocess, tempfile, threading, time, urllib.request
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import http.server
+import importlib.util
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -56,8 +70,8 @@ def find_chromium() -> str | None:
 
 def missing_browser() -> str | None:
     "Why pages cannot be checked here (no Playwright, no Chromium), or None when they can."
-    try: import playwright  # noqa: F401
-    except ImportError: return "Playwright is not installed: pip install 'urbansound_nb[browser]'"
+    if importlib.util.find_spec("playwright") is None:
+        return "Playwright is not installed: pip install 'urbansound_nb[browser]'"
     if not find_chromium():
         return ("no Chromium found (looked for $URBANSOUND_CHROMIUM and " + ", ".join(CHROMIUM_NAMES)
                 + "): on Debian, apt-get install chromium")
@@ -105,9 +119,12 @@ def serve_folder(folder):
     "Serve `folder` over HTTP on a free loopback port; yields the base URL."
     handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True); thread.start()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try: yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally: server.shutdown(); server.server_close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 # %%
 with tempfile.TemporaryDirectory() as d:
@@ -144,7 +161,8 @@ def _open(browser, url: str, problems: list[str]):
         host = urlparse(route.request.url).hostname
         if route.request.url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost"):
             return route.continue_()
-        problems.append(f"asked a remote host: {route.request.url[:120]}"); return route.abort()
+        problems.append(f"asked a remote host: {route.request.url[:120]}")
+        return route.abort()
     page.route("**/*", local_only)
     page.goto(url, wait_until="load")
     return page
@@ -186,12 +204,16 @@ def check_site(site_dir, chapters=None) -> dict[str, list[str]]:
 @_off_the_loop
 def screenshot_site(site_dir, out_dir) -> list[Path]:
     "A PNG of the top of every page of a rendered site (1280 x 900), written into `out_dir`."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); shots = []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shots = []
     with serve_folder(site_dir) as base, chromium() as browser:
         for name in site_pages(site_dir):
             page = _open(browser, base + name, [])
             shot = out_dir/f"{Path(name).stem}.png"
-            try: page.screenshot(path=str(shot)); shots.append(shot)
+            try:
+                page.screenshot(path=str(shot))
+                shots.append(shot)
             finally: page.close()
     return shots
 
@@ -226,7 +248,9 @@ with tempfile.TemporaryDirectory() as d:
 #| export
 def free_port() -> int:
     "A TCP port on loopback that nothing listens on now."
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 @contextlib.contextmanager
 def running_lab(root=None, timeout: float = 120):
@@ -242,10 +266,13 @@ def running_lab(root=None, timeout: float = 120):
     try:
         deadline = time.time() + timeout
         while True:
-            try: urllib.request.urlopen(f"{url}api/status?token={token}", timeout=2); break
+            try:
+                urllib.request.urlopen(f"{url}api/status?token={token}", timeout=2)
+                break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    log.seek(0); tail = log.read().decode(errors="replace")[-2000:]
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
                     raise RuntimeError(f"JupyterLab did not start ({' '.join(cmd)}):\n{tail}")
                 time.sleep(0.5)
         yield url, token
@@ -266,7 +293,8 @@ def lab_opens_as_notebook(path="nbs/00_setup.py", screenshot=None, timeout: floa
         shown, before = count(), -1
         for _ in range(int(timeout)):    # cells render progressively, slower on a loaded machine: until the count holds
             if shown == before: break
-            page.wait_for_timeout(1000); before, shown = shown, count()
+            page.wait_for_timeout(1000)
+            before, shown = shown, count()
         if screenshot: page.screenshot(path=str(screenshot))
         if page.query_selector(".jp-FileEditor:visible"): raise AssertionError(f"{path} opened in a text editor")
         return shown

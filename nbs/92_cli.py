@@ -37,7 +37,10 @@
 #| export
 from __future__ import annotations
 
-import argparse, json, os, sys
+import argparse
+import json
+import os
+import sys
 from pathlib import Path
 
 from urbansound_nb.params import ParameterError
@@ -86,15 +89,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", help="shorthand for -p dataset VALUE")
     r.add_argument("--site", action="store_true", help="build the report site when the run succeeds")
     b = sub.add_parser("bench", help="benchmark the feature pipeline (prints figures; last line JSON)")
-    b.add_argument("--dataset", default=None); b.add_argument("--max-items", type=count(1), default=512)
+    b.add_argument("--dataset", default=None)
+    b.add_argument("--max-items", type=count(1), default=512)
     b.add_argument("--workers", type=count(1), default=None)
     b.add_argument("--sample-rate", type=count(4000, 192000), default=22050)
     b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
     b.add_argument("--predict-memory", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="instead: peak memory of predict on a 10-minute file (default: a study-shaped checkpoint)")
     p = sub.add_parser("predict", help="top-k classes of audio files with a checkpoint, or a run's chosen model")
-    p.add_argument("checkpoint"); p.add_argument("files", nargs="+")
-    p.add_argument("-k", "--top-k", type=count(1), default=3); p.add_argument("--json", action="store_true")
+    p.add_argument("checkpoint")
+    p.add_argument("files", nargs="+")
+    p.add_argument("-k", "--top-k", type=count(1), default=3)
+    p.add_argument("--json", action="store_true")
     p.add_argument("--per-window", action="store_true", help="also report every window of long files")
     c = sub.add_parser("compare", help="runs side by side: every model's accuracy per run, the parameters that differ")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the first is the reference")
@@ -108,8 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--screenshots", action="store_true", help="a PNG of each page's top into RUN_DIR/screenshots/")
     w.add_argument("--check", action="store_true", help="open every page in headless Chromium; exit 1 on a problem")
     w.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR", help="other runs for the Runs page")
-    l = sub.add_parser("lab", help="JupyterLab with the .py notebooks opening as notebooks")
-    l.add_argument("extra", nargs=argparse.REMAINDER)
+    lab = sub.add_parser("lab", help="JupyterLab with the .py notebooks opening as notebooks")
+    lab.add_argument("extra", nargs=argparse.REMAINDER)
     return ap
 
 # %%
@@ -140,12 +146,18 @@ def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_wi
     from urbansound_nb.predict import Predictor, predict_files
     from urbansound_nb.train import CheckpointError
     try: predictor = Predictor(checkpoint)  # a missing, unreadable or wrong file: a CheckpointError naming it
-    except CheckpointError as e: print(f"error: {e}", file=sys.stderr); return 2
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     failed = 0
     for rec in predict_files(checkpoint, files, top_k, per_window, predictor):
         failed += rec["error"] is not None
-        if as_json: print(json.dumps(rec), flush=True); continue
-        if rec["error"]: print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr); continue
+        if as_json:
+            print(json.dumps(rec), flush=True)
+            continue
+        if rec["error"]:
+            print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr)
+            continue
         print(f"{rec['file']}: {_classes_text(rec['predictions'])}")
         for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: {_classes_text(w['predictions'])}")
     return 1 if failed else 0
@@ -155,12 +167,17 @@ def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_wi
 # (here a training state, `.last.pt`, which holds no feature parameters or class names):
 
 # %%
-import contextlib, io, tempfile, torch
+import contextlib
+import io
+import tempfile
+import torch
 from pathlib import Path
 with tempfile.TemporaryDirectory() as d:
-    torch.save(dict(state_dict={}, epoch=3), Path(d)/"resnet.last.pt"); err = io.StringIO()
+    torch.save(dict(state_dict={}, epoch=3), Path(d)/"resnet.last.pt")
+    err = io.StringIO()
     with contextlib.redirect_stderr(err): test_eq(predict_cli(Path(d)/"resnet.last.pt", [Path(d)/"clip.wav"]), 2)
-    print(err.getvalue()); assert "not a model checkpoint of this study" in err.getvalue()
+    print(err.getvalue())
+    assert "not a model checkpoint of this study" in err.getvalue()
 
 # %% [markdown]
 # ## site
@@ -189,10 +206,14 @@ def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False, c
     "Build the site of `run_dir`; photograph and check its pages when asked. 1: a check found a problem; 2: no site."
     from urbansound_nb.site import build_site
     try: site = build_site(run_dir, out, renderer, compare=compare)
-    except (FileNotFoundError, RuntimeError) as e: print(f"site: {e}", file=sys.stderr); return 2
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"site: {e}", file=sys.stderr)
+        return 2
     if not (screenshots or check): return 0
     from urbansound_nb.browser import check_site, missing_browser, screenshot_site
-    if missing_browser(): print(f"cannot open the pages: {missing_browser()}", file=sys.stderr); return 1
+    if missing_browser():
+        print(f"cannot open the pages: {missing_browser()}", file=sys.stderr)
+        return 1
     if screenshots:
         shots = screenshot_site(site, Path(run_dir)/"screenshots")
         print(f"screenshots: {len(shots)} pages in {Path(run_dir)/'screenshots'}")
@@ -215,22 +236,35 @@ assert "no executed notebooks" in err.getvalue()
 def main(argv=None):
     "Entry point of the `urbansound-nb` console script."
     args = _parser().parse_args(argv)
-    if args.command == "sync": sync(export=not args.no_export); return 0
+    if args.command == "sync":
+        sync(export=not args.no_export)
+        return 0
     if args.command == "run":
-        from urbansound_nb.data import DatasetUnavailable   # here: `datasets` is slow to import for the other commands
+        from urbansound_nb.data import DatasetUnavailable  # here: `datasets` is slow to import for the other commands
         params = {k: parse_value(v) for k, v in args.param}
         if args.dataset: params["dataset"] = args.dataset
-        if why := usable_run_dir(args.run_dir): print(f"error: run directory {why}", file=sys.stderr); return 2
+        if why := usable_run_dir(args.run_dir):
+            print(f"error: run directory {why}", file=sys.stderr)
+            return 2
         try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
-        except RunFailed as e: print(f"FAILED: {e}", file=sys.stderr); return 1
-        except ParameterError as e: print(f"error: {e}", file=sys.stderr); return 2   # before any chapter ran
-        except DatasetUnavailable as e: print(f"error: {e}", file=sys.stderr); return 2   # before any chapter ran
+        except RunFailed as e:
+            print(f"FAILED: {e}", file=sys.stderr)
+            return 1
+        except ParameterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2  # before any chapter ran
+        except DatasetUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2  # before any chapter ran
         print(f"run complete: {run_dir}")
-        if args.site: from urbansound_nb.site import build_site; build_site(run_dir)
+        if args.site:
+            from urbansound_nb.site import build_site
+            build_site(run_dir)
         return 0
     if args.command == "bench" and args.predict_memory is not None:
         from urbansound_nb.predict import benchmark_predict_memory
-        benchmark_predict_memory(args.predict_memory or None); return 0
+        benchmark_predict_memory(args.predict_memory or None)
+        return 0
     if args.command == "bench":
         from urbansound_nb.bench import benchmark
         from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step

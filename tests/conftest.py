@@ -1,5 +1,6 @@
 """Shared fixtures. Tests on real data read ../shared/data (or $URBANSOUND_SHARED_DATA) and skip when it is absent."""
-import os, subprocess
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ MINI, ORIGINALS = SHARED/"urbansound8k-mini", SHARED/"urbansound8k-originals"
 
 
 def _need(path):
-    if not path.is_dir(): pytest.skip(f"{path} is absent (real data is only beside the repository on the project's machines)")
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (real data is only beside the repository on the project's machines)")
     return path
 
 
@@ -29,11 +31,12 @@ def venv_bin():
 
 
 def write_official_layout(root: Path, n_clips: int | None = 3, folds=(1,)) -> list[dict]:
-    "A folder in the official layout (metadata CSV + audio/foldN/*.wav) of `n_clips` generated clips; returns their rows."
+    "A folder in the official layout (metadata CSV, audio/foldN/*.wav) of `n_clips` generated clips; their rows."
     from urbansound_nb.audio import synthetic_urbansound
     from urbansound_nb.data import metadata_frame
     synth = synthetic_urbansound(clips_per_class_fold=1, folds=list(folds))
-    synth = synth.select(range(n_clips or len(synth))); rows = synth.to_list()
+    synth = synth.select(range(n_clips or len(synth)))
+    rows = synth.to_list()
     (root/"metadata").mkdir(parents=True)
     for f in folds: (root/"audio"/f"fold{f}").mkdir(parents=True)
     for r in rows: (root/"audio"/f"fold{r['fold']}"/r["slice_file_name"]).write_bytes(r["audio"]["bytes"])
@@ -53,11 +56,13 @@ def reduced_run(mini, tmp_path_factory, venv_bin):
     run = tmp_path_factory.mktemp("run")
     cmd = [str(venv_bin/"urbansound-nb"), "run", "--dataset", str(mini), "--run-dir", str(run), "--site",
            "-p", "max_items", "240", "-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32",
-           "-p", "cache_dir", str(tmp_path_factory.mktemp("cache")), "-p", "conditions", "[none, specaugment_lite, mixup]",
-           "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1"]
+           "-p", "cache_dir", str(tmp_path_factory.mktemp("cache")),
+           "-p", "conditions", "[none, specaugment_lite, mixup]",
+           "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1",
+           "-p", "grid_epochs", "2", "-p", "cv_epochs", "2", "-p", "cv_finetune_epochs", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real weights
-    else: cmd += ["-p", "weights", "random"]                                                # none here: a random network
+    else: cmd += ["-p", "weights", "random"]                                     # none here: a random network
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return run

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import ROOT
 
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import build_model
 from urbansound_nb.train import CheckpointError, TrainConfig, checkpoint_dict, save_checkpoint, train_model
-
-from conftest import ROOT
 
 
 class Payload:
@@ -42,7 +41,9 @@ def test_predict_refuses_a_crafted_checkpoint(tmp_path, venv_bin):
 def test_resume_refuses_a_crafted_training_state(tmp_path):
     "A crafted `.last.pt` beside a best checkpoint: training stops with a CheckpointError, and no code runs."
     from types import SimpleNamespace
+
     import pandas as pd
+
     from urbansound_nb.batches import LogMelSet, StudyData
     rng = np.random.default_rng(0)
     clips = LogMelSet([rng.standard_normal((40, 16)).astype(np.float16) for _ in range(12)],

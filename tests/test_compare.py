@@ -1,8 +1,8 @@
 """Runs side by side: two small synthetic runs made here, compared on the command line and on the site."""
-import json, subprocess
+import json
+import subprocess
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -47,9 +47,11 @@ def test_compare_lists_every_model_of_both_runs_and_the_parameter_that_differs(v
 def test_a_run_with_other_data_or_missing_results_is_compared_with_a_warning(venv_bin, two_runs, tmp_path):
     import shutil
     a, b = two_runs
-    c = tmp_path/"other"; shutil.copytree(b, c)
+    c = tmp_path/"other"
+    shutil.copytree(b, c)
     doc = json.loads((c/"results"/"00_setup.json").read_text())
-    doc["entries"]["split"]["test_fold"] = 9; doc["entries"]["dataset"]["classes"][0] = "kettle"
+    doc["entries"]["split"]["test_fold"] = 9
+    doc["entries"]["dataset"]["classes"][0] = "kettle"
     (c/"results"/"00_setup.json").write_text(json.dumps(doc))
     (c/"results"/"03_baselines.json").unlink()
     r = cli(venv_bin, "compare", a, c)

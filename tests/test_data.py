@@ -1,5 +1,7 @@
 """The data layer: audio decoding (audio), sources and folds (data), parameters (params), results files (core)."""
-import io, os, time
+import io
+import os
+import time
 
 import numpy as np
 import pytest
@@ -8,13 +10,21 @@ from conftest import write_official_layout
 
 from urbansound_nb.audio import AudioDecodeError, decode_audio, decode_row, is_synthetic, synthetic_urbansound
 from urbansound_nb.core import read_results, write_results
-from urbansound_nb.data import (COLUMNS, DatasetUnavailable, fold_split, load_urbansound, metadata_frame,
-                                split_class_counts)
+from urbansound_nb.data import (
+    COLUMNS,
+    DatasetUnavailable,
+    fold_split,
+    load_urbansound,
+    metadata_frame,
+    split_class_counts,
+)
 from urbansound_nb.params import ParameterError, validate_params
 
 
 def encode(x, rate, fmt, subtype):
-    buf = io.BytesIO(); sf.write(buf, x, rate, format=fmt, subtype=subtype); return buf.getvalue()
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
 
 
 # every WAV subtype soundfile writes for the formats UrbanSound8K mixes, plus FLAC and OGG
@@ -53,7 +63,8 @@ def test_decode_errors_name_the_clip():
     with pytest.raises(AudioDecodeError, match="none.wav: the audio is empty"): decode_audio(None, "none.wav")
     good = encode(np.zeros(1000, np.float32), 8000, "WAV", "PCM_16")
     with pytest.raises(AudioDecodeError, match="cut.wav: soundfile cannot decode"): decode_audio(good[:30], "cut.wav")
-    with pytest.raises(AudioDecodeError, match="noise.wav: soundfile cannot decode"): decode_audio(os.urandom(4096), "noise.wav")
+    with pytest.raises(AudioDecodeError, match="noise.wav: soundfile cannot decode"):
+        decode_audio(os.urandom(4096), "noise.wav")
     header_only = encode(np.zeros(0, np.float32), 8000, "WAV", "PCM_16")
     with pytest.raises(AudioDecodeError, match="hdr.wav"): decode_audio(header_only, "hdr.wav")
 
@@ -64,7 +75,8 @@ def test_synthetic_source():
     assert sorted(set(ds["fold"])) == list(range(1, 11)) and sorted(set(ds["classID"])) == list(range(10))
     assert ds.features["audio"].decode is False
     for row in ds.select(range(0, len(ds), 37)):
-        x, r = decode_row(row); assert len(x) > 0 and r in (8000, 16000, 22050)
+        x, r = decode_row(row)
+        assert len(x) > 0 and r in (8000, 16000, 22050)
 
 
 def test_max_items_is_stratified_and_reproducible():
@@ -79,19 +91,24 @@ def test_official_layout(originals):
     assert ds[0]["audio"]["bytes"] is None  # read from disk when needed
     rates, lengths = set(), []
     for row in ds:  # every real format of the official release decodes
-        x, r = decode_row(row); rates.add(r); lengths.append(len(x)); assert x.dtype == np.float32 and len(x) > 0
+        x, r = decode_row(row)
+        rates.add(r)
+        lengths.append(len(x))
+        assert x.dtype == np.float32 and len(x) > 0
     assert {11025, 44100, 48000, 96000} <= rates
     from urbansound_nb.eda import audio_headers
     h, skipped = audio_headers(ds)  # read from the files' headers alone, and agreeing with the decoded audio
     assert skipped == []
-    assert set(h["sample_rate"]) == rates and (h["decoded_seconds"] * h["sample_rate"]).round().astype(int).tolist() == lengths
+    assert set(h["sample_rate"]) == rates
+    assert (h["decoded_seconds"] * h["sample_rate"]).round().astype(int).tolist() == lengths
 
 
 def test_hub_layout_folder(mini):
     ds = load_urbansound(str(mini))
     assert ds.column_names == list(COLUMNS) and len(ds) == 2148
     assert ds.features["audio"].decode is False
-    x, r = decode_row(ds[0]); assert r == 22050 and len(x) == 88200
+    x, r = decode_row(ds[0])
+    assert r == 22050 and len(x) == 88200
     split = fold_split(ds, [1], 2, 3)
     assert (len(split.train), len(split.val), len(split.test)) == (873, 888, 387)
     counts = split_class_counts(split)
@@ -104,7 +121,8 @@ def test_hub_offline_fails_fast_with_advice(monkeypatch):
     with pytest.raises(DatasetUnavailable) as e: load_urbansound("danavery/urbansound8K")
     assert time.time() - t < 10
     msg = str(e.value)
-    assert "unreachable" in msg and "danavery/urbansound8K" in msg and "URBANSOUND_DATASET" in msg and "synthetic" in msg
+    assert "unreachable" in msg and "danavery/urbansound8K" in msg
+    assert "URBANSOUND_DATASET" in msg and "synthetic" in msg
 
 
 def test_hub_unreachable_without_offline_flag_fails_fast(monkeypatch):
@@ -114,7 +132,7 @@ def test_hub_unreachable_without_offline_flag_fails_fast(monkeypatch):
     t = time.time()
     with pytest.raises(DatasetUnavailable) as e: load_urbansound("danavery/urbansound8K")
     assert time.time() - t < 15
-    assert "danavery/urbansound8K:" in str(e.value) and "someone/urbansound8k-copy:" in str(e.value)  # each failure said
+    assert "danavery/urbansound8K:" in str(e.value) and "someone/urbansound8k-copy:" in str(e.value)  # each one said
 
 
 def test_missing_path_and_columns(tmp_path):
@@ -129,12 +147,14 @@ def test_missing_path_and_columns(tmp_path):
 
 def test_official_layout_reads_files_on_demand(tmp_path, monkeypatch):
     "The official layout keeps paths, not bytes (the full release is ~6 GB), and works from a relative path."
-    root = tmp_path/"US8K"; rows = write_official_layout(root, 3)
+    root = tmp_path/"US8K"
+    rows = write_official_layout(root, 3)
     monkeypatch.chdir(tmp_path)
     ds = load_urbansound("US8K")
     assert len(ds) == 3 and all(a["bytes"] is None and os.path.isabs(a["path"]) for a in ds["audio"])
     monkeypatch.chdir("/")  # paths stay valid wherever the notebook runs next
-    for row, src in zip(ds, rows): np.testing.assert_allclose(decode_row(row)[0], decode_audio(src["audio"]["bytes"])[0])
+    for row, src in zip(ds, rows):
+        np.testing.assert_allclose(decode_row(row)[0], decode_audio(src["audio"]["bytes"])[0])
     os.remove(root/"audio"/"fold1"/rows[0]["slice_file_name"])   # a file removed after loading: named, not a crash
     with pytest.raises(AudioDecodeError, match=rows[0]["slice_file_name"]): decode_row(ds[0])
 
@@ -158,7 +178,8 @@ def test_fold_split_protocol():
     assert set(s.train["fold"]) == {1, 2} and set(s.val["fold"]) == {3} and set(s.test["fold"]) == {4}
     with pytest.raises(ParameterError, match=r"fold\(s\) \[9\] not in this dataset"): fold_split(ds, [1], 2, 9)
     with pytest.raises(ParameterError, match="must not see the test fold"): fold_split(ds, [1], 2, 2)
-    with pytest.raises(ParameterError, match="no fold is left for training"): fold_split(synthetic_urbansound(1, folds=[1, 2]))
+    with pytest.raises(ParameterError, match="no fold is left for training"):
+        fold_split(synthetic_urbansound(1, folds=[1, 2]))
 
 
 def test_results_are_written_atomically(tmp_path):
@@ -170,19 +191,26 @@ def test_results_are_written_atomically(tmp_path):
 def test_fuzzed_audio_gives_only_the_documented_error():
     "Random bytes and truncated or corrupted headers of every format: AudioDecodeError naming the file, or samples."
     import io
+
     import numpy as np
     import soundfile as sf
+
     from urbansound_nb.audio import AudioDecodeError, decode_audio
     rng = np.random.default_rng(0)
     tone = (0.3 * np.sin(np.arange(8000) / 5)).astype(np.float32)
     good = []
-    for fmt, subtype in (("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("AIFF", "PCM_24")):
-        buf = io.BytesIO(); sf.write(buf, tone, 8000, format=fmt, subtype=subtype); good.append(buf.getvalue())
+    formats = (("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("AIFF", "PCM_24"))
+    for fmt, subtype in formats:
+        buf = io.BytesIO()
+        sf.write(buf, tone, 8000, format=fmt, subtype=subtype)
+        good.append(buf.getvalue())
     cases = [rng.bytes(int(n)) for n in rng.integers(0, 4096, 40)]
     cases += [g[:int(n)] for g in good for n in rng.integers(0, len(g), 12)]                 # truncated
     for g in good:                                                                           # flipped header bytes
         for _ in range(12):
-            b = bytearray(g); b[int(rng.integers(0, min(64, len(b))))] ^= 0xFF; cases.append(bytes(b))
+            b = bytearray(g)
+            b[int(rng.integers(0, min(64, len(b))))] ^= 0xFF
+            cases.append(bytes(b))
     for i, data in enumerate(cases):
         try: samples, rate = decode_audio(data, f"case{i}.wav")
         except AudioDecodeError as e: assert f"case{i}.wav" in str(e)

@@ -1,16 +1,24 @@
 """The feature cache: computed once, keyed by parameters and content, resumable; the batch path."""
-import os, time
+import os
+import time
 
 import numpy as np
 import pytest
 import torch
 from conftest import write_official_layout
 
-from urbansound_nb.batches import LogMelSet, batch_frames
-from urbansound_nb.data import load_urbansound, stratified_subset
 from urbansound_nb.baselines import mfcc_from_logmel
-from urbansound_nb.features import (DB_FLOOR, FeatureCache, FeatureParams, LogMel, cache_logmels, fix_length,
-                                    load_waveform)
+from urbansound_nb.batches import LogMelSet, batch_frames
+from urbansound_nb.data import load_urbansound
+from urbansound_nb.features import (
+    DB_FLOOR,
+    FeatureCache,
+    FeatureParams,
+    LogMel,
+    cache_logmels,
+    fix_length,
+    load_waveform,
+)
 
 FP = FeatureParams(sample_rate=16000, n_mels=32, n_fft=512, hop_length=256)
 
@@ -43,7 +51,8 @@ def test_interrupted_extraction_resumes(synth, tmp_path, monkeypatch):
         if calls["n"] > 40: raise KeyboardInterrupt("simulated interruption")
         return real(*a, **k)
     monkeypatch.setattr(F, "_clip_logmel", flaky)
-    with pytest.raises(KeyboardInterrupt): F.cache_logmels(synth, FP, tmp_path, workers=1, shard_size=16, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        F.cache_logmels(synth, FP, tmp_path, workers=1, shard_size=16, progress=False)
     monkeypatch.setattr(F, "_clip_logmel", real)
     done = len(FeatureCache(tmp_path, FP))
     assert 0 < done < len(synth)  # complete shards survived, nothing half-written is visible
@@ -52,18 +61,20 @@ def test_interrupted_extraction_resumes(synth, tmp_path, monkeypatch):
 
 
 def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
-    "The official layout's clips are files: their keys are remembered, and a changed file is hashed and computed afresh."
+    "The official layout's clips are files: their keys are remembered; a changed file is hashed and computed afresh."
     import urbansound_nb.features as F
-    from urbansound_nb.audio import AudioDecodeError
     monkeypatch.setattr(F.FileKeys, "fresh_seconds", 0)  # the files were written a moment ago
-    root = tmp_path/"US8K"; rows = write_official_layout(root, 4); ds = load_urbansound(str(root))
+    root = tmp_path/"US8K"
+    rows = write_official_layout(root, 4)
+    ds = load_urbansound(str(root))
     _, keys, s1 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
     _, keys2, s2 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
     assert (s1["hashed"], s1["computed"], s2["hashed"], s2["computed"], keys2) == (4, 4, 0, 0, keys)
     time.sleep(0.05)  # past the clock tick of file times
     (root/"audio"/"fold1"/rows[1]["slice_file_name"]).write_bytes(rows[0]["audio"]["bytes"])  # now a copy of clip 0
     _, keys3, s3 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
-    assert (s3["hashed"], s3["computed"], keys3[1]) == (1, 0, keys[0])  # read again, and found in the cache under clip 0's content
+    # read again, and found in the cache under clip 0's content
+    assert (s3["hashed"], s3["computed"], keys3[1]) == (1, 0, keys[0])
     os.remove(root/"audio"/"fold1"/rows[3]["slice_file_name"])     # gone after loading: skipped and named
     cache, keys4, s4 = cache_logmels(ds, FP, tmp_path/"cache", progress=False)
     assert s4["skipped"] == 1 and rows[3]["slice_file_name"] in cache.skip_reason(keys4[3])
@@ -71,7 +82,8 @@ def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
 
 def test_corrupt_clip_is_skipped_counted_and_named(tmp_path):
     ds = load_urbansound("synthetic", max_items=12)
-    rows = ds.to_list(); rows[3]["audio"] = {"bytes": b"not audio at all" * 4, "path": "x.wav"}
+    rows = ds.to_list()
+    rows[3]["audio"] = {"bytes": b"not audio at all" * 4, "path": "x.wav"}
     from urbansound_nb.audio import dataset_from_rows as _dataset_from_rows
     bad = _dataset_from_rows(rows)
     cache, keys, s1 = cache_logmels(bad, FP, tmp_path, progress=False)
@@ -84,13 +96,16 @@ def test_study_data_leaves_out_undecodable_clips(tmp_path, capsys):
     from urbansound_nb.audio import AudioDecodeError
     from urbansound_nb.batches import study_data
     from urbansound_nb.params import StudyParams
-    root = tmp_path/"US8K"; rows = write_official_layout(root, None, folds=(1, 2, 3))
-    bad = rows[12]; (root/"audio"/f"fold{bad['fold']}"/bad["slice_file_name"]).write_bytes(b"RIFF" + bytes(40))
+    root = tmp_path/"US8K"
+    rows = write_official_layout(root, None, folds=(1, 2, 3))
+    bad = rows[12]
+    (root/"audio"/f"fold{bad['fold']}"/bad["slice_file_name"]).write_bytes(b"RIFF" + bytes(40))
     params = StudyParams(dataset=str(root), cache_dir=tmp_path/"cache", run_dir=tmp_path/"run")
     data = study_data(params, FP, progress=False)
     assert len(data.meta) == len(rows) - 1 and bad["slice_file_name"] not in set(data.meta["slice_file_name"])
     counts = data.clip_counts()
-    assert counts["clips_used"] == 29 and [s["slice_file_name"] for s in counts["clips_skipped"]] == [bad["slice_file_name"]]
+    assert counts["clips_used"] == 29
+    assert [s["slice_file_name"] for s in counts["clips_skipped"]] == [bad["slice_file_name"]]
     assert "left out 1 of 30 clips" in capsys.readouterr().out
     assert len(data.logmels) == 29 and len(data.train) + len(data.val) + len(data.test) == 29
     params.strict_audio = True

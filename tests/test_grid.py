@@ -1,6 +1,11 @@
 """The experiment grids on Dask (notebook 04d): a local cluster gives the results of the in-process run, a killed
 worker costs only its cell, a failing cell is reported without losing the others, a bad address fails fast."""
-import json, os, signal, subprocess, sys, time
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import cloudpickle
 import pytest
@@ -63,7 +68,9 @@ def test_a_killed_worker_costs_only_its_cell(tmp_path):
         def kill_a_busy_worker(key, result):
             if not killed:                                # after the first result the other worker is mid-cell
                 pids = client.run(os.getpid)
-                victim = next(iter(pids.values())); os.kill(victim, signal.SIGKILL); killed.append(victim)
+                victim = next(iter(pids.values()))
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
             return f"{key} done"
         done = run_grid(_square_slowly, cells, record_path=tmp_path/"record.json", client=client, cache_dir=tmp_path,
                         describe=kill_a_busy_worker)
@@ -81,7 +88,8 @@ def test_a_failing_cell_is_reported_and_the_others_recorded(tmp_path):
 
 def test_a_cluster_started_by_address(tmp_path, venv_bin):
     "The commands CONTRIBUTING.md gives: `dask scheduler`, then `dask worker ADDRESS`; the grid connects by address."
-    port = free_port(); address = f"tcp://127.0.0.1:{port}"
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
     dask = str(venv_bin/"dask")
     servers = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
@@ -101,7 +109,9 @@ def test_a_cluster_started_by_address(tmp_path, venv_bin):
                 time.sleep(0.5)
         assert {k: r["square"] for k, r in done.items()} == {f"x{x}": x * x for x in range(4)}
     finally:
-        for server in reversed(servers): server.terminate(); server.wait(timeout=30)
+        for server in reversed(servers):
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def test_a_bad_address_fails_within_seconds():

@@ -1,13 +1,12 @@
 """The notebook tooling: stable sync, the committed package equals a fresh export, nbdev-test really runs."""
-import filecmp, os, shutil, subprocess, sys
-from pathlib import Path
+import os
+import shutil
+import subprocess
 
 import nbformat
-import pytest
+from conftest import ROOT
 
 from urbansound_nb.runner import is_chapter, notebook_sources, notebook_text, py_to_notebook, sync
-
-from conftest import ROOT
 
 
 def test_every_source_has_a_title_summary_and_default_exp():
@@ -41,7 +40,8 @@ def test_generated_notebooks_are_current():
 def test_package_equals_a_fresh_export(tmp_path):
     "Hand edits to urbansound_nb/ or a forgotten export make this fail."
     proj = tmp_path/"proj"
-    (proj/"nbs").mkdir(parents=True); (proj/"urbansound_nb").mkdir()
+    (proj/"nbs").mkdir(parents=True)
+    (proj/"urbansound_nb").mkdir()
     shutil.copy(ROOT/"pyproject.toml", proj)
     for py in notebook_sources(ROOT): shutil.copy(py, proj/"nbs")
     shutil.copy(ROOT/"urbansound_nb"/"__init__.py", proj/"urbansound_nb")
@@ -50,7 +50,7 @@ def test_package_equals_a_fresh_export(tmp_path):
     fresh = sorted(p.relative_to(proj/"urbansound_nb") for p in (proj/"urbansound_nb").rglob("*.py"))
     assert committed == fresh, "modules differ: run `urbansound-nb sync` and commit urbansound_nb/"
     differ = [str(p) for p in committed if (ROOT/"urbansound_nb"/p).read_text() != (proj/"urbansound_nb"/p).read_text()]
-    assert not differ, f"{differ} differ from a fresh export of nbs/: edit the notebooks, run `urbansound-nb sync`, commit"
+    assert not differ, f"{differ} differ from a fresh export of nbs/: edit the notebooks, `urbansound-nb sync`, commit"
 
 
 def test_nbdev_test_executes_every_notebook(venv_bin):

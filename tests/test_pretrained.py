@@ -1,23 +1,28 @@
 """The pretrained network: the port checked against the official weights, and where the weights come from."""
-import functools, http.server, json, os, threading, time
+import functools
+import http.server
+import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from conftest import SHARED
 
 import urbansound_nb.pretrained as P
 from urbansound_nb.models import EfficientAT, SmallAudioCNN
-
-from conftest import SHARED
 
 MODELS = Path(os.environ.get("URBANSOUND_SHARED_MODELS", SHARED.parent/"models"))
 
 
 @pytest.fixture(scope="module")
 def official():
-    if not (MODELS/"mn04_as_mAP_432.pt").is_file(): pytest.skip(f"{MODELS} is absent (the weights are only beside the repository)")
+    if not (MODELS/"mn04_as_mAP_432.pt").is_file():
+        pytest.skip(f"{MODELS} is absent (the weights are only beside the repository)")
     return MODELS
 
 
@@ -63,7 +68,8 @@ def test_files_that_are_not_these_weights(tmp_path):
     with pytest.raises(P.WeightsError, match="cnn.pt: these are not EfficientAT weights of width 0.4"):
         P.load_weights(tmp_path/"cnn.pt", 0.4)
     (tmp_path/"text.pt").write_text("not weights")
-    with pytest.raises(P.WeightsError, match="text.pt: not a readable PyTorch weights file"): P.load_weights(tmp_path/"text.pt", 0.4)
+    with pytest.raises(P.WeightsError, match="text.pt: not a readable PyTorch weights file"):
+        P.load_weights(tmp_path/"text.pt", 0.4)
 
 
 def test_offline_fails_within_seconds_naming_the_url(tmp_path, monkeypatch):
@@ -79,17 +85,21 @@ def test_offline_fails_within_seconds_naming_the_url(tmp_path, monkeypatch):
 @pytest.fixture
 def release(tmp_path, monkeypatch):
     "A loopback web server holding a release of randomly initialised weights, with their sha256 as the official one."
-    folder = tmp_path/"release"; folder.mkdir()
+    folder = tmp_path/"release"
+    folder.mkdir()
     torch.save(release_layout(EfficientAT(0.4, 527)), folder/"mn04_as_mAP_432.pt")
     served = []
     class Handler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *a): pass
-        def do_GET(self): served.append(self.path); super().do_GET()
+        def do_GET(self):
+            served.append(self.path)
+            super().do_GET()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.delenv(P.WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(P, "RELEASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setitem(P.PRETRAINED, "mn04_as", ("mn04_as_mAP_432.pt", 0.4, P.sha256_file(folder/"mn04_as_mAP_432.pt")))
+    sha = P.sha256_file(folder/"mn04_as_mAP_432.pt")
+    monkeypatch.setitem(P.PRETRAINED, "mn04_as", ("mn04_as_mAP_432.pt", 0.4, sha))
     yield folder, served
     server.shutdown()
 
@@ -109,7 +119,8 @@ def test_download_is_cached_and_a_damaged_copy_fetched_again(release, tmp_path):
 def test_a_download_with_the_wrong_checksum_is_not_cached(release, tmp_path):
     folder, _ = release
     torch.save(release_layout(EfficientAT(0.4, 527)), folder/"mn04_as_mAP_432.pt")       # another file behind the URL
-    with pytest.raises(P.WeightsError, match="the download is not the official file"): P.weights_file(cache_dir=tmp_path/"c")
+    with pytest.raises(P.WeightsError, match="the download is not the official file"):
+        P.weights_file(cache_dir=tmp_path/"c")
     assert not list((tmp_path/"c").rglob("*.pt"))
 
 
@@ -117,9 +128,11 @@ def test_probe_and_finetune_checkpoints_predict_without_a_dataset(tmp_path, orig
     "A checkpoint of the network with EfficientAT's front end classifies every original file, with no download."
     from urbansound_nb.predict import predict_files
     from urbansound_nb.train import checkpoint_dict, save_checkpoint
-    fp = P.EfficientATFeatures(); config = dict(width=0.4, n_classes=10)
-    save_checkpoint(checkpoint_dict(EfficientAT(**config), "efficientat", config, fp, [f"c{i}" for i in range(10)], 4.0),
-                    tmp_path/"probe.pt")
+    fp = P.EfficientATFeatures()
+    config = dict(width=0.4, n_classes=10)
+    classes = [f"c{i}" for i in range(10)]
+    probe = checkpoint_dict(EfficientAT(**config), "efficientat", config, fp, classes, 4.0)
+    save_checkpoint(probe, tmp_path/"probe.pt")
     files = sorted((originals/"audio").rglob("*.wav"))
     recs = predict_files(tmp_path/"probe.pt", files, top_k=2)
     assert len(recs) == len(files) and all(r["error"] is None and len(r["predictions"]) == 2 for r in recs)

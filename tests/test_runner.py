@@ -1,12 +1,13 @@
 """The papermill runner and its command line."""
-import json, subprocess, sys, time
+import json
+import subprocess
+import time
 
 import nbformat
 import pytest
+from conftest import ROOT
 
 from urbansound_nb.runner import parse_value, select_notebooks
-
-from conftest import ROOT
 
 
 def cli(venv_bin, *args, timeout=900):
@@ -39,18 +40,21 @@ def test_papermill_runs_setup_on_synthetic(venv_bin, tmp_path):
 
 
 def test_bad_fold_roles_stop_before_any_chapter(venv_bin, tmp_path):
-    r = cli(venv_bin, "run", "00", "--dataset", "synthetic", "--run-dir", tmp_path, "-p", "val_fold", "3", "-p", "test_fold", "3")
+    r = cli(venv_bin, "run", "00", "--dataset", "synthetic", "--run-dir", tmp_path,
+            "-p", "val_fold", "3", "-p", "test_fold", "3")
     assert r.returncode == 2 and "00_setup" in r.stderr and "must not see the test fold" in r.stderr
     assert not (tmp_path/"00_setup.ipynb").exists()
 
 
 def test_bad_metadata_stops_before_any_chapter(venv_bin, tmp_path):
     "Metadata with fold 11: one message naming the row and the value, exit status 2, before chapter 00 runs."
-    from conftest import write_official_layout
     import pandas as pd
+    from conftest import write_official_layout
     write_official_layout(tmp_path/"data")
     csv = tmp_path/"data"/"metadata"/"UrbanSound8K.csv"
-    meta = pd.read_csv(csv); meta.loc[1, "fold"] = 11; meta.to_csv(csv, index=False)
+    meta = pd.read_csv(csv)
+    meta.loc[1, "fold"] = 11
+    meta.to_csv(csv, index=False)
     r = cli(venv_bin, "run", "00", "--dataset", tmp_path/"data", "--run-dir", tmp_path/"run")
     assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path/"run"/"00_setup.ipynb").exists()
     assert "row 1" in r.stderr and "fold 11 is not one of 1-10" in r.stderr
@@ -60,13 +64,15 @@ def test_an_undecodable_clip_is_skipped_or_with_strict_audio_stops_the_run(venv_
     "Without strict_audio the corrupt clip is left out, counted and named; with it, the chapter stops naming it."
     from conftest import write_official_layout
     rows = write_official_layout(tmp_path/"data", None, folds=(1, 2, 3))
-    bad = rows[4]["slice_file_name"]; (tmp_path/"data"/"audio"/"fold1"/bad).write_bytes(b"RIFF" + bytes(60))
+    bad = rows[4]["slice_file_name"]
+    (tmp_path/"data"/"audio"/"fold1"/bad).write_bytes(b"RIFF" + bytes(60))
     r = cli(venv_bin, "run", "01", "--dataset", tmp_path/"data", "--run-dir", tmp_path/"run")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "left out 1 of 30 clips" in r.stdout and bad in r.stdout
     res = json.loads((tmp_path/"run"/"results"/"01_eda.json").read_text())
     assert res["clips_used"] == 29 and [c["slice_file_name"] for c in res["clips_skipped"]] == [bad]
-    r = cli(venv_bin, "run", "01", "--dataset", tmp_path/"data", "--run-dir", tmp_path/"run", "-p", "strict_audio", "true")
+    r = cli(venv_bin, "run", "01", "--dataset", tmp_path/"data", "--run-dir", tmp_path/"run",
+            "-p", "strict_audio", "true")
     assert r.returncode == 1 and "01_eda failed in cell" in r.stderr and bad in r.stderr and "strict_audio" in r.stderr
 
 
@@ -109,11 +115,12 @@ def test_every_chapter_parameter_is_checked_before_the_first_chapter(venv_bin, t
     assert r.returncode == 2, r.stdout + r.stderr
     assert "03_baselines" in r.stderr and "'n_mfcc'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path/"run"/"00_setup.ipynb").exists()
-    r = cli(venv_bin, "run", "--dataset", "synthetic", "--run-dir", tmp_path/"run", "-p", "models", "[resnet, nope]")
-    assert r.returncode == 2 and "'models'" in r.stderr and "nope" in r.stderr, r.stderr
+    r = cli(venv_bin, "run", "--dataset", "synthetic", "--run-dir", tmp_path/"run", "-p", "cv_models", "[resnet, nope]")
+    assert r.returncode == 2 and "'cv_models'" in r.stderr and "nope" in r.stderr, r.stderr
 
 
 def test_an_unusable_run_directory_is_one_line(venv_bin, tmp_path):
     (tmp_path/"file").write_text("x")
     r = cli(venv_bin, "run", "00", "--dataset", "synthetic", "--run-dir", tmp_path/"file")
-    assert r.returncode == 2 and r.stderr.strip() == f"error: run directory {tmp_path/'file'}: exists and is not a directory"
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: run directory {tmp_path/'file'}: exists and is not a directory"

@@ -1,10 +1,13 @@
 """The report site of the reduced study, rendered by Quarto and by the nbconvert fallback and checked in headless
 Chromium; JupyterLab opening a chapter as a notebook. Browser tests skip, saying why, where no Chromium is installed."""
-import os, re, shutil, subprocess
+import os
+import re
+import shutil
+import subprocess
 
 import pytest
+from conftest import NOTEBOOKS
 
-from conftest import NOTEBOOKS, ROOT
 from urbansound_nb.browser import check_site, lab_opens_as_notebook, missing_browser
 from urbansound_nb.site import build_site
 

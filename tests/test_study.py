@@ -1,8 +1,8 @@
-"""The whole study, reduced (few epochs, seeds and items), on the real mini data: every notebook, results, predict, site."""
-import json, subprocess
+"""The whole study, reduced (few epochs, seeds and items), on the real mini data: the notebooks, results, predict."""
+import json
+import subprocess
 
 import pytest
-
 from conftest import NOTEBOOKS
 
 
@@ -25,7 +25,8 @@ def test_results_follow_the_convention(reduced_run):
     assert cnn["entries"]["resnet"]["seeds"] == [0, 1]                # UrbanResNet: two seeds, averaged
     for name in cnn["entries"]: assert (reduced_run/"models"/f"{name}.pt").exists()
     setup = json.loads((reduced_run/"results"/"00_setup.json").read_text())["entries"]["split"]
-    assert cnn["split"]["train_fraction"] == 0.5 and 0 < cnn["entries"]["resnet"]["n_train"] < setup["n_train"]   # half the recordings
+    # half the recordings
+    assert cnn["split"]["train_fraction"] == 0.5 and 0 < cnn["entries"]["resnet"]["n_train"] < setup["n_train"]
     transfer = json.loads((reduced_run/"results"/"05_transfer.json").read_text())
     compared = {r["model"] for r in transfer["comparison"]}
     assert {"probe", "finetune", "probe_finetune"} <= set(transfer["entries"]) and transfer["best_model"] in compared
@@ -34,7 +35,8 @@ def test_results_follow_the_convention(reduced_run):
     cv = json.loads((reduced_run/"results"/"08_cross_validation.json").read_text())
     every_family = {"logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune", "probe_finetune"}
     assert cv["summary"]["folds"] == 3 and set(cv["summary"]["models"]) == every_family   # 08's default
-    assert set(cv["summary"]["differences"]["resnet"]["per_fold"]) == {"fold1", "fold2", "fold3"}   # paired on the same test folds
+    # paired on the same test folds
+    assert set(cv["summary"]["differences"]["resnet"]["per_fold"]) == {"fold1", "fold2", "fold3"}
 
 
 @pytest.mark.parametrize("model", ["resnet", "finetune"])
@@ -42,9 +44,9 @@ def test_predict_classifies_every_original_format(reduced_run, originals, venv_b
     files = sorted(str(p) for p in (originals/"audio").rglob("*.wav"))
     (tmp_path/"empty.wav").write_bytes(b"")
     ck = reduced_run/"models"/f"{model}.pt"
-    r = subprocess.run([str(venv_bin/"urbansound-nb"), "predict", str(ck), *files, str(tmp_path/"empty.wav"), "--json", "-k", "3"],
-                       capture_output=True, text=True, timeout=600)
-    recs = [json.loads(l) for l in r.stdout.splitlines()]
+    cmd = [str(venv_bin/"urbansound-nb"), "predict", str(ck), *files, str(tmp_path/"empty.wav"), "--json", "-k", "3"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(recs) == len(files) + 1 and r.returncode == 1          # the empty file fails, the others are classified
     assert all(rec["error"] is None and len(rec["predictions"]) == 3 for rec in recs[:-1])
     assert "empty" in recs[-1]["error"] and recs[-1]["predictions"] == []

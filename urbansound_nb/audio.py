@@ -66,10 +66,12 @@ def decode_row(row: dict) -> tuple[np.ndarray, int]:
     name = row.get("slice_file_name", "clip")
     return decode_audio(audio_bytes(row["audio"], name), name)
 
-# %% ../nbs/00b_audio.ipynb #226a4864c7
+# %% ../nbs/00b_audio.ipynb #64c10b2804
 def encode_audio(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
     "Encode samples ([n] or [n, channels]) as audio-file bytes; the same samples always give the same bytes."
-    buf = io.BytesIO(); sf.write(buf, samples, rate, format=fmt, subtype=subtype); data = bytearray(buf.getvalue())
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
+    data = bytearray(buf.getvalue())
     # libsndfile stamps the PEAK chunk of float WAV/AIFF files with the current time; zero the stamp so that
     # identical audio hashes identically (the feature cache is keyed by content). The chunk sits in the header,
     # before the samples: search only there, so that sample bytes that happen to spell PEAK are never touched.
@@ -91,10 +93,11 @@ class ClipPlayer(Audio):
         return f'<div style="font-size:0.85em">{self.caption}</div>' + super()._repr_html_()
     def __repr__(self): return f"[audio: {self.caption} ({self.seconds:.2f} s)]"
 
-# %% ../nbs/00b_audio.ipynb #3622f553bc
+# %% ../nbs/00b_audio.ipynb #2101b9be4e
 def _synthetic_sound(cls: int, n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
     "One clip of synthetic class `cls`: distinguishable by spectrum and rhythm, varied by `rng`."
-    t = np.arange(n) / rate; f = rng.uniform(0.85, 1.15)  # pitch jitter
+    t = np.arange(n) / rate
+    f = rng.uniform(0.85, 1.15)  # pitch jitter
     noise = rng.standard_normal(n)
     if cls == 0: x = np.convolve(noise, np.ones(40)/40, "same")*3 + 0.3*np.sin(2*np.pi*120*f*t)           # hum
     elif cls == 1: x = np.sin(2*np.pi*420*f*t) + np.sin(2*np.pi*520*f*t) + 0.3*np.sin(2*np.pi*1040*f*t)    # horn

@@ -18,24 +18,27 @@ from .features import DB_FLOOR
 __all__ = ['AUGMENTATIONS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'spec_augment_lite', 'shift_gain',
            'mixup', 'shift_freqmask']
 
-# %% ../nbs/04b_augment.ipynb #afe8d3e5f5
+# %% ../nbs/04b_augment.ipynb #2de085b28c
 def time_stretch(x: torch.Tensor, generator=None, max_factor: float = 1.25) -> torch.Tensor:
     "Stretch a batch [B, bands, frames] in time by one random factor in [1/max_factor, max_factor], keeping its length."
-    T = x.shape[-1]; r = math.exp((float(torch.rand(1, generator=generator)) * 2 - 1) * math.log(max_factor))
+    T = x.shape[-1]
+    r = math.exp((float(torch.rand(1, generator=generator)) * 2 - 1) * math.log(max_factor))
     x = F.interpolate(x, size=max(2, round(T * r)), mode="linear", align_corners=False)
     # a shrunk clip ends in silence
     return x[..., :T] if x.shape[-1] >= T else F.pad(x, (0, T - x.shape[-1]), value=DB_FLOOR)
 
 def band_shift(x: torch.Tensor, generator=None, max_shift: int | None = None) -> torch.Tensor:
     "Shift each clip's bands up or down by up to `max_shift` (default: 1/16 of the bands), repeating the edge band."
-    B, n, T = x.shape; k = max_shift if max_shift is not None else max(1, n // 16)
+    B, n, T = x.shape
+    k = max_shift if max_shift is not None else max(1, n // 16)
     s = torch.randint(-k, k + 1, (B,), generator=generator)
     rows = (torch.arange(n)[None] - s[:, None]).clamp(0, n - 1)
     return x.gather(1, rows[:, :, None].expand(-1, -1, T))
 
 def random_eq(x: torch.Tensor, generator=None, max_db=(6.0, 4.0, 3.0)) -> torch.Tensor:
     "Add a random smooth curve over the bands to each clip: tilt, bow and wiggle (Chebyshev polynomials), `max_db` dB."
-    B, n, _ = x.shape; f = torch.linspace(-1, 1, n)
+    B, n, _ = x.shape
+    f = torch.linspace(-1, 1, n)
     c = (torch.rand(B, 3, generator=generator) * 2 - 1) * torch.tensor(max_db)
     curve = c[:, :1] * f + c[:, 1:2] * (2 * f**2 - 1) + c[:, 2:] * (4 * f**3 - 3 * f)
     return x + curve[:, :, None]
@@ -45,11 +48,13 @@ def recording_variation(x: torch.Tensor, y=None, generator=None, max_gain_db: fl
     x = random_eq(band_shift(time_stretch(x, generator), generator), generator)
     return x + ((torch.rand(len(x), generator=generator) * 2 - 1) * max_gain_db)[:, None, None]
 
-# %% ../nbs/04b_augment.ipynb #151c876486
+# %% ../nbs/04b_augment.ipynb #9e8205aa28
 def spec_augment_lite(x: torch.Tensor, y=None, generator=None, n_masks: int = 2, max_bands: int = 8,
                       max_frames: int = 20) -> torch.Tensor:
     "SpecAugment-lite: `n_masks` frequency and time masks per clip, filled with the clip's mean level."
-    x = x.clone(); B, F_, T = x.shape; fill = x.mean((1, 2))
+    x = x.clone()
+    B, F_, T = x.shape
+    fill = x.mean((1, 2))
     r = lambda hi: torch.randint(0, max(hi, 1), (B,), generator=generator)
     for _ in range(n_masks):
         fw, tw = r(max_bands + 1), r(max_frames + 1)

@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['trainings', 'plot_history', 'selection_flattery']
 
-# %% ../nbs/04_cnn.ipynb #f3f8837da8
+# %% ../nbs/04_cnn.ipynb #8db68fa4f8
 def trainings(histories: dict) -> list[tuple[str, dict]]:
     "(label, history) of each training behind `histories` (model name -> history): an ensemble gives one per member."
     out = []
@@ -33,7 +33,9 @@ def plot_history(histories: dict, title: str = "Learning curves"):
         ax_acc.axvline(h["best"]["epoch"], color=color, lw=0.8, ls=":")
     ax_loss.set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title=f"{title}: accuracy (dotted: chosen epoch)", xlabel="epoch", ylabel="accuracy")
-    ax_loss.legend(); ax_acc.legend(); return fig
+    ax_loss.legend()
+    ax_acc.legend()
+    return fig
 
 def selection_flattery(history: dict) -> tuple[float, float]:
     "Mean validation accuracy of the chosen epochs of a model's trainings, and of their last five epochs."

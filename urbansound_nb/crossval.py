@@ -39,7 +39,7 @@ def cv_plan(present, folds=None) -> list[dict]:
     return [dict(test_fold=k, val_fold=next_fold(k), train_folds=[f for f in present if f not in (k, next_fold(k))])
             for k in folds]
 
-# %% ../nbs/08_cross_validation.ipynb #8c30a233c8
+# %% ../nbs/08_cross_validation.ipynb #a6c465fdde
 TRANSFERS = ("probe", "finetune", "probe_finetune")
 CV_MODELS = ("logreg", "svm_rbf", "small_cnn", "resnet", *TRANSFERS)
 BASELINES = {"logreg": (logistic_regression, lambda n_features: LOGREG_GRID), "svm_rbf": (rbf_svm, svm_grid)}
@@ -47,7 +47,10 @@ BASELINES = {"logreg": (logistic_regression, lambda n_features: LOGREG_GRID), "s
 @dataclass
 class Transfer:
     "What the transfers need in every fold: the pretrained network, its features and its cached embeddings."
-    network: EfficientAT; data: StudyData; embeddings: np.ndarray; finetune_epochs: int = 3
+    network: EfficientAT
+    data: StudyData
+    embeddings: np.ndarray
+    finetune_epochs: int = 3
     finetune_init: str = "probe"
 
 def _baseline_predictions(model: str, split_data: StudyData):

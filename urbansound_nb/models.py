@@ -84,7 +84,7 @@ class SeedEnsemble(nn.Module):
     def forward(self, x):
         return torch.stack([m(x).softmax(-1) for m in self.members]).mean(0).log()
 
-# %% ../nbs/04a_models.ipynb #730fb5f3e9
+# %% ../nbs/04a_models.ipynb #fcee060b25
 class EfficientAT(nn.Module):
     "EfficientAT's MobileNetV3 on torchvision's: one input channel, `n_classes` outputs; [B, n_mels, T] -> logits."
     def __init__(self, width: float = 0.4, n_classes: int = 527, dropout: float = 0.2):
@@ -105,7 +105,8 @@ class EfficientAT(nn.Module):
 
     def param_groups(self, lr: float, body_scale: float) -> list[dict]:
         "Optimizer groups: the last layer (the head) at `lr`, everything else (the body) at `lr * body_scale`."
-        head = list(self.net.classifier[5].parameters()); ids = {id(p) for p in head}
+        head = list(self.net.classifier[5].parameters())
+        ids = {id(p) for p in head}
         body = [p for p in self.parameters() if id(p) not in ids]
         return [dict(params=body, lr=lr * body_scale), dict(params=head, lr=lr)]
 
