@@ -218,45 +218,18 @@ print(row["slice_file_name"], row["class"], tuple(w.shape),
 # ## Pad or crop, and "duration cheating"
 #
 # Models need a fixed input length; **4 s** is the longest clip in UrbanSound8K, so nothing is
-# lost by cropping. Shorter clips are padded with **zeros** (silence). Longer inputs (other
-# datasets, `clip_seconds < 4`, or a user's file) are cropped: a **random** window in training,
-# so every epoch sees a different part, and the **centre** at evaluation, so a score never
-# depends on luck.
+# lost by cropping. Longer inputs (other datasets, `clip_seconds < 4`, or a user's file) are
+# cropped: a **random** window in training, so every epoch sees a different part, and the
+# **centre** at evaluation, so a score never depends on luck.
 #
-# Zero padding has a known trap, *duration cheating*: in UrbanSound8K the classes have very
-# different clip lengths (most gun shots and many dog barks and car horns are under 1 s, most
-# air conditioners exactly 4 s), so the amount of trailing silence alone predicts the class
-# fairly well. A model that learns that has learnt the dataset's editing, not the sound. It is
-# the reason some pipelines loop short clips instead; chapter 06 measures accuracy by clip
-# duration to see whether short clips are won by their silence. (The offline copy used while
-# developing, `urbansound8k-mini`, had already been looped to 4 s before we got it, so on it
-# the trap is closed by construction.)
-#
-# `fix_length` works on the last axis, so it serves waveforms and log-mel frames alike. On
-# frames, padding with the dB floor is exactly what zero padding of the waveform would give.
-
-# %%
-#| export
-def fix_length(x: torch.Tensor, n: int, mode: str = "center", pad_value: float = 0.0, generator=None) -> torch.Tensor:
-    "Crop (mode 'center', 'random' or 'start') or pad at the end with `pad_value` the last axis of `x` to `n`."
-    if mode not in ("center", "random", "start"):
-        raise ValueError(f"mode must be 'center', 'random' or 'start', got {mode!r}")
-    length = x.shape[-1]
-    if length > n:
-        extra = length - n
-        if mode == "random": off = int(torch.randint(extra + 1, (1,), generator=generator))
-        else: off = extra // 2 if mode == "center" else 0
-        return x[..., off:off + n]
-    if length < n: return torch.nn.functional.pad(x, (0, n - length), value=pad_value)
-    return x
-
-# %%
-t = torch.arange(10.)
-test_eq(fix_length(t, 4), torch.tensor([3., 4., 5., 6.]))
-test_eq(fix_length(t, 12)[-2:], torch.zeros(2))
-test_eq(fix_length(t, 4, "start"), torch.arange(4.))
-crops = {tuple(fix_length(t, 4, "random").tolist()) for _ in range(50)}
-assert len(crops) > 3, "random crops vary"
+# Shorter clips are **repeated** until they fill the input, not padded with silence. Zero padding
+# has a known trap, *duration cheating*: in UrbanSound8K the classes have very different clip
+# lengths (most gun shots and many dog barks and car horns are under 1 s, most air conditioners
+# exactly 4 s), so the amount of trailing silence alone predicts the class fairly well, and a
+# model that learns that has learnt the dataset's editing, not the sound. Chapter 06 measures
+# accuracy by clip duration to see whether short clips are won or lost by their length. The cache
+# keeps every clip's frames at their own length; the crop or the repeat happens once, where
+# batches are built (`batch_frames`, notebook 02a), for every model and for `predict`.
 
 # %% [markdown]
 # ## The feature cache
@@ -284,7 +257,7 @@ def clip_key(data: bytes) -> str:
     "Content hash of a clip's encoded bytes."
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
-def _clip_batches(ds, batch_size=256):
+def clip_batches(ds, batch_size=256):
     "(names, bytes) of `ds` in order, in batches, without decoding."
     for batch in ds.select_columns(["audio", "slice_file_name"]).iter(batch_size=batch_size):
         names = batch["slice_file_name"]
@@ -527,7 +500,7 @@ def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device,
                 pending = ([], [])
     try:
         with ThreadPoolExecutor(workers) as ex:
-            for i, (names, datas) in enumerate(_clip_batches(ds.select(list(todo.values())), 32)):
+            for i, (names, datas) in enumerate(clip_batches(ds.select(list(todo.values())), 32)):
                 inflight.append(ex.submit(work, keys[32 * i:32 * (i + 1)], names, datas))
                 collect(2 * workers)  # at most 2 chunks per thread in memory, however large the dataset
             collect(0)

@@ -33,7 +33,8 @@ from torch import nn
 
 from urbansound_nb.batches import LogMelSet, batch_frames
 from urbansound_nb.data import load_urbansound
-from urbansound_nb.features import FeatureParams, LogMel, _clip_batches, cache_logmels, fix_length, load_waveform
+from urbansound_nb.features import FeatureParams, LogMel, cache_logmels, clip_batches, load_waveform
+from urbansound_nb.params import BATCH_SIZE, LOG_MEL
 
 # %% [markdown]
 # `benchmark` times, on the same clips: the cached extraction (decode + resample + log-mel on
@@ -47,18 +48,18 @@ def _on_the_fly(ds, fp: FeatureParams, n_frames: int) -> float:
     "Clips/s of decoding every item inside the training loop, as the starting notebook did."
     front, t0, n = LogMel(fp), time.time(), 0
     with torch.no_grad():
-        for names, datas in _clip_batches(ds, 64):
+        for names, datas in clip_batches(ds, 64):
             for name, d in zip(names, datas):
-                fix_length(front(fix_length(load_waveform(d, fp.sample_rate, name), n_frames * fp.hop_length)),
-                           n_frames)
+                frames = front(load_waveform(d, fp.sample_rate, name)).T.numpy()
+                batch_frames(LogMelSet([frames]), [0], n_frames)                # cropped or repeated, as in training
                 n += 1
     return n / (time.time() - t0)
 
 # %%
 #| export
-def benchmark(dataset=None, max_items: int = 512, workers: int | None = None, sample_rate: int = 22050,
-              fp: FeatureParams | None = None, model: nn.Module | None = None, batch_size: int = 32,
-                            seed: int = 0) -> dict:
+def benchmark(dataset=None, max_items: int = 512, workers: int | None = None, sample_rate: int = LOG_MEL["sample_rate"],
+              fp: FeatureParams | None = None, model: nn.Module | None = None, batch_size: int = BATCH_SIZE,
+              seed: int = 0) -> dict:
     "Print throughput figures of the feature pipeline on `max_items` clips of `dataset`; the last line is JSON."
     ds = load_urbansound(dataset, max_items, seed)
     fp = fp or FeatureParams(sample_rate=sample_rate)
@@ -66,7 +67,7 @@ def benchmark(dataset=None, max_items: int = 512, workers: int | None = None, sa
     with tempfile.TemporaryDirectory() as d:
         t = time.time()
         cache, keys, st = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
-        res.update(cached_extract_clips_per_s=len(ds) / (time.time() - t), workers=st["workers"])
+        res.update(logmel_front_end_clips_per_s=len(ds) / (time.time() - t), workers=st["workers"])
         t = time.time()
         cache, keys, _ = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
         ls = LogMelSet.from_cache(cache, keys, np.zeros(len(keys)))
@@ -76,13 +77,15 @@ def benchmark(dataset=None, max_items: int = 512, workers: int | None = None, sa
     res.update(epoch_data_path(ls, n_frames, batch_size, model))
     # per epoch, the cached path costs batch building only; the starting notebook's path decodes everything again
     res["epoch_speedup_cached_vs_on_the_fly"] = len(ls) / res["epoch_data_seconds"] / res["on_the_fly_clips_per_s"]
+    print(f"the log-mel front end (decode, resample, log-mel, into a fresh cache; {res['workers']} workers): "
+          f"{res['logmel_front_end_clips_per_s']:.1f} clips/s")
     for k, v in res.items(): print(f"{k:>34}: {v:.4g}" if isinstance(v, float) else f"{k:>34}: {v}")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
     return res
 
 # %%
 #| export
-def epoch_data_path(ls: LogMelSet, n_frames: int, batch_size: int = 32, model: nn.Module | None = None) -> dict:
+def epoch_data_path(ls: LogMelSet, n_frames: int, batch_size: int = BATCH_SIZE, model: nn.Module | None = None) -> dict:
     "Seconds per epoch spent building batches from the cache, and (with `model`) in the model's training step."
     perm, t = torch.randperm(len(ls)), time.time()
     batches = [batch_frames(ls, perm[i:i + batch_size], n_frames, "random") for i in range(0, len(ls), batch_size)]

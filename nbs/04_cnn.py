@@ -45,7 +45,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 # %%
-import json
 import time
 import pandas as pd
 from dataclasses import replace
@@ -53,7 +52,7 @@ from IPython.display import Markdown
 from fastcore.test import test_eq
 from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import study_data
-from urbansound_nb.core import make_run_dir, write_results
+from urbansound_nb.core import make_run_dir, read_results, write_results
 from urbansound_nb.data import recording_subset
 from urbansound_nb.metrics import confusion_pair, result_entry
 from urbansound_nb.models import n_parameters
@@ -224,8 +223,8 @@ pd.DataFrame({n: dict(data_path_share=f"{r['data_path_share']:.1%}",
 
 # %%
 best_name = max(results, key=lambda k: results[k]["val_mean"])
-baselines = run_path/"results"/"03_baselines.json"
-reference = json.loads(baselines.read_text())["entries"] if baselines.exists() else {}
+ran_03 = (run_path/"results"/"03_baselines.json").exists()
+reference = read_results(run_path, "03_baselines")["entries"] if ran_03 else {}
 rows = {k: reference[k] for k in ("logreg", "svm_rbf") if k in reference} | results
 figures = ("val_accuracy", "test_accuracy", "macro_f1")
 comparison = pd.DataFrame({k: {m: v[m] for m in figures} for k, v in rows.items()}).T

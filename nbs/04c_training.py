@@ -57,6 +57,7 @@ from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
 from urbansound_nb.core import atomic_write_bytes, pick_device, seed_everything
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import build_model
+from urbansound_nb.params import BATCH_SIZE, StudyParams
 
 # %%
 import tempfile
@@ -78,8 +79,8 @@ from fastcore.test import test_eq, test_close, test_fail
 @dataclass
 class TrainConfig:
     "How a model is trained."
-    epochs: int = 30
-    batch_size: int = 32
+    epochs: int = StudyParams.epochs   # chapters pass the run's own
+    batch_size: int = BATCH_SIZE
     optimizer: str = "adamw"           # 'adamw' or 'adam'
     lr: float = 3e-3
     weight_decay: float = 1e-2

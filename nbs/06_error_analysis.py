@@ -103,7 +103,8 @@ def check_checkpoint_split(ck: dict, data: StudyData, path) -> None:
     if ck["classes"] != classes:
         raise CheckpointError(f"{path}: its classes {ck['classes']} differ from this dataset's {classes}")
     have, want = ck.get("folds"), split_folds(data)
-    if have is None or have == want: return   # None: saved before checkpoints recorded their folds
+    if have is None: raise CheckpointError(f"{path}: records no folds, so its test fold cannot be checked")
+    if have == want: return
     seen = " It has seen this run's test fold." if set(want["test"]) & set(have["train"] + have["val"]) else ""
     raise CheckpointError(f"{path} was trained on folds {have['train']} and validated on {have['val']}, "
                           f"but this run trains on {want['train']}, validates on {want['val']} and tests on "
@@ -114,7 +115,7 @@ def check_checkpoint_split(ck: dict, data: StudyData, path) -> None:
 _d = SimpleNamespace(split=SimpleNamespace(classes=["a", "b"]), meta=pd.DataFrame(dict(fold=[1, 1, 2, 3])),
                      train=[0, 1], val=[2], test=[3])
 check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1], val=[2], test=[3])), _d, "m.pt")
-check_checkpoint_split(dict(classes=["a", "b"]), _d, "m.pt")          # an older checkpoint, without folds
+test_fail(lambda: check_checkpoint_split(dict(classes=["a", "b"]), _d, "m.pt"), contains="records no folds")
 with tempfile.TemporaryDirectory() as d:
     (Path(d)/"models").mkdir()
     (Path(d)/"models"/"probe.pt").touch()

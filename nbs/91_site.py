@@ -58,6 +58,7 @@ import nbformat
 import pandas as pd
 import yaml
 
+from urbansound_nb.core import read_results
 from urbansound_nb.runner import project_root
 
 # %% [markdown]
@@ -403,6 +404,54 @@ def results_markdown(run_dir) -> str:
     return f"---\ntitle: Results\ndescription: {RESULTS_SUMMARY}\n---\n\n{results_html(run_dir)}\n"
 
 # %% [markdown]
+# ## The front page
+#
+# The site opens with the README, but its section of figures (the README's own run) is replaced
+# by this run's: every model that a chapter chose among, validation (rotated mean) and test
+# accuracy, and the model the study chose, so the front page never shows figures of another run.
+
+# %%
+#| export
+FIGURES_SECTION = "## What a run gives"   # the README's section that the run's own figures replace
+
+def run_figures_markdown(run_dir) -> str:
+    "This run's figures in Markdown: the split, each model's validation and test accuracy, the study's model."
+    models, run_dir = compared_models(run_dir), Path(run_dir)
+    setup = read_results(run_dir, "00_setup") if (run_dir/"results"/"00_setup.json").exists() else {}
+    split = (setup.get("entries") or {}).get("split") or {}
+    lines = [f"{FIGURES_SECTION.replace('a run', 'this run')}\n",
+             f"Dataset `{setup.get('dataset', '?')}`; {_split_text(split)}." if split else "", ""]
+    if len(models):
+        lines += ["| model (chapter) | validation, mean over rotations | test |", "|---|---|---|"]
+        lines += [f"| {m} ({c[:2]}) | {100 * v:.1f}% | {100 * t:.1f}% |"
+                  for c, m, v, t in zip(models.chapter, models.model, models.val_accuracy, models.test_accuracy)]
+    else: lines.append("No chapter of this run has chosen among models yet.")
+    chosen = run_dir/"results"/"05_transfer.json"
+    if chosen.exists() and (doc := json.loads(chosen.read_text())).get("best_model"):
+        lines += ["", f"The study's model: **{doc['best_model']}**. {doc.get('selection', {}).get('reason', '')}"]
+    return "\n".join(lines) + "\n\nEvery results file: the Results page; other runs beside this one: the Runs page.\n"
+
+def index_markdown(run_dir, readme: str) -> str:
+    "The README as the site's front page: its figures replaced by this run's, its link to the explanations local."
+    start = readme.find(FIGURES_SECTION)
+    if start >= 0:
+        end = readme.find("\n## ", start + len(FIGURES_SECTION))
+        readme = readme[:start] + run_figures_markdown(run_dir) + (readme[end:] if end >= 0 else "")
+    return readme.replace("](docs/explanations.md", "](explanations.html")
+
+# %%
+import tempfile
+from urbansound_nb.core import write_results
+with tempfile.TemporaryDirectory() as d:
+    write_results(d, "00_setup", {"split": dict(train_folds=[1], val_fold=2, test_fold=3)}, dataset="mini")
+    write_results(d, "03_baselines", {"svm": dict(val_accuracy=0.4, val_mean=0.45, test_accuracy=0.5)},
+                  best_model="svm")
+    page = index_markdown(d, "# T\n\n## What a run gives\n\n| old | table |\n\n## Next\n[x](docs/explanations.md#a)\n")
+    print(page)
+    assert "| svm (03) | 45.0% | 50.0% |" in page and "| old | table |" not in page and "## Next" in page
+    assert "train fold 1 · validation fold 2 · test fold 3" in page and "](explanations.html#a)" in page
+
+# %% [markdown]
 # ## The Runs page
 #
 # The site of a run can put other runs beside it (`build_site(..., compare=[...])`,
@@ -495,7 +544,7 @@ def _quarto(run_dir: Path, out: Path, root: Path, runs_body: str):
     for nb in executed_notebooks(run_dir):
         page = prepare_chapter(nbformat.read(nb, as_version=4), _results_of(run_dir, nb))
         nbformat.write(raw_html_outputs(page), stage/nb.name)
-    (stage/"index.md").write_text((root/"README.md").read_text())
+    (stage/"index.md").write_text(index_markdown(run_dir, (root/"README.md").read_text()))
     (stage/"results.md").write_text(results_markdown(run_dir))
     (stage/"runs.md").write_text(runs_markdown(runs_body))
     shutil.copy(root/EXPLANATIONS, stage/"explanations.md")
@@ -593,7 +642,7 @@ def _nbconvert(run_dir: Path, out: Path, root: Path, runs_body: str):
         i = body.index(">", body.index("<body data-usn")) + 1
         rest = body[i:].replace("</body>", "</div></body>", 1)
         (out/f"{nb.stem}.html").write_text(body[:i] + nav + "<div class='usn-main'>" + rest)
-    readme = markdown2html_mistune((root/"README.md").read_text())
+    readme = markdown2html_mistune(index_markdown(run_dir, (root/"README.md").read_text()))
     (out/"index.html").write_text(_page(readme, "urbansound_nb", pages, "index.html"))
     intro = f"<h1>Results</h1><p>{RESULTS_SUMMARY}</p>"
     (out/"results.html").write_text(_page(intro + results_html(run_dir), "Results", pages, "results.html"))

@@ -16,7 +16,6 @@ from urbansound_nb.features import (
     FeatureParams,
     LogMel,
     cache_logmels,
-    fix_length,
     load_waveform,
 )
 
@@ -112,12 +111,9 @@ def test_study_data_leaves_out_undecodable_clips(tmp_path, capsys):
     with pytest.raises(AudioDecodeError, match=bad["slice_file_name"]): study_data(params, FP, progress=False)
 
 
-def test_logmel_front_end_and_padding():
+def test_logmel_front_end_of_silence():
     lm = LogMel(FP)(torch.zeros(2, 16000))
     assert lm.shape == (2, 32, FP.frames(1.0)) and float(lm.max()) == DB_FLOOR
-    x = torch.arange(10.)
-    assert fix_length(x, 4).tolist() == [3, 4, 5, 6] and fix_length(x, 12)[-2:].tolist() == [0, 0]
-    with pytest.raises(ValueError): fix_length(x, 4, "middle")
 
 
 def test_batches_crop_and_pad():
@@ -125,6 +121,7 @@ def test_batches_crop_and_pad():
     b = batch_frames(ls, [0, 1], 8)
     assert b.shape == (2, 4, 8) and b[0].eq(3).all() and b[1].eq(20).all()   # the short clip repeated, no floor
     assert batch_frames(ls, [1], 8, "random").shape == (1, 4, 8)
+    with pytest.raises(ValueError, match="mode must be"): batch_frames(ls, [0], 8, "middle")
 
 
 def test_resampling_and_mfcc():

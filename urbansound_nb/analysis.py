@@ -45,14 +45,15 @@ def chosen_model(run_dir) -> str | None:
 # be tested on, and the analysis would look better than any held-out test; so a checkpoint
 # records the folds it was trained, validated and tested on, and a mismatch stops here.
 
-# %% ../nbs/06_error_analysis.ipynb #e968b4c994
+# %% ../nbs/06_error_analysis.ipynb #b0bb8229f4
 def check_checkpoint_split(ck: dict, data: StudyData, path) -> None:
     "Refuse a checkpoint whose classes or folds differ from those of this run's `data`: its test would not be held out."
     classes = list(data.split.classes)
     if ck["classes"] != classes:
         raise CheckpointError(f"{path}: its classes {ck['classes']} differ from this dataset's {classes}")
     have, want = ck.get("folds"), split_folds(data)
-    if have is None or have == want: return   # None: saved before checkpoints recorded their folds
+    if have is None: raise CheckpointError(f"{path}: records no folds, so its test fold cannot be checked")
+    if have == want: return
     seen = " It has seen this run's test fold." if set(want["test"]) & set(have["train"] + have["val"]) else ""
     raise CheckpointError(f"{path} was trained on folds {have['train']} and validated on {have['val']}, "
                           f"but this run trains on {want['train']}, validates on {want['val']} and tests on "

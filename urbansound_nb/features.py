@@ -30,7 +30,7 @@ from .params import LOG_MEL
 
 # %% auto #0
 __all__ = ['FEATURE_VERSION', 'DB_FLOOR', 'UNDECODABLE', 'FeatureParams', 'study_features', 'repeat_frames', 'LogMel', 'resample',
-           'load_waveform', 'fix_length', 'clip_key', 'CacheDamaged', 'FeatureCache', 'FileKeys', 'cache_logmels']
+           'load_waveform', 'clip_key', 'clip_batches', 'CacheDamaged', 'FeatureCache', 'FileKeys', 'cache_logmels']
 
 # %% ../nbs/02_preprocessing.ipynb #03c549dab3
 FEATURE_VERSION = 1  # bump when the computation below changes: old caches are then ignored
@@ -105,26 +105,12 @@ def load_waveform(data: bytes, sample_rate: int, name: str = "clip") -> torch.Te
     samples, rate = decode_audio(data, name)
     return resample(torch.from_numpy(samples), rate, sample_rate)
 
-# %% ../nbs/02_preprocessing.ipynb #5dd2af0cb4
-def fix_length(x: torch.Tensor, n: int, mode: str = "center", pad_value: float = 0.0, generator=None) -> torch.Tensor:
-    "Crop (mode 'center', 'random' or 'start') or pad at the end with `pad_value` the last axis of `x` to `n`."
-    if mode not in ("center", "random", "start"):
-        raise ValueError(f"mode must be 'center', 'random' or 'start', got {mode!r}")
-    length = x.shape[-1]
-    if length > n:
-        extra = length - n
-        if mode == "random": off = int(torch.randint(extra + 1, (1,), generator=generator))
-        else: off = extra // 2 if mode == "center" else 0
-        return x[..., off:off + n]
-    if length < n: return torch.nn.functional.pad(x, (0, n - length), value=pad_value)
-    return x
-
-# %% ../nbs/02_preprocessing.ipynb #ed76da04b7
+# %% ../nbs/02_preprocessing.ipynb #3c61cdabbf
 def clip_key(data: bytes) -> str:
     "Content hash of a clip's encoded bytes."
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
-def _clip_batches(ds, batch_size=256):
+def clip_batches(ds, batch_size=256):
     "(names, bytes) of `ds` in order, in batches, without decoding."
     for batch in ds.select_columns(["audio", "slice_file_name"]).iter(batch_size=batch_size):
         names = batch["slice_file_name"]
@@ -268,7 +254,7 @@ def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dic
     finally: file_keys.save()  # the files hashed before an unreadable one stay remembered
     return keys, todo
 
-# %% ../nbs/02_preprocessing.ipynb #5d2aa94565
+# %% ../nbs/02_preprocessing.ipynb #59c7a9e6db
 def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device, workers: int, shard_size: int, bar):
     "Compute and store the log-mels of the rows in `todo`, reading their audio again 32 clips at a time."
     keys, pending, inflight = list(todo), ([], []), deque()
@@ -287,7 +273,7 @@ def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device,
                 pending = ([], [])
     try:
         with ThreadPoolExecutor(workers) as ex:
-            for i, (names, datas) in enumerate(_clip_batches(ds.select(list(todo.values())), 32)):
+            for i, (names, datas) in enumerate(clip_batches(ds.select(list(todo.values())), 32)):
                 inflight.append(ex.submit(work, keys[32 * i:32 * (i + 1)], names, datas))
                 collect(2 * workers)  # at most 2 chunks per thread in memory, however large the dataset
             collect(0)

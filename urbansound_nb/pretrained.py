@@ -251,7 +251,7 @@ def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 6
     return out, dict(computed=len(todo), reused=len(keys) - len(todo), seconds=round(seconds, 2),
                      clips_per_second=round(len(todo) / seconds, 1) if todo and seconds > 0 else None)
 
-# %% ../nbs/05a_pretrained.ipynb #83c6e5e96c
+# %% ../nbs/05a_pretrained.ipynb #3e58089e72
 def benchmark_pretrained(dataset=None, max_items: int = 256, network: str = "mn04_as", workers: int | None = None,
                          batch_size: int = 64, seed: int = 0) -> dict:
     "Clips per second of EfficientAT's front end (into a fresh cache) and of its embeddings, on this machine's CPU."
@@ -271,6 +271,9 @@ def benchmark_pretrained(dataset=None, max_items: int = 256, network: str = "mn0
     res["embedding_clips_per_s"] = len(ls) / (time.time() - t)
     both = 1 / res["front_end_clips_per_s"] + 1 / res["embedding_clips_per_s"]
     res["front_end_and_embedding_clips_per_s"] = 1 / both
+    print(f"the pretrained front end (decode, resample to 32 kHz, its log-mel, into a fresh cache): "
+          f"{res['front_end_clips_per_s']:.1f} clips/s; with the embeddings "
+          f"{res['front_end_and_embedding_clips_per_s']:.1f}")
     for k, v in res.items(): print(f"{k:>36}: {v:.4g}" if isinstance(v, float) else f"{k:>36}: {v}")
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}))
     return res
