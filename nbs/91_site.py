@@ -58,6 +58,7 @@ import nbformat
 import pandas as pd
 import yaml
 
+from urbansound_nb.api import api_pages, fallback_api_page, linkify
 from urbansound_nb.core import read_results
 from urbansound_nb.runner import project_root
 
@@ -238,6 +239,7 @@ def prepare_chapter(nb, results: dict | None = None, front_matter: bool = True):
             cells.append(nbformat.v4.new_markdown_cell(run_header(nb, results)))
             continue
         if cell.cell_type != "code":
+            if cell.cell_type == "markdown": cell.source = linkify(cell.source)   # names to their API pages
             cells.append(cell)
             continue
         options, directives, code = split_directives(cell.source)
@@ -481,7 +483,8 @@ def runs_html(run_dir, compare=(), site_dir=None) -> str:
     png = base64.b64encode(runs_chart(c)).decode()
     parts.append(f'<h2>Test accuracy, run by run</h2>\n<p><img src="data:image/png;base64,{png}" '
                  f'alt="test accuracy of every model in each run" style="max-width:100%"></p>')
-    table = wide_table(c).reset_index().fillna("")
+    table = wide_table(c).reset_index()
+    table = table.astype(object).where(table.notna(), "")
     parts.append("<h2>Every model, run by run</h2>\n<p>Accuracy and macro F1 in percent; the last columns: test "
                  "accuracy minus the first run's, in points.</p>\n"
                  + table.to_html(border=0, classes="results table table-sm", index=False))
@@ -496,7 +499,8 @@ def runs_html(run_dir, compare=(), site_dir=None) -> str:
 
 def runs_markdown(body: str) -> str:
     "The Runs page for Quarto: front matter, then the HTML body."
-    return f"---\ntitle: Runs\ndescription: {RUNS_SUMMARY}\n---\n\n{body}\n"
+    meta = yaml.safe_dump({"title": "Runs", "description": RUNS_SUMMARY}, allow_unicode=True, width=1000)
+    return f"---\n{meta}---\n\n{body}\n"
 
 # %% [markdown]
 # ## Rendering with Quarto
@@ -548,6 +552,7 @@ def _quarto(run_dir: Path, out: Path, root: Path, runs_body: str):
     (stage/"results.md").write_text(results_markdown(run_dir))
     (stage/"runs.md").write_text(runs_markdown(runs_body))
     shutil.copy(root/EXPLANATIONS, stage/"explanations.md")
+    for name, page in api_pages(root).items(): nbformat.write(page, stage/f"api_{name}.ipynb")   # -> {name}.html
     r = subprocess.run(["quarto", "render", str(stage), "--output-dir", str(out.resolve())],
                        capture_output=True, text=True)
     if r.returncode:
@@ -621,6 +626,14 @@ assert _fallback.cells[0].source.startswith("# Demo chapter") and "**This run**"
 
 # %%
 #| export
+def _fallback_html(exporter, page, pages, here: str) -> str:
+    "One notebook as a page of the fallback site: nbconvert's HTML with the site's sidebar."
+    body, _ = exporter.from_notebook_node(page)
+    body = body.replace("<body", "<body data-usn", 1)
+    i = body.index(">", body.index("<body data-usn")) + 1
+    rest = body[i:].replace("</body>", "</div></body>", 1)
+    return body[:i] + _STYLE + _nav(pages, here) + "<div class='usn-main'>" + rest
+
 def _nbconvert(run_dir: Path, out: Path, root: Path, runs_body: str):
     "Render the run with nbconvert (no Quarto needed): one self-contained page per chapter, plus index and results."
     from jinja2 import DictLoader
@@ -634,14 +647,14 @@ def _nbconvert(run_dir: Path, out: Path, root: Path, runs_body: str):
                 ("explanations.html", "Explanations", "what was tried and not taken")])
     exporter = HTMLExporter(extra_loaders=[DictLoader({"folded.html.j2": _FOLDED_TEMPLATE})],
                             template_file="folded.html.j2", embed_images=True)
+    api = api_pages(root)
+    pages += [(f"{name}.html", f"API: {name}", "") for name in api]
     for nb, t, _ in titled:
         page = prepare_chapter(nbformat.read(nb, as_version=4), _results_of(run_dir, nb), front_matter=False)
-        body, _ = exporter.from_notebook_node(fallback_notebook(page))
-        nav = _STYLE + _nav(pages, nb.stem + ".html")
-        body = body.replace("<body", "<body data-usn", 1)
-        i = body.index(">", body.index("<body data-usn")) + 1
-        rest = body[i:].replace("</body>", "</div></body>", 1)
-        (out/f"{nb.stem}.html").write_text(body[:i] + nav + "<div class='usn-main'>" + rest)
+        (out/f"{nb.stem}.html").write_text(_fallback_html(exporter, fallback_notebook(page), pages, nb.stem + ".html"))
+    for name, page in api.items():
+        page = fallback_notebook(fallback_api_page(page))
+        (out/f"{name}.html").write_text(_fallback_html(exporter, page, pages, f"{name}.html"))
     readme = markdown2html_mistune(index_markdown(run_dir, (root/"README.md").read_text()))
     (out/"index.html").write_text(_page(readme, "urbansound_nb", pages, "index.html"))
     intro = f"<h1>Results</h1><p>{RESULTS_SUMMARY}</p>"
@@ -703,8 +716,9 @@ with tempfile.TemporaryDirectory() as d:
     nbformat.write(nbformat.v4.new_notebook(cells=_cells), d/"00_demo.ipynb")
     write_results(d, "00_demo", {"m": {"val_accuracy": 0.5, "test_accuracy": 0.25, "n_train": 10.0}}, best_model="m")
     site = build_site(d, renderer="nbconvert")
-    test_eq(sorted(p.name for p in site.iterdir()),
-            ["00_demo.html", "explanations.html", "index.html", "results.html", "runs.html"])
+    names = {p.name for p in site.iterdir()}
+    assert {"00_demo.html", "explanations.html", "index.html", "results.html", "runs.html", "predict.html"} <= names
+    assert "stream_logmel" in (site/"predict.html").read_text()              # an API page, by nbdev's show_doc
     page = (site/"00_demo.html").read_text()
     assert "Demo chapter" in page and "import numpy" not in page
     assert "25.0%" in (site/"results.html").read_text() and "data:image/png;base64" in (site/"results.html").read_text()

@@ -38,6 +38,20 @@ def test_pages_read_as_a_report(site):
     assert "urbansound_nb" in (site/"index.html").read_text() and (site/"explanations.html").exists()
 
 
+def test_every_exported_name_is_on_an_api_page(site):
+    "Each module's reference page (nbdev's page name: the notebook's without its number) shows all of `__all__`."
+    import importlib
+    from urbansound_nb.api import page_name
+    missing = []
+    for py in sorted((ROOT/"nbs").glob("*.py")):
+        module = re.search(r"#\| default_exp (\w+)", py.read_text())
+        if not module: continue
+        page = (site/f"{page_name(py.with_suffix('.ipynb'))}.html").read_text()
+        missing += [f"{module.group(1)}.{n}" for n in importlib.import_module(f"urbansound_nb.{module.group(1)}").__all__
+                    if not re.search(rf'id="{n.lower()}"|>{re.escape(n)}<|<code>{re.escape(n)}</code>', page)]
+    assert not missing, missing
+
+
 @needs_browser
 def test_every_page_passes_the_browser_checks(site):
     problems = {page: found for page, found in check_site(site, NOTEBOOKS).items() if found}
