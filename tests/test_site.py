@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import NOTEBOOKS
+from conftest import NOTEBOOKS, ROOT
 
 from urbansound_nb.browser import check_site, lab_opens_as_notebook, missing_browser
 from urbansound_nb.site import build_site
@@ -41,13 +41,15 @@ def test_pages_read_as_a_report(site):
 def test_every_exported_name_is_on_an_api_page(site):
     "Each module's reference page (nbdev's page name: the notebook's without its number) shows all of `__all__`."
     import importlib
+
     from urbansound_nb.api import page_name
     missing = []
     for py in sorted((ROOT/"nbs").glob("*.py")):
         module = re.search(r"#\| default_exp (\w+)", py.read_text())
         if not module: continue
         page = (site/f"{page_name(py.with_suffix('.ipynb'))}.html").read_text()
-        missing += [f"{module.group(1)}.{n}" for n in importlib.import_module(f"urbansound_nb.{module.group(1)}").__all__
+        names = importlib.import_module(f"urbansound_nb.{module.group(1)}").__all__
+        missing += [f"{module.group(1)}.{n}" for n in names
                     if not re.search(rf'id="{n.lower()}"|>{re.escape(n)}<|<code>{re.escape(n)}</code>', page)]
     assert not missing, missing
 
