@@ -233,47 +233,50 @@ assert "no executed notebooks" in err.getvalue()
 
 # %%
 #| export
+def run_cli(args) -> int:
+    "`urbansound-nb run`: the chapters into a run directory; 2 for a refusal before any chapter, 1 for a failure."
+    from urbansound_nb.data import DatasetUnavailable  # here: `datasets` is slow to import for the other commands
+    params = {k: parse_value(v) for k, v in args.param}
+    if args.dataset: params["dataset"] = args.dataset
+    if why := usable_run_dir(args.run_dir):
+        print(f"error: run directory {why}", file=sys.stderr)
+        return 2
+    try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
+    except RunFailed as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    except (ParameterError, DatasetUnavailable) as e:   # before any chapter ran
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"run complete: {run_dir}")
+    if args.site:
+        from urbansound_nb.site import build_site
+        build_site(run_dir)
+    return 0
+
+def bench_cli(args) -> int:
+    "`urbansound-nb bench`: the front ends' throughput, or (`--predict-memory`) predict's peak memory."
+    if args.predict_memory is not None:
+        from urbansound_nb.predict import benchmark_predict_memory
+        benchmark_predict_memory(args.predict_memory or None)
+        return 0
+    from urbansound_nb.bench import benchmark
+    from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
+    from urbansound_nb.pretrained import benchmark_pretrained
+    benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate,
+              model=SmallAudioCNN())
+    print("\nThe pretrained network (chapter 05): its front end and its embeddings")
+    benchmark_pretrained(args.dataset, max_items=args.max_items, network=args.network, workers=args.workers)
+    return 0
+
 def main(argv=None):
     "Entry point of the `urbansound-nb` console script."
     args = _parser().parse_args(argv)
     if args.command == "sync":
         sync(export=not args.no_export)
         return 0
-    if args.command == "run":
-        from urbansound_nb.data import DatasetUnavailable  # here: `datasets` is slow to import for the other commands
-        params = {k: parse_value(v) for k, v in args.param}
-        if args.dataset: params["dataset"] = args.dataset
-        if why := usable_run_dir(args.run_dir):
-            print(f"error: run directory {why}", file=sys.stderr)
-            return 2
-        try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
-        except RunFailed as e:
-            print(f"FAILED: {e}", file=sys.stderr)
-            return 1
-        except ParameterError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2  # before any chapter ran
-        except DatasetUnavailable as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2  # before any chapter ran
-        print(f"run complete: {run_dir}")
-        if args.site:
-            from urbansound_nb.site import build_site
-            build_site(run_dir)
-        return 0
-    if args.command == "bench" and args.predict_memory is not None:
-        from urbansound_nb.predict import benchmark_predict_memory
-        benchmark_predict_memory(args.predict_memory or None)
-        return 0
-    if args.command == "bench":
-        from urbansound_nb.bench import benchmark
-        from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
-        from urbansound_nb.pretrained import benchmark_pretrained
-        benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate,
-                  model=SmallAudioCNN())
-        print("\nThe pretrained network (chapter 05): its front end and its embeddings")
-        benchmark_pretrained(args.dataset, max_items=args.max_items, network=args.network, workers=args.workers)
-        return 0
+    if args.command == "run": return run_cli(args)
+    if args.command == "bench": return bench_cli(args)
     if args.command == "predict":
         return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)
     if args.command == "site":

@@ -32,8 +32,8 @@ from .params import BATCH_SIZE, StudyParams
 # %% auto #0
 __all__ = ['RECIPES', 'CHECKPOINT_KEYS', 'TrainConfig', 'balanced_class_weights', 'window_starts', 'predict_logits', 'plain',
            'save_checkpoint', 'checkpoint_dict', 'CheckpointError', 'read_checkpoint', 'load_checkpoint', 'stop_early',
-           'device_rng_state', 'set_device_rng_state', 'train_model', 'model_config', 'split_folds', 'fit',
-           'fit_ensemble', 'fit_study_model']
+           'device_rng_state', 'set_device_rng_state', 'EpochTools', 'train_model', 'model_config', 'split_folds',
+           'fit', 'fit_ensemble', 'fit_study_model']
 
 # %% ../nbs/04c_training.ipynb #90ff76ff47
 @dataclass
@@ -188,9 +188,21 @@ def set_device_rng_state(saved, device) -> bool:
     else: torch.mps.set_rng_state(saved[1])
     return True
 
-# %% ../nbs/04c_training.ipynb #602a802e6e
-def _train_epoch(model, data: StudyData, train_idx, cfg: TrainConfig, opt, sched, gen, hooks, weight, device) -> dict:
+# %% ../nbs/04c_training.ipynb #55a05eef91
+@dataclass
+class EpochTools:
+    "What an epoch of training uses besides the model and the data: optimiser, schedule, RNG, hooks, weights, device."
+    opt: object
+    sched: object
+    gen: torch.Generator
+    hooks: list
+    weight: torch.Tensor | None
+    device: object
+
+def _train_epoch(model, data: StudyData, train_idx, cfg: TrainConfig, tools: EpochTools) -> dict:
     "One epoch over `train_idx` in shuffled batches: loss, accuracy and the seconds spent building batches."
+    opt, sched, gen, hooks, weight, device = (tools.opt, tools.sched, tools.gen, tools.hooks, tools.weight,
+                                              tools.device)
     model.train()
     y_all, t0, t_data, tot, correct, n = data.logmels.labels, time.time(), 0.0, 0.0, 0.0, 0
     for b in train_idx[torch.randperm(len(train_idx), generator=gen)].split(cfg.batch_size):
@@ -213,6 +225,12 @@ def _train_epoch(model, data: StudyData, train_idx, cfg: TrainConfig, opt, sched
         correct += (lam * (out.argmax(1) == ya).float() + (1 - lam) * (out.argmax(1) == yb).float()).sum().item()
     return dict(train_loss=tot / n, train_accuracy=correct / n, data_seconds=t_data, train_seconds=time.time() - t0)
 
+def _save_state(last: Path, model, tools: EpochTools, record: dict):
+    "The training's state after an epoch (weights, optimiser, schedule, every RNG, its record), to resume from."
+    save_checkpoint(dict(state_dict=model.state_dict(), optimizer=tools.opt.state_dict(),
+                         scheduler=tools.sched.state_dict(), generator=tools.gen.get_state(),
+                         torch_rng=torch.get_rng_state(), device_rng=device_rng_state(tools.device), **record), last)
+
 def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n_train: int, info):
     "The saved state of the same training (recipe, model, training-set size, folds), or None to start afresh."
     if not (last and last.exists() and best_path.exists()): return None  # the last state alone cannot finish the run
@@ -221,21 +239,35 @@ def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n
     same = st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == n_train
     return st if same and st.get("info", info) == info else None
 
-# %% ../nbs/04c_training.ipynb #13519fe7e8
-def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None, augment=None,
-                class_weights=None, device=None, progress: bool = True, info: dict | None = None, init_state=None,
-                save_as: str | None = None):
-    "Train model `name` on `data.train`, its epoch chosen on `data.val`: (best model, history); resumes from `out_dir`."
-    device = device or pick_device()
+# %% ../nbs/04c_training.ipynb #3f8c072509
+def _new_training(name: str, config: dict, cfg: TrainConfig, augment, init_state, device):
+    "A fresh training's model (on `device`, from `init_state` if given), its batch hooks and its generator, seeded."
     seed_everything(cfg.seed)
     if cfg.augmentation not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {cfg.augmentation!r}; choose from {sorted(AUGMENTATIONS)}")
     hooks = [h for h in (AUGMENTATIONS[cfg.augmentation], augment) if h is not None]
     gen = torch.Generator().manual_seed(cfg.seed)
-    # channels-last convolutions: measurably faster training on 2 CPU cores
     model = build_model(name, **config)
     if init_state is not None: model.load_state_dict(init_state, strict=False)  # pretrained weights, before any step
-    model = model.to(device, memory_format=torch.channels_last)
+    # channels-last convolutions: measurably faster training on 2 CPU cores
+    return model.to(device, memory_format=torch.channels_last), hooks, gen
+
+def _restore(st: dict, model, tools: EpochTools) -> tuple[list, dict, int]:
+    "Put a saved state back (weights, optimiser, schedule, every RNG): the history, best epoch and next epoch."
+    model.load_state_dict(st["state_dict"])
+    tools.opt.load_state_dict(st["optimizer"])
+    tools.sched.load_state_dict(st["scheduler"])
+    tools.gen.set_state(st["generator"])
+    torch.set_rng_state(st["torch_rng"])
+    set_device_rng_state(st.get("device_rng"), tools.device)
+    return st["history"], st["best"], st["epoch"] + 1
+
+def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None, augment=None,
+                class_weights=None, device=None, progress: bool = True, info: dict | None = None, init_state=None,
+                save_as: str | None = None):
+    "Train model `name` on `data.train`, its epoch chosen on `data.val`: (best model, history); resumes from `out_dir`."
+    device = device or pick_device()
+    model, hooks, gen = _new_training(name, config, cfg, augment, init_state, device)
     train_idx = torch.as_tensor(np.asarray(data.train))
     opt, sched = _optimizer(model, cfg, cfg.epochs * math.ceil(len(train_idx) / cfg.batch_size))
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
@@ -243,13 +275,7 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
     stem = save_as or name
     best_path, last = (Path(out_dir)/f"{stem}.pt", Path(out_dir)/f"{stem}.last.pt") if out_dir else (None, None)
     if st := _resume_state(last, best_path, cfg, config, len(train_idx), info):
-        model.load_state_dict(st["state_dict"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        gen.set_state(st["generator"])
-        torch.set_rng_state(st["torch_rng"])
-        set_device_rng_state(st.get("device_rng"), device)
-        hist, best, start = st["history"], st["best"], st["epoch"] + 1
+        hist, best, start = _restore(st, model, EpochTools(opt, sched, gen, hooks, weight, device))
         if progress:
             print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
     best_state = (copy.deepcopy(model.state_dict()) if start == 0 else
@@ -259,7 +285,7 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
                mininterval=5)
     for epoch in bar:
         t0 = time.time()
-        row = _train_epoch(model, data, train_idx, cfg, opt, sched, gen, hooks, weight, device)
+        row = _train_epoch(model, data, train_idx, cfg, EpochTools(opt, sched, gen, hooks, weight, device))
         logits = predict_logits(model, data.logmels, data.val, data.n_frames, device=device)
         val_loss, val_acc = F.cross_entropy(logits, yv).item(), (logits.argmax(1) == yv).float().mean().item()
         hist.append(dict(epoch=epoch + 1, train_loss=row["train_loss"], train_accuracy=row["train_accuracy"],
@@ -273,12 +299,9 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
                 save_checkpoint(checkpoint_dict(model, name, config, data.fp, data.split.classes, data.clip_seconds,
                                                 epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg),
                                                 **(info or {})), best_path)
-        if out_dir:
-            save_checkpoint(dict(state_dict=model.state_dict(), optimizer=opt.state_dict(),
-                                 scheduler=sched.state_dict(), generator=gen.get_state(),
-                                 torch_rng=torch.get_rng_state(), device_rng=device_rng_state(device), history=hist,
-                                 best=best, epoch=epoch, train_config=asdict(cfg), config=config,
-                                 n_train=len(train_idx), info=info), last)
+        if out_dir: _save_state(last, model, EpochTools(opt, sched, gen, hooks, weight, device),
+                                dict(history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
+                                     n_train=len(train_idx), info=info))
         bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0:
             print(f"  {name} epoch {epoch+1}: loss {row['train_loss']:.3f}, val acc {val_acc:.3f} "
