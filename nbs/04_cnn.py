@@ -58,7 +58,7 @@ from urbansound_nb.metrics import confusion_pair, result_entry
 from urbansound_nb.models import n_parameters
 from urbansound_nb.params import as_bool, as_fraction, as_int, as_names, study_params, use_test_values
 from urbansound_nb.selection import rotated_estimate, rotation_indices, validation_rotations
-from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
+from urbansound_nb.train import RECIPES, ResNetPlan, fit_study_model, predict_logits
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
@@ -103,7 +103,7 @@ print(f"features: {data.cache_stats['computed']} computed, {data.cache_stats['re
 def train(name, split_data, out_dir):
     "`name` trained as this chapter trains it, on `split_data`'s training clips, checkpoints in `out_dir`."
     return fit_study_model(name, split_data, epochs=params.epochs, seed=params.seed, out_dir=out_dir,
-                           resnet_seeds=resnet_seeds, resnet_epochs=resnet_epochs, batch_size=params.batch_size,
+                           resnet=ResNetPlan(resnet_seeds, resnet_epochs), batch_size=params.batch_size,
                            patience=RECIPES[name]["patience"] and patience)
 
 trained, histories, results = {}, {}, {}

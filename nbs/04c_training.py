@@ -43,7 +43,7 @@ import math
 import pickle
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,16 @@ class TrainConfig:
     patience: int | None = 10          # None: no early stopping
     seed: int = 0
     body_lr_scale: float = 1.0         # for models with `param_groups` (a pretrained body): its share of `lr`
+
+@dataclass
+class TrainOptions:
+    "What a training may take besides its recipe: the model's configuration, a batch hook, weights, a name, a record."
+    config: dict | None = None         # the model's configuration (`fit`: `model_config` of the data when None)
+    augment: object = None             # a batch hook (x, y, generator) -> x, after the recipe's augmentation
+    class_weights: object = None       # per-class loss weights (`balanced_class_weights`)
+    init_state: dict | None = None     # weights to start from (a pretrained body), loaded before any step
+    save_as: str | None = None         # the checkpoints' name in `out_dir`; None: the model's name
+    info: dict | None = None           # recorded in the checkpoints (the folds); another value starts afresh
 
 RECIPES = {  # the starting notebook's recipe for its model, and the modern one
     "small_cnn": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", label_smoothing=0.0,
@@ -358,15 +368,15 @@ def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n
 
 # %%
 #| export
-def _new_training(name: str, config: dict, cfg: TrainConfig, augment, init_state, device):
-    "A fresh training's model (on `device`, from `init_state` if given), its batch hooks and its generator, seeded."
+def _new_training(name: str, config: dict, cfg: TrainConfig, options: TrainOptions, device):
+    "A fresh training's model (on `device`, from `options.init_state` if given), its batch hooks and generator, seeded."
     seed_everything(cfg.seed)
     if cfg.augmentation not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {cfg.augmentation!r}; choose from {sorted(AUGMENTATIONS)}")
-    hooks = [h for h in (AUGMENTATIONS[cfg.augmentation], augment) if h is not None]
+    hooks = [h for h in (AUGMENTATIONS[cfg.augmentation], options.augment) if h is not None]
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(name, **config)
-    if init_state is not None: model.load_state_dict(init_state, strict=False)  # pretrained weights, before any step
+    if options.init_state is not None: model.load_state_dict(options.init_state, strict=False)
     # channels-last convolutions: measurably faster training on 2 CPU cores
     return model.to(device, memory_format=torch.channels_last), hooks, gen
 
@@ -380,17 +390,17 @@ def _restore(st: dict, model, tools: EpochTools) -> tuple[list, dict, int]:
     set_device_rng_state(st.get("device_rng"), tools.device)
     return st["history"], st["best"], st["epoch"] + 1
 
-def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None, augment=None,
-                class_weights=None, device=None, progress: bool = True, info: dict | None = None, init_state=None,
-                save_as: str | None = None):
+def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None,
+                options: TrainOptions | None = None, device=None, progress: bool = True):
     "Train model `name` on `data.train`, its epoch chosen on `data.val`: (best model, history); resumes from `out_dir`."
-    device = device or pick_device()
-    model, hooks, gen = _new_training(name, config, cfg, augment, init_state, device)
+    device, options = device or pick_device(), options or TrainOptions()
+    info, class_weights = options.info, options.class_weights
+    model, hooks, gen = _new_training(name, config, cfg, options, device)
     train_idx = torch.as_tensor(np.asarray(data.train))
     opt, sched = _optimizer(model, cfg, cfg.epochs * math.ceil(len(train_idx) / cfg.batch_size))
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
-    stem = save_as or name
+    stem = options.save_as or name
     best_path, last = (Path(out_dir)/f"{stem}.pt", Path(out_dir)/f"{stem}.last.pt") if out_dir else (None, None)
     if st := _resume_state(last, best_path, cfg, config, len(train_idx), info):
         hist, best, start = _restore(st, model, EpochTools(opt, sched, gen, hooks, weight, device))
@@ -446,7 +456,8 @@ small = tiny_data()
 small_config = dict(n_classes=2, n_mels=16)
 cfg2, cfg3 = TrainConfig(epochs=2, batch_size=8, patience=None), TrainConfig(epochs=3, batch_size=8, patience=None)
 with tempfile.TemporaryDirectory() as d:
-    train = lambda cfg, **kw: train_model("small_cnn", small_config, small, cfg, out_dir=d, progress=False, **kw)
+    train = lambda cfg, info=None: train_model("small_cnn", small_config, small, cfg, out_dir=d, progress=False,
+                                               options=TrainOptions(info=info))
     train(cfg2)
     assert (Path(d)/"small_cnn.pt").exists() and (Path(d)/"small_cnn.last.pt").exists()
     test_eq(len(train(cfg3)[1]["history"]), 3)   # a different config starts afresh
@@ -496,7 +507,7 @@ def _train_small_resnet(d, stop_after_batches=None):
         return x
     cfg = TrainConfig(epochs=4, batch_size=8, **RECIPES["resnet"])
     return train_model("resnet", dict(n_classes=2, n_mels=16, widths=(4, 8, 8, 8)), small, cfg, out_dir=d,
-                       augment=hook, progress=False)
+                       options=TrainOptions(augment=hook), progress=False)
 
 with tempfile.TemporaryDirectory() as straight, tempfile.TemporaryDirectory() as interrupted:
     m_straight, h_straight = _train_small_resnet(straight)
@@ -528,13 +539,13 @@ def split_folds(data: StudyData) -> dict:
     return {part: sorted(int(f) for f in set(fold[np.asarray(idx, dtype=int)]))
             for part, idx in (("train", data.train), ("val", data.val), ("test", data.test))}
 
-def fit(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None, augment=None, class_weights=None,
-        progress: bool = True, config: dict | None = None, init_state=None, save_as: str | None = None, **overrides):
+def fit(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None, progress: bool = True,
+        options: TrainOptions | None = None, **overrides):
     "Train model `name` with its recipe (`RECIPES`, changed by `overrides`) on `data`, its epoch chosen on validation."
     cfg = TrainConfig(epochs=epochs, seed=seed, **{**RECIPES[name], **overrides})
-    config = config or model_config(len(data.split.classes), data.fp, *data.band_stats())
-    return train_model(name, config, data, cfg, out_dir=out_dir, augment=augment, class_weights=class_weights,
-                       progress=progress, info=dict(folds=split_folds(data)), init_state=init_state, save_as=save_as)
+    options = replace(options or TrainOptions(), info=dict(folds=split_folds(data)))
+    config = options.config or model_config(len(data.split.classes), data.fp, *data.band_stats())
+    return train_model(name, config, data, cfg, out_dir=out_dir, options=options, progress=progress)
 
 # %% [markdown]
 # UrbanResNet is trained `resnet_seeds` times, with seeds `seed`, `seed + 1`, ..., each member's
@@ -570,12 +581,18 @@ def fit_ensemble(name: str, data: StudyData, *, epochs: int, seeds, out_dir=None
     return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits),
                               members={s: h for s, (_, h) in zip(seeds, fits)})
 
-def fit_study_model(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None, resnet_seeds: int = 2,
-                    resnet_epochs: int = 20, progress: bool = True, **overrides):
-    "Train `name` as the study does: UrbanResNet averaged over `resnet_seeds` seeds, other models once."
+@dataclass(frozen=True)
+class ResNetPlan:
+    "How the study trains UrbanResNet: `seeds` trainings averaged, each for at most `epochs` epochs."
+    seeds: int = 2
+    epochs: int = 20
+
+def fit_study_model(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None,
+                    resnet: ResNetPlan = ResNetPlan(), progress: bool = True, **overrides):
+    "Train `name` as the study does: UrbanResNet averaged over `resnet.seeds` seeds, other models once."
     if name != "resnet":
         return fit(name, data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, **overrides)
-    return fit_ensemble(name, data, epochs=min(resnet_epochs, epochs), seeds=range(seed, seed + resnet_seeds),
+    return fit_ensemble(name, data, epochs=min(resnet.epochs, epochs), seeds=range(seed, seed + resnet.seeds),
                         out_dir=out_dir, progress=progress, **overrides)
 
 # %%

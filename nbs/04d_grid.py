@@ -276,10 +276,18 @@ def run_cell(fn, shared: dict, cell: dict, threads: int | None = None) -> dict:
     try: return {**fn(**{k: materialise(v) for k, v in shared.items()}, **cell), "threads": torch.get_num_threads()}
     finally: torch.set_num_threads(before)
 
-def run_grid(fn, cells: dict, *, shared: dict | None = None, record_path=None, client=None, cache_dir=None,
-             threads: int | None = None, retries: int = 2, describe=None, desc: str = "grid cells") -> dict:
+@dataclasses.dataclass
+class Placement:
+    "Where a grid's cells run: here (no client) or on a Dask client's workers, which read `cache_dir`; threads each."
+    client: object = None
+    cache_dir: object = None
+    threads: int | None = None       # torch threads per cell; None: as the process has them
+
+def run_grid(fn, cells: dict, *, shared: dict | None = None, record_path=None, place: Placement | None = None,
+             retries: int = 2, describe=None, desc: str = "grid cells") -> dict:
     "`fn(**shared, **cells[key])` for every key not in the record yet; each result recorded as it comes. All results."
-    shared = shared or {}
+    shared, place = shared or {}, place or Placement()
+    client, cache_dir, threads = place.client, place.cache_dir, place.threads
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
     todo = [k for k in cells if k not in done]
     failed = {}
@@ -339,10 +347,10 @@ here
 from urbansound_nb import grid as exported
 with tempfile.TemporaryDirectory() as d, exported.grid_client("local:2", paths=[d]) as client:
     small = study_data(StudyParams(dataset="synthetic", max_items=60, cache_dir=d, run_dir=d), progress=False)
-    there = exported.run_grid(_mean_level, grid, shared=dict(data=small), client=client, cache_dir=d)
+    there = exported.run_grid(_mean_level, grid, shared=dict(data=small), place=exported.Placement(client, d))
     # the same to floating-point noise: a worker sums with one thread, this process with two
     test_close([r["level"] for r in there.values()], [r["level"] for r in here.values()], eps=1e-3)
     test_eq({r["threads"] for r in there.values()}, {max(1, (os.cpu_count() or 1) // 2)})
     # with the thread count fixed, the same to the last bit
-    pinned = exported.run_grid(_mean_level, grid, shared=dict(data=small), client=client, cache_dir=d, threads=1)
-    test_eq(exported.run_grid(_mean_level, grid, shared=dict(data=small), threads=1), pinned)
+    pinned = exported.run_grid(_mean_level, grid, shared=dict(data=small), place=exported.Placement(client, d, 1))
+    test_eq(exported.run_grid(_mean_level, grid, shared=dict(data=small), place=Placement(threads=1)), pinned)

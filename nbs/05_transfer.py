@@ -53,7 +53,7 @@ from urbansound_nb.batches import StudyData
 from urbansound_nb.models import EfficientAT
 from urbansound_nb.params import BATCH_SIZE
 from urbansound_nb.selection import select_on_validation
-from urbansound_nb.train import fit, predict_logits
+from urbansound_nb.train import TrainOptions, fit, predict_logits
 
 
 # %%
@@ -209,8 +209,9 @@ def fit_finetune(network: EfficientAT, data: StudyData, *, epochs: int, seed: in
                  out_dir=None, batch_size: int = BATCH_SIZE, progress: bool = True):
     "Fine-tune `network` on `data` with the `efficientat` recipe, from `head`'s 10-class head if given, else a new one."
     start = head.state_dict() if head is not None else body_state(network)
-    return fit("efficientat", data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, save_as="finetune",
-               config=dict(width=network.width, n_classes=len(data.split.classes)), init_state=start,
+    options = TrainOptions(config=dict(width=network.width, n_classes=len(data.split.classes)), init_state=start,
+                           save_as="finetune")
+    return fit("efficientat", data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, options=options,
                batch_size=batch_size)
 
 def class_probabilities(models, data: StudyData, idx) -> torch.Tensor:

@@ -48,10 +48,10 @@ import pandas as pd
 
 from urbansound_nb.augment import shift_gain, spec_augment_lite
 from urbansound_nb.batches import StudyData
-from urbansound_nb.grid import run_grid
+from urbansound_nb.grid import Placement, run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.params import BATCH_SIZE
-from urbansound_nb.train import balanced_class_weights, fit, predict_logits
+from urbansound_nb.train import TrainOptions, balanced_class_weights, fit, predict_logits
 
 # %%
 import matplotlib.pyplot as plt
@@ -110,15 +110,15 @@ def train_condition(data: StudyData, condition: str, seed: int, model: str, epoc
     y, tr, va, te, classes = data.logmels.labels.numpy(), data.train, data.val, data.test, data.split.classes
     t0 = time.time()
     w = balanced_class_weights(y[tr], len(classes)) if weighted else None
-    m, h = fit(model, data, epochs=epochs, seed=seed, augment=augment, class_weights=w, progress=False,
-               batch_size=batch_size, **{**BASE_RECIPE, **overrides})
+    m, h = fit(model, data, epochs=epochs, seed=seed, progress=False,
+               options=TrainOptions(augment=augment, class_weights=w), batch_size=batch_size,
+               **{**BASE_RECIPE, **overrides})
     pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames).argmax(1).numpy() for idx in (va, te))
     return dict(condition=condition, seed=seed, **result_entry(y[va], pv, y[te], pt, classes, len(tr),
                                                                time.time() - t0, best_epoch=h["best"]["epoch"]))
 
 def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, record_path=None,
-                   batch_size: int = BATCH_SIZE, client=None, cache_dir=None,
-                   threads: int | None = None) -> pd.DataFrame:
+                   batch_size: int = BATCH_SIZE, place: Placement | None = None) -> pd.DataFrame:
     "Train `model` on `data` once per condition and seed (on `client`'s cluster if given); one row per run."
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown: raise ValueError(f"unknown condition {unknown[0]!r}; choose from {sorted(CONDITIONS)}")
@@ -126,8 +126,8 @@ def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, 
                                                    batch_size=batch_size) for c in conditions for s in seeds}
     describe = lambda key, r: (f"  {r['condition']:17s} seed {r['seed']}: validation {r['val_accuracy']:.3f}, "
                                f"test {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
-    done = run_grid(train_condition, cells, shared=dict(data=data), record_path=record_path, client=client,
-                    cache_dir=cache_dir, threads=threads, describe=describe, desc="07 conditions x seeds")
+    done = run_grid(train_condition, cells, shared=dict(data=data), record_path=record_path, place=place,
+                    describe=describe, desc="07 conditions x seeds")
     return pd.DataFrame(list(done.values()))
 
 # %% tags=["checks"]
@@ -153,8 +153,8 @@ print(f"{model}, {grid_epochs} epochs, seeds {seed_list}, {len(conditions)} cond
 # %%
 with grid_client(params.scheduler, paths=[params.cache_dir]) as client:     # None: here, one run after another
     runs = run_experiment(conditions, seed_list, data, model, grid_epochs,
-                          run_path/"results"/"07_augmentation.runs.json", client=client, cache_dir=params.cache_dir,
-                          threads=params.cell_threads, batch_size=params.batch_size)
+                          run_path/"results"/"07_augmentation.runs.json", batch_size=params.batch_size,
+                          place=Placement(client, params.cache_dir, params.cell_threads))
 runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "seconds"]].round(3)
 
 # %% [markdown]

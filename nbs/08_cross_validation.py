@@ -51,11 +51,11 @@ import pandas as pd
 
 from urbansound_nb.baselines import LOGREG_GRID, logistic_regression, mfcc_stats, rbf_svm, svm_grid
 from urbansound_nb.batches import StudyData
-from urbansound_nb.grid import run_grid
+from urbansound_nb.grid import Placement, run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.models import EfficientAT
 from urbansound_nb.selection import select_on_validation
-from urbansound_nb.train import fit_study_model, predict_logits
+from urbansound_nb.train import ResNetPlan, fit_study_model, predict_logits
 from urbansound_nb.transfer import class_probabilities, fit_finetune, fit_probe
 
 # %%
@@ -158,8 +158,8 @@ def _fold_predictions(model: str, split_data: StudyData, epochs: int, seed: int,
         if transfer is None: raise ValueError(f"{model!r} needs the pretrained network (`transfer`)")
         return _transfer_predictions(model, split_data, seed, transfer)
     if model in BASELINES: return _baseline_predictions(model, split_data)
-    m, h = fit_study_model(model, split_data, epochs=epochs, seed=seed, resnet_seeds=resnet_seeds,
-                           resnet_epochs=epochs, progress=False)
+    m, h = fit_study_model(model, split_data, epochs=epochs, seed=seed, resnet=ResNetPlan(resnet_seeds, epochs),
+                           progress=False)
     pv, pt = (predict_logits(m, split_data.logmels, idx, split_data.n_frames, multicrop=True).argmax(1).numpy()
               for idx in (split_data.val, split_data.test))
     return {model: (pv, pt, h["best"]["epoch"])}
@@ -171,9 +171,17 @@ def _fold_predictions(model: str, split_data: StudyData, epochs: int, seed: int,
 
 # %%
 #| export
-def train_fold(data: StudyData, transfer: Transfer | None, test_fold: int, val_fold: int, train_folds: list,
-               model: str, epochs: int, seed: int, resnet_seeds: int) -> dict:
-    "Train `model` as its chapter does on one fold's split of `data`; its validation and test figures."
+@dataclass(frozen=True)
+class FoldTraining:
+    "How every fold's networks train: epochs of the CNNs, the seed, UrbanResNet's seeds averaged."
+    epochs: int
+    seed: int = 0
+    resnet_seeds: int = 1
+
+def train_fold(data: StudyData, transfer: Transfer | None, split: dict, model: str, epochs: int, seed: int,
+               resnet_seeds: int) -> dict:
+    "Train `model` as its chapter does on one fold's `split` of `data`; its validation and test figures."
+    test_fold, val_fold, train_folds = split["test_fold"], split["val_fold"], split["train_folds"]
     if model in TRANSFERS and transfer is not None: data = transfer.data   # the pretrained network's own features
     y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
     tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (train_folds, [val_fold], [test_fold]))
@@ -190,30 +198,29 @@ def _fold_key(p: dict, model: str, epochs: int, seed: int, resnet_seeds: int, in
     suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else f"-{init}" if model == "finetune" else ""
     return f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{suffix}"
 
-def _cells(plan, models, epochs: int, seed: int, resnet_seeds: int, transfer: Transfer | None) -> dict:
+def _cells(plan, models, training: FoldTraining, transfer: Transfer | None) -> dict:
     "The grid's cells; the pair is trained in the fine-tuning cell, so asking for it asks for that cell."
-    cells = {}
+    cells, seed, resnet_seeds = {}, training.seed, training.resnet_seeds
     for m in dict.fromkeys("finetune" if m == "probe_finetune" else m for m in models):
-        m_epochs = transfer.finetune_epochs if m == "finetune" and transfer is not None else epochs
+        m_epochs = transfer.finetune_epochs if m == "finetune" and transfer is not None else training.epochs
         init = transfer.finetune_init if transfer is not None else "probe"
         for p in plan:
+            split = dict(test_fold=p["test_fold"], val_fold=p["val_fold"], train_folds=p["train_folds"])
             cells[_fold_key(p, m, m_epochs, seed, resnet_seeds, init)] = dict(
-                test_fold=p["test_fold"], val_fold=p["val_fold"], train_folds=p["train_folds"], model=m,
-                epochs=m_epochs, seed=seed, resnet_seeds=resnet_seeds)
+                split=split, model=m, epochs=m_epochs, seed=seed, resnet_seeds=resnet_seeds)
     return cells
 
-def cross_validate(plan, data: StudyData, models, *, epochs: int, seed: int = 0, record_path=None,
-                   resnet_seeds: int = 1, transfer: Transfer | None = None, client=None,
-                   cache_dir=None, threads: int | None = None) -> pd.DataFrame:
+def cross_validate(plan, data: StudyData, models, training: FoldTraining, *, record_path=None,
+                   transfer: Transfer | None = None, place: Placement | None = None) -> pd.DataFrame:
     "Train each of `models` as its chapter does and test it once per entry of `plan`, recording each fold as it ends."
     models = [models] if isinstance(models, str) else list(models)
     unknown = [m for m in models if m not in CV_MODELS]
     if unknown: raise ValueError(f"unknown model {unknown[0]!r}; choose from {sorted(CV_MODELS)}")
-    cells = _cells(plan, models, epochs, seed, resnet_seeds, transfer)
+    cells = _cells(plan, models, training, transfer)
     describe = lambda key, r: (f"  {key.split('/')[1]}, test fold {r['test_fold']:2d} (validation {r['val_fold']}): "
                                f"test accuracy {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
     done = run_grid(train_fold, cells, shared=dict(data=data, transfer=transfer), record_path=record_path,
-                    client=client, cache_dir=cache_dir, threads=threads, describe=describe, desc="08 folds x models")
+                    place=place, describe=describe, desc="08 folds x models")
     rows = []
     for key, result in done.items():   # a cell's own model, then those trained with it (`also`), as asked for
         result = dict(result)
@@ -256,9 +263,9 @@ pd.DataFrame(plan)
 # %%
 record = run_path/"results"/"08_cross_validation.folds.json"
 with grid_client(params.scheduler, paths=[params.cache_dir]) as client:     # None: here, one fold after another
-    cv = cross_validate(plan, data, model_list, epochs=cv_epochs, seed=params.seed, record_path=record,
-                        resnet_seeds=cv_resnet_seeds, transfer=transfer, client=client, cache_dir=params.cache_dir,
-                        threads=params.cell_threads)
+    cv = cross_validate(plan, data, model_list, FoldTraining(cv_epochs, params.seed, cv_resnet_seeds),
+                        record_path=record, transfer=transfer,
+                        place=Placement(client, params.cache_dir, params.cell_threads))
 cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1",
     "best_epoch", "seconds"]].round(3)
 

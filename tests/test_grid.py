@@ -12,8 +12,8 @@ import pytest
 
 from urbansound_nb.batches import study_data
 from urbansound_nb.browser import free_port
-from urbansound_nb.crossval import cross_validate, cv_plan
-from urbansound_nb.grid import GridFailed, grid_client, run_grid
+from urbansound_nb.crossval import FoldTraining, cross_validate, cv_plan
+from urbansound_nb.grid import GridFailed, Placement, grid_client, run_grid
 from urbansound_nb.params import StudyParams
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import this test module
@@ -34,10 +34,11 @@ def test_local_cluster_gives_the_in_process_results(tmp_path):
     data = study_data(params, progress=False)
     plan = cv_plan(data.meta["fold"].unique(), folds=[1, 2, 3])
     # one torch thread per cell on both: a CPU training's figures depend on its thread count (notebook 04d)
-    here = cross_validate(plan, data, ["small_cnn"], epochs=2, record_path=tmp_path/"here.json", threads=1)
+    here = cross_validate(plan, data, ["small_cnn"], FoldTraining(epochs=2), record_path=tmp_path/"here.json",
+                          place=Placement(threads=1))
     with grid_client("local:2", paths=[tmp_path/"cache"]) as client:
-        there = cross_validate(plan, data, ["small_cnn"], epochs=2, record_path=tmp_path/"there.json", client=client,
-                               cache_dir=tmp_path/"cache", threads=1)
+        there = cross_validate(plan, data, ["small_cnn"], FoldTraining(epochs=2), record_path=tmp_path/"there.json",
+                               place=Placement(client, tmp_path/"cache", threads=1))
     figures = ["test_fold", "val_fold", "n_train", "val_accuracy", "test_accuracy", "best_epoch", "threads"]
     assert here[figures].to_dict("records") == there[figures].to_dict("records")
     assert len(json.loads((tmp_path/"there.json").read_text())) == 3          # recorded by this process
@@ -55,8 +56,8 @@ def test_the_transfers_cross_validate_on_a_local_cluster(tmp_path):
     runs = {}
     for name, scheduler in (("here", None), ("there", "local:2")):
         with grid_client(scheduler, paths=[params.cache_dir]) as client:
-            runs[name] = cross_validate(plan, data, ["probe", "finetune"], epochs=1, transfer=transfer, client=client,
-                                        cache_dir=params.cache_dir, threads=1)
+            runs[name] = cross_validate(plan, data, ["probe", "finetune"], FoldTraining(epochs=1), transfer=transfer,
+                                        place=Placement(client, params.cache_dir, threads=1))
     figures = ["model", "test_fold", "val_accuracy", "test_accuracy"]
     assert runs["here"][figures].to_dict("records") == runs["there"][figures].to_dict("records")
 
@@ -72,7 +73,7 @@ def test_a_killed_worker_costs_only_its_cell(tmp_path):
                 os.kill(victim, signal.SIGKILL)
                 killed.append(victim)
             return f"{key} done"
-        done = run_grid(_square_slowly, cells, record_path=tmp_path/"record.json", client=client, cache_dir=tmp_path,
+        done = run_grid(_square_slowly, cells, record_path=tmp_path/"record.json", place=Placement(client, tmp_path),
                         describe=kill_a_busy_worker)
     assert killed and {k: r["square"] for k, r in done.items()} == {f"x{x}": x * x for x in range(6)}
     assert json.loads((tmp_path/"record.json").read_text()) == done
@@ -81,7 +82,7 @@ def test_a_killed_worker_costs_only_its_cell(tmp_path):
 def test_a_failing_cell_is_reported_and_the_others_recorded(tmp_path):
     cells = {f"x{x}": dict(x=x) for x in range(5)}
     with grid_client("local:2") as client, pytest.raises(GridFailed, match="x3: ValueError: three is not allowed"):
-        run_grid(_fail_on_three, cells, record_path=tmp_path/"record.json", client=client, cache_dir=tmp_path,
+        run_grid(_fail_on_three, cells, record_path=tmp_path/"record.json", place=Placement(client, tmp_path),
                  retries=1)
     assert sorted(json.loads((tmp_path/"record.json").read_text())) == ["x0", "x1", "x2", "x4"]
 
@@ -102,7 +103,7 @@ def test_a_cluster_started_by_address(tmp_path, venv_bin):
             try:
                 with grid_client(address, paths=[tmp_path]) as client:
                     if len(client.scheduler_info()["workers"]) < 2: raise RuntimeError("workers still starting")
-                    done = run_grid(dict, cells, record_path=tmp_path/"record.json", client=client, cache_dir=tmp_path)
+                    done = run_grid(dict, cells, record_path=tmp_path/"record.json", place=Placement(client, tmp_path))
                 break
             except (ConnectionError, RuntimeError):
                 if attempt == 59: raise

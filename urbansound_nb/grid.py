@@ -28,7 +28,7 @@ from .features import FeatureCache
 
 # %% auto #0
 __all__ = ['CONNECT_TIMEOUT', 'parse_scheduler', 'CachedData', 'cached_data', 'portable', 'materialise', 'GridFailed',
-           'check_workers', 'TorchPerWorker', 'grid_client', 'run_cell', 'run_grid']
+           'check_workers', 'TorchPerWorker', 'grid_client', 'run_cell', 'Placement', 'run_grid']
 
 # %% ../nbs/04d_grid.ipynb #fd1d50c978
 def parse_scheduler(spec) -> tuple[str, object]:
@@ -169,7 +169,7 @@ def grid_client(scheduler, paths=()):
         client.close()
         if cluster is not None: cluster.close()
 
-# %% ../nbs/04d_grid.ipynb #a7cb6b285e
+# %% ../nbs/04d_grid.ipynb #65be444311
 def run_cell(fn, shared: dict, cell: dict, threads: int | None = None) -> dict:
     "One cell, here or on a worker: `fn` on the materialised shared inputs and the cell's parameters, with `threads`."
     import torch
@@ -178,10 +178,18 @@ def run_cell(fn, shared: dict, cell: dict, threads: int | None = None) -> dict:
     try: return {**fn(**{k: materialise(v) for k, v in shared.items()}, **cell), "threads": torch.get_num_threads()}
     finally: torch.set_num_threads(before)
 
-def run_grid(fn, cells: dict, *, shared: dict | None = None, record_path=None, client=None, cache_dir=None,
-             threads: int | None = None, retries: int = 2, describe=None, desc: str = "grid cells") -> dict:
+@dataclasses.dataclass
+class Placement:
+    "Where a grid's cells run: here (no client) or on a Dask client's workers, which read `cache_dir`; threads each."
+    client: object = None
+    cache_dir: object = None
+    threads: int | None = None       # torch threads per cell; None: as the process has them
+
+def run_grid(fn, cells: dict, *, shared: dict | None = None, record_path=None, place: Placement | None = None,
+             retries: int = 2, describe=None, desc: str = "grid cells") -> dict:
     "`fn(**shared, **cells[key])` for every key not in the record yet; each result recorded as it comes. All results."
-    shared = shared or {}
+    shared, place = shared or {}, place or Placement()
+    client, cache_dir, threads = place.client, place.cache_dir, place.threads
     done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
     todo = [k for k in cells if k not in done]
     failed = {}
