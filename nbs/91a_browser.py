@@ -151,6 +151,9 @@ _AUDIO_DURATIONS = """async () => Promise.all([...document.querySelectorAll('aud
 })))"""
 _UNDECODED_IMAGES = """() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))
   .map(i => (i.getAttribute('src') || '').slice(0, 60))"""
+# the page's text as a reader sees it, code left out: a code span may quote `:::` on purpose (the API pages do)
+_PROSE_TEXT = """() => { const body = document.body.cloneNode(true);
+  body.querySelectorAll('code, pre').forEach(c => c.remove()); return body.innerText; }"""
 
 def _open(browser, url: str, problems: list[str]):
     "A new page at `url` that records console errors, uncaught exceptions and requests to other hosts."
@@ -175,7 +178,7 @@ def page_problems(browser, url: str, chapters=()) -> list[str]:
         problems += [f"image not decoded: {src}" for src in page.evaluate(_UNDECODED_IMAGES)]
         durations = page.evaluate(_AUDIO_DURATIONS)
         problems += [f"audio player {i} has no audio (duration {d})" for i, d in enumerate(durations) if not d > 0]
-        text = page.inner_text("body")
+        text = page.evaluate(_PROSE_TEXT)
         problems += [f"raw text: {line.strip()[:100]!r}" for line in text.splitlines() if RAW_TEXT.search(line)]
         hrefs = page.eval_on_selector_all(SIDEBAR_LINKS, "as => as.map(a => a.href)")
         linked = {Path(urlparse(h).path).name for h in hrefs}
