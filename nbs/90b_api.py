@@ -142,7 +142,7 @@ def api_notebook(ipynb, root=None):
     return page
 
 # %%
-test_eq([page_name(n) for n in ("06a_predict.ipynb", "00_setup.ipynb", "91b_api.ipynb")], ["predict", "setup", "api"])
+test_eq([page_name(n) for n in ("06a_predict.ipynb", "00_setup.ipynb", "90b_api.ipynb")], ["predict", "setup", "api"])
 page = api_notebook(project_root()/"nbs"/"06a_predict.ipynb")
 shown = "".join(o["data"]["text/markdown"] for c in page.cells for o in c.get("outputs", []) if "data" in o)
 assert "predict_files" in shown and "stream_logmel" in shown and "top_k" in shown        # signatures, parameters
