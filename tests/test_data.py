@@ -167,7 +167,9 @@ def test_parameter_validation():
                     (dict(test_fold=11), "outside 1..10"), (dict(seed=-1), "'seed'"),
                     (dict(sample_rate="fast"), "'sample_rate'"), (dict(max_items=0), "'max_items'"),
                     (dict(clip_seconds=0), "'clip_seconds'"), (dict(train_folds=[1, 1]), "twice"),
-                    (dict(epochs=True), "'epochs'"), (dict(n_mels=64), "unknown parameter")]:
+                    (dict(epochs=True), "'epochs'"), (dict(n_mels=0), "'n_mels'"),
+                    (dict(hop_length=2048), "'hop_length'"), (dict(finetune_init="warm"), "'finetune_init'"),
+                    (dict(epochz=30), "unknown parameter")]:
         with pytest.raises(ParameterError, match=msg): validate_params(**kw)
 
 
