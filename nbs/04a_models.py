@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+from torchvision.models import mobilenet_v3_large
 
 # %%
 from fastcore.test import test_eq, test_close, test_fail
@@ -167,8 +167,8 @@ class EfficientAT(nn.Module):
     "EfficientAT's MobileNetV3 on torchvision's: one input channel, `n_classes` outputs; [B, n_mels, T] -> logits."
     def __init__(self, width: float = 0.4, n_classes: int = 527, dropout: float = 0.2):
         super().__init__()
-        setting, last_channel = _mobilenet_v3_conf("mobilenet_v3_large", width_mult=width)
-        net = MobileNetV3(setting, last_channel=last_channel, num_classes=n_classes, dropout=dropout)
+        # torchvision's public builder: width_mult goes to the layer configuration, the rest to MobileNetV3
+        net = mobilenet_v3_large(weights=None, width_mult=width, num_classes=n_classes, dropout=dropout)
         stem = net.features[0][0]
         net.features[0][0] = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
         net.classifier = nn.Sequential(nn.Identity(), nn.Identity(), *net.classifier)
