@@ -33,7 +33,7 @@
 #   times with different seeds and the members are averaged.
 #
 # Both read the feature cache of chapter 02 and never touch audio. The training loop, with its
-# checkpoints and resume, is notebook 04c's. The test fold is scored once, with the checkpoint
+# resume, is notebook 04c's (checkpoints 04a's). The test fold is scored once, with the checkpoint
 # that the validation fold chose. Changes to these models and recipes that were tried and not
 # taken are listed, with how to reproduce each, on the explanations page.
 

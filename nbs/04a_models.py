@@ -26,10 +26,20 @@
 #| export
 from __future__ import annotations
 
+import io
+import pickle
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v3_large
+
+from urbansound_nb.core import atomic_write_bytes
+from urbansound_nb.features import FeatureParams
 
 # %%
 from fastcore.test import test_eq, test_close, test_fail
@@ -222,3 +232,83 @@ test_close(e(x_demo).exp().sum(-1), torch.ones(4))
 test_eq(n_parameters(e), 2 * n_parameters(e.members[0]))
 test_fail(lambda: SeedEnsemble([]), contains="at least one member")
 
+# %% [markdown]
+# ## Checkpoints: a saved model
+#
+# A checkpoint carries everything `predict` needs: the model's name and configuration, its
+# weights, the feature parameters, the class names and the clip length. Anything else given as
+# a checkpoint gets an error that names the file and what is wrong with it.
+#
+# A checkpoint is untrusted input: `predict` is pointed at files from anywhere. PyTorch's full
+# unpickler runs whatever code a crafted file names, so every checkpoint is read with
+# `weights_only=True`, which rebuilds tensors and plain Python values (dicts, lists, tuples,
+# strings, numbers) and refuses anything else. What the study saves beside the tensors is
+# therefore kept to those plain types: `plain` turns NumPy scalars and arrays, paths and
+# dataclasses into them before `save_checkpoint` writes the file (atomically).
+
+# %%
+#| export
+def plain(obj):
+    "`obj` with NumPy scalars and arrays, paths and dataclasses turned into plain Python values; tensors kept."
+    if isinstance(obj, np.generic): return obj.item()   # first: np.float64 is also a float
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)): return obj
+    if isinstance(obj, dict): return {plain(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray): return obj.tolist()
+    if isinstance(obj, Path): return str(obj)
+    if hasattr(obj, "__dataclass_fields__"): return plain(asdict(obj))
+    raise TypeError(f"a checkpoint holds tensors and plain values only, not {type(obj).__name__}")
+
+def save_checkpoint(obj: dict, path):
+    "Write `obj` (tensors and plain values, see `plain`) to `path` atomically, loadable with `weights_only=True`."
+    buf = io.BytesIO()
+    torch.save(plain(obj), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
+    "Everything predict needs: model name and config, weights, feature parameters, class names, clip length."
+    return dict(model=name, config=config, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                feature_params=asdict(fp), classes=list(classes), clip_seconds=float(clip_seconds), **info)
+
+class CheckpointError(ValueError):
+    "A file that is not a usable checkpoint of this study."
+
+CHECKPOINT_KEYS = ("model", "config", "state_dict", "feature_params", "classes", "clip_seconds")
+
+def read_checkpoint(path, device="cpu") -> dict:
+    "A saved dict of tensors and plain values, read without running any code from it; else a `CheckpointError`."
+    try: return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError: raise CheckpointError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as e:
+        # weights_only names the object it refused to build: a crafted file, or one of another program
+        refused = re.search(r"GLOBAL (\S+)", str(e))
+        if refused: raise CheckpointError(f"{path}: refused, it asks to build {refused.group(1)[:120]}; "
+                                          "a checkpoint holds only tensors and plain values") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError)") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+def load_checkpoint(path, device="cpu"):
+    "A saved model (in eval mode) and its checkpoint dict; a `CheckpointError` naming the file if it is not one."
+    ck = read_checkpoint(path, device)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:  # e.g. a `.last.pt` training state, or a bare state dict
+        raise CheckpointError(f"{path}: not a model checkpoint of this study (missing {', '.join(missing)}); "
+                              "use models/<name>.pt of a run")
+    try:
+        model = build_model(ck["model"], **ck["config"])
+        model.load_state_dict(ck["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit its model {ck['model']!r} ({e})") from None
+    return model.to(device).eval(), ck
+
+# %%
+import tempfile
+with tempfile.TemporaryDirectory() as d:
+    _config = dict(n_classes=2, n_mels=16)
+    save_checkpoint(checkpoint_dict(build_model("small_cnn", **_config), "small_cnn", _config, FeatureParams(n_mels=16),
+                                    ["a", "b"], 1.0, seed=np.int64(3)), Path(d)/"m.pt")
+    _model, _ck = load_checkpoint(Path(d)/"m.pt")
+    test_eq((_ck["classes"], _ck["seed"], type(_model).__name__), (["a", "b"], 3, "SmallAudioCNN"))
+    torch.save({"state_dict": {}}, Path(d)/"bare.pt")
+    test_fail(lambda: load_checkpoint(Path(d)/"bare.pt"), contains="not a model checkpoint of this study")

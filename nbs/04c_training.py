@@ -38,10 +38,7 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
-import pickle
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -54,16 +51,16 @@ from tqdm import tqdm
 
 from urbansound_nb.augment import AUGMENTATIONS, mixup
 from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
-from urbansound_nb.core import atomic_write_bytes, pick_device, seed_everything
+from urbansound_nb.core import pick_device, seed_everything
 from urbansound_nb.features import FeatureParams
-from urbansound_nb.models import build_model
+from urbansound_nb.models import build_model, checkpoint_dict, read_checkpoint, save_checkpoint
 from urbansound_nb.params import BATCH_SIZE, StudyParams
 
 # %%
 import tempfile
 from types import SimpleNamespace
 import pandas as pd
-from urbansound_nb.models import SeedEnsemble
+from urbansound_nb.models import SeedEnsemble, load_checkpoint, plain
 from fastcore.test import test_eq, test_close, test_fail
 
 # %% [markdown]
@@ -182,76 +179,6 @@ def predict_logits(model, ls: LogMelSet, idx, n_frames: int, *, multicrop: bool 
 test_eq(window_starts(10, 4), [0, 2, 4, 6])
 test_eq(window_starts(11, 4), [0, 2, 4, 6, 7])
 test_eq(window_starts(3, 4), [0])
-
-# %% [markdown]
-# ## Checkpoints
-#
-# A checkpoint carries everything `predict` needs: the model's name and configuration, its
-# weights, the feature parameters, the class names and the clip length. Anything else given as
-# a checkpoint gets an error that names the file and what is wrong with it.
-#
-# A checkpoint is untrusted input: `predict` is pointed at files from anywhere. PyTorch's full
-# unpickler runs whatever code a crafted file names, so every checkpoint is read with
-# `weights_only=True`, which rebuilds tensors and plain Python values (dicts, lists, tuples,
-# strings, numbers) and refuses anything else. What the study saves beside the tensors is
-# therefore kept to those plain types: `plain` turns NumPy scalars and arrays, paths and
-# dataclasses into them before `save_checkpoint` writes the file (atomically).
-
-# %%
-#| export
-def plain(obj):
-    "`obj` with NumPy scalars and arrays, paths and dataclasses turned into plain Python values; tensors kept."
-    if isinstance(obj, np.generic): return obj.item()   # first: np.float64 is also a float
-    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)): return obj
-    if isinstance(obj, dict): return {plain(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return type(obj)(plain(v) for v in obj)
-    if isinstance(obj, np.ndarray): return obj.tolist()
-    if isinstance(obj, Path): return str(obj)
-    if hasattr(obj, "__dataclass_fields__"): return plain(asdict(obj))
-    raise TypeError(f"a checkpoint holds tensors and plain values only, not {type(obj).__name__}")
-
-def save_checkpoint(obj: dict, path):
-    "Write `obj` (tensors and plain values, see `plain`) to `path` atomically, loadable with `weights_only=True`."
-    buf = io.BytesIO()
-    torch.save(plain(obj), buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
-    "Everything predict needs: model name and config, weights, feature parameters, class names, clip length."
-    return dict(model=name, config=config, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                feature_params=asdict(fp), classes=list(classes), clip_seconds=float(clip_seconds), **info)
-
-class CheckpointError(ValueError):
-    "A file that is not a usable checkpoint of this study."
-
-CHECKPOINT_KEYS = ("model", "config", "state_dict", "feature_params", "classes", "clip_seconds")
-
-def read_checkpoint(path, device="cpu") -> dict:
-    "A saved dict of tensors and plain values, read without running any code from it; else a `CheckpointError`."
-    try: return torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError: raise CheckpointError(f"{path}: no such checkpoint") from None
-    except pickle.UnpicklingError as e:
-        # weights_only names the object it refused to build: a crafted file, or one of another program
-        refused = re.search(r"GLOBAL (\S+)", str(e))
-        if refused: raise CheckpointError(f"{path}: refused, it asks to build {refused.group(1)[:120]}; "
-                                          "a checkpoint holds only tensors and plain values") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError)") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-
-def load_checkpoint(path, device="cpu"):
-    "A saved model (in eval mode) and its checkpoint dict; a `CheckpointError` naming the file if it is not one."
-    ck = read_checkpoint(path, device)
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
-    if missing:  # e.g. a `.last.pt` training state, or a bare state dict
-        raise CheckpointError(f"{path}: not a model checkpoint of this study (missing {', '.join(missing)}); "
-                              "use models/<name>.pt of a run")
-    try:
-        model = build_model(ck["model"], **ck["config"])
-        model.load_state_dict(ck["state_dict"])
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: its weights do not fit its model {ck['model']!r} ({e})") from None
-    return model.to(device).eval(), ck
 
 # %% [markdown]
 # ## Early stopping under a one-cycle schedule

@@ -72,7 +72,8 @@ from urbansound_nb.pretrained import (PRETRAINED, EfficientATFeatures, audioset_
                                       pretrained_network)
 from urbansound_nb.selection import (SELECTION_RULE, choose_model, rotated_estimate, rotation_indices,
                                      validation_rotations)
-from urbansound_nb.train import checkpoint_dict, save_checkpoint, split_folds
+from urbansound_nb.models import checkpoint_dict, save_checkpoint
+from urbansound_nb.train import split_folds
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override

@@ -39,7 +39,8 @@ import pandas as pd
 from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
 from urbansound_nb.core import read_results
 from urbansound_nb.features import FeatureParams
-from urbansound_nb.train import CheckpointError, split_folds
+from urbansound_nb.models import CheckpointError
+from urbansound_nb.train import split_folds
 
 # %%
 import os
@@ -54,7 +55,8 @@ from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.metrics import confusion_pair, evaluate
 from urbansound_nb.params import as_int, as_name, study_params, use_test_values
 from urbansound_nb.pretrained import feature_params
-from urbansound_nb.train import RECIPES, fit_study_model, load_checkpoint, predict_logits
+from urbansound_nb.models import load_checkpoint
+from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override

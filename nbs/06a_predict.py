@@ -20,7 +20,7 @@
 
 # %% [markdown]
 # A checkpoint holds the model, its feature parameters, the class names and the clip length
-# (notebook 04c), so it classifies any file soundfile reads, at any rate, bit depth or channel
+# (notebook 04a), so it classifies any file soundfile reads, at any rate, bit depth or channel
 # count. A file longer than the clip length is cut into half-overlapping windows whose
 # probabilities are averaged (`per_window=True` also returns each window's). Empty, unreadable
 # or silent files get an error entry instead of a guess, and never stop the other files.
@@ -42,8 +42,9 @@ from torch import nn
 from urbansound_nb.audio import AudioDecodeError, decode_audio
 from urbansound_nb.core import read_results
 from urbansound_nb.features import repeat_frames, resample
+from urbansound_nb.models import CheckpointError, load_checkpoint
 from urbansound_nb.pretrained import feature_params
-from urbansound_nb.train import CheckpointError, load_checkpoint, window_starts
+from urbansound_nb.train import window_starts
 
 # %%
 #| export
@@ -207,7 +208,7 @@ import tempfile
 from fastcore.test import test_eq
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import build_model
-from urbansound_nb.train import checkpoint_dict, save_checkpoint
+from urbansound_nb.models import checkpoint_dict, save_checkpoint
 classes = ["tone", "noise"]
 with tempfile.TemporaryDirectory() as d:
     d, fp = Path(d), FeatureParams(sample_rate=16000, n_mels=32, n_fft=512, hop_length=256)
@@ -289,9 +290,8 @@ def write_long_wav(path, minutes: float, rate: int = 44100, channels: int = 2, s
 
 def study_shaped_checkpoint(path, n_classes: int = 10) -> Path:
     "A randomly initialised checkpoint shaped like the study's probe + fine-tuned pair (two EfficientAT mn04)."
-    from urbansound_nb.models import build_model
+    from urbansound_nb.models import build_model, checkpoint_dict, save_checkpoint
     from urbansound_nb.pretrained import EfficientATFeatures
-    from urbansound_nb.train import checkpoint_dict, save_checkpoint
     config = dict(members=[dict(model="efficientat", config=dict(width=0.4, n_classes=n_classes))] * 2)
     classes = [f"class {i}" for i in range(n_classes)]
     save_checkpoint(checkpoint_dict(build_model("ensemble", **config), "ensemble", config, EfficientATFeatures(),

@@ -143,8 +143,8 @@ def _classes_text(predictions) -> str: return ", ".join(f"{p['class']} {p['proba
 
 def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_window: bool = False) -> int:
     "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
+    from urbansound_nb.models import CheckpointError
     from urbansound_nb.predict import Predictor, predict_files
-    from urbansound_nb.train import CheckpointError
     try: predictor = Predictor(checkpoint)  # a missing, unreadable or wrong file: a CheckpointError naming it
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)

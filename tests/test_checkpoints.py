@@ -9,8 +9,8 @@ import torch
 from conftest import ROOT
 
 from urbansound_nb.features import FeatureParams
-from urbansound_nb.models import build_model
-from urbansound_nb.train import CheckpointError, TrainConfig, checkpoint_dict, save_checkpoint, train_model
+from urbansound_nb.models import CheckpointError, build_model, checkpoint_dict, save_checkpoint
+from urbansound_nb.train import TrainConfig, train_model
 
 
 class Payload:

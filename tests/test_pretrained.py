@@ -126,8 +126,8 @@ def test_a_download_with_the_wrong_checksum_is_not_cached(release, tmp_path):
 
 def test_probe_and_finetune_checkpoints_predict_without_a_dataset(tmp_path, originals):
     "A checkpoint of the network with EfficientAT's front end classifies every original file, with no download."
+    from urbansound_nb.models import checkpoint_dict, save_checkpoint
     from urbansound_nb.predict import predict_files
-    from urbansound_nb.train import checkpoint_dict, save_checkpoint
     fp = P.EfficientATFeatures()
     config = dict(width=0.4, n_classes=10)
     classes = [f"c{i}" for i in range(10)]

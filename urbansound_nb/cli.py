@@ -82,13 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("extra", nargs=argparse.REMAINDER)
     return ap
 
-# %% ../nbs/92_cli.ipynb #146e8ea7f5
+# %% ../nbs/92_cli.ipynb #b7db13e98d
 def _classes_text(predictions) -> str: return ", ".join(f"{p['class']} {p['probability']:.2f}" for p in predictions)
 
 def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_window: bool = False) -> int:
     "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
+    from urbansound_nb.models import CheckpointError
     from urbansound_nb.predict import Predictor, predict_files
-    from urbansound_nb.train import CheckpointError
     try: predictor = Predictor(checkpoint)  # a missing, unreadable or wrong file: a CheckpointError naming it
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
