@@ -58,8 +58,8 @@ from distributed import WorkerPlugin
 from tqdm import tqdm
 
 from urbansound_nb.batches import LogMelSet, StudyData
+from urbansound_nb.cache import FeatureCache
 from urbansound_nb.core import save_json
-from urbansound_nb.features import FeatureCache
 
 # %% [markdown]
 # ## The scheduler parameter

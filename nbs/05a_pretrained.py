@@ -386,8 +386,8 @@ def benchmark_pretrained(dataset=None, max_items: int = 256, network: str = "mn0
                          batch_size: int = 64, seed: int = 0) -> dict:
     "Clips per second of EfficientAT's front end (into a fresh cache) and of its embeddings, on this machine's CPU."
     from urbansound_nb.batches import LogMelSet
+    from urbansound_nb.cache import cache_logmels
     from urbansound_nb.data import load_urbansound
-    from urbansound_nb.features import cache_logmels
     ds, fp = load_urbansound(dataset, max_items, seed), EfficientATFeatures()
     res = dict(dataset=str(dataset), clips=len(ds), network=network, threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory() as d:

@@ -9,15 +9,9 @@ from conftest import write_official_layout
 
 from urbansound_nb.baselines import mfcc_from_logmel
 from urbansound_nb.batches import LogMelSet, batch_frames
+from urbansound_nb.cache import FeatureCache, cache_logmels
 from urbansound_nb.data import load_urbansound
-from urbansound_nb.features import (
-    DB_FLOOR,
-    FeatureCache,
-    FeatureParams,
-    LogMel,
-    cache_logmels,
-    load_waveform,
-)
+from urbansound_nb.features import DB_FLOOR, FeatureParams, LogMel, load_waveform
 
 FP = FeatureParams(sample_rate=16000, n_mels=32, n_fft=512, hop_length=256)
 
@@ -43,7 +37,7 @@ def test_a_new_parameter_makes_a_new_cache(synth, tmp_path):
 
 
 def test_interrupted_extraction_resumes(synth, tmp_path, monkeypatch):
-    import urbansound_nb.features as F
+    import urbansound_nb.cache as F
     calls, real = {"n": 0}, F._clip_logmel
     def flaky(*a, **k):
         calls["n"] += 1
@@ -61,7 +55,7 @@ def test_interrupted_extraction_resumes(synth, tmp_path, monkeypatch):
 
 def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
     "The official layout's clips are files: their keys are remembered; a changed file is hashed and computed afresh."
-    import urbansound_nb.features as F
+    import urbansound_nb.cache as F
     monkeypatch.setattr(F.FileKeys, "fresh_seconds", 0)  # the files were written a moment ago
     root = tmp_path/"US8K"
     rows = write_official_layout(root, 4)

@@ -251,13 +251,13 @@ def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 6
     return out, dict(computed=len(todo), reused=len(keys) - len(todo), seconds=round(seconds, 2),
                      clips_per_second=round(len(todo) / seconds, 1) if todo and seconds > 0 else None)
 
-# %% ../nbs/05a_pretrained.ipynb #3e58089e72
+# %% ../nbs/05a_pretrained.ipynb #d22a89e8fd
 def benchmark_pretrained(dataset=None, max_items: int = 256, network: str = "mn04_as", workers: int | None = None,
                          batch_size: int = 64, seed: int = 0) -> dict:
     "Clips per second of EfficientAT's front end (into a fresh cache) and of its embeddings, on this machine's CPU."
     from urbansound_nb.batches import LogMelSet
+    from urbansound_nb.cache import cache_logmels
     from urbansound_nb.data import load_urbansound
-    from urbansound_nb.features import cache_logmels
     ds, fp = load_urbansound(dataset, max_items, seed), EfficientATFeatures()
     res = dict(dataset=str(dataset), clips=len(ds), network=network, threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory() as d:

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from urbansound_nb.batches import LogMelSet, batch_frames
+from urbansound_nb.cache import cache_logmels, clip_batches
 from urbansound_nb.data import load_urbansound
-from urbansound_nb.features import FeatureParams, LogMel, cache_logmels, clip_batches, load_waveform
+from urbansound_nb.features import FeatureParams, LogMel, load_waveform
 from urbansound_nb.params import BATCH_SIZE, LOG_MEL
 
 # %% [markdown]

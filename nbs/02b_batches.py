@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from urbansound_nb.cache import FeatureCache, cache_logmels
 from urbansound_nb.data import fold_split, load_urbansound, metadata_frame, report_skipped, skipped_clip
-from urbansound_nb.features import DB_FLOOR, FeatureCache, FeatureParams, cache_logmels, study_features
+from urbansound_nb.features import DB_FLOOR, FeatureParams, study_features
 
 # %%
 from fastcore.test import test_eq, test_close
