@@ -253,7 +253,17 @@ def comparison_text(c: Comparison) -> str:
     lines += [f"warning: {w}" for w in c.warnings]
     lines += ["accuracy (%) per model and run; 'test vs first': points against the first run:",
               wide_table(c).to_string(na_rep="-")]
-    return "\n".join(lines)
+    return "\n".join(lines + moved_text(c))
+
+def moved_text(c: Comparison) -> list[str]:
+    "Below the table: what moved against the first run, model by model (test accuracy, points)."
+    rows = c.rows[(c.rows.run != c.runs[0].label) & c.rows.test_vs_first.notna()]
+    if not len(rows): return []
+    moved = rows[rows.test_vs_first.abs() >= 0.0005]
+    head = f"against {c.runs[0].label}: " + (f"{len(moved)} of {len(rows)} test accuracies moved" if len(moved)
+                                              else f"all {len(rows)} test accuracies the same")
+    return [head] + [f"  {r.run}: {r.model} ({r.chapter[:2]}) {100 * r.test_vs_first:+.1f} points"
+                     for r in moved.itertuples()]
 
 # %%
 #| export
@@ -300,6 +310,8 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(len(c.skipped), 2)
     assert any("b has no results of 05_transfer" in w for w in c.warnings)
     assert any("unreadable 04_cnn.json" in w for w in c.warnings)
+    assert "against a: 1 of 2 test accuracies moved" in comparison_text(c)
+    assert "  b: svm (03) +5.0 points" in comparison_text(c)
     t = wide_table(c)
     test_eq(t.loc[("03_baselines", "svm"), "b: test vs first"], 5.0)
     test_eq(t.loc[("08_cross_validation", "probe (mean of 2 folds)"), "a: test"], 70.0)

@@ -21,8 +21,8 @@ from .runner import read_timings
 
 # %% auto #0
 __all__ = ['UNCOMPARED', 'FIGURES', 'NotARun', 'Run', 'notebook_parameters', 'read_run', 'model_rows', 'differing_parameters',
-           'comparison_warnings', 'Comparison', 'compare_runs', 'wide_table', 'comparison_text', 'comparison_json',
-           'run_overview', 'runs_chart']
+           'comparison_warnings', 'Comparison', 'compare_runs', 'wide_table', 'comparison_text', 'moved_text',
+           'comparison_json', 'run_overview', 'runs_chart']
 
 # %% ../nbs/90a_compare.ipynb #916a65d225
 class NotARun(ValueError):
@@ -185,7 +185,7 @@ def wide_table(c: Comparison) -> pd.DataFrame:
     wide.columns = [f"{run}: {short[f]}" for f, run in wide.columns]
     return wide.round(1)
 
-# %% ../nbs/90a_compare.ipynb #aa7fc281c3
+# %% ../nbs/90a_compare.ipynb #ca409fe57d
 def comparison_text(c: Comparison) -> str:
     "The comparison as plain text: runs, skipped folders, differing parameters, warnings, the table."
     lines = ["runs:"] + [f"  {r.label}: {r.path} (dataset {r.dataset!r}, test fold {r.test_fold})" for r in c.runs]
@@ -196,7 +196,17 @@ def comparison_text(c: Comparison) -> str:
     lines += [f"warning: {w}" for w in c.warnings]
     lines += ["accuracy (%) per model and run; 'test vs first': points against the first run:",
               wide_table(c).to_string(na_rep="-")]
-    return "\n".join(lines)
+    return "\n".join(lines + moved_text(c))
+
+def moved_text(c: Comparison) -> list[str]:
+    "Below the table: what moved against the first run, model by model (test accuracy, points)."
+    rows = c.rows[(c.rows.run != c.runs[0].label) & c.rows.test_vs_first.notna()]
+    if not len(rows): return []
+    moved = rows[rows.test_vs_first.abs() >= 0.0005]
+    head = f"against {c.runs[0].label}: " + (f"{len(moved)} of {len(rows)} test accuracies moved" if len(moved)
+                                              else f"all {len(rows)} test accuracies the same")
+    return [head] + [f"  {r.run}: {r.model} ({r.chapter[:2]}) {100 * r.test_vs_first:+.1f} points"
+                     for r in moved.itertuples()]
 
 # %% ../nbs/90a_compare.ipynb #7ff9557f50
 def comparison_json(c: Comparison) -> dict:
