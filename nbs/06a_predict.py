@@ -135,6 +135,10 @@ class Predictor:
         self.fp, self.classes, self.device = feature_params(self.ck["feature_params"]), self.ck["classes"], device
         self.n_frames, self.front = self.fp.frames(self.ck["clip_seconds"]), self.fp.front_end().to(device)
 
+    def start_seconds(self, starts) -> list[float]:
+        "Window starts in feature frames as seconds into the file."
+        return [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
+
     @torch.no_grad()
     def classify(self, windows) -> np.ndarray:
         "Class probabilities [windows, classes] of log-mel windows, `WINDOW_BATCH` at a time (bounded memory)."
@@ -159,7 +163,7 @@ class Predictor:
         logmel = self.front(wave)                                          # [n_mels, frames]
         starts = window_starts(logmel.shape[-1], self.n_frames)           # the windows multi-crop scoring uses
         windows = (repeat_frames(logmel[:, s:s + self.n_frames], self.n_frames) for s in starts)  # as in training
-        return self.classify(windows), [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
+        return self.classify(windows), self.start_seconds(starts)
 
     def file_probs(self, path) -> tuple[np.ndarray, list[float]]:
         "`window_probs` of a file; one longer than `STREAM_SECONDS` is read and classified block by block."
@@ -171,7 +175,7 @@ class Predictor:
             blocks, total = stream_logmel(sound, self.front, str(path), self.device)
             starts = window_starts(total, self.n_frames)
             probs = self.classify(stream_windows(blocks, starts, self.n_frames))
-        return probs, [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
+        return probs, self.start_seconds(starts)
 
 # %%
 #| export

@@ -49,7 +49,7 @@ import nbformat
 import pandas as pd
 
 from urbansound_nb.core import strict_json
-from urbansound_nb.runner import read_timings
+from urbansound_nb.runner import notebook_parameters, read_timings
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -107,10 +107,9 @@ def _literal(text: str):
     try: return ast.literal_eval(text)
     except (ValueError, SyntaxError): return text
 
-def notebook_parameters(executed: Path) -> tuple[dict, dict]:
-    "An executed chapter's parameters: defaults of its `parameters` cell, and what papermill passed."
-    import papermill as pm
-    defaults = {name: _literal(p["default"]) for name, p in pm.inspect_notebook(str(executed)).items()}
+def executed_parameters(executed: Path) -> tuple[dict, dict]:
+    "An executed chapter's parameters: its `parameters` cell's defaults, and what papermill passed."
+    defaults = {name: _literal(p["default"]) for name, p in notebook_parameters(executed).items()}
     return defaults, nbformat.read(executed, as_version=4).metadata.get("papermill", {}).get("parameters") or {}
 
 def read_run(path, label: str | None = None) -> Run:
@@ -128,7 +127,7 @@ def read_run(path, label: str | None = None) -> Run:
             continue
         if isinstance(doc, dict) and "entries" in doc: run.results[f.stem] = doc
     for nb in executed:
-        try: defaults, passed = notebook_parameters(nb)
+        try: defaults, passed = executed_parameters(nb)
         except Exception as e:
             run.unreadable.append(f"{nb.name} ({type(e).__name__}: {e})")
             continue

@@ -193,11 +193,23 @@ def results_markdown(run_dir) -> str:
 #| export
 FIGURES_SECTION = "## What a run gives"   # the README's section that the run's own figures replace
 
+def results_if_any(run_dir, notebook: str) -> dict:
+    "A chapter's results file (`read_results`), or {} when the chapter has not written one."
+    return read_results(run_dir, notebook) if (Path(run_dir)/"results"/f"{notebook}.json").exists() else {}
+
+def chapter_results(run_dir, notebook: str) -> dict:
+    "A chapter's results, its split filled in: the chapter's own, or the run's (chapter 00's) when it has none."
+    doc = results_if_any(run_dir, notebook)
+    if doc.get("split"): return doc
+    folds = doc.get("summary", {}).get("folds") if isinstance(doc.get("summary"), dict) else None
+    if folds: return {**doc, "split_text": f"cross-validation: each of {folds} folds tested once"}
+    return {**doc, "split": (results_if_any(run_dir, "00_setup").get("entries") or {}).get("split") or {}}
+
 def run_figures_markdown(run_dir) -> str:
     "This run's figures in Markdown: the split, each model's validation and test accuracy, the study's model."
     models, run_dir = compared_models(run_dir), Path(run_dir)
-    setup = read_results(run_dir, "00_setup") if (run_dir/"results"/"00_setup.json").exists() else {}
-    split = (setup.get("entries") or {}).get("split") or {}
+    setup = chapter_results(run_dir, "00_setup")
+    split = setup["split"]
     lines = [f"{FIGURES_SECTION.replace('a run', 'this run')}\n",
              f"Dataset `{setup.get('dataset', '?')}`; {split_text(split)}." if split else "", ""]
     if len(models):

@@ -287,17 +287,6 @@ test_eq([c.metadata for c in _page.cells], [{}] * 10)
 EXPLANATIONS = "docs/explanations.md"
 STAGED_FILES = ("_quarto.yml", "_theme.scss")
 
-def _results_of(run_dir: Path, nb: Path) -> dict:
-    "A chapter's results file, its split filled in: the chapter's own, or the run's (chapter 00's) when it has none."
-    def read(name):
-        f = run_dir/"results"/f"{name}.json"
-        return json.loads(f.read_text()) if f.exists() else {}
-    doc = read(nb.stem)
-    if doc.get("split"): return doc
-    folds = doc.get("summary", {}).get("folds") if isinstance(doc.get("summary"), dict) else None
-    if folds: return {**doc, "split_text": f"cross-validation: each of {folds} folds tested once"}
-    return {**doc, "split": read("00_setup").get("entries", {}).get("split") or {}}
-
 def raw_html_outputs(page):
     "HTML outputs without scripts (tables, audio players) handed to Quarto as raw HTML blocks (see above)."
     for c in page.cells:
@@ -315,7 +304,7 @@ def _quarto(run_dir: Path, out: Path, root: Path, runs_body: str):
     stage.mkdir()
     for name in STAGED_FILES: shutil.copy(root/name, stage/name)
     for nb in executed_notebooks(run_dir):
-        page = prepare_chapter(nbformat.read(nb, as_version=4), _results_of(run_dir, nb))
+        page = prepare_chapter(nbformat.read(nb, as_version=4), reports.chapter_results(run_dir, nb.stem))
         nbformat.write(raw_html_outputs(page), stage/nb.name)
     (stage/"index.md").write_text(reports.index_markdown(run_dir, (root/"README.md").read_text()))
     (stage/"results.md").write_text(reports.results_markdown(run_dir))
@@ -419,7 +408,8 @@ def _nbconvert(run_dir: Path, out: Path, root: Path, runs_body: str):
     api = api_pages(root)
     pages += [(f"{name}.html", f"API: {name}", "") for name in api]
     for nb, t, _ in titled:
-        page = prepare_chapter(nbformat.read(nb, as_version=4), _results_of(run_dir, nb), front_matter=False)
+        results = reports.chapter_results(run_dir, nb.stem)
+        page = prepare_chapter(nbformat.read(nb, as_version=4), results, front_matter=False)
         (out/f"{nb.stem}.html").write_text(_fallback_html(exporter, fallback_notebook(page), pages, nb.stem + ".html"))
     for name, page in api.items():
         page = fallback_notebook(fallback_api_page(page))

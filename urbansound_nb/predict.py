@@ -96,7 +96,7 @@ def stream_windows(blocks: Iterable[torch.Tensor], starts: list[int], n_frames: 
         drop = (starts[i] if i < len(starts) else end) - buf_start
         buf, buf_start = buf[:, drop:], buf_start + drop
 
-# %% ../nbs/06a_predict.ipynb #d227c36c50
+# %% ../nbs/06a_predict.ipynb #d44a36cc28
 class Predictor:
     "A saved checkpoint (or a run directory: the study's chosen model) ready to classify audio files."
     def __init__(self, checkpoint, device="cpu"):
@@ -104,6 +104,10 @@ class Predictor:
         self.model, self.ck = load_checkpoint(self.path, device)
         self.fp, self.classes, self.device = feature_params(self.ck["feature_params"]), self.ck["classes"], device
         self.n_frames, self.front = self.fp.frames(self.ck["clip_seconds"]), self.fp.front_end().to(device)
+
+    def start_seconds(self, starts) -> list[float]:
+        "Window starts in feature frames as seconds into the file."
+        return [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
 
     @torch.no_grad()
     def classify(self, windows) -> np.ndarray:
@@ -129,7 +133,7 @@ class Predictor:
         logmel = self.front(wave)                                          # [n_mels, frames]
         starts = window_starts(logmel.shape[-1], self.n_frames)           # the windows multi-crop scoring uses
         windows = (repeat_frames(logmel[:, s:s + self.n_frames], self.n_frames) for s in starts)  # as in training
-        return self.classify(windows), [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
+        return self.classify(windows), self.start_seconds(starts)
 
     def file_probs(self, path) -> tuple[np.ndarray, list[float]]:
         "`window_probs` of a file; one longer than `STREAM_SECONDS` is read and classified block by block."
@@ -141,7 +145,7 @@ class Predictor:
             blocks, total = stream_logmel(sound, self.front, str(path), self.device)
             starts = window_starts(total, self.n_frames)
             probs = self.classify(stream_windows(blocks, starts, self.n_frames))
-        return probs, [s * self.fp.hop_length / self.fp.sample_rate for s in starts]
+        return probs, self.start_seconds(starts)
 
 # %% ../nbs/06a_predict.ipynb #d3e333cde6
 def _top(probs, classes, k):

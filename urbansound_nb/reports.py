@@ -22,7 +22,8 @@ from .core import read_results
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'INTEGER_COLUMNS', 'COLUMN_LABELS', 'RESULTS_SUMMARY', 'FIGURES_SECTION', 'RUNS_SUMMARY',
            'split_text', 'results_tables', 'formatted', 'compared_models', 'comparison_chart', 'results_html',
-           'results_markdown', 'run_figures_markdown', 'index_markdown', 'runs_html', 'runs_markdown']
+           'results_markdown', 'results_if_any', 'chapter_results', 'run_figures_markdown', 'index_markdown',
+           'runs_html', 'runs_markdown']
 
 # %% ../nbs/90c_reports.ipynb #0b194fc8b6
 def split_text(split: dict) -> str:
@@ -138,14 +139,26 @@ def results_markdown(run_dir) -> str:
     "The results page for Quarto: front matter, then the HTML body."
     return f"---\ntitle: Results\ndescription: {RESULTS_SUMMARY}\n---\n\n{results_html(run_dir)}\n"
 
-# %% ../nbs/90c_reports.ipynb #0bc4807404
+# %% ../nbs/90c_reports.ipynb #b5c483f247
 FIGURES_SECTION = "## What a run gives"   # the README's section that the run's own figures replace
+
+def results_if_any(run_dir, notebook: str) -> dict:
+    "A chapter's results file (`read_results`), or {} when the chapter has not written one."
+    return read_results(run_dir, notebook) if (Path(run_dir)/"results"/f"{notebook}.json").exists() else {}
+
+def chapter_results(run_dir, notebook: str) -> dict:
+    "A chapter's results, its split filled in: the chapter's own, or the run's (chapter 00's) when it has none."
+    doc = results_if_any(run_dir, notebook)
+    if doc.get("split"): return doc
+    folds = doc.get("summary", {}).get("folds") if isinstance(doc.get("summary"), dict) else None
+    if folds: return {**doc, "split_text": f"cross-validation: each of {folds} folds tested once"}
+    return {**doc, "split": (results_if_any(run_dir, "00_setup").get("entries") or {}).get("split") or {}}
 
 def run_figures_markdown(run_dir) -> str:
     "This run's figures in Markdown: the split, each model's validation and test accuracy, the study's model."
     models, run_dir = compared_models(run_dir), Path(run_dir)
-    setup = read_results(run_dir, "00_setup") if (run_dir/"results"/"00_setup.json").exists() else {}
-    split = (setup.get("entries") or {}).get("split") or {}
+    setup = chapter_results(run_dir, "00_setup")
+    split = setup["split"]
     lines = [f"{FIGURES_SECTION.replace('a run', 'this run')}\n",
              f"Dataset `{setup.get('dataset', '?')}`; {split_text(split)}." if split else "", ""]
     if len(models):
