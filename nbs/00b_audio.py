@@ -50,6 +50,13 @@ class AudioDecodeError(ValueError):
 
 MIN_SECONDS = 0.02  # shorter audio is refused: UrbanSound8K's shortest clip lasts 0.054 s
 
+def check_length(n_samples: int, rate: int, name: str = "clip"):
+    "An `AudioDecodeError` for a clip of no samples or shorter than `MIN_SECONDS` (a header tells it without decoding)."
+    if n_samples == 0: raise AudioDecodeError(f"{name}: the file holds no samples")
+    if n_samples < MIN_SECONDS * rate:
+        raise AudioDecodeError(f"{name}: too short to classify ({n_samples} samples, {n_samples / rate:.4f} s; "
+                               f"at least {MIN_SECONDS} s)")
+
 def decode_audio(data: bytes, name: str = "clip") -> tuple[np.ndarray, int]:
     "Decode audio bytes of any format soundfile reads to (float32 mono samples, sample rate), or say what is wrong."
     if data is None or len(data) == 0: raise AudioDecodeError(f"{name}: the audio is empty (0 bytes)")
@@ -57,10 +64,7 @@ def decode_audio(data: bytes, name: str = "clip") -> tuple[np.ndarray, int]:
     except Exception as e:
         raise AudioDecodeError(f"{name}: soundfile cannot decode these {len(data)} bytes ({e}); "
                                "the file is corrupt or in a format libsndfile does not read") from None
-    if samples.shape[0] == 0: raise AudioDecodeError(f"{name}: the file holds no samples")
-    if samples.shape[0] < MIN_SECONDS * rate:
-        raise AudioDecodeError(f"{name}: too short to classify ({samples.shape[0]} samples, "
-                               f"{samples.shape[0] / rate:.4f} s; at least {MIN_SECONDS} s)")
+    check_length(samples.shape[0], rate, name)
     if not np.isfinite(samples).all():
         raise AudioDecodeError(f"{name}: {int((~np.isfinite(samples)).sum())} samples are NaN or infinite")
     return samples.mean(axis=1, dtype=np.float32), int(rate)

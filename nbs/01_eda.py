@@ -39,7 +39,7 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
-from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file
+from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file, check_length
 from urbansound_nb.data import skipped_clip
 
 # %%
@@ -152,8 +152,10 @@ def audio_header(audio: dict, name: str = "clip"):
     "soundfile's header of one clip (`sf.info`): from its file if it has one, else from its bytes."
     path = audio_file(audio)
     source = path if path and os.path.isfile(path) else io.BytesIO(audio_bytes(audio, name))
-    try: return sf.info(source)
+    try: info = sf.info(source)
     except Exception as e: raise AudioDecodeError(f"{name}: soundfile cannot read its header ({e})") from None
+    check_length(info.frames, info.samplerate, name)    # too short is known from the header; NaN only from samples
+    return info
 
 def audio_headers(ds, sample: int | None = None, seed: int = 0) -> tuple[pd.DataFrame, list[dict]]:
     "Rate, channels, encoding and duration from each clip's header (all, or a random `sample`); the unreadable ones."

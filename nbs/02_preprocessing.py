@@ -45,7 +45,7 @@ from urbansound_nb.audio import decode_audio
 from urbansound_nb.params import LOG_MEL
 
 # %%
-from urbansound_nb.audio import audio_bytes, is_synthetic
+from urbansound_nb.audio import AudioDecodeError, audio_bytes, is_synthetic
 from urbansound_nb.cache import cache_logmels
 from urbansound_nb.core import write_results
 from urbansound_nb.data import fold_split, load_urbansound, metadata_frame
@@ -201,8 +201,13 @@ def load_waveform(data: bytes, sample_rate: int, name: str = "clip") -> torch.Te
     return resample(torch.from_numpy(samples), rate, sample_rate)
 
 # %%
-row = split.train[0]
-w = load_waveform(audio_bytes(row["audio"]), features.sample_rate, row["slice_file_name"])
+def first_decodable(rows):
+    "The first row whose audio decodes (a clip that does not is left out here as everywhere), and its waveform."
+    for row in rows:
+        try: return row, load_waveform(audio_bytes(row["audio"]), features.sample_rate, row["slice_file_name"])
+        except AudioDecodeError: continue
+    raise AudioDecodeError("no training clip of this dataset decodes")
+row, w = first_decodable(split.train)
 print(row["slice_file_name"], row["class"], tuple(w.shape),
       f"{len(w)/features.sample_rate:.2f} s at {features.sample_rate} Hz")
 
@@ -250,9 +255,9 @@ print(f"second pass: {stats2['reused']} clips reused, {stats2['hash_seconds']:.2
 # This is the whole data path of a training epoch: no decoding, no worker processes.
 
 # %%
-from urbansound_nb.batches import LogMelSet, band_stats, batch_frames, study_data
-meta = metadata_frame(ds)
-allset = LogMelSet.from_cache(cache, keys, meta["classID"].values)
+from urbansound_nb.batches import band_stats, batch_frames, decoded_logmels, study_data
+ds, keys, allset, skipped = decoded_logmels(ds, cache, keys, params.strict_audio)   # the clips that decoded
+meta, split = metadata_frame(ds), fold_split(ds, **params.split)
 n_frames = features.frames(params.clip_seconds)
 x = batch_frames(allset, range(min(64, len(allset))), n_frames)
 print(f"cached: {tuple(allset.data.shape)} float16 = {allset.data.numel()*2/2**20:.1f} MiB in memory")

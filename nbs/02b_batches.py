@@ -125,6 +125,12 @@ test_close(m,
 # Notebooks 03-07 all start the same way: load the dataset, split it by fold, compute (or read)
 # the cached log-mels, and find which clips are in the training, validation and test folds.
 # `study_data` does exactly that, so the protocol (and the fold bookkeeping) lives in one place.
+#
+# A clip the feature cache could not decode (unreadable, too short, NaN samples: the cache
+# records why) has no features, so nothing may be built from its key. `decoded_logmels` is the one
+# way from a dataset and its cache keys to log-mels: it leaves such clips out, names them (or, with
+# `strict_audio`, stops), and returns the dataset without them. `study_data`, chapter 02 and the
+# benchmarks all go through it.
 
 # %%
 #| export
@@ -164,16 +170,22 @@ def decodable(ds, cache: FeatureCache, keys: list, strict: bool = False) -> tupl
     keep = sorted(set(range(len(ds))) - set(bad))
     return ds.select(keep), [keys[i] for i in keep], skipped
 
+def decoded_logmels(ds, cache: FeatureCache, keys: list, strict: bool = False) -> tuple[object, list, LogMelSet, list]:
+    "The clips that decoded, as (dataset, keys, their log-mels labelled by `classID`), and the records of the others."
+    ds, keys, skipped = decodable(ds, cache, keys, strict)
+    labels = ds["classID"] if "classID" in ds.column_names else None
+    return ds, keys, LogMelSet.from_cache(cache, keys, labels), skipped
+
 def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
     "Load `params.dataset`, split it by fold, read (or compute) its log-mels with `fp` (default: the run's front end)."
     ds = load_urbansound(params.dataset, params.max_items, params.seed)
     fold_split(ds, params.train_folds, params.val_fold, params.test_fold)  # a split error before hours of features
     fp = fp or study_features(params)
     cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, progress=progress)
-    ds, keys, skipped = decodable(ds, cache, keys, params.strict_audio)
+    ds, keys, logmels, skipped = decoded_logmels(ds, cache, keys, params.strict_audio)
     split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)
     fold = meta["fold"].values
     tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
-    return StudyData(ds, split, meta, fp, LogMelSet.from_cache(cache, keys, meta["classID"].values),
-                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats, keys, skipped)
+    return StudyData(ds, split, meta, fp, logmels, params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te,
+                     stats, keys, skipped)
 

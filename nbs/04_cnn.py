@@ -58,13 +58,12 @@ from urbansound_nb.metrics import confusion_pair, result_entry
 from urbansound_nb.models import n_parameters
 from urbansound_nb.params import as_bool, as_fraction, as_int, as_names, study_params, use_test_values
 from urbansound_nb.selection import rotated_estimate, rotation_indices, validation_rotations
-from urbansound_nb.train import RECIPES, ResNetPlan, fit_study_model, predict_logits
+from urbansound_nb.store import ResNetPlan, fit_study_model, study_store
+from urbansound_nb.train import RECIPES, predict_logits
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
 cnn_models = ["small_cnn", "resnet"]   # the CNNs to train and compare (`epochs`, `batch_size` are shared)
-resnet_seeds = 2        # UrbanResNet averages this many trainings (seeds seed, seed+1, ...); 1: a single model
-resnet_epochs = 20      # epochs of each UrbanResNet training (at most `epochs`)
 patience = 10           # epochs without a better validation accuracy before stopping (UrbanResNet)
 multicrop = True        # sliding-window scoring of clips longer than the model's input
 train_fraction = 1.0    # train on this share of each class's training recordings (whole recordings)
@@ -75,7 +74,6 @@ params = study_params(globals())
 cnn_models = as_names("cnn_models", cnn_models, RECIPES)   # a list, also when plain papermill passes a string
 train_fraction = as_fraction("train_fraction", train_fraction)
 multicrop = as_bool("multicrop", multicrop)
-resnet_seeds, resnet_epochs = as_int("resnet_seeds", resnet_seeds, 1), as_int("resnet_epochs", resnet_epochs, 1)
 patience = as_int("patience", patience, 1)
 
 # %% [markdown]
@@ -97,14 +95,19 @@ print(f"features: {data.cache_stats['computed']} computed, {data.cache_stats['re
 # %% [markdown]
 # ## Training both models
 #
-# Same split, same features, same batch size and epoch budget; each model with its recipe.
+# Same split, same features, same batch size and epoch budget; each model with its recipe. Every
+# training is a cell of the study's store (notebook 04e): one that another chapter or an earlier
+# run already made, with the same clips, recipe and seed, is read back instead of trained again,
+# and the chapter says which.
 
 # %%
-def train(name, split_data, out_dir):
-    "`name` trained as this chapter trains it, on `split_data`'s training clips, checkpoints in `out_dir`."
+store = study_store(params)   # every training is a cell of the study's store: one another chapter made is reused
+
+def train(name, split_data, out_dir=None):
+    "`name` trained as this chapter trains it, on `split_data`'s training clips; the run's checkpoints in `out_dir`."
     return fit_study_model(name, split_data, epochs=params.epochs, seed=params.seed, out_dir=out_dir,
-                           resnet=ResNetPlan(resnet_seeds, resnet_epochs), batch_size=params.batch_size,
-                           patience=RECIPES[name]["patience"] and patience)
+                           resnet=ResNetPlan(params.resnet_seeds, params.resnet_epochs), batch_size=params.batch_size,
+                           patience=RECIPES[name]["patience"] and patience, store=store)
 
 trained, histories, results = {}, {}, {}
 for name in cnn_models:
@@ -122,8 +125,8 @@ for name in cnn_models:
 # One validation fold cannot separate models a few points apart (notebook 03b), so each model is
 # trained again, exactly as above, for each further rotation (another non-test fold validates,
 # the others train) and scored on that rotation's validation fold. The mean over rotations is
-# what the study chooses by. These trainings serve only the estimate: their checkpoints stay in
-# `models/rotation<k>/` (so an interrupted run resumes) and they never see the test fold.
+# what the study chooses by. These trainings serve only the estimate: they stay in the store of
+# trainings (notebook 04e; an interrupted run resumes) and they never see the test fold.
 
 # %%
 rotations = validation_rotations(split.train_folds, split.val_fold, params.selection_folds)
@@ -134,12 +137,14 @@ for k, (tr, va) in enumerate(rotation_splits[1:], start=1):
     subset = recording_subset(data.meta, tr, train_fraction, params.seed, "train_fraction")
     rotated = replace(data, train=subset, val=va)
     for name in cnn_models:
-        model, _ = train(name, rotated, run_path/"models"/f"rotation{k}")
+        model, _ = train(name, rotated)
         pred = predict_logits(model, data.logmels, va, data.n_frames, multicrop=multicrop).argmax(1).numpy()
         rotation_accuracy[name].append(float((pred == labels[va]).mean()))
         print(f"{name}, rotation {k} (train {rotations[k]['train_folds']}, validate {rotations[k]['val_fold']}): "
               f"validation accuracy {rotation_accuracy[name][-1]:.3f}")
 if len(rotations) == 1: print("one validation fold only (selection_folds = 1, or a single non-test fold): no rotation")
+print(store.summary())
+pd.DataFrame(store.used)
 
 # %% [markdown]
 # ## Learning curves
@@ -271,4 +276,4 @@ write_results(run_path, "04_cnn", results, dataset=params.dataset, best_model=be
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold,
                          train_fraction=train_fraction), rotations=rotations,
               features=dict(feature_key=data.fp.key, n_frames=data.n_frames),
-              history={k: v["history"] for k, v in histories.items()}, **data.clip_counts())
+              history={k: v["history"] for k, v in histories.items()}, trainings=store.used, **data.clip_counts())

@@ -160,6 +160,11 @@ test_close(torch.sort(s[0, 0] - s[0, 0].mean()).values, torch.sort(batch[0, 0] -
 #
 # Mixup blends pairs of clips of a batch and their labels with a weight drawn from a Beta
 # distribution; the training loop applies it to the loss.
+#
+# Fine-tuning the pretrained network (chapter 05) takes EfficientAT's own augmentations, done on the
+# cached log-mels instead of the waveforms: a circular time roll, a gain of up to +-12 dB (an offset
+# of the log, in the network's scaled units) and two frequency masks (`roll_gain_mask`), with mixup
+# of the log-mels in the loop.
 
 # %%
 #| export
@@ -176,11 +181,21 @@ def shift_freqmask(x: torch.Tensor, y=None, generator=None) -> torch.Tensor:
     return spec_augment_lite(x.gather(2, cols[:, None, :].expand(-1, F_, -1)), generator=generator,
                              max_bands=max(1, F_ // 8), max_frames=0)
 
+PRETRAINED_UNITS_PER_DB = math.log(10) / 50   # EfficientAT's input is (ln(power) + 4.5) / 5 (notebook 05a)
+
+def roll_gain_mask(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 12.0) -> torch.Tensor:
+    "EfficientAT's fine-tuning augmentation on its log-mels: a time roll, a gain of +-`max_gain_db`, two band masks."
+    gain = (torch.rand(len(x), generator=generator) * 2 - 1) * max_gain_db * PRETRAINED_UNITS_PER_DB
+    return shift_freqmask(x, generator=generator) + gain[:, None, None]
+
 # recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 07 passes to `fit`
-AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shift_freqmask": shift_freqmask}
+AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shift_freqmask": shift_freqmask,
+                 "roll_gain_mask": roll_gain_mask}
 
 # %%
 test_eq(shift_freqmask(torch.randn(3, 128, 40), generator=torch.Generator().manual_seed(0)).shape, (3, 128, 40))
+_rolled = roll_gain_mask(torch.zeros(64, 128, 40), generator=torch.Generator().manual_seed(0))
+assert _rolled.abs().max() <= 12 * PRETRAINED_UNITS_PER_DB + 1e-6 and _rolled.std() > 0.1   # a gain per clip, +-12 dB
 mixed, ya, yb, lam = mixup(torch.ones(4, 2, 3), torch.arange(4), 0.2, torch.Generator().manual_seed(0))
 test_close(mixed, torch.ones(4, 2, 3))
 assert 0 <= lam <= 1 and sorted(yb.tolist()) == [0, 1, 2, 3]

@@ -40,10 +40,12 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
@@ -58,18 +60,19 @@ from urbansound_nb.params import BATCH_SIZE, StudyParams
 
 # %%
 import tempfile
-from types import SimpleNamespace
-import pandas as pd
-from urbansound_nb.models import SeedEnsemble, load_checkpoint, plain
+from urbansound_nb.models import load_checkpoint, plain
 from fastcore.test import test_eq, test_close, test_fail
 
 # %% [markdown]
 # ## Recipes
 #
-# A `TrainConfig` says how a model is trained; `RECIPES` holds the two of the study. The
+# A `TrainConfig` says how a model is trained; `RECIPES` holds the three of the study. The
 # starting notebook's recipe trains SmallAudioCNN as it did (Adam at a constant 1e-3, nothing
 # else). UrbanResNet's is a modern one: AdamW with a one-cycle schedule, label smoothing, gentle
-# mixup (α = 0.2) and the recording-variation augmentation of notebook 04b.
+# mixup (α = 0.2) and the recording-variation augmentation of notebook 04b. The pretrained
+# network's (chapter 05) follows EfficientAT's own fine-tuning: a low peak rate reached by a
+# warm-up and ramped down linearly (`warmup_linear`), mixup and its augmentations; its batch norms
+# and first blocks can be held (`freeze_bn`, `frozen_blocks`).
 
 # %%
 #| export
@@ -81,13 +84,18 @@ class TrainConfig:
     optimizer: str = "adamw"           # 'adamw' or 'adam'
     lr: float = 3e-3
     weight_decay: float = 1e-2
-    schedule: str = "onecycle"         # 'onecycle' or 'constant'
+    schedule: str = "onecycle"         # 'onecycle', 'warmup_linear' (warm-up, then a linear ramp down) or 'constant'
+    warmup: float = 0.2                # share of the steps spent warming up ('onecycle', 'warmup_linear')
+    final_lr: float = 0.01             # 'warmup_linear': the rate at the last step, as a share of `lr`
     label_smoothing: float = 0.1
     mixup_alpha: float = 0.0           # 0: no mixup
     augmentation: str = "none"         # a name from AUGMENTATIONS, applied to every training batch
     patience: int | None = 10          # None: no early stopping
     seed: int = 0
     body_lr_scale: float = 1.0         # for models with `param_groups` (a pretrained body): its share of `lr`
+    freeze_bn: bool = False            # batch norms keep their statistics (pretrained ones: AudioSet's) in training
+    frozen_blocks: int = 0             # for models with `freeze_blocks` (a pretrained body): the first blocks held
+    stop_after: int | None = None      # end after this many epochs of the `epochs`-long schedule (a refit)
 
 @dataclass
 class TrainOptions:
@@ -104,10 +112,16 @@ RECIPES = {  # the starting notebook's recipe for its model, and the modern one
                       mixup_alpha=0.0, patience=None),
     "resnet": dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1,
                    mixup_alpha=0.2, augmentation="recording_variation", patience=10),
-    # fine-tuning a pretrained network from its linear probe (chapter 05): gently, every layer at 2e-4, no mixup
+    # fine-tuning a pretrained network from its linear probe (chapter 05), after EfficientAT's own recipe
     "efficientat": dict(optimizer="adamw", lr=2e-4, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1,
                         mixup_alpha=0.0, augmentation="shift_freqmask", patience=None, body_lr_scale=1.0),
 }
+
+def warmup_linear(cfg: TrainConfig, steps: int):
+    "The rate's share at each step: a linear warm-up over `cfg.warmup` of the steps, then down to `cfg.final_lr`."
+    warm = max(1, round(cfg.warmup * steps))
+    return lambda step: ((step + 1) / warm if step < warm else
+                         1 - (1 - cfg.final_lr) * min(1.0, (step + 1 - warm) / max(steps - warm, 1)))
 
 def _optimizer(model, cfg: TrainConfig, steps: int):
     if cfg.optimizer not in ("adam", "adamw"):
@@ -118,10 +132,15 @@ def _optimizer(model, cfg: TrainConfig, steps: int):
                weight_decay=cfg.weight_decay)
     max_lr = [g["lr"] for g in opt.param_groups] if grouped else cfg.lr
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=max(steps, 1), pct_start=0.2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=max(steps, 1), pct_start=cfg.warmup)
+    elif cfg.schedule == "warmup_linear": sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(cfg, steps))
     elif cfg.schedule == "constant": sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    else: raise ValueError(f"schedule must be 'onecycle' or 'constant', got {cfg.schedule!r}")
+    else: raise ValueError(f"schedule must be 'onecycle', 'warmup_linear' or 'constant', got {cfg.schedule!r}")
     return opt, sched
+
+# %%
+_lam = warmup_linear(TrainConfig(warmup=0.1, final_lr=0.01), 100)
+test_close([_lam(0), _lam(9), _lam(10), _lam(99)], [0.1, 1.0, 1 - 0.99 / 90, 0.01])    # up in 10 steps, down to 1%
 
 # %% [markdown]
 # Class weights, where a recipe asks for them, are scikit-learn's "balanced" weights (inverse
@@ -194,7 +213,7 @@ test_eq(window_starts(3, 4), [0])
 def stop_early(cfg: TrainConfig, epoch: int, best_epoch: int, lr: float) -> bool:
     "After `epoch` (from 1): `patience` epochs without a better validation accuracy and, under one-cycle, a low rate."
     if not cfg.patience or epoch - best_epoch < cfg.patience: return False
-    return cfg.schedule != "onecycle" or lr < cfg.lr / 4
+    return cfg.schedule == "constant" or lr < cfg.lr / 4
 
 # %%
 test_eq(stop_early(TrainConfig(patience=10, schedule="constant"), 14, 4, 3e-3), True)
@@ -253,11 +272,19 @@ class EpochTools:
     weight: torch.Tensor | None
     device: object
 
+def training_mode(model, cfg: TrainConfig):
+    "`model` in training mode, but for the batch norms `cfg.freeze_bn` holds (they keep their statistics)."
+    model.train()
+    if cfg.freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm): m.eval()
+    return model
+
 def _train_epoch(model, data: StudyData, train_idx, cfg: TrainConfig, tools: EpochTools) -> dict:
     "One epoch over `train_idx` in shuffled batches: loss, accuracy and the seconds spent building batches."
     opt, sched, gen, hooks, weight, device = (tools.opt, tools.sched, tools.gen, tools.hooks, tools.weight,
                                               tools.device)
-    model.train()
+    training_mode(model, cfg)
     y_all, t0, t_data, tot, correct, n = data.logmels.labels, time.time(), 0.0, 0.0, 0.0, 0
     for b in train_idx[torch.randperm(len(train_idx), generator=gen)].split(cfg.batch_size):
         td = time.time()
@@ -304,6 +331,7 @@ def _new_training(name: str, config: dict, cfg: TrainConfig, options: TrainOptio
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(name, **config)
     if options.init_state is not None: model.load_state_dict(options.init_state, strict=False)
+    if cfg.frozen_blocks: model.freeze_blocks(cfg.frozen_blocks)
     # channels-last convolutions: measurably faster training on 2 CPU cores
     return model.to(device, memory_format=torch.channels_last), hooks, gen
 
@@ -317,9 +345,18 @@ def _restore(st: dict, model, tools: EpochTools) -> tuple[list, dict, int]:
     set_device_rng_state(st.get("device_rng"), tools.device)
     return st["history"], st["best"], st["epoch"] + 1
 
+def _validate(model, data: StudyData, device) -> tuple[float | None, float | None]:
+    "Validation loss and accuracy after an epoch; (None, None) for a refit, which has no validation clips."
+    if len(data.val) == 0: return None, None
+    yv = data.logmels.labels[torch.as_tensor(np.asarray(data.val))]
+    logits = predict_logits(model, data.logmels, data.val, data.n_frames, device=device)
+    return F.cross_entropy(logits, yv).item(), (logits.argmax(1) == yv).float().mean().item()
+
+_acc = lambda v: "-" if v is None else f"{v:.3f}"
+
 def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None,
                 options: TrainOptions | None = None, device=None, progress: bool = True):
-    "Train model `name` on `data.train`, its epoch chosen on `data.val`: (best model, history); resumes from `out_dir`."
+    "Train `name` on `data.train`, its epoch chosen on `data.val` (none: the last): (model, history); resumes."
     device, options = device or pick_device(), options or TrainOptions()
     info, class_weights = options.info, options.class_weights
     model, hooks, gen = _new_training(name, config, cfg, options, device)
@@ -331,23 +368,21 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
     best_path, last = (Path(out_dir)/f"{stem}.pt", Path(out_dir)/f"{stem}.last.pt") if out_dir else (None, None)
     if st := _resume_state(last, best_path, cfg, config, len(train_idx), info):
         hist, best, start = _restore(st, model, EpochTools(opt, sched, gen, hooks, weight, device))
-        if progress:
-            print(f"resuming {name} after epoch {start} (best validation accuracy so far {best['val_accuracy']:.3f})")
+        if progress: print(f"resuming {name} after epoch {start} (best validation accuracy so far "
+                           f"{_acc(best['val_accuracy'])})")
     best_state = (copy.deepcopy(model.state_dict()) if start == 0 else
                   read_checkpoint(best_path, device)["state_dict"])
-    yv = data.logmels.labels[torch.as_tensor(np.asarray(data.val))]
-    bar = tqdm(range(start, cfg.epochs), desc=name, unit="epoch", disable=not progress or start >= cfg.epochs,
-               mininterval=5)
+    end = min(cfg.stop_after or cfg.epochs, cfg.epochs)
+    bar = tqdm(range(start, end), desc=name, unit="epoch", disable=not progress or start >= end, mininterval=5)
     for epoch in bar:
         t0 = time.time()
         row = _train_epoch(model, data, train_idx, cfg, EpochTools(opt, sched, gen, hooks, weight, device))
-        logits = predict_logits(model, data.logmels, data.val, data.n_frames, device=device)
-        val_loss, val_acc = F.cross_entropy(logits, yv).item(), (logits.argmax(1) == yv).float().mean().item()
+        val_loss, val_acc = _validate(model, data, device)
         hist.append(dict(epoch=epoch + 1, train_loss=row["train_loss"], train_accuracy=row["train_accuracy"],
                          val_loss=val_loss, val_accuracy=val_acc, lr=opt.param_groups[0]["lr"],
                          seconds=time.time() - t0, data_seconds=row["data_seconds"],
                          train_seconds=row["train_seconds"]))
-        if val_acc > best["val_accuracy"]:
+        if val_acc is None or val_acc > best["val_accuracy"]:     # a refit keeps its last epoch
             best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1)
             best_state = copy.deepcopy(model.state_dict())
             if out_dir:
@@ -357,10 +392,10 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
         if out_dir: _save_state(last, model, EpochTools(opt, sched, gen, hooks, weight, device),
                                 dict(history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
                                      n_train=len(train_idx), info=info))
-        bar.set_postfix(val=f"{val_acc:.3f}", best=f"{best['val_accuracy']:.3f}@{best['epoch']}")
+        bar.set_postfix(val=_acc(val_acc), best=f"{_acc(best['val_accuracy'])}@{best['epoch']}")
         if progress and not bar.disable and (epoch + 1) % 5 == 0:
-            print(f"  {name} epoch {epoch+1}: loss {row['train_loss']:.3f}, val acc {val_acc:.3f} "
-                  f"(best {best['val_accuracy']:.3f} @ {best['epoch']})", flush=True)
+            print(f"  {name} epoch {epoch+1}: loss {row['train_loss']:.3f}, val acc {_acc(val_acc)} "
+                  f"(best {_acc(best['val_accuracy'])} @ {best['epoch']})", flush=True)
         if stop_early(cfg, epoch + 1, best["epoch"], opt.param_groups[0]["lr"]): break
     model.load_state_dict(best_state)
     return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
@@ -370,6 +405,7 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
 # call resumes instead of starting again.
 
 # %%
+#| export
 def tiny_data(n_mels: int = 16) -> StudyData:
     "24 random two-class clips of 40 frames: 16 to train on, 8 to validate and test on."
     rng = np.random.default_rng(0)
@@ -379,6 +415,7 @@ def tiny_data(n_mels: int = 16) -> StudyData:
     return StudyData(None, SimpleNamespace(classes=["a", "b"]), meta, FeatureParams(n_mels=n_mels), clips, 1.0, 32,
                      np.arange(16), np.arange(16, 24), np.arange(16, 24), {})
 
+# %%
 small = tiny_data()
 small_config = dict(n_classes=2, n_mels=16)
 cfg2, cfg3 = TrainConfig(epochs=2, batch_size=8, patience=None), TrainConfig(epochs=3, batch_size=8, patience=None)
@@ -418,6 +455,20 @@ with tempfile.TemporaryDirectory() as d:
             dict(a=0.5, b=(2, "x"), c=[0, 1]))
 
 # %% [markdown]
+# A refit has no validation clips: it trains for the epochs it is given (`stop_after` of an
+# `epochs`-long schedule, so the rates follow the validated run's) and keeps the last. Held batch
+# norms (`freeze_bn`) keep their statistics through training.
+
+# %%
+from dataclasses import replace as _with
+refit_data = _with(small, val=np.arange(0))
+_cfg = TrainConfig(epochs=3, batch_size=8, patience=None, stop_after=2, freeze_bn=True, schedule="warmup_linear")
+refit_model, refit_history = train_model("small_cnn", small_config, refit_data, _cfg, progress=False)
+test_eq([r["epoch"] for r in refit_history["history"]], [1, 2])
+test_eq((refit_history["best"]["epoch"], refit_history["best"]["val_accuracy"]), (2, None))
+test_eq(refit_model.features[0][1].running_mean, torch.zeros(16))          # the batch norm's statistics, held
+
+# %% [markdown]
 # An interruption costs nothing but time: a training stopped after its second epoch and resumed
 # ends with the same history and weights as one run straight through, with the whole recipe
 # drawing random numbers (crops, recording variation, mixup, dropout).
@@ -445,98 +496,3 @@ with tempfile.TemporaryDirectory() as straight, tempfile.TemporaryDirectory() as
     losses = lambda h: [(r["train_loss"], r["val_loss"]) for r in h["history"]]
     test_eq(losses(h_resumed), losses(h_straight))
     for k, v in m_straight.state_dict().items(): test_eq(m_resumed.state_dict()[k], v)
-
-# %% [markdown]
-# ## Training as the study does
-#
-# `fit` trains a model with its recipe (`RECIPES`, changed by keyword overrides) on a
-# `StudyData`, with the model's input standardised by the training folds' band statistics and
-# the checkpoint recording its folds.
-
-# %%
-#| export
-def model_config(n_classes: int, fp: FeatureParams, mean, std) -> dict:
-    "A model's configuration: classes, bands, and the training folds' band statistics (so checkpoints carry them)."
-    return dict(n_classes=int(n_classes), n_mels=fp.n_mels, mean=[round(float(v), 5) for v in mean],
-                std=[round(float(v), 5) for v in std])
-
-def split_folds(data: StudyData) -> dict:
-    "The folds `data`'s training, validation and test clips come from, as a checkpoint records them."
-    fold = data.meta["fold"].to_numpy()
-    return {part: sorted(int(f) for f in set(fold[np.asarray(idx, dtype=int)]))
-            for part, idx in (("train", data.train), ("val", data.val), ("test", data.test))}
-
-def fit(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None, progress: bool = True,
-        options: TrainOptions | None = None, **overrides):
-    "Train model `name` with its recipe (`RECIPES`, changed by `overrides`) on `data`, its epoch chosen on validation."
-    cfg = TrainConfig(epochs=epochs, seed=seed, **{**RECIPES[name], **overrides})
-    options = replace(options or TrainOptions(), info=dict(folds=split_folds(data)))
-    config = options.config or model_config(len(data.split.classes), data.fp, *data.band_stats())
-    return train_model(name, config, data, cfg, out_dir=out_dir, options=options, progress=progress)
-
-# %% [markdown]
-# UrbanResNet is trained `resnet_seeds` times, with seeds `seed`, `seed + 1`, ..., each member's
-# epoch chosen on the validation fold as for a single model, and the members are averaged
-# (`SeedEnsemble`). Each member keeps its own checkpoints in `models/resnet.seed<N>/`, so an
-# interrupted run resumes member by member; the ensemble is saved as `models/resnet.pt`.
-# `fit_study_model` is how the study trains each model, in chapter 04 and wherever a later
-# chapter must train one: UrbanResNet as `resnet_seeds` trainings of `resnet_epochs` averaged,
-# any other model once for `epochs`.
-
-# %%
-#| export
-def fit_ensemble(name: str, data: StudyData, *, epochs: int, seeds, out_dir=None, progress: bool = True, **overrides):
-    "Train `name` once per seed with `fit` and average the members (`SeedEnsemble`): (model, history of all members)."
-    seeds = [int(s) for s in seeds]
-    if not seeds: raise ValueError("fit_ensemble needs at least one seed")
-    if len(seeds) == 1:
-        return fit(name, data, epochs=epochs, seed=seeds[0], out_dir=out_dir, progress=progress, **overrides)
-    fits = [fit(name, data, epochs=epochs, seed=s, out_dir=Path(out_dir)/f"{name}.seed{s}" if out_dir else None,
-                progress=progress, **overrides) for s in seeds]
-    config = dict(members=[dict(model=name, config=model_config(len(data.split.classes), data.fp, *data.band_stats()))]
-                  * len(seeds))
-    model = build_model("ensemble", **config)
-    for slot, (member, _) in zip(model.members, fits): slot.load_state_dict(member.state_dict())
-    yv = data.logmels.labels[torch.as_tensor(data.val)]
-    val_acc = float((predict_logits(model, data.logmels, data.val, data.n_frames).argmax(1) == yv).float().mean())
-    best = dict(val_accuracy=val_acc, epoch=[h["best"]["epoch"] for _, h in fits],
-                member_val_accuracy=[h["best"]["val_accuracy"] for _, h in fits])
-    if out_dir:
-        save_checkpoint(checkpoint_dict(model, "ensemble", config, data.fp, data.split.classes, data.clip_seconds,
-                                        seeds=seeds, folds=split_folds(data), **best), Path(out_dir)/f"{name}.pt")
-    history = [dict(r, seed=s) for s, (_, h) in zip(seeds, fits) for r in h["history"]]
-    return model.eval(), dict(history=history, best=best, stopped_epoch=sum(h["stopped_epoch"] for _, h in fits),
-                              members={s: h for s, (_, h) in zip(seeds, fits)})
-
-@dataclass(frozen=True)
-class ResNetPlan:
-    "How the study trains UrbanResNet: `seeds` trainings averaged, each for at most `epochs` epochs."
-    seeds: int = 2
-    epochs: int = 20
-
-def fit_study_model(name: str, data: StudyData, *, epochs: int, seed: int = 0, out_dir=None,
-                    resnet: ResNetPlan = ResNetPlan(), progress: bool = True, **overrides):
-    "Train `name` as the study does: UrbanResNet averaged over `resnet.seeds` seeds, other models once."
-    if name != "resnet":
-        return fit(name, data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, **overrides)
-    return fit_ensemble(name, data, epochs=min(resnet.epochs, epochs), seeds=range(seed, seed + resnet.seeds),
-                        out_dir=out_dir, progress=progress, **overrides)
-
-# %%
-with tempfile.TemporaryDirectory() as d:
-    ens, eh = fit_ensemble("small_cnn", small, epochs=2, seeds=[0, 1], out_dir=d, progress=False, batch_size=8)
-    test_eq(len(ens.members), 2)
-    test_eq(eh["stopped_epoch"], 4)
-    test_eq(sorted(eh["members"]), [0, 1])
-    assert (Path(d)/"small_cnn.seed1"/"small_cnn.last.pt").exists()
-    loaded, ck = load_checkpoint(Path(d)/"small_cnn.pt")
-    test_eq(ck["model"], "ensemble")
-    test_eq(ck["seeds"], [0, 1])
-    test_eq(ck["folds"], dict(train=[1], val=[2, 3], test=[2, 3]))          # which folds it has seen, for chapter 06
-    test_eq(load_checkpoint(Path(d)/"small_cnn.seed1"/"small_cnn.pt")[1]["folds"], ck["folds"])
-    test_close(predict_logits(loaded, small.logmels, range(24), 32), predict_logits(ens, small.logmels, range(24), 32))
-    test_fail(lambda: fit_ensemble("small_cnn", small, epochs=2, seeds=[], out_dir=d), contains="at least one seed")
-    single, sh = fit_ensemble("small_cnn", small, epochs=2, seeds=[0], out_dir=d, progress=False, batch_size=8)
-    assert "members" not in sh and not isinstance(single, SeedEnsemble)   # one seed: what fit gives
-    _, other = fit_study_model("small_cnn", small, epochs=2, out_dir=Path(d)/"study", progress=False, batch_size=8)
-    assert "members" not in other                                          # only UrbanResNet is averaged over seeds

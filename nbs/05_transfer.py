@@ -50,10 +50,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from urbansound_nb.batches import StudyData
-from urbansound_nb.models import EfficientAT
-from urbansound_nb.params import BATCH_SIZE
+from urbansound_nb.models import EfficientAT, build_model, checkpoint_dict
 from urbansound_nb.selection import select_on_validation
-from urbansound_nb.train import TrainOptions, fit, predict_logits
+from urbansound_nb.store import TrainingStore, fit, split_folds
+from urbansound_nb.train import TrainOptions, predict_logits
 
 
 # %%
@@ -65,26 +65,27 @@ from fastcore.test import test_eq, test_close
 from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import batch_frames, study_data
 from urbansound_nb.core import make_run_dir, read_results, write_results
-from urbansound_nb.metrics import result_entry
-from urbansound_nb.models import build_model, n_parameters
-from urbansound_nb.params import as_int, as_name, study_params, use_test_values
+from urbansound_nb.metrics import evaluate, result_entry
+from urbansound_nb.models import n_parameters
+from urbansound_nb.params import as_bool, as_name, study_params, use_test_values
 from urbansound_nb.pretrained import (PRETRAINED, EfficientATFeatures, audioset_labels, audioset_top, cached_embeddings,
                                       pretrained_network)
 from urbansound_nb.selection import (SELECTION_RULE, choose_model, rotated_estimate, rotation_indices,
                                      validation_rotations)
-from urbansound_nb.models import checkpoint_dict, save_checkpoint
-from urbansound_nb.train import split_folds
+from urbansound_nb.models import save_checkpoint
+from urbansound_nb.store import refit_data, study_store
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-# (network, weights, finetune_init and batch_size are shared: chapter 08 cross-validates the same network)
-finetune_epochs = 3     # epochs of fine-tuning (the validation fold chooses the epoch)
+# (network, weights, finetune_init, finetune_epochs and batch_size are shared: chapter 08 cross-validates the same
+# network the same way)
+refit = True            # train the chosen model again on every non-test fold, and serve that
 
 # %% tags=["checks"]
 use_test_values(globals(), weights="random", finetune_epochs=1)
 params = study_params(globals())
 network = as_name("network", params.network, PRETRAINED)
-finetune_epochs = as_int("finetune_epochs", finetune_epochs, 1)
+refit = as_bool("refit", refit)
 
 # %% [markdown]
 # ## The network and its features
@@ -195,25 +196,31 @@ pd.DataFrame(results["probe"]["validation_grid"])
 # %% [markdown]
 # ## Fine-tuning the whole network
 #
-# The network trains with the study's loop (`fit`, notebook 04c) and its `efficientat` recipe.
-# It starts from the AudioSet weights with the fitted probe as its 10-class head
+# The network trains with the study's loop (`fit`, notebook 04e) and its `efficientat` recipe
+# (notebook 04c). It starts from the AudioSet weights with the fitted probe as its 10-class head
 # (`finetune_init = "probe"`: linear probing, then fine-tuning; Kumar et al., ICLR 2022), so no
-# random head pulls the pretrained features about in the first steps, and it moves gently: AdamW
-# at 2e-4 for every layer under a one-cycle schedule (its first fifth a warm-up), label smoothing,
-# and a circular time shift with two frequency masks per clip, for three epochs. The validation
-# fold chooses the epoch. The recipe's measurements, and the variants not taken (a random head,
-# faster rates, mixup, more epochs), are on the explanations page.
+# random head pulls the pretrained features about in the first steps. The recipe follows
+# EfficientAT's own fine-tuning (its `ex_esc50.py`), scaled to the few epochs two CPU cores
+# afford: a low peak rate reached by a linear warm-up and ramped down linearly to 1% of it, no
+# weight decay, mixup of the log-mels, and a time roll, a gain of +-12 dB and two frequency masks
+# per clip (`roll_gain_mask`, notebook 04b). The validation fold chooses the epoch. The trials
+# behind it (rates, batch norms, frozen blocks, more epochs) are on the explanations page.
+#
+# The network is fine-tuned on every rotation, each from that rotation's own probe: the study's
+# split first (its model is the one tested and saved), then the others, which serve only the
+# rotated estimate. Each training is a cell of the store (notebook 04e): chapter 08 reads the
+# study's split back instead of training it again.
 
 # %%
 #| export
 def fit_finetune(network: EfficientAT, data: StudyData, *, epochs: int, seed: int = 0, head: EfficientAT | None = None,
-                 out_dir=None, batch_size: int = BATCH_SIZE, progress: bool = True):
+                 out_dir=None, progress: bool = True, store: TrainingStore | None = None, **overrides):
     "Fine-tune `network` on `data` with the `efficientat` recipe, from `head`'s 10-class head if given, else a new one."
     start = head.state_dict() if head is not None else body_state(network)
     options = TrainOptions(config=dict(width=network.width, n_classes=len(data.split.classes)), init_state=start,
                            save_as="finetune")
     return fit("efficientat", data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, options=options,
-               batch_size=batch_size)
+               store=store, **overrides)
 
 def class_probabilities(models, data: StudyData, idx) -> torch.Tensor:
     "The mean of `models`' class probabilities on clips `idx` (every window of a clip longer than the input)."
@@ -221,24 +228,36 @@ def class_probabilities(models, data: StudyData, idx) -> torch.Tensor:
                         for m in models]).mean(0)
 
 # %%
-t0 = time.time()
-finetuned, history = fit_finetune(net, data, epochs=finetune_epochs, seed=params.seed, batch_size=params.batch_size,
-                                  head=probe_model if params.finetune_init == "probe" else None,
-                                  out_dir=run_path/"models")
-finetune_seconds = time.time() - t0
+store = study_store(params)
 predict = lambda models, idx: class_probabilities(models, data, idx).argmax(1).numpy()
-results["finetune"] = result_entry(labels[data.val], predict([finetuned], data.val), labels[data.test],
-                                   predict([finetuned], data.test), split.classes, len(data.train), finetune_seconds,
+head_of = lambda probe: probe if params.finetune_init == "probe" else None
+finetuned, histories, rotation_accuracy = [], [], dict(finetune=[], probe_finetune=[])
+for k, ((tr, va), rotated_probe) in enumerate(zip(splits, probe_models)):
+    tuned, h = fit_finetune(net, dataclasses.replace(data, train=tr, val=va), epochs=params.finetune_epochs,
+                            seed=params.seed, head=head_of(rotated_probe), store=store, batch_size=params.batch_size,
+                            out_dir=run_path/"models" if k == 0 else None)
+    finetuned.append(tuned)
+    histories.append(h)
+    for name, members in (("finetune", [tuned]), ("probe_finetune", [rotated_probe, tuned])):
+        rotation_accuracy[name].append(float((predict(members, va) == labels[va]).mean()))
+history, finetune_seconds = histories[0], sum(r["seconds"] for r in histories[0]["history"])
+results["finetune"] = result_entry(labels[data.val], predict(finetuned[:1], data.val), labels[data.test],
+                                   predict(finetuned[:1], data.test), split.classes, len(data.train), finetune_seconds,
                                    epochs=history["stopped_epoch"], best_epoch=history["best"]["epoch"],
-                                   parameters=n_parameters(finetuned), checkpoint="models/finetune.pt",
+                                   rotation_best_epochs=[h["best"]["epoch"] for h in histories],
+                                   parameters=n_parameters(finetuned[0]), checkpoint="models/finetune.pt",
                                    init=params.finetune_init)
 fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
-epochs_run = [r["epoch"] for r in history["history"]]
-ax.plot(epochs_run, [r["train_accuracy"] for r in history["history"]], "--", label="training (mixed batches)")
-ax.plot(epochs_run, [r["val_accuracy"] for r in history["history"]], "-o", label="validation")
-ax.set(title=f"Fine-tuning {network}: accuracy per epoch", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
-ax.legend()
+for (r, h), color in zip(zip(rotations, histories), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+    epochs_run = [e["epoch"] for e in h["history"]]
+    ax.plot(epochs_run, [e["val_accuracy"] for e in h["history"]], "-o", color=color,
+            label=f"validation, fold {r['val_fold']} (trained on {'+'.join(map(str, r['train_folds']))})")
+    ax.plot(epochs_run, [e["train_accuracy"] for e in h["history"]], "--", color=color, alpha=0.5)
+ax.set(title=f"Fine-tuning {network}: accuracy per epoch (dashed: mixed training batches)", xlabel="epoch",
+       ylabel="accuracy", ylim=(0, 1))
+ax.legend(fontsize=8)
 plt.show()
+print(store.summary())
 
 # %% [markdown]
 # ## The probe and the fine-tuned network together
@@ -246,45 +265,35 @@ plt.show()
 # The probe keeps AudioSet's features as they are; fine-tuning moves them towards these ten
 # classes. Both read the same input, so they can be averaged like chapter 04's seeds
 # (`SeedEnsemble`: the mean of their class probabilities), as one checkpoint. Whether the average
-# is the study's model is decided, like everything else, on validation.
+# is the study's model is decided, like everything else, on validation, rotated like the others.
 
 # %%
-pair_config = dict(members=[dict(model="efficientat", config=dict(width=net.width, n_classes=len(split.classes)))] * 2)
-pair = build_model("ensemble", **pair_config)
-for slot, member in zip(pair.members, (probe_model, finetuned)): slot.load_state_dict(member.state_dict())
-results["probe_finetune"] = result_entry(labels[data.val], predict([pair], data.val), labels[data.test],
-                                         predict([pair], data.test), split.classes, len(data.train),
+#| export
+def transfer_checkpoint(members: list, data: StudyData, body: EfficientAT, **info) -> dict:
+    "The checkpoint of one fine-tuned or probe network, or of several averaged (an ensemble), as `predict` reads it."
+    config = dict(width=body.width, n_classes=len(data.split.classes))
+    if len(members) == 1:
+        return checkpoint_dict(members[0], "efficientat", config, data.fp, data.split.classes, data.clip_seconds,
+                               folds=split_folds(data), **info)
+    pair_config = dict(members=[dict(model="efficientat", config=config)] * len(members))
+    pair = build_model("ensemble", **pair_config)
+    for slot, member in zip(pair.members, members): slot.load_state_dict(member.state_dict())
+    return checkpoint_dict(pair.eval(), "ensemble", pair_config, data.fp, data.split.classes, data.clip_seconds,
+                           folds=split_folds(data), **info)
+
+# %%
+pair = [probe_model, finetuned[0]]
+results["probe_finetune"] = result_entry(labels[data.val], predict(pair, data.val), labels[data.test],
+                                         predict(pair, data.test), split.classes, len(data.train),
                                          results["probe"]["seconds"] + finetune_seconds,
-                                         parameters=n_parameters(pair), checkpoint="models/probe_finetune.pt")
-save_checkpoint(checkpoint_dict(pair.eval(), "ensemble", pair_config, data.fp, split.classes, data.clip_seconds,
-                                folds=split_folds(data), network=network,
-                                val_accuracy=results["probe_finetune"]["val_accuracy"]),
+                                         parameters=sum(n_parameters(m) for m in pair),
+                                         checkpoint="models/probe_finetune.pt")
+save_checkpoint(transfer_checkpoint(pair, data, net, network=network,
+                                    val_accuracy=results["probe_finetune"]["val_accuracy"]),
                 run_path/"models"/"probe_finetune.pt")
-pd.DataFrame(results).T[["val_accuracy", "test_accuracy", "macro_f1", "seconds"]]
-
-# %% [markdown]
-# ## Validation rotated over the non-test folds
-#
-# The probe's estimate is already rotated (its `C` was chosen that way). The fine-tuned network
-# and the pair are estimated the same way: for each further rotation the probe `fit_probe`
-# fitted on that rotation's training folds, fine-tuning from it, and their average, each scored
-# on that rotation's validation fold. These models serve only the estimate (checkpoints in
-# `models/rotation<k>/`, so a run resumes) and never see the test fold.
-
-# %%
-rotation_accuracy = dict(finetune=[], probe_finetune=[])
-for k, ((tr, va), rotated_probe) in enumerate(zip(splits[1:], probe_models[1:]), start=1):
-    rotated = dataclasses.replace(data, train=tr, val=va)
-    rotated_finetune, _ = fit_finetune(net, rotated, epochs=finetune_epochs, seed=params.seed,
-                                       batch_size=params.batch_size,
-                                       head=rotated_probe if params.finetune_init == "probe" else None,
-                                       out_dir=run_path/"models"/f"rotation{k}")
-    for name, members in (("finetune", [rotated_finetune]), ("probe_finetune", [rotated_probe, rotated_finetune])):
-        rotation_accuracy[name].append(float((predict(members, va) == labels[va]).mean()))
 for name, accuracies in rotation_accuracy.items():
-    results[name].update(rotated_estimate([results[name]["val_accuracy"], *accuracies],
-                                          [len(va) for _, va in splits]))
-pd.DataFrame(results).T[["val_accuracy", "val_mean", "val_sd", "n_val_total"]]
+    results[name].update(rotated_estimate(accuracies, [len(va) for _, va in splits]))
+pd.DataFrame(results).T[["val_accuracy", "val_mean", "val_sd", "n_val_total", "test_accuracy", "macro_f1", "seconds"]]
 
 # %% [markdown]
 # ## Three families, one split, one choice
@@ -308,6 +317,7 @@ FAMILIES = {"majority": "chance", "logreg": "engineered features", "svm_rbf": "e
             "probe": "pretrained, transferred", "finetune": "pretrained, transferred",
             "probe_finetune": "pretrained, transferred"}
 ENSEMBLES = {"probe_finetune": ("probe", "finetune")}   # candidates that average other candidates
+TRANSFERS = ("probe", "finetune", "probe_finetune")     # this chapter's candidates
 
 def comparison_table(entries: dict) -> pd.DataFrame:
     "One row per model: family, validation (own fold, rotated mean and sd), test, F1, seconds, parameters."
@@ -359,15 +369,76 @@ pd.DataFrame({"family": table.family, f"validation, fold {split.val_fold}": perc
               "parameters": table.parameters.map(lambda n: f"{int(n):,}" if pd.notna(n) else "")})
 
 # %% [markdown]
+# ## The chosen model, refit on every non-test fold
+#
+# The rotations chose a model and its settings; the models behind those figures each saw only part
+# of the non-test data. As scikit-learn's `GridSearchCV(refit=True)` does, the chosen model is then
+# trained once more, with the chosen settings, on every non-test fold, training and validation
+# folds together: the probe with the chosen `C`, and a network for the number of epochs the
+# rotations chose (their best epochs' mean, on the same schedule, which it stops short of; a
+# refit has no validation clips to choose by). The refit model is tested once, on the same test
+# fold, saved as `models/<model>.refit.pt`, and it is what `best_checkpoint` names: `predict` and
+# chapter 06 use it. The table above keeps every candidate's test figure from the study's split,
+# so that candidates stay comparable. (`-p refit false` serves the study's split model instead.)
+
+# %%
+#| export
+def refit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, setting: dict) -> EfficientAT:
+    "The probe with the chosen `setting` fitted on `data`'s training clips (a refit's: every non-test fold), folded."
+    labels = data.logmels.labels.numpy()
+    probe = probe_pipeline(**setting).fit(embeddings[data.train], labels[data.train])
+    return probe_network(network, probe, len(data.split.classes))
+
+def refit_epochs(best_epochs) -> int:
+    "The epochs a refit trains: the mean of the rotations' best epochs (of every member of an ensemble), rounded."
+    flat = np.concatenate([np.atleast_1d(np.asarray(e, dtype=float)) for e in best_epochs])
+    return max(1, int(round(float(flat.mean()))))
+
+# %%
+test_eq(refit_epochs([3, [2, 4], 5]), 4)
+test_eq(refit_epochs([1]), 1)
+
+# %%
+every = refit_data(data)
+refit_entry, best_checkpoint = None, table.loc[best_model, "checkpoint"] or None
+if refit and best_model in TRANSFERS:
+    t0 = time.time()
+    refit_probe_model = refit_probe(net, embeddings, every, results["probe"]["chosen"])
+    stop = None if best_model == "probe" else refit_epochs(results["finetune"]["rotation_best_epochs"])
+    refit_tuned = None if stop is None else fit_finetune(
+        net, every, epochs=params.finetune_epochs, seed=params.seed, head=head_of(refit_probe_model), store=store,
+        batch_size=params.batch_size, stop_after=stop)[0]
+    refit_models = dict(probe=[refit_probe_model], finetune=[refit_tuned],
+                        probe_finetune=[refit_probe_model, refit_tuned])[best_model]
+    best_checkpoint = f"models/{best_model}.refit.pt"
+    save_checkpoint(transfer_checkpoint(refit_models, every, net, network=network, refit=True),
+                    run_path/best_checkpoint)
+    scores = evaluate(labels[data.test], predict(refit_models, data.test), split.classes)
+    refit_entry = dict(model=best_model, checkpoint=best_checkpoint, train_folds=split_folds(every)["train"],
+                       n_train=len(every.train), n_test=len(data.test), epochs=stop, seconds=round(time.time() - t0, 1),
+                       test_accuracy=scores["accuracy"], macro_f1=scores["macro_f1"],
+                       per_class_accuracy=scores["per_class_accuracy"])
+    refit_line = (f"Refit: **{best_model}** trained again on folds {'+'.join(map(str, refit_entry['train_folds']))} "
+                  f"({len(every.train):,} clips)" + (f", its network for {stop} epochs" if stop else "") +
+                  f": {scores['accuracy']:.1%} on test fold {split.test_fold}, against "
+                  f"{table.loc[best_model, 'test_accuracy']:.1%} for its model of the study's split. Saved as "
+                  f"`{best_checkpoint}`, which `predict` and chapter 06 use.")
+elif refit:
+    refit_line = (f"{best_model} is not one of this chapter's transfers, so it is served as trained on the study's "
+                  "split (chapter 05 refits the transfers only).")
+else: refit_line = "No refit (`refit` is false): the study's split model is served."
+Markdown(refit_line)
+
+# %% [markdown]
 # ## What this run says
 
 # %%
 best = table.loc[best_model]
-best_checkpoint = best["checkpoint"] or None
 lines = [f"Chosen on validation by the rule above, the study's model is **{best_model}** ({best['family']}): "
          f"{best['val_mean']:.1%} on validation (mean over folds {rotated_over}), {best['test_accuracy']:.1%} on test "
          f"fold {split.test_fold}, scored once."]
-lines.append(f"`urbansound-nb predict {params.run_dir}/{best_checkpoint}` classifies audio files with it." if
+lines.append(refit_line)
+lines.append(f"`urbansound-nb predict {params.run_dir}` classifies audio files with `{best_checkpoint}`." if
              best_checkpoint else "It is not a network, so no checkpoint serves `predict`; the study names it all "
              "the same, and chapter 06 analyses the best network.")
 described = {"probe": "linear probe", "finetune": "fine-tuned network", "probe_finetune": "average of the two"}
@@ -390,4 +461,5 @@ write_results(run_path, "05_transfer", results, dataset=params.dataset, best_mod
               comparison=table.reset_index(names="model").to_dict("records"),
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
               features=dict(feature_key=data.fp.key, n_frames=data.n_frames, seconds=round(feature_seconds, 1)),
-              embeddings=embedding_stats, history=history["history"], **data.clip_counts())
+              embeddings=embedding_stats, history=history["history"], refit=refit_entry,
+              rotation_histories=[h["history"] for h in histories], trainings=store.used, **data.clip_counts())

@@ -40,7 +40,7 @@ from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
 from urbansound_nb.core import read_results
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import CheckpointError
-from urbansound_nb.train import split_folds
+from urbansound_nb.store import split_folds
 
 # %%
 import os
@@ -56,7 +56,8 @@ from urbansound_nb.metrics import confusion_pair, evaluate
 from urbansound_nb.params import as_int, as_name, study_params, use_test_values
 from urbansound_nb.pretrained import feature_params
 from urbansound_nb.models import load_checkpoint
-from urbansound_nb.train import RECIPES, fit_study_model, predict_logits
+from urbansound_nb.store import ResNetPlan, fit_study_model, study_store
+from urbansound_nb.train import RECIPES, predict_logits
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
@@ -69,6 +70,7 @@ n_examples = 6          # clips in each of the "confident mistakes" and "doubtfu
 #
 # The model analysed is the study's model: the one chapter 05 chose on rotated validation by its
 # stated rule (`best_model` and `best_checkpoint` in its results), whichever family it comes from.
+# It is analysed as chapter 05 serves it (`best_checkpoint`): refit on every non-test fold.
 # Where chapter 05 has not run, or chose a model without a checkpoint (a classical baseline), it
 # is the network of chapters 04 and 05 with the best validation accuracy (mean over the
 # rotations).
@@ -106,7 +108,8 @@ def check_checkpoint_split(ck: dict, data: StudyData, path) -> None:
         raise CheckpointError(f"{path}: its classes {ck['classes']} differ from this dataset's {classes}")
     have, want = ck.get("folds"), split_folds(data)
     if have is None: raise CheckpointError(f"{path}: records no folds, so its test fold cannot be checked")
-    if have == want: return
+    seen, non_test = set(have["train"] + have["val"]), set(want["train"] + want["val"])
+    if have["test"] == want["test"] and seen <= non_test: return     # this split, or a refit on its non-test folds
     seen = " It has seen this run's test fold." if set(want["test"]) & set(have["train"] + have["val"]) else ""
     raise CheckpointError(f"{path} was trained on folds {have['train']} and validated on {have['val']}, "
                           f"but this run trains on {want['train']}, validates on {want['val']} and tests on "
@@ -117,6 +120,7 @@ def check_checkpoint_split(ck: dict, data: StudyData, path) -> None:
 _d = SimpleNamespace(split=SimpleNamespace(classes=["a", "b"]), meta=pd.DataFrame(dict(fold=[1, 1, 2, 3])),
                      train=[0, 1], val=[2], test=[3])
 check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1], val=[2], test=[3])), _d, "m.pt")
+check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1, 2], val=[], test=[3])), _d, "m.pt")   # a refit
 test_fail(lambda: check_checkpoint_split(dict(classes=["a", "b"]), _d, "m.pt"), contains="records no folds")
 with tempfile.TemporaryDirectory() as d:
     (Path(d)/"models").mkdir()
@@ -146,7 +150,10 @@ candidates = study_checkpoints(run_path)
 name = model_name or chosen_model(run_path) or "resnet"
 print("the study's networks by mean validation accuracy:", {k: round(v, 3) for k, v in candidates.items()})
 print(f"analysed: {name}", "(as asked)" if model_name else "(the study's model, chosen by chapter 05)")
-ckpt = run_path/"models"/f"{name}.pt"
+# the study's model is served as chapter 05 left it: refit on every non-test fold where it was
+chapter_05 = read_results(run_path, "05_transfer") if (run_path/"results"/"05_transfer.json").exists() else {}
+served = chapter_05.get("best_checkpoint") if name == chapter_05.get("best_model") and not model_name else None
+ckpt = run_path/(served or f"models/{name}.pt")
 model, checkpoint = load_checkpoint(ckpt) if ckpt.exists() else (None, None)
 # the checkpoint says which features its model reads (chapter 02's log-mels or the pretrained network's own)
 data = study_data(params, feature_params(checkpoint["feature_params"]) if checkpoint else None)
@@ -155,7 +162,8 @@ train_idx, val_idx, test_idx = data.train, data.val, data.test
 if model is None:
     if name not in RECIPES: raise FileNotFoundError(f"{ckpt} does not exist: run chapter 05 with this run directory")
     print(f"{ckpt} does not exist: training {name} now (chapter 04 normally does this)")
-    fit_study_model(name, data, epochs=params.epochs, seed=params.seed, out_dir=run_path/"models")
+    fit_study_model(name, data, epochs=params.epochs, seed=params.seed, out_dir=run_path/"models",
+                    resnet=ResNetPlan(params.resnet_seeds, params.resnet_epochs), store=study_store(params))
     model, checkpoint = load_checkpoint(ckpt)
 print(f"using {ckpt}")
 check_checkpoint_split(checkpoint, data, ckpt)

@@ -51,7 +51,8 @@ from urbansound_nb.batches import StudyData
 from urbansound_nb.grid import Placement, run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.params import BATCH_SIZE
-from urbansound_nb.train import TrainOptions, balanced_class_weights, fit, predict_logits
+from urbansound_nb.store import fit
+from urbansound_nb.train import TrainOptions, balanced_class_weights, predict_logits
 
 # %%
 import matplotlib.pyplot as plt

@@ -22,20 +22,23 @@
 # One test fold is one draw: folds differ in recording conditions and class mix, and single-fold
 # accuracies of the same model spread over ten points or more. The dataset's authors therefore
 # ask for cross-validation over the predefined folds. For each fold *k* present: test on *k*,
-# choose the epoch on the next fold (cyclically), train on all the others. Features come from
-# the cache, computed once for all folds; each fold's result is recorded as soon as it is done,
-# so an interrupted run resumes. On the full dataset this is the official 10-fold figure; on a
-# subset with fewer folds it is the same protocol over the folds there are.
+# choose the epoch on the fold before it (cyclically), train on all the others. That is the
+# study's own arrangement (chapters 03-05 test on the last fold and validate on the one before),
+# so the study's split is this chapter's cell for the last fold, trained once for both (the store
+# of trainings, notebook 04e). Features come from the cache, computed once for all folds; each
+# fold's result is recorded as soon as it is done, so an interrupted run resumes. On the full
+# dataset this is the official 10-fold figure; on a subset with fewer folds it is the same
+# protocol over the folds there are.
 #
-# Each model is trained as its chapter trains it, and by default every family is
-# cross-validated: the MFCC baselines (logistic regression, RBF SVM), the two CNNs learned from
-# scratch (SmallAudioCNN and UrbanResNet, one model per fold, `cv_resnet_seeds = 1`, for
-# `cv_epochs` epochs), and the pretrained network's transfers (the probe, the network fine-tuned
-# from it for `cv_finetune_epochs` epochs, and their pair). Features and embeddings come from the
-# cache, so the baselines and the probe cost seconds per fold. `-p cv_models "[resnet, probe]"`
-# narrows it. (These parameters carry their own names: chapters 04 and 05 train for `epochs` and
-# `finetune_epochs`, and one `-p` on a whole run means one thing in every chapter.) The
-# last sections compare every model fold by fold with the reference (the starting notebook's
+# Each model is trained exactly as its chapter trains it, with the same shared parameters, and
+# by default every family is cross-validated: the MFCC baselines (logistic regression, RBF SVM),
+# the two CNNs learned from scratch (SmallAudioCNN for `epochs`, UrbanResNet as `resnet_seeds`
+# trainings of `resnet_epochs` averaged), and the pretrained network's transfers (the probe, the
+# network fine-tuned from it for `finetune_epochs` epochs, and their pair). Settings (a baseline's
+# C, the probe's C) are chosen on the fold's validation rotated over its non-test folds, as the
+# study chooses them (notebook 03b). Features and embeddings come from the cache, so the baselines
+# and the probe cost seconds per fold. `-p cv_models "[resnet, probe]"` narrows it. The last
+# sections compare every model fold by fold with the reference (the starting notebook's
 # SmallAudioCNN): a claim that one model beats another rests on that comparison, not on one test
 # fold.
 
@@ -54,9 +57,11 @@ from urbansound_nb.batches import StudyData
 from urbansound_nb.grid import Placement, run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.models import EfficientAT
-from urbansound_nb.selection import select_on_validation
-from urbansound_nb.train import ResNetPlan, fit_study_model, predict_logits
-from urbansound_nb.transfer import class_probabilities, fit_finetune, fit_probe
+from urbansound_nb.params import BATCH_SIZE, StudyParams
+from urbansound_nb.selection import rotation_indices, select_on_validation, validation_rotations
+from urbansound_nb.store import ResNetPlan, TrainingStore, fit_study_model, split_folds
+from urbansound_nb.train import predict_logits
+from urbansound_nb.transfer import TRANSFERS, class_probabilities, fit_finetune, fit_probe
 
 # %%
 import matplotlib.pyplot as plt
@@ -67,7 +72,8 @@ from urbansound_nb.batches import study_data
 from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.grid import grid_client, parse_scheduler
 from urbansound_nb.metrics import summarise
-from urbansound_nb.params import as_folds, as_int, as_name, as_names, study_params, use_test_values
+from urbansound_nb.params import as_folds, as_name, as_names, study_params, use_test_values
+from urbansound_nb.store import study_store
 from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures, cached_embeddings, pretrained_network
 
 # %% tags=["parameters"]
@@ -75,11 +81,9 @@ from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures, cached_emb
 # models to cross-validate, as their chapters train them: every family by default
 cv_models = ["logreg", "svm_rbf", "small_cnn", "resnet", "probe", "finetune", "probe_finetune"]
 reference = "small_cnn" # with several models, the others are compared with this one fold by fold
-cv_resnet_seeds = 1     # UrbanResNet averaged over this many seeds per fold (chapter 04 averages `resnet_seeds`)
 folds = None            # folds to cross-validate; None: every fold present
-cv_epochs = 10          # per fold, for the CNNs (early stopping may end sooner); chapter 04 trains for `epochs`
-cv_finetune_epochs = 2  # per fold, for the pretrained network fine-tuned from its probe (chapter 05: `finetune_epochs`)
-# (network, weights, finetune_init, batch_size, scheduler and cell_threads are shared)
+# (each model trains as its chapter trains it, with the shared epochs, resnet_seeds, resnet_epochs, finetune_epochs,
+# network, weights, finetune_init and batch_size; scheduler and cell_threads place the cells)
 
 # %% [markdown]
 # ## The plan
@@ -87,7 +91,7 @@ cv_finetune_epochs = 2  # per fold, for the pretrained network fine-tuned from i
 # %%
 #| export
 def cv_plan(present, folds=None) -> list[dict]:
-    "For each fold to test: its validation fold (the next present fold, cyclically) and training folds (all others)."
+    "For each fold to test: its validation fold (the one before it, cyclically) and training folds (all others)."
     present = sorted(set(int(f) for f in present))
     folds = present if folds is None else sorted(int(f) for f in folds)
     missing = [f for f in folds if f not in present]
@@ -95,16 +99,16 @@ def cv_plan(present, folds=None) -> list[dict]:
     if len(present) < 3:
         raise ValueError(f"cross-validation needs at least 3 folds (train, validation, test); "
                          f"the dataset has {present}")
-    next_fold = lambda k: present[(present.index(k) + 1) % len(present)]
-    return [dict(test_fold=k, val_fold=next_fold(k), train_folds=[f for f in present if f not in (k, next_fold(k))])
+    before = lambda k: present[(present.index(k) - 1) % len(present)]
+    return [dict(test_fold=k, val_fold=before(k), train_folds=[f for f in present if f not in (k, before(k))])
             for k in folds]
 
 # %%
-test_eq(cv_plan([1, 2, 3]), [dict(test_fold=1, val_fold=2, train_folds=[3]),
-                             dict(test_fold=2, val_fold=3, train_folds=[1]),
-                             dict(test_fold=3, val_fold=1, train_folds=[2])])
+test_eq(cv_plan([1, 2, 3]), [dict(test_fold=1, val_fold=3, train_folds=[2]),
+                             dict(test_fold=2, val_fold=1, train_folds=[3]),
+                             dict(test_fold=3, val_fold=2, train_folds=[1])])     # the study's split: train 1, val 2
 test_eq(len(cv_plan(range(1, 11))), 10)
-test_eq(cv_plan(range(1, 11))[9], dict(test_fold=10, val_fold=1, train_folds=list(range(2, 10))))
+test_eq(cv_plan(range(1, 11))[9], dict(test_fold=10, val_fold=9, train_folds=list(range(1, 9))))
 test_fail(lambda: cv_plan([1, 2]), contains="at least 3 folds")
 
 # %% [markdown]
@@ -118,7 +122,6 @@ test_fail(lambda: cv_plan([1, 2]), contains="at least 3 folds")
 
 # %%
 #| export
-TRANSFERS = ("probe", "finetune", "probe_finetune")
 CV_MODELS = ("logreg", "svm_rbf", "small_cnn", "resnet", *TRANSFERS)
 BASELINES = {"logreg": (logistic_regression, lambda n_features: LOGREG_GRID), "svm_rbf": (rbf_svm, svm_grid)}
 
@@ -128,38 +131,56 @@ class Transfer:
     network: EfficientAT
     data: StudyData
     embeddings: np.ndarray
-    finetune_epochs: int = 3
-    finetune_init: str = "probe"
+    finetune_epochs: int = StudyParams.finetune_epochs
+    finetune_init: str = StudyParams.finetune_init
 
-def _baseline_predictions(model: str, split_data: StudyData):
-    "An MFCC baseline of chapter 03 on one fold's split, its setting chosen on the fold's validation fold."
+@dataclass(frozen=True)
+class FoldTraining:
+    "How every fold trains: the model's epochs, seed, UrbanResNet's seeds, batches, rotations, the store's folder."
+    epochs: int
+    seed: int = 0
+    resnet_seeds: int = 1
+    batch_size: int = BATCH_SIZE
+    selection_folds: int = StudyParams.selection_folds   # settings (C, gamma) chosen on this many rotations
+    store: str | None = None                             # the store of trainings (notebook 04e); None: none kept
+
+def _rotations(split_data: StudyData, training: FoldTraining) -> list:
+    "The fold's (training, validation) splits, its own first, rotated as the study rotates them (notebook 03b)."
+    folds = split_folds(split_data)
+    rotations = validation_rotations(folds["train"], folds["val"][0], training.selection_folds)
+    return rotation_indices(split_data.meta["fold"].values, rotations)
+
+def _baseline_predictions(model: str, split_data: StudyData, training: FoldTraining):
+    "An MFCC baseline of chapter 03 on one fold's split, its setting chosen on the rotations of its non-test folds."
     X, y = mfcc_stats(split_data.logmels), split_data.logmels.labels.numpy()
     make, grid = BASELINES[model]
-    _, (fitted,) = select_on_validation(make, grid(X.shape[1]), X, y, [(split_data.train, split_data.val)],
-                                     split_data.test, split_data.split.classes)
+    _, (fitted, *_) = select_on_validation(make, grid(X.shape[1]), X, y, _rotations(split_data, training),
+                                           split_data.test, split_data.split.classes)
     return {model: (fitted.predict(X[split_data.val]), fitted.predict(X[split_data.test]), None)}
 
-def _transfer_predictions(model: str, split_data: StudyData, seed: int, transfer: Transfer):
+def _transfer_predictions(model: str, split_data: StudyData, training: FoldTraining, transfer: Transfer,
+                          store: TrainingStore):
     "The probe alone, or the network fine-tuned (from the probe) and the pair: {model: (val, test, epoch)}."
-    net, splits = transfer.network, [(split_data.train, split_data.val)]
-    _, (probe_model,) = fit_probe(net, transfer.embeddings, split_data, splits)
+    net = transfer.network
+    _, (probe_model, *_) = fit_probe(net, transfer.embeddings, split_data, _rotations(split_data, training))
     probs = lambda models, idx: class_probabilities(models, split_data, idx).argmax(1).numpy()
     if model == "probe": return {"probe": (probs([probe_model], split_data.val), probs([probe_model], split_data.test),
                                            None)}
     head = probe_model if transfer.finetune_init == "probe" else None
-    tuned, h = fit_finetune(net, split_data, epochs=transfer.finetune_epochs, seed=seed, head=head, progress=False)
+    tuned, h = fit_finetune(net, split_data, epochs=transfer.finetune_epochs, seed=training.seed, head=head,
+                            progress=False, batch_size=training.batch_size, store=store)
     return {name: (probs(members, split_data.val), probs(members, split_data.test), h["best"]["epoch"])
             for name, members in (("finetune", [tuned]), ("probe_finetune", [probe_model, tuned]))}
 
-def _fold_predictions(model: str, split_data: StudyData, epochs: int, seed: int, resnet_seeds: int,
-                      transfer: Transfer | None) -> dict:
+def _fold_predictions(model: str, split_data: StudyData, training: FoldTraining, transfer: Transfer | None,
+                      store: TrainingStore) -> dict:
     "Train `model` on one fold's split: {model (and models trained with it): (val predictions, test ones, epoch)}."
     if model in TRANSFERS:
         if transfer is None: raise ValueError(f"{model!r} needs the pretrained network (`transfer`)")
-        return _transfer_predictions(model, split_data, seed, transfer)
-    if model in BASELINES: return _baseline_predictions(model, split_data)
-    m, h = fit_study_model(model, split_data, epochs=epochs, seed=seed, resnet=ResNetPlan(resnet_seeds, epochs),
-                           progress=False)
+        return _transfer_predictions(model, split_data, training, transfer, store)
+    if model in BASELINES: return _baseline_predictions(model, split_data, training)
+    m, h = fit_study_model(model, split_data, epochs=training.epochs, seed=training.seed, progress=False, store=store,
+                           resnet=ResNetPlan(training.resnet_seeds, training.epochs), batch_size=training.batch_size)
     pv, pt = (predict_logits(m, split_data.logmels, idx, split_data.n_frames, multicrop=True).argmax(1).numpy()
               for idx in (split_data.val, split_data.test))
     return {model: (pv, pt, h["best"]["epoch"])}
@@ -167,55 +188,50 @@ def _fold_predictions(model: str, split_data: StudyData, epochs: int, seed: int,
 # %% [markdown]
 # Each (fold, model) is one cell of a grid (notebook 04d): `train_fold` trains and scores it,
 # here or on a Dask cluster (`scheduler`), and this notebook records each result as it comes.
-# A fine-tuning cell records the probe and the pair trained with it (`also`).
+# A fine-tuning cell records the probe and the pair trained with it (`also`). Every network it
+# trains is a cell of the store of trainings (notebook 04e), so a cell whose split is one the study
+# already trained on (the last fold's) reads those trainings back; each result lists the
+# trainings it used (`trainings`).
 
 # %%
 #| export
-@dataclass(frozen=True)
-class FoldTraining:
-    "How every fold's networks train: epochs of the CNNs, the seed, UrbanResNet's seeds averaged."
-    epochs: int
-    seed: int = 0
-    resnet_seeds: int = 1
-
-def train_fold(data: StudyData, transfer: Transfer | None, split: dict, model: str, epochs: int, seed: int,
-               resnet_seeds: int) -> dict:
+def train_fold(data: StudyData, transfer: Transfer | None, split: dict, model: str, training: FoldTraining) -> dict:
     "Train `model` as its chapter does on one fold's `split` of `data`; its validation and test figures."
     test_fold, val_fold, train_folds = split["test_fold"], split["val_fold"], split["train_folds"]
     if model in TRANSFERS and transfer is not None: data = transfer.data   # the pretrained network's own features
     y, fold_of = data.logmels.labels.numpy(), data.meta["fold"].values
     tr, va, te = (np.flatnonzero(np.isin(fold_of, f)) for f in (train_folds, [val_fold], [test_fold]))
     # this split's folds; fit takes its band statistics from these training folds only
-    t0, split_data = time.time(), replace(data, train=tr, val=va, test=te)
-    predictions = _fold_predictions(model, split_data, epochs, seed, resnet_seeds, transfer)
+    t0, split_data, store = time.time(), replace(data, train=tr, val=va, test=te), TrainingStore(training.store)
+    predictions = _fold_predictions(model, split_data, training, transfer, store)
     entries = {name: dict(test_fold=test_fold, val_fold=val_fold, train_folds=list(train_folds),
                           **result_entry(y[va], pv, y[te], pt, data.split.classes, len(tr), time.time() - t0,
                                          best_epoch=epoch))
                for name, (pv, pt, epoch) in predictions.items()}
-    return dict(entries.pop(model), also=entries)
+    return dict(entries.pop(model), also=entries, trainings=store.used)
 
-def _fold_key(p: dict, model: str, epochs: int, seed: int, resnet_seeds: int, init: str) -> str:
+def _fold_key(p: dict, model: str, training: FoldTraining, init: str) -> str:
+    resnet_seeds = training.resnet_seeds
     suffix = f"x{resnet_seeds}" if model == "resnet" and resnet_seeds > 1 else f"-{init}" if model == "finetune" else ""
-    return f"fold{p['test_fold']}/{model}/{epochs}/seed{seed}{suffix}"
+    return f"fold{p['test_fold']}/{model}/{training.epochs}/seed{training.seed}{suffix}"
 
-def _cells(plan, models, training: FoldTraining, transfer: Transfer | None) -> dict:
-    "The grid's cells; the pair is trained in the fine-tuning cell, so asking for it asks for that cell."
-    cells, seed, resnet_seeds = {}, training.seed, training.resnet_seeds
+def _cells(plan, models, training: dict, transfer: Transfer | None) -> dict:
+    "The grid's cells, each model with its own `FoldTraining`; the pair is trained in the fine-tuning cell."
+    cells = {}
     for m in dict.fromkeys("finetune" if m == "probe_finetune" else m for m in models):
-        m_epochs = transfer.finetune_epochs if m == "finetune" and transfer is not None else training.epochs
         init = transfer.finetune_init if transfer is not None else "probe"
         for p in plan:
             split = dict(test_fold=p["test_fold"], val_fold=p["val_fold"], train_folds=p["train_folds"])
-            cells[_fold_key(p, m, m_epochs, seed, resnet_seeds, init)] = dict(
-                split=split, model=m, epochs=m_epochs, seed=seed, resnet_seeds=resnet_seeds)
+            cells[_fold_key(p, m, training[m], init)] = dict(split=split, model=m, training=training[m])
     return cells
 
-def cross_validate(plan, data: StudyData, models, training: FoldTraining, *, record_path=None,
+def cross_validate(plan, data: StudyData, models, training: FoldTraining | dict, *, record_path=None,
                    transfer: Transfer | None = None, place: Placement | None = None) -> pd.DataFrame:
     "Train each of `models` as its chapter does and test it once per entry of `plan`, recording each fold as it ends."
     models = [models] if isinstance(models, str) else list(models)
     unknown = [m for m in models if m not in CV_MODELS]
     if unknown: raise ValueError(f"unknown model {unknown[0]!r}; choose from {sorted(CV_MODELS)}")
+    training = training if isinstance(training, dict) else {m: training for m in (*models, "finetune")}
     cells = _cells(plan, models, training, transfer)
     describe = lambda key, r: (f"  {key.split('/')[1]}, test fold {r['test_fold']:2d} (validation {r['val_fold']}): "
                                f"test accuracy {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
@@ -224,18 +240,17 @@ def cross_validate(plan, data: StudyData, models, training: FoldTraining, *, rec
     rows = []
     for key, result in done.items():   # a cell's own model, then those trained with it (`also`), as asked for
         result = dict(result)
-        also = result.pop("also", {})
-        rows += [dict(model=name, **entry) for name, entry in ((cells[key]["model"], result), *also.items())
-                 if name in models]
+        also, trainings = result.pop("also", {}), result.pop("trainings", [])
+        rows += [dict(model=name, trainings=trainings if name == cells[key]["model"] else [], **entry)
+                 for name, entry in ((cells[key]["model"], result), *also.items()) if name in models]
     return pd.DataFrame(sorted(rows, key=lambda r: (models.index(r["model"]), r["test_fold"])))
 
 # %% tags=["checks"]
-use_test_values(globals(), cv_epochs=1, folds=[1, 2, 3], cv_models=["logreg", "small_cnn", "probe", "probe_finetune"],
-                weights="random", cv_finetune_epochs=1)
+use_test_values(globals(), epochs=1, folds=[1, 2, 3], cv_models=["logreg", "small_cnn", "probe", "probe_finetune"],
+                weights="random", finetune_epochs=1)
 # every fold takes every role
 params = replace(study_params(globals()), train_folds=None, val_fold=None, test_fold=None)
-cv_epochs, cv_finetune_epochs = as_int("cv_epochs", cv_epochs, 1), as_int("cv_finetune_epochs", cv_finetune_epochs, 1)
-network, cv_resnet_seeds = as_name("network", params.network, PRETRAINED), as_int("cv_resnet_seeds", cv_resnet_seeds, 1)
+network = as_name("network", params.network, PRETRAINED)
 parse_scheduler(params.scheduler)     # a bad scheduler fails here, before any work
 folds = None if folds is None else as_folds("folds", folds)
 model_list = as_names("cv_models", cv_models, CV_MODELS)
@@ -248,24 +263,32 @@ reference = as_name("reference", reference, CV_MODELS)
 run_path = make_run_dir(params.run_dir)
 data = study_data(params)   # the default split is unused here: cv_plan gives every fold its turn
 plan = cv_plan(data.meta["fold"].unique(), folds)
-averaged = f"(UrbanResNet: {cv_resnet_seeds} seeds averaged)" if "resnet" in model_list and cv_resnet_seeds > 1 else ""
-print(f"{', '.join(model_list)}: {cv_epochs} epochs per fold", averaged, f"| {len(plan)} folds",
-      "(SYNTHETIC data)" if is_synthetic(data.ds) else "",
+store = study_store(params)
+fold_training = lambda epochs, seeds=1: FoldTraining(epochs, params.seed, seeds, params.batch_size,
+                                                     params.selection_folds, str(store.root))
+training = dict(logreg=fold_training(0), svm_rbf=fold_training(0), probe=fold_training(0),
+                small_cnn=fold_training(params.epochs),
+                resnet=fold_training(min(params.resnet_epochs, params.epochs), params.resnet_seeds),
+                finetune=fold_training(params.finetune_epochs), probe_finetune=fold_training(params.finetune_epochs))
+print(", ".join(f"{m} ({training[m].epochs} epochs" + (f", {training[m].resnet_seeds} seeds averaged)"
+                                                       if m == "resnet" else ")") for m in model_list),
+      f"| {len(plan)} folds", "(SYNTHETIC data)" if is_synthetic(data.ds) else "",
       f"| features: {data.cache_stats['computed']} computed, {data.cache_stats['reused']} from the cache")
 transfer = None
 if set(model_list) & set(TRANSFERS):   # the pretrained network's features and embeddings, once for every fold
     eat_data = study_data(params, EfficientATFeatures())
     net = pretrained_network(network, params.weights, params.cache_dir)
-    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], cv_finetune_epochs,
+    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], params.finetune_epochs,
                         params.finetune_init)
 pd.DataFrame(plan)
 
 # %%
 record = run_path/"results"/"08_cross_validation.folds.json"
 with grid_client(params.scheduler, paths=[params.cache_dir]) as client:     # None: here, one fold after another
-    cv = cross_validate(plan, data, model_list, FoldTraining(cv_epochs, params.seed, cv_resnet_seeds),
-                        record_path=record, transfer=transfer,
+    cv = cross_validate(plan, data, model_list, training, record_path=record, transfer=transfer,
                         place=Placement(client, params.cache_dir, params.cell_threads))
+store.used += [t for ts in cv["trainings"] for t in ts]
+print(store.summary())
 cv[["model", "test_fold", "val_fold", "train_folds", "n_train", "n_test", "val_accuracy", "test_accuracy", "macro_f1",
     "best_epoch", "seconds"]].round(3)
 
@@ -341,5 +364,6 @@ FOLD_FIGURES = ("val_accuracy", "test_accuracy", "macro_f1", "per_class_accuracy
                 "seconds", "val_fold", "train_folds", "best_epoch")
 write_results(run_path, "08_cross_validation",
               {f"{r.model}/fold{int(r.test_fold)}": {k: r[k] for k in FOLD_FIGURES} for _, r in cv.iterrows()},
-              dataset=params.dataset, models=model_list, epochs=cv_epochs, resnet_seeds=cv_resnet_seeds,
-              summary=summary, **data.clip_counts())
+              dataset=params.dataset, models=model_list, epochs=params.epochs, resnet_epochs=params.resnet_epochs,
+              resnet_seeds=params.resnet_seeds, finetune_epochs=params.finetune_epochs, summary=summary,
+              trainings=store.used, **data.clip_counts())

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from .features import DB_FLOOR
 
 # %% auto #0
-__all__ = ['AUGMENTATIONS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation', 'spec_augment_lite', 'shift_gain',
-           'mixup', 'shift_freqmask']
+__all__ = ['PRETRAINED_UNITS_PER_DB', 'AUGMENTATIONS', 'time_stretch', 'band_shift', 'random_eq', 'recording_variation',
+           'spec_augment_lite', 'shift_gain', 'mixup', 'shift_freqmask', 'roll_gain_mask']
 
 # %% ../nbs/04b_augment.ipynb #2de085b28c
 def time_stretch(x: torch.Tensor, generator=None, max_factor: float = 1.25) -> torch.Tensor:
@@ -74,7 +74,7 @@ def shift_gain(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 6.0
     gain = (torch.rand(B, generator=generator) * 2 - 1) * max_gain_db
     return x.gather(2, cols[:, None, :].expand(-1, F_, -1)) + gain[:, None, None]
 
-# %% ../nbs/04b_augment.ipynb #27ca455094
+# %% ../nbs/04b_augment.ipynb #a0cec68ded
 def mixup(x, y, alpha: float, generator=None):
     "Blend each clip with another of the batch: (mixed x, y, y of the partner, weight of y)."
     lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
@@ -88,5 +88,13 @@ def shift_freqmask(x: torch.Tensor, y=None, generator=None) -> torch.Tensor:
     return spec_augment_lite(x.gather(2, cols[:, None, :].expand(-1, F_, -1)), generator=generator,
                              max_bands=max(1, F_ // 8), max_frames=0)
 
+PRETRAINED_UNITS_PER_DB = math.log(10) / 50   # EfficientAT's input is (ln(power) + 4.5) / 5 (notebook 05a)
+
+def roll_gain_mask(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 12.0) -> torch.Tensor:
+    "EfficientAT's fine-tuning augmentation on its log-mels: a time roll, a gain of +-`max_gain_db`, two band masks."
+    gain = (torch.rand(len(x), generator=generator) * 2 - 1) * max_gain_db * PRETRAINED_UNITS_PER_DB
+    return shift_freqmask(x, generator=generator) + gain[:, None, None]
+
 # recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 07 passes to `fit`
-AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shift_freqmask": shift_freqmask}
+AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shift_freqmask": shift_freqmask,
+                 "roll_gain_mask": roll_gain_mask}

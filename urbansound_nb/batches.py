@@ -17,7 +17,7 @@ from .data import fold_split, load_urbansound, metadata_frame, report_skipped, s
 from .features import DB_FLOOR, FeatureParams, study_features
 
 # %% auto #0
-__all__ = ['PADDING', 'LogMelSet', 'batch_frames', 'band_stats', 'StudyData', 'decodable', 'study_data']
+__all__ = ['PADDING', 'LogMelSet', 'batch_frames', 'band_stats', 'StudyData', 'decodable', 'decoded_logmels', 'study_data']
 
 # %% ../nbs/02b_batches.ipynb #ca402db50b
 class LogMelSet:
@@ -66,7 +66,7 @@ def band_stats(ls: LogMelSet, idx=None) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total / count
     return mean, (sq / count - mean.square()).clamp_min(1e-6).sqrt()
 
-# %% ../nbs/02b_batches.ipynb #5ced97c31c
+# %% ../nbs/02b_batches.ipynb #7bcff59316
 @dataclass
 class StudyData:
     "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
@@ -103,15 +103,21 @@ def decodable(ds, cache: FeatureCache, keys: list, strict: bool = False) -> tupl
     keep = sorted(set(range(len(ds))) - set(bad))
     return ds.select(keep), [keys[i] for i in keep], skipped
 
+def decoded_logmels(ds, cache: FeatureCache, keys: list, strict: bool = False) -> tuple[object, list, LogMelSet, list]:
+    "The clips that decoded, as (dataset, keys, their log-mels labelled by `classID`), and the records of the others."
+    ds, keys, skipped = decodable(ds, cache, keys, strict)
+    labels = ds["classID"] if "classID" in ds.column_names else None
+    return ds, keys, LogMelSet.from_cache(cache, keys, labels), skipped
+
 def study_data(params, fp: FeatureParams | None = None, progress: bool = True) -> StudyData:
     "Load `params.dataset`, split it by fold, read (or compute) its log-mels with `fp` (default: the run's front end)."
     ds = load_urbansound(params.dataset, params.max_items, params.seed)
     fold_split(ds, params.train_folds, params.val_fold, params.test_fold)  # a split error before hours of features
     fp = fp or study_features(params)
     cache, keys, stats = cache_logmels(ds, fp, params.cache_dir, progress=progress)
-    ds, keys, skipped = decodable(ds, cache, keys, params.strict_audio)
+    ds, keys, logmels, skipped = decoded_logmels(ds, cache, keys, params.strict_audio)
     split, meta = fold_split(ds, params.train_folds, params.val_fold, params.test_fold), metadata_frame(ds)
     fold = meta["fold"].values
     tr, va, te = (np.flatnonzero(np.isin(fold, f)) for f in (split.train_folds, [split.val_fold], [split.test_fold]))
-    return StudyData(ds, split, meta, fp, LogMelSet.from_cache(cache, keys, meta["classID"].values),
-                     params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te, stats, keys, skipped)
+    return StudyData(ds, split, meta, fp, logmels, params.clip_seconds, fp.frames(params.clip_seconds), tr, va, te,
+                     stats, keys, skipped)

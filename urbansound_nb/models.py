@@ -95,24 +95,37 @@ class SeedEnsemble(nn.Module):
     def forward(self, x):
         return torch.stack([m(x).softmax(-1) for m in self.members]).mean(0).log()
 
-# %% ../nbs/04a_models.ipynb #a436268414
+# %% ../nbs/04a_models.ipynb #6da10e8a4e
 class EfficientAT(nn.Module):
     "EfficientAT's MobileNetV3 on torchvision's: one input channel, `n_classes` outputs; [B, n_mels, T] -> logits."
-    def __init__(self, width: float = 0.4, n_classes: int = 527, dropout: float = 0.2):
+    def __init__(self, width: float = 0.4, n_classes: int = 527, dropout: float = 0.2, pooled_blocks=()):
         super().__init__()
         # torchvision's public builder: width_mult goes to the layer configuration, the rest to MobileNetV3
         net = mobilenet_v3_large(weights=None, width_mult=width, num_classes=n_classes, dropout=dropout)
         stem = net.features[0][0]
         net.features[0][0] = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
         net.classifier = nn.Sequential(nn.Identity(), nn.Identity(), *net.classifier)
-        self.net, self.width = net, width
+        self.net, self.width, self.pooled_blocks = net, width, tuple(int(b) for b in pooled_blocks)
+        if self.pooled_blocks:   # the head reads the penultimate layer and the pooled blocks: a wider last layer
+            net.classifier[5] = nn.Linear(self.embedding_dim, n_classes)
+        self.frozen_blocks = 0
+
+    @property
+    def embedding_dim(self) -> int:
+        "Width of `embed`: the penultimate layer, plus the mean and max of each pooled block's channels."
+        blocks = self.net.features
+        return self.net.classifier[2].out_features + sum(2 * blocks[b].out_channels for b in self.pooled_blocks)
 
     def embed(self, x) -> torch.Tensor:
-        "The penultimate layer [B, 1280 x width]: pooled features, the first linear layer and its Hardswish."
-        h = self.net.avgpool(self.net.features(x[:, None])).flatten(1)
-        return self.net.classifier[3](self.net.classifier[2](h))
+        "The penultimate layer [B, 1280 x width] (pooled features, linear, Hardswish), then each pooled block's."
+        h, pooled = x[:, None], []
+        for i, block in enumerate(self.net.features):
+            h = block(h)
+            if i in self.pooled_blocks: pooled += [h.mean((2, 3)), h.amax((2, 3))]
+        h = self.net.classifier[3](self.net.classifier[2](self.net.avgpool(h).flatten(1)))
+        return torch.cat([h, *pooled], 1) if pooled else h
 
-    def forward(self, x): return self.net(x[:, None])
+    def forward(self, x): return self.net.classifier[5](self.net.classifier[4](self.embed(x)))
 
     def param_groups(self, lr: float, body_scale: float) -> list[dict]:
         "Optimizer groups: the last layer (the head) at `lr`, everything else (the body) at `lr * body_scale`."
@@ -120,6 +133,17 @@ class EfficientAT(nn.Module):
         ids = {id(p) for p in head}
         body = [p for p in self.parameters() if id(p) not in ids]
         return [dict(params=body, lr=lr * body_scale), dict(params=head, lr=lr)]
+
+    def freeze_blocks(self, k: int):
+        "Hold the first `k` feature blocks fixed: no gradients, and their batch norms keep their statistics."
+        self.frozen_blocks = int(k)
+        for p in self.net.features[:k].parameters(): p.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.frozen_blocks: self.net.features[:self.frozen_blocks].eval()
+        return self
 
 # %% ../nbs/04a_models.ipynb #56a45cd8d5
 MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet, "ensemble": SeedEnsemble, "efficientat": EfficientAT}

@@ -108,7 +108,7 @@ def resolve_dataset(dataset=None) -> str:
                              "nor 'synthetic'")
     return str(ds)
 
-# %% ../nbs/00a_params.ipynb #394ab5bd14
+# %% ../nbs/00a_params.ipynb #60f5cf84f9
 LOG_MEL = dict(sample_rate=22050, n_mels=64, n_fft=1024, hop_length=512)  # the front end (notebook 02), defined here
 BATCH_SIZE = 32                                  # training batches of every network
 FINETUNE_INITS = ("probe", "random")             # the head fine-tuning starts from: the fitted probe's, or a new one
@@ -127,7 +127,10 @@ class StudyParams:
     clip_seconds: float = 4.0        # the length every clip is padded or cropped to
     seed: int = 0
     max_items: int | None = None     # None: every clip; a number: a stratified subset, for quick runs
-    epochs: int = 30                 # the most epochs of the main trainings (04, 06); early stopping may end sooner
+    epochs: int = 30                 # the most epochs of the main trainings (04, 06, 08); early stopping may end sooner
+    resnet_seeds: int = 2            # UrbanResNet averages this many trainings, seeds seed, seed+1, ... (04, 08)
+    resnet_epochs: int = 20          # epochs of each UrbanResNet training, at most `epochs` (04, 08)
+    finetune_epochs: int = 3         # epochs of fine-tuning the pretrained network from its probe (05, 08)
     batch_size: int = BATCH_SIZE     # training batches
     selection_folds: int = 2         # validation rotates over this many non-test folds (notebook 03b); 1: one fold
     network: str = "mn04_as"         # the pretrained network (05, 08): EfficientAT mn04_as, mn10_as or mn20_as
@@ -151,6 +154,9 @@ class StudyParams:
         self.seed = as_int("seed", self.seed, 0)
         self.max_items = None if self.max_items is None else as_int("max_items", self.max_items, 1)
         self.epochs = as_int("epochs", self.epochs, 1, 10000)
+        self.resnet_seeds = as_int("resnet_seeds", self.resnet_seeds, 1, 100)
+        self.resnet_epochs = as_int("resnet_epochs", self.resnet_epochs, 1, 10000)
+        self.finetune_epochs = as_int("finetune_epochs", self.finetune_epochs, 1, 10000)
         self.batch_size = as_int("batch_size", self.batch_size, 1)
         self.selection_folds = as_int("selection_folds", self.selection_folds, 1, 9)
         self.finetune_init = as_name("finetune_init", self.finetune_init, FINETUNE_INITS)
