@@ -34,9 +34,6 @@ from typing import Sequence
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
-from IPython.display import Audio
 
 # %%
 #| export
@@ -101,6 +98,24 @@ test_fail(lambda: audio_bytes(dict(bytes=None, path="/nowhere/a.wav"), "a.wav"),
           contains="a.wav: neither bytes nor a readable path")
 
 # %% [markdown]
+# A recording longer than the clips a model reads is classified in half-overlapping windows of one
+# clip, the last one ending where the recording ends; the same arithmetic serves frames (scoring
+# cached clips, notebook 04c) and samples (`predict`, notebook 06a).
+
+# %%
+#| export
+def window_starts(total: int, length: int) -> list[int]:
+    "Starts of half-overlapping windows of `length` over `total` samples (or frames); the last ends where they end."
+    starts = list(range(0, max(total - length, 0) + 1, max(length // 2, 1)))
+    if total > length and starts[-1] + length < total: starts.append(total - length)
+    return starts
+
+# %%
+test_eq(window_starts(10, 4), [0, 2, 4, 6])
+test_eq(window_starts(11, 4), [0, 2, 4, 6, 7])
+test_eq(window_starts(3, 4), [0])
+
+# %% [markdown]
 # The reverse, `encode_audio`, makes test clips in any format soundfile writes:
 
 # %%
@@ -133,32 +148,6 @@ _nan = np.full(800, 0.1, np.float32)
 _nan[10] = np.nan
 test_fail(lambda: decode_audio(encode_audio(_nan, 8000, subtype="FLOAT"), "nan.wav"),
           contains="nan.wav: 1 samples are NaN")
-
-# %% [markdown]
-# ## Listening in the notebook
-#
-# `ClipPlayer` embeds a clip as MP3 (about 20 KB per 4 s clip), which every browser plays, with
-# a caption; where players are not rendered (GitHub), its text stands in.
-
-# %%
-#| export
-class ClipPlayer(Audio):
-    "An `IPython.display.Audio` player embedded as compact MP3, with a caption and a plain-text stand-in."
-    def __init__(self, samples: np.ndarray, rate: int, caption: str = ""):
-        if rate > 48000:  # MP3 tops out at 48 kHz
-            samples, rate = torchaudio.functional.resample(torch.from_numpy(samples), rate, 44100).numpy(), 44100
-        peak = float(np.abs(samples).max()) if len(samples) else 0.0
-        data = encode_audio(samples / peak * 0.9 if peak > 1 else samples, rate, "MP3", "MPEG_LAYER_III")
-        super().__init__(data=data)
-        self.mimetype, self.caption, self.seconds = "audio/mpeg", caption, len(samples) / rate
-    def _repr_html_(self):
-        return f'<div style="font-size:0.85em">{self.caption}</div>' + super()._repr_html_()
-    def __repr__(self): return f"[audio: {self.caption} ({self.seconds:.2f} s)]"
-
-# %%
-p = ClipPlayer(np.sin(np.arange(8000) / 4).astype(np.float32) * 0.3, 8000, "a test tone")
-assert 'audio/mpeg' in p._repr_html_() and "a test tone" in p._repr_html_()
-test_eq(repr(p), "[audio: a test tone (1.00 s)]")
 
 # %% [markdown]
 # ## A synthetic stand-in
@@ -240,11 +229,9 @@ def synthetic_urbansound(clips_per_class_fold: int = 3, folds: Sequence[int] = A
     return dataset_from_rows(rows, description="SYNTHETIC stand-in for UrbanSound8K (generated, not real audio)")
 
 # %%
-from IPython.display import display
 synth = synthetic_urbansound(clips_per_class_fold=1, folds=[1, 2])
 test_eq(synth.column_names, list(COLUMNS))
 test_eq(len(synth), 20)
 assert is_synthetic(synth)
 x, r = decode_row(synth[0])
 print(synth[0]["slice_file_name"], x.shape, r)
-display(ClipPlayer(x, r, f"{synth[0]['class']} (synthetic)"))

@@ -37,14 +37,15 @@ import pandas as pd
 import soundfile as sf
 import torch
 import torchaudio
+from IPython.display import Audio
 from tqdm import tqdm
 
-from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file, check_length
+from urbansound_nb.audio import AudioDecodeError, audio_bytes, audio_file, check_length, encode_audio
 from urbansound_nb.data import skipped_clip
 
 # %%
 from IPython.display import display
-from urbansound_nb.audio import ClipPlayer, decode_row, encode_audio, is_synthetic
+from urbansound_nb.audio import decode_row, is_synthetic
 from urbansound_nb.core import write_results
 from urbansound_nb.data import fold_split, load_urbansound, metadata_frame, report_skipped, split_class_counts
 from urbansound_nb.params import as_int, study_params, use_test_values
@@ -140,6 +141,34 @@ pd.DataFrame(chance).T.assign(majority_class=lambda d: [split.classes[int(c)] fo
 #
 # The metadata gives each clip's start and end in its source recording; the audio header gives
 # the decoded length. They should agree, and they show how many clips are shorter than 4 s.
+
+# %% [markdown]
+# ## Listening in the notebook
+#
+# `ClipPlayer` embeds a clip as MP3 (about 20 KB per 4 s clip), which every browser plays, with
+# a caption; where players are not rendered (GitHub), its text stands in. It lives here rather than
+# in the audio layer (notebook 00b), which stays free of torch and IPython so that a deployed
+# `predict` decodes without them.
+
+# %%
+#| export
+class ClipPlayer(Audio):
+    "An `IPython.display.Audio` player embedded as compact MP3, with a caption and a plain-text stand-in."
+    def __init__(self, samples: np.ndarray, rate: int, caption: str = ""):
+        if rate > 48000:  # MP3 tops out at 48 kHz
+            samples, rate = torchaudio.functional.resample(torch.from_numpy(samples), rate, 44100).numpy(), 44100
+        peak = float(np.abs(samples).max()) if len(samples) else 0.0
+        data = encode_audio(samples / peak * 0.9 if peak > 1 else samples, rate, "MP3", "MPEG_LAYER_III")
+        super().__init__(data=data)
+        self.mimetype, self.caption, self.seconds = "audio/mpeg", caption, len(samples) / rate
+    def _repr_html_(self):
+        return f'<div style="font-size:0.85em">{self.caption}</div>' + super()._repr_html_()
+    def __repr__(self): return f"[audio: {self.caption} ({self.seconds:.2f} s)]"
+
+# %%
+p = ClipPlayer(np.sin(np.arange(8000) / 4).astype(np.float32) * 0.3, 8000, "a test tone")
+assert 'audio/mpeg' in p._repr_html_() and "a test tone" in p._repr_html_()
+test_eq(repr(p), "[audio: a test tone (1.00 s)]")
 
 # %% [markdown]
 # A clip held as a file (the official layout) has only its header read, not the whole file, which
@@ -253,7 +282,7 @@ plt.show()
 # ## One clip of each class
 #
 # Waveform, log-mel spectrogram (computed directly with torchaudio here; notebook 02 builds
-# the cached front end) and a player (`ClipPlayer`, notebook 00b).
+# the cached front end) and a player (`ClipPlayer`, above).
 
 # %%
 #| export

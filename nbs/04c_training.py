@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm import tqdm
 
+from urbansound_nb.audio import window_starts
 from urbansound_nb.augment import AUGMENTATIONS, mixup
 from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
 from urbansound_nb.core import pick_device, seed_everything
@@ -169,12 +170,6 @@ test_close(balanced_class_weights([0, 0, 0, 1], 3), np.array([0.5, 1.5, 0.0]))
 
 # %%
 #| export
-def window_starts(total: int, n_frames: int) -> list[int]:
-    "Start frames of half-overlapping windows of `n_frames` over `total` frames; the last ends where the clip ends."
-    starts = list(range(0, max(total - n_frames, 0) + 1, max(n_frames // 2, 1)))
-    if total > n_frames and starts[-1] + n_frames < total: starts.append(total - n_frames)
-    return starts
-
 @torch.no_grad()
 def predict_logits(model, ls: LogMelSet, idx, n_frames: int, *, multicrop: bool = False, batch_size: int = 128,
                    device=None) -> torch.Tensor:
@@ -195,9 +190,7 @@ def predict_logits(model, ls: LogMelSet, idx, n_frames: int, *, multicrop: bool 
     return torch.cat(out)
 
 # %%
-test_eq(window_starts(10, 4), [0, 2, 4, 6])
-test_eq(window_starts(11, 4), [0, 2, 4, 6, 7])
-test_eq(window_starts(3, 4), [0])
+test_eq(window_starts(11, 4), [0, 2, 4, 6, 7])        # notebook 00b's windows, here over frames
 
 # %% [markdown]
 # ## Early stopping under a one-cycle schedule
@@ -399,6 +392,52 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
         if stop_early(cfg, epoch + 1, best["epoch"], opt.param_groups[0]["lr"]): break
     model.load_state_dict(best_state)
     return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
+
+# %% [markdown]
+# ## How close to the machine's limit
+#
+# A training step's arithmetic is fixed by the model: `training_throughput` counts a clip's
+# floating-point operations forward and backward (torch's `FlopCounterMode`), times the recipe's
+# steps on random batches (channels-last, as `train_model` runs them), and sets the achieved rate
+# beside the machine's own dense matrix-product rate: the distance to the limit as one number.
+# `urbansound-nb bench` prints it for every family.
+
+# %%
+#| export
+def matmul_gflops(n: int = 1024, repeats: int = 8) -> float:
+    "This machine's float32 dense matrix-product rate with torch's current threads (GFLOP/s), the best of `repeats`."
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+def training_throughput(name: str, config: dict, n_mels: int, n_frames: int, batch_size: int = BATCH_SIZE,
+                        steps: int = 3) -> dict:
+    "Clips/s of training steps of `name` (forward, backward, AdamW), its GFLOP per clip, and the GFLOP/s reached."
+    from torch.utils.flop_counter import FlopCounterMode
+    model = build_model(name, **config).to(memory_format=torch.channels_last).train()
+    x, y = torch.randn(batch_size, n_mels, n_frames), torch.randint(0, config.get("n_classes", 10), (batch_size,))
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with FlopCounterMode(display=False) as counter: step()
+    seconds = min(_timed(step) for _ in range(steps))
+    gflop = counter.get_total_flops() / batch_size / 1e9
+    return dict(model=name, clips_per_s=batch_size / seconds, gflop_per_clip=gflop,
+                gflops=gflop * batch_size / seconds)
+
+# %%
+_rate = training_throughput("small_cnn", dict(n_classes=10, n_mels=64), 64, 173, batch_size=8, steps=1)
+assert _rate["gflop_per_clip"] > 0.01 and _rate["clips_per_s"] > 0
+print({k: round(v, 3) if isinstance(v, float) else v for k, v in _rate.items()}, f"{matmul_gflops(256):.0f} GFLOP/s")
 
 # %% [markdown]
 # A smoke test on a few synthetic clips: training runs, writes both checkpoints, and a second

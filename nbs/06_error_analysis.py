@@ -49,7 +49,8 @@ from types import SimpleNamespace
 from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_fail
 from sklearn.metrics import classification_report
-from urbansound_nb.audio import ClipPlayer, decode_row, is_synthetic
+from urbansound_nb.audio import decode_row, is_synthetic
+from urbansound_nb.eda import ClipPlayer
 from urbansound_nb.batches import study_data
 from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.metrics import confusion_pair, evaluate
@@ -346,7 +347,7 @@ Markdown("\n\n".join(lines))
 # %% [markdown]
 # ## Predicting new files
 #
-# The checkpoint classifies any audio file through notebook 06a's `Predictor`, which is what
+# The checkpoint classifies any audio file through notebook 06b's `Predictor`, which is what
 # `urbansound-nb predict` runs. Test clips written to disk in other formats (8-bit, 48 kHz
 # stereo, a 9 s file), plus an empty, a silent and a corrupt file:
 

@@ -51,7 +51,7 @@ from urbansound_nb.batches import StudyData
 from urbansound_nb.grid import Placement, run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.params import BATCH_SIZE
-from urbansound_nb.store import fit
+from urbansound_nb.store import TrainingStore, fit
 from urbansound_nb.train import TrainOptions, balanced_class_weights, predict_logits
 
 # %%
@@ -64,6 +64,7 @@ from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.grid import grid_client, parse_scheduler
 from urbansound_nb.metrics import summarise, verdict
 from urbansound_nb.params import as_int, as_name, as_names, study_params, use_test_values
+from urbansound_nb.store import study_store
 from urbansound_nb.train import RECIPES
 
 # %% tags=["parameters"]
@@ -105,26 +106,27 @@ BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onec
 # %%
 #| export
 def train_condition(data: StudyData, condition: str, seed: int, model: str, epochs: int,
-                    batch_size: int = BATCH_SIZE) -> dict:
-    "Train `model` on `data` with one condition and seed; its validation and test figures."
+                    batch_size: int = BATCH_SIZE, store: str | None = None) -> dict:
+    "Train `model` on `data` with one condition and seed (a cell of the store at `store`); its figures."
     augment, overrides, weighted = CONDITIONS[condition]
     y, tr, va, te, classes = data.logmels.labels.numpy(), data.train, data.val, data.test, data.split.classes
     t0 = time.time()
     w = balanced_class_weights(y[tr], len(classes)) if weighted else None
-    m, h = fit(model, data, epochs=epochs, seed=seed, progress=False,
+    trainings = TrainingStore(store)
+    m, h = fit(model, data, epochs=epochs, seed=seed, progress=False, store=trainings,
                options=TrainOptions(augment=augment, class_weights=w), batch_size=batch_size,
                **{**BASE_RECIPE, **overrides})
     pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames).argmax(1).numpy() for idx in (va, te))
-    return dict(condition=condition, seed=seed, **result_entry(y[va], pv, y[te], pt, classes, len(tr),
-                                                               time.time() - t0, best_epoch=h["best"]["epoch"]))
+    return dict(condition=condition, seed=seed, trainings=trainings.used,
+                **result_entry(y[va], pv, y[te], pt, classes, len(tr), time.time() - t0, best_epoch=h["best"]["epoch"]))
 
 def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, record_path=None,
-                   batch_size: int = BATCH_SIZE, place: Placement | None = None) -> pd.DataFrame:
-    "Train `model` on `data` once per condition and seed (on `client`'s cluster if given); one row per run."
+                   place: Placement | None = None, **cell_options) -> pd.DataFrame:
+    "Train `model` on `data` once per condition and seed (`train_condition`, with `cell_options`); one row per run."
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown: raise ValueError(f"unknown condition {unknown[0]!r}; choose from {sorted(CONDITIONS)}")
-    cells = {f"{c}/seed{s}/{model}/{epochs}": dict(condition=c, seed=s, model=model, epochs=epochs,
-                                                   batch_size=batch_size) for c in conditions for s in seeds}
+    cells = {f"{c}/seed{s}/{model}/{epochs}": dict(condition=c, seed=s, model=model, epochs=epochs, **cell_options)
+             for c in conditions for s in seeds}
     describe = lambda key, r: (f"  {r['condition']:17s} seed {r['seed']}: validation {r['val_accuracy']:.3f}, "
                                f"test {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
     done = run_grid(train_condition, cells, shared=dict(data=data), record_path=record_path, place=place,
@@ -152,10 +154,13 @@ print(f"{model}, {grid_epochs} epochs, seeds {seed_list}, {len(conditions)} cond
       f"{len(conditions) * len(seed_list)} runs", "(SYNTHETIC data)" if is_synthetic(data.ds) else "")
 
 # %%
+store = study_store(params)       # each run is a cell of the study's store of trainings (notebook 04e)
 with grid_client(params.scheduler, paths=[params.cache_dir]) as client:     # None: here, one run after another
     runs = run_experiment(conditions, seed_list, data, model, grid_epochs,
                           run_path/"results"/"07_augmentation.runs.json", batch_size=params.batch_size,
-                          place=Placement(client, params.cache_dir, params.cell_threads))
+                          store=str(store.root), place=Placement(client, params.cache_dir, params.cell_threads))
+store.used += [t for ts in runs["trainings"] for t in ts]
+print(store.summary())
 runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "seconds"]].round(3)
 
 # %% [markdown]
@@ -226,4 +231,4 @@ def _condition_entry(c, r) -> dict:
 write_results(run_path, "07_augmentation", {c: _condition_entry(c, r) for c, r in summary.iterrows()},
               dataset=params.dataset, model=model, epochs=grid_epochs, seeds=seed_list, conclusion=lines,
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
-              **data.clip_counts())
+              trainings=store.used, **data.clip_counts())

@@ -370,19 +370,51 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(keep_if_whole(partial, out), True)
     assert not partial.exists()
 
+# %% [markdown]
+# `timings.csv` holds a row per chapter (its wall time and status) and, below them, a row per
+# training cell each chapter used (notebook 04e): trained or reused from the store, and its
+# seconds, from the `trainings` the chapter wrote into its results.
+
 # %%
 #| export
+TIMINGS_HEADER = "notebook,seconds,status,cell"
+
+def _timing_rows(run_dir) -> list[list[str]]:
+    f = Path(run_dir)/"timings.csv"
+    if not f.exists(): return []
+    return [line.split(",") for line in f.read_text().splitlines()[1:] if line.strip()]
+
 def read_timings(run_dir) -> dict:
     "Each chapter's wall time (s) and status ('ok', 'failed') in a run directory, from its `timings.csv`."
-    f = Path(run_dir)/"timings.csv"
-    if not f.exists(): return {}
-    rows = [line.split(",") for line in f.read_text().splitlines()[1:] if line.strip()]
-    return {r[0]: dict(seconds=float(r[1]), status=r[2]) for r in rows if len(r) == 3}
+    return {r[0]: dict(seconds=float(r[1]), status=r[2]) for r in _timing_rows(run_dir)
+            if len(r) == 3 or (len(r) == 4 and not r[3])}
+
+def read_training_timings(run_dir) -> list[dict]:
+    "Each training cell the run's chapters used: chapter, seconds, 'trained' or 'reused', the cell's name."
+    return [dict(notebook=r[0], seconds=float(r[1]), status=r[2], cell=r[3]) for r in _timing_rows(run_dir)
+            if len(r) == 4 and r[3]]
+
+def _chapter_trainings(run_dir, notebook: str) -> list[dict]:
+    f = Path(run_dir)/"results"/f"{notebook}.json"
+    try: return json.loads(f.read_text()).get("trainings") or [] if f.exists() else []
+    except (OSError, ValueError): return []
 
 def _write_timings(run_dir, timings: dict):
-    "Per-notebook wall times of this run directory, as CSV (written atomically)."
-    lines = ["notebook,seconds,status"] + [f"{k},{v['seconds']},{v['status']}" for k, v in sorted(timings.items())]
+    "Per-notebook wall times of this run directory and each chapter's training cells, as CSV (written atomically)."
+    lines = [TIMINGS_HEADER] + [f"{k},{v['seconds']},{v['status']}," for k, v in sorted(timings.items())]
+    lines += [f"{nb},{t['seconds']},{t['status']},{t['cell']}" for nb in sorted(timings)
+              for t in _chapter_trainings(run_dir, nb)]
     atomic_write_bytes(Path(run_dir)/"timings.csv", ("\n".join(lines) + "\n").encode())
+
+# %%
+from urbansound_nb.core import write_results
+with tempfile.TemporaryDirectory() as d:
+    write_results(d, "04_cnn", {}, trainings=[dict(cell="resnet-train1-val2-seed0-20ep-ab", status="reused",
+                                                  seconds=12.5)])
+    _write_timings(d, {"04_cnn": dict(seconds=30.0, status="ok"), "03_baselines": dict(seconds=5.0, status="ok")})
+    test_eq(read_timings(d)["04_cnn"], dict(seconds=30.0, status="ok"))
+    test_eq(read_training_timings(d), [dict(notebook="04_cnn", seconds=12.5, status="reused",
+                                            cell="resnet-train1-val2-seed0-20ep-ab")])
 
 # %% [markdown]
 # Every notebook also runs with plain papermill on its generated `.ipynb` (after

@@ -20,7 +20,7 @@
 
 # %% [markdown]
 # Every notebook exports one module, and the site publishes one reference page per module,
-# named as nbdev names it, after its notebook without the number (`06a_predict` ->
+# named as nbdev names it, after its notebook without the number (`06b_predict` ->
 # `predict.html`), beside the chapter reports (`06_error_analysis.html`): the notebook's prose, and for every exported
 # name nbdev's `show_doc` (signature, docstring, parameters), executed. Nothing here re-implements
 # nbdev: `api_notebook` keeps the notebook's prose and exported code, and hands it to nbdev's
@@ -142,13 +142,13 @@ def api_notebook(ipynb, root=None):
     return page
 
 # %%
-test_eq([page_name(n) for n in ("06a_predict.ipynb", "00_setup.ipynb", "90b_api.ipynb")], ["predict", "setup", "api"])
-page = api_notebook(project_root()/"nbs"/"06a_predict.ipynb")
+test_eq([page_name(n) for n in ("06b_predict.ipynb", "00_setup.ipynb", "90b_api.ipynb")], ["predict", "setup", "api"])
+page = api_notebook(project_root()/"nbs"/"06b_predict.ipynb")
 shown = "".join(o["data"]["text/markdown"] for c in page.cells for o in c.get("outputs", []) if "data" in o)
-assert "predict_files" in shown and "stream_logmel" in shown and "top_k" in shown        # signatures, parameters
+assert "predict_files" in shown and "WaveformClassifier" in shown and "top_k" in shown        # signatures, parameters
 assert "urbansound-nb.github.io" not in shown and page.cells[0].cell_type == "raw"       # local links, front matter
 nbformat.validate(page)
-assert "| `SILENCE_PEAK` | `0.0001` |" in page.cells[-1].source           # constants, which show_doc leaves out
+assert "| `WINDOW_BATCH` | `16` |" in page.cells[-1].source           # constants, which show_doc leaves out
 print(page.cells[0].source)
 
 # %%

@@ -40,6 +40,7 @@ import pandas as pd
 import yaml
 
 from urbansound_nb.core import read_results
+from urbansound_nb.runner import read_timings, read_training_timings
 
 # %%
 from fastcore.test import test_eq
@@ -81,8 +82,9 @@ def results_tables(run_dir) -> dict[str, pd.DataFrame]:
                 for k, v in doc["entries"].items() if isinstance(v, dict)}
         rows = {k: v for k, v in rows.items() if v}
         if rows: out[f.stem] = pd.DataFrame(rows).T
-    t = Path(run_dir)/"timings.csv"
-    if t.exists(): out["wall time per chapter"] = pd.read_csv(t).set_index("notebook")
+    chapters, cells = read_timings(run_dir), read_training_timings(run_dir)
+    if chapters: out["wall time per chapter"] = pd.DataFrame(chapters).T.rename_axis("notebook")
+    if cells: out["training cells"] = pd.DataFrame(cells).set_index("notebook")
     return out
 
 def formatted(df: pd.DataFrame) -> pd.DataFrame:

@@ -477,7 +477,7 @@ with tempfile.TemporaryDirectory() as d:
     site = build_site(d, renderer="nbconvert")
     names = {p.name for p in site.iterdir()}
     assert {"00_demo.html", "explanations.html", "index.html", "results.html", "runs.html", "predict.html"} <= names
-    assert "stream_logmel" in (site/"predict.html").read_text()              # an API page, by nbdev's show_doc
+    assert "WaveformClassifier" in (site/"predict.html").read_text()              # an API page, by nbdev's show_doc
     page = (site/"00_demo.html").read_text()
     assert "Demo chapter" in page and "import numpy" not in page
     assert "25.0%" in (site/"results.html").read_text() and "data:image/png;base64" in (site/"results.html").read_text()

@@ -24,8 +24,8 @@
 # | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` (notebook 90) |
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
 # | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
-# | `urbansound-nb bench --predict-memory [CHECKPOINT]` | peak memory of `predict` on a 10-minute file (06a) |
-# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model, or a run's chosen one (06a) |
+# | `urbansound-nb bench --predict-memory [CHECKPOINT]` | peak memory of `predict` on a 10-minute file (06b) |
+# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model, or a run's chosen one (06b) |
 # | `urbansound-nb compare RUN_DIR RUN_DIR... [--json/--csv]` | runs side by side: accuracies, what differs (90a) |
 # | `urbansound-nb site [--run-dir DIR] [--compare RUN_DIR...] [--check]` | a run's report site (91), checked (91a) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
@@ -267,7 +267,31 @@ def bench_cli(args) -> int:
               model=SmallAudioCNN())
     print("\nThe pretrained network (chapter 05): its front end and its embeddings")
     benchmark_pretrained(args.dataset, max_items=args.max_items, network=args.network, workers=args.workers)
+    print_training_throughput(args.network)
     return 0
+
+def print_training_throughput(network: str = "mn04_as") -> list[dict]:
+    "Each family's training clips/s, GFLOP per clip and GFLOP/s, against this machine's matrix-product rate."
+    import torch
+
+    from urbansound_nb.features import FeatureParams
+    from urbansound_nb.params import LOG_MEL
+    from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures
+    from urbansound_nb.train import matmul_gflops, training_throughput
+    log_mel, eat = FeatureParams(**LOG_MEL), EfficientATFeatures()
+    limit = matmul_gflops()
+    print(f"\nTraining steps (forward, backward, AdamW; batches of 32, {torch.get_num_threads()} threads); "
+          f"this machine's float32 matrix product: {limit:.0f} GFLOP/s")
+    families = [("small_cnn", dict(n_classes=10, n_mels=log_mel.n_mels), log_mel),
+                ("resnet", dict(n_classes=10, n_mels=log_mel.n_mels), log_mel),
+                ("efficientat", dict(width=PRETRAINED[network][1], n_classes=10), eat)]
+    rows = [training_throughput(name, config, fp.n_mels, fp.frames(4.0)) for name, config, fp in families]
+    for r in rows:
+        print(f"{r['model']:>12}: {r['clips_per_s']:7.1f} clips/s, {r['gflop_per_clip']:.3f} GFLOP a clip, "
+              f"{r['gflops']:5.1f} GFLOP/s = {r['gflops'] / limit:.0%} of the matrix-product rate")
+    print(json.dumps(dict(matmul_gflops=round(limit, 1), training=[{k: round(v, 3) if isinstance(v, float) else v
+                                                                     for k, v in r.items()} for r in rows])))
+    return rows
 
 def main(argv=None):
     "Entry point of the `urbansound-nb` console script."

@@ -17,7 +17,8 @@ from .params import ParameterError
 from .runner import RunFailed, configure_lab, lab_command, parse_value, run_notebooks, sync
 
 # %% auto #0
-__all__ = ['count', 'usable_run_dir', 'predict_cli', 'compare_cli', 'site_cli', 'run_cli', 'bench_cli', 'main']
+__all__ = ['count', 'usable_run_dir', 'predict_cli', 'compare_cli', 'site_cli', 'run_cli', 'bench_cli',
+           'print_training_throughput', 'main']
 
 # %% ../nbs/92_cli.ipynb #f7fca4df2b
 def count(lo: int = 1, hi: int | None = None):
@@ -142,7 +143,7 @@ def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False, c
     print("checked in Chromium: " + (f"{len(problems)} page(s) with problems" if problems else "every page is fine"))
     return 1 if problems else 0
 
-# %% ../nbs/92_cli.ipynb #d59b6a6a86
+# %% ../nbs/92_cli.ipynb #cc89078968
 def run_cli(args) -> int:
     "`urbansound-nb run`: the chapters into a run directory; 2 for a refusal before any chapter, 1 for a failure."
     from urbansound_nb.data import DatasetUnavailable  # here: `datasets` is slow to import for the other commands
@@ -177,7 +178,31 @@ def bench_cli(args) -> int:
               model=SmallAudioCNN())
     print("\nThe pretrained network (chapter 05): its front end and its embeddings")
     benchmark_pretrained(args.dataset, max_items=args.max_items, network=args.network, workers=args.workers)
+    print_training_throughput(args.network)
     return 0
+
+def print_training_throughput(network: str = "mn04_as") -> list[dict]:
+    "Each family's training clips/s, GFLOP per clip and GFLOP/s, against this machine's matrix-product rate."
+    import torch
+
+    from urbansound_nb.features import FeatureParams
+    from urbansound_nb.params import LOG_MEL
+    from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures
+    from urbansound_nb.train import matmul_gflops, training_throughput
+    log_mel, eat = FeatureParams(**LOG_MEL), EfficientATFeatures()
+    limit = matmul_gflops()
+    print(f"\nTraining steps (forward, backward, AdamW; batches of 32, {torch.get_num_threads()} threads); "
+          f"this machine's float32 matrix product: {limit:.0f} GFLOP/s")
+    families = [("small_cnn", dict(n_classes=10, n_mels=log_mel.n_mels), log_mel),
+                ("resnet", dict(n_classes=10, n_mels=log_mel.n_mels), log_mel),
+                ("efficientat", dict(width=PRETRAINED[network][1], n_classes=10), eat)]
+    rows = [training_throughput(name, config, fp.n_mels, fp.frames(4.0)) for name, config, fp in families]
+    for r in rows:
+        print(f"{r['model']:>12}: {r['clips_per_s']:7.1f} clips/s, {r['gflop_per_clip']:.3f} GFLOP a clip, "
+              f"{r['gflops']:5.1f} GFLOP/s = {r['gflops'] / limit:.0%} of the matrix-product rate")
+    print(json.dumps(dict(matmul_gflops=round(limit, 1), training=[{k: round(v, 3) if isinstance(v, float) else v
+                                                                     for k, v in r.items()} for r in rows])))
+    return rows
 
 def main(argv=None):
     "Entry point of the `urbansound-nb` console script."

@@ -24,10 +24,11 @@ from .core import atomic_write_bytes, save_json
 from .params import SHARED
 
 # %% auto #0
-__all__ = ['KERNELSPEC', 'LAB_OVERRIDES', 'stable_cell_ids', 'py_to_notebook', 'notebook_text', 'project_root',
+__all__ = ['KERNELSPEC', 'TIMINGS_HEADER', 'LAB_OVERRIDES', 'stable_cell_ids', 'py_to_notebook', 'notebook_text', 'project_root',
            'notebook_sources', 'sync', 'export_package', 'parse_value', 'RunFailed', 'is_chapter', 'select_notebooks',
            'notebook_parameters', 'check_parameters', 'check_dataset', 'failing_cell', 'papermill_seconds',
-           'keep_if_whole', 'execute_chapter', 'run_notebooks', 'read_timings', 'configure_lab', 'lab_command']
+           'keep_if_whole', 'execute_chapter', 'run_notebooks', 'read_timings', 'read_training_timings',
+           'configure_lab', 'lab_command']
 
 # %% ../nbs/90_runner.ipynb #f0de0ad713
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
@@ -244,17 +245,34 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
         print(f"    {nb.stem}: {timings[nb.stem]['seconds']:.1f} s", flush=True)
     return run_dir
 
-# %% ../nbs/90_runner.ipynb #34cc79a494
+# %% ../nbs/90_runner.ipynb #74c40da8e1
+TIMINGS_HEADER = "notebook,seconds,status,cell"
+
+def _timing_rows(run_dir) -> list[list[str]]:
+    f = Path(run_dir)/"timings.csv"
+    if not f.exists(): return []
+    return [line.split(",") for line in f.read_text().splitlines()[1:] if line.strip()]
+
 def read_timings(run_dir) -> dict:
     "Each chapter's wall time (s) and status ('ok', 'failed') in a run directory, from its `timings.csv`."
-    f = Path(run_dir)/"timings.csv"
-    if not f.exists(): return {}
-    rows = [line.split(",") for line in f.read_text().splitlines()[1:] if line.strip()]
-    return {r[0]: dict(seconds=float(r[1]), status=r[2]) for r in rows if len(r) == 3}
+    return {r[0]: dict(seconds=float(r[1]), status=r[2]) for r in _timing_rows(run_dir)
+            if len(r) == 3 or (len(r) == 4 and not r[3])}
+
+def read_training_timings(run_dir) -> list[dict]:
+    "Each training cell the run's chapters used: chapter, seconds, 'trained' or 'reused', the cell's name."
+    return [dict(notebook=r[0], seconds=float(r[1]), status=r[2], cell=r[3]) for r in _timing_rows(run_dir)
+            if len(r) == 4 and r[3]]
+
+def _chapter_trainings(run_dir, notebook: str) -> list[dict]:
+    f = Path(run_dir)/"results"/f"{notebook}.json"
+    try: return json.loads(f.read_text()).get("trainings") or [] if f.exists() else []
+    except (OSError, ValueError): return []
 
 def _write_timings(run_dir, timings: dict):
-    "Per-notebook wall times of this run directory, as CSV (written atomically)."
-    lines = ["notebook,seconds,status"] + [f"{k},{v['seconds']},{v['status']}" for k, v in sorted(timings.items())]
+    "Per-notebook wall times of this run directory and each chapter's training cells, as CSV (written atomically)."
+    lines = [TIMINGS_HEADER] + [f"{k},{v['seconds']},{v['status']}," for k, v in sorted(timings.items())]
+    lines += [f"{nb},{t['seconds']},{t['status']},{t['cell']}" for nb in sorted(timings)
+              for t in _chapter_trainings(run_dir, nb)]
     atomic_write_bytes(Path(run_dir)/"timings.csv", ("\n".join(lines) + "\n").encode())
 
 # %% ../nbs/90_runner.ipynb #4ce4544afa

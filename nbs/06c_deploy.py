@@ -1,0 +1,173 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+
+# %%
+#| default_exp deploy
+
+# %% [markdown]
+# # Predict without torch: the ONNX file
+#
+# > The study's model as one ONNX file, run by ONNX Runtime: the same windows and answers as torch, with no torch.
+
+# %% [markdown]
+# `urbansound-nb export` (notebook 06d) writes the study's model as one ONNX graph, from a mono
+# waveform at the model's rate to class probabilities, front end included, with the facts a
+# caller needs as metadata. This notebook is the other end: `OnnxPredictor` reads such a file,
+# checks it, and classifies audio files with ONNX Runtime. It imports NumPy, soundfile and ONNX
+# Runtime and this package's torch-free audio and windows (notebooks 00b, 06a), nothing else, so
+# a small machine runs it with:
+#
+# ```sh
+# pip install --no-deps urbansound_nb
+# pip install onnxruntime numpy soundfile
+# urbansound-nb predict model.onnx recording.wav --timeline recording.csv
+# ```
+#
+# A file that is not such a model is refused with one line saying why: not ONNX at all, ONNX
+# without this study's metadata, an opset ONNX Runtime does not run, or inputs that are not one
+# batch of waveforms.
+
+# %%
+#| export
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from urbansound_nb.windows import WINDOW_BATCH, classify_files, file_windows
+
+# %%
+from fastcore.test import test_eq, test_fail
+
+# %% [markdown]
+# ## What the file carries
+#
+# Besides the graph, the file holds its facts as ONNX metadata (`metadata_props`): the class
+# names, the waveform's sample rate, the clip length, the shortest input the front end takes, how
+# long files are windowed, and where it came from (run, commit, checkpoint). `model_facts` reads
+# and checks them.
+
+# %%
+#| export
+REQUIRED_METADATA = ("urbansound_nb", "classes", "sample_rate", "clip_seconds", "min_samples", "windows")
+
+class OnnxModelError(ValueError):
+    "A file that is not a usable ONNX model of this study; the message names it and says why."
+
+def _session(path: Path, threads: int | None) -> ort.InferenceSession:
+    "An ONNX Runtime session of `path`, or an `OnnxModelError` saying what the file is not."
+    options = ort.SessionOptions()
+    if threads: options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    try: return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        text = str(e)
+        if "opset" in text.lower() or "ir version" in text.lower():
+            raise OnnxModelError(f"{path}: ONNX Runtime {ort.__version__} cannot run it: {text.splitlines()[0][:200]}"
+                                 ) from None
+        raise OnnxModelError(f"{path}: not an ONNX model ONNX Runtime can read ({type(e).__name__}: "
+                             f"{text.splitlines()[0][:160] if text else 'no details'})") from None
+
+def model_facts(session: ort.InferenceSession, path) -> dict:
+    "The study's metadata of an ONNX model, checked: classes, sample rate, clip seconds, shortest input, windows."
+    meta = session.get_modelmeta().custom_metadata_map
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise OnnxModelError(f"{path}: an ONNX model without this study's metadata ({', '.join(missing)} missing); "
+                             "write one with `urbansound-nb export`")
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 2:
+        described = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise OnnxModelError(f"{path}: its inputs ({described}) are not one float tensor of waveforms [batch, samples]")
+    try:
+        facts = dict(classes=json.loads(meta["classes"]), sample_rate=int(meta["sample_rate"]),
+                     clip_seconds=float(meta["clip_seconds"]), min_samples=int(meta["min_samples"]))
+    except (ValueError, TypeError) as e: raise OnnxModelError(f"{path}: unreadable metadata ({e})") from None
+    return {**meta, **facts}
+
+# %% [markdown]
+# ## The predictor
+#
+# `OnnxPredictor` has what `classify_files` (notebook 06a) asks of a predictor, so `predict` on an
+# ONNX file gives the same records, options and bad-file handling as on a checkpoint.
+
+# %%
+#| export
+class OnnxPredictor:
+    "An ONNX file written by `urbansound-nb export`, ready to classify audio files with ONNX Runtime."
+    def __init__(self, path, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file(): raise OnnxModelError(f"{path}: no such file")
+        self.session = _session(self.path, threads)
+        self.facts = model_facts(self.session, self.path)
+        self.classes, self.sample_rate = self.facts["classes"], self.facts["sample_rate"]
+        self.clip_seconds, self.min_samples = self.facts["clip_seconds"], self.facts["min_samples"]
+        self.input = self.session.get_inputs()[0].name
+
+    def classify(self, windows) -> np.ndarray:
+        "Class probabilities [windows, classes] of waveform windows, `WINDOW_BATCH` at a time (bounded memory)."
+        batch, out = [], []
+        for w in windows:
+            batch.append(np.asarray(w, dtype=np.float32))
+            if len(batch) == WINDOW_BATCH:
+                out.append(self.session.run(None, {self.input: np.stack(batch)})[0])
+                batch = []
+        if batch: out.append(self.session.run(None, {self.input: np.stack(batch)})[0])
+        return np.concatenate(out)
+
+    def file_probs(self, path) -> tuple[np.ndarray, list[float]]:
+        "Class probabilities of each window of a file [windows, classes] and the windows' start times (s)."
+        windows, starts = file_windows(path, self.sample_rate, self.clip_seconds, self.min_samples)
+        return self.classify(windows), starts
+
+def predict_onnx(path, files, top_k: int = 3, per_window: bool = False, threads: int | None = None,
+                 with_probs: bool = False) -> list[dict]:
+    "Top-k classes of each file with an ONNX model: `classify_files`' records; errors never stop."
+    return classify_files(OnnxPredictor(path, threads), files, top_k, per_window, with_probs)
+
+# %% [markdown]
+# Files that are not this study's model are refused before any audio is read (a real export is
+# checked against torch in notebook 06d):
+
+# %%
+import tempfile
+import onnx
+from onnx import TensorProto, helper
+def _tiny_model(path, metadata: dict, inputs=((["batch", "samples"]),), opset: int = 18):
+    "An ONNX graph that averages each input waveform into two 'probabilities', with `metadata`."
+    ins = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, shape) for i, shape in enumerate(inputs)]
+    out = helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 2])
+    nodes = [helper.make_node("ReduceMean", ["x0"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Concat", ["m", "m"], ["p"], axis=1)]
+    if opset >= 18: nodes[0] = helper.make_node("ReduceMean", ["x0", "axes"], ["m"], keepdims=1)
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [1])] if opset >= 18 else []
+    model = helper.make_model(helper.make_graph(nodes, "tiny", ins, [out], inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    for k, v in metadata.items(): model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
+good = dict(urbansound_nb="0", classes='["a", "b"]', sample_rate="8000", clip_seconds="1.0", min_samples="64",
+            windows="half-overlapping")
+with tempfile.TemporaryDirectory() as d:
+    d = Path(d)
+    _tiny_model(d/"ok.onnx", good)
+    test_eq(OnnxPredictor(d/"ok.onnx").classes, ["a", "b"])
+    (d/"junk.onnx").write_bytes(b"not a model")
+    test_fail(lambda: OnnxPredictor(d/"junk.onnx"), contains="junk.onnx: not an ONNX model")
+    _tiny_model(d/"bare.onnx", {})
+    test_fail(lambda: OnnxPredictor(d/"bare.onnx"), contains="without this study's metadata")
+    _tiny_model(d/"two.onnx", good, inputs=(["batch", "samples"], ["batch"]))
+    test_fail(lambda: OnnxPredictor(d/"two.onnx"), contains="are not one float tensor of waveforms")
+    _tiny_model(d/"future.onnx", good, opset=99)
+    test_fail(lambda: OnnxPredictor(d/"future.onnx"), contains="future.onnx: ONNX Runtime")
