@@ -277,6 +277,17 @@ with tempfile.TemporaryDirectory() as d:
 #| export
 WINDOW_BATCH = 16      # windows per forward pass of a model
 
+def in_batches(windows, run, batch: int = WINDOW_BATCH) -> np.ndarray:
+    "`run` (a batch [n, samples] -> [n, classes]) over `windows`, `batch` at a time, a batch holding one length."
+    out, pending = [], []
+    for w in windows:
+        if pending and (len(pending) == batch or len(w) != len(pending[0])):
+            out.append(run(np.stack(pending)))
+            pending = []
+        pending.append(np.asarray(w, dtype=np.float32))
+    if pending: out.append(run(np.stack(pending)))
+    return np.concatenate(out)
+
 def _top(probs, classes, k):
     return [{"class": classes[i], "probability": round(float(probs[i]), 4)} for i in np.argsort(-probs)[:k]]
 
@@ -307,6 +318,8 @@ class _Constant:
     def file_probs(self, path):
         windows, starts = file_windows(path, 8000, 1.0)
         return np.array([[0.25, 0.75] for _ in windows]), starts
+test_eq(in_batches([np.ones(3), np.ones(3), np.ones(2), np.ones(3)], lambda b: b.sum(1, keepdims=True), batch=2)[:, 0],
+        [3, 3, 2, 3])                                          # batches of one length: [3, 3], [2], [3]
 with tempfile.TemporaryDirectory() as d:
     sf.write(f"{d}/x.wav", 0.1 * np.ones(12000, np.float32), 8000)
     recs = classify_files(_Constant(), [f"{d}/x.wav", f"{d}/none.wav"], top_k=1, per_window=True)

@@ -42,7 +42,7 @@ from torch import nn
 from urbansound_nb.core import read_results
 from urbansound_nb.models import CheckpointError, load_checkpoint
 from urbansound_nb.pretrained import feature_params
-from urbansound_nb.windows import WINDOW_BATCH, classify_files, file_windows
+from urbansound_nb.windows import classify_files, file_windows, in_batches
 
 # %%
 #| export
@@ -109,14 +109,7 @@ class Predictor:
     @torch.no_grad()
     def classify(self, windows) -> np.ndarray:
         "Class probabilities [windows, classes] of waveform windows, `WINDOW_BATCH` at a time (bounded memory)."
-        batch, out = [], []
-        for w in windows:
-            batch.append(w)
-            if len(batch) == WINDOW_BATCH:
-                out.append(self.net(torch.from_numpy(np.stack(batch)).to(self.device)).cpu().numpy())
-                batch = []
-        if batch: out.append(self.net(torch.from_numpy(np.stack(batch)).to(self.device)).cpu().numpy())
-        return np.concatenate(out)
+        return in_batches(windows, lambda b: self.net(torch.from_numpy(b).to(self.device)).cpu().numpy())
 
     def file_probs(self, path) -> tuple[np.ndarray, list[float]]:
         "Class probabilities of each window of a file [windows, classes] and the windows' start times (s)."
@@ -220,12 +213,12 @@ def write_long_wav(path, minutes: float, rate: int = 44100, channels: int = 2, s
             out.write((tone[:, None] + 0.05 * rng.standard_normal((len(t), channels))).astype(np.float32))
     return Path(path)
 
-def study_shaped_checkpoint(path, n_classes: int = 10) -> Path:
+def study_shaped_checkpoint(path, classes=None) -> Path:
     "A randomly initialised checkpoint shaped like the study's probe + fine-tuned pair (two EfficientAT mn04)."
     from urbansound_nb.models import build_model, checkpoint_dict, save_checkpoint
     from urbansound_nb.pretrained import EfficientATFeatures
-    config = dict(members=[dict(model="efficientat", config=dict(width=0.4, n_classes=n_classes))] * 2)
-    classes = [f"class {i}" for i in range(n_classes)]
+    classes = list(classes) if classes is not None else [f"class {i}" for i in range(10)]
+    config = dict(members=[dict(model="efficientat", config=dict(width=0.4, n_classes=len(classes)))] * 2)
     save_checkpoint(checkpoint_dict(build_model("ensemble", **config), "ensemble", config, EfficientATFeatures(),
                                     classes, 4.0), path)
     return Path(path)

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from urbansound_nb.windows import WINDOW_BATCH, classify_files, file_windows
+from urbansound_nb.windows import classify_files, file_windows, in_batches
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -118,14 +118,7 @@ class OnnxPredictor:
 
     def classify(self, windows) -> np.ndarray:
         "Class probabilities [windows, classes] of waveform windows, `WINDOW_BATCH` at a time (bounded memory)."
-        batch, out = [], []
-        for w in windows:
-            batch.append(np.asarray(w, dtype=np.float32))
-            if len(batch) == WINDOW_BATCH:
-                out.append(self.session.run(None, {self.input: np.stack(batch)})[0])
-                batch = []
-        if batch: out.append(self.session.run(None, {self.input: np.stack(batch)})[0])
-        return np.concatenate(out)
+        return in_batches(windows, lambda b: self.session.run(None, {self.input: b})[0])
 
     def file_probs(self, path) -> tuple[np.ndarray, list[float]]:
         "Class probabilities of each window of a file [windows, classes] and the windows' start times (s)."

@@ -143,12 +143,12 @@ def api_notebook(ipynb, root=None):
 
 # %%
 test_eq([page_name(n) for n in ("06b_predict.ipynb", "00_setup.ipynb", "90b_api.ipynb")], ["predict", "setup", "api"])
-page = api_notebook(project_root()/"nbs"/"06b_predict.ipynb")
+page = api_notebook(project_root()/"nbs"/"06a_windows.ipynb")
 shown = "".join(o["data"]["text/markdown"] for c in page.cells for o in c.get("outputs", []) if "data" in o)
-assert "predict_files" in shown and "WaveformClassifier" in shown and "top_k" in shown        # signatures, parameters
+assert "classify_files" in shown and "file_windows" in shown and "top_k" in shown          # signatures, parameters
 assert "urbansound-nb.github.io" not in shown and page.cells[0].cell_type == "raw"       # local links, front matter
 nbformat.validate(page)
-assert "| `WINDOW_BATCH` | `16` |" in page.cells[-1].source           # constants, which show_doc leaves out
+assert "| `SILENCE_PEAK` | `0.0001` |" in page.cells[-1].source           # constants, which show_doc leaves out
 print(page.cells[0].source)
 
 # %%

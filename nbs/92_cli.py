@@ -25,7 +25,8 @@
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
 # | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
 # | `urbansound-nb bench --predict-memory [CHECKPOINT]` | peak memory of `predict` on a 10-minute file (06b) |
-# | `urbansound-nb predict CHECKPOINT FILE...` | classify audio files with a saved model, or a run's chosen one (06b) |
+# | `urbansound-nb predict MODEL FILE... [--timeline F] [--plot F]` | files by a checkpoint, run (06b) or ONNX (06c) |
+# | `urbansound-nb export SOURCE OUT.onnx [--check FILE...]` | a checkpoint or run's model as one ONNX file (06d) |
 # | `urbansound-nb compare RUN_DIR RUN_DIR... [--json/--csv]` | runs side by side: accuracies, what differs (90a) |
 # | `urbansound-nb site [--run-dir DIR] [--compare RUN_DIR...] [--check]` | a run's report site (91), checked (91a) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
@@ -44,7 +45,6 @@ import sys
 from pathlib import Path
 
 from urbansound_nb.params import ParameterError
-from urbansound_nb.runner import RunFailed, configure_lab, lab_command, parse_value, run_notebooks, sync
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -102,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--top-k", type=count(1), default=3)
     p.add_argument("--json", action="store_true")
     p.add_argument("--per-window", action="store_true", help="also report every window of long files")
+    p.add_argument("--timeline", metavar="FILE.csv|.json", help="per-window probabilities and merged segments")
+    p.add_argument("--plot", metavar="FILE.png", help="classes against time, for one recording")
+    p.add_argument("--threads", type=count(1), default=None, help="threads of the model (default: all cores)")
+    e = sub.add_parser("export", help="a checkpoint, or a run's chosen model, as one ONNX file (front end included)")
+    e.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    e.add_argument("out", metavar="OUT.onnx")
+    e.add_argument("--check", nargs="*", default=None, metavar="FILE",
+                   help="compare ONNX Runtime with torch on these audio files (max probability difference, top-1)")
     c = sub.add_parser("compare", help="runs side by side: every model's accuracy per run, the parameters that differ")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the first is the reference")
     as_ = c.add_mutually_exclusive_group()
@@ -141,26 +149,73 @@ with tempfile.TemporaryDirectory() as d:
 #| export
 def _classes_text(predictions) -> str: return ", ".join(f"{p['class']} {p['probability']:.2f}" for p in predictions)
 
-def predict_cli(checkpoint, files, top_k: int = 3, as_json: bool = False, per_window: bool = False) -> int:
-    "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
+def _predictor(model, threads: int | None):
+    "An ONNX predictor (a `.onnx` file: no torch imported) or a checkpoint's, or the one-line reason there is none."
+    if str(model).lower().endswith(".onnx"):
+        from urbansound_nb.deploy import OnnxModelError, OnnxPredictor
+        try: return OnnxPredictor(model, threads), None
+        except OnnxModelError as e: return None, str(e)
     from urbansound_nb.models import CheckpointError
-    from urbansound_nb.predict import Predictor, predict_files
-    try: predictor = Predictor(checkpoint)  # a missing, unreadable or wrong file: a CheckpointError naming it
+    from urbansound_nb.predict import Predictor
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    try: return Predictor(model), None   # a missing, unreadable or wrong file: a CheckpointError naming it
+    except CheckpointError as e: return None, str(e)
+
+def _print_record(rec: dict, as_json: bool):
+    if as_json: print(json.dumps(rec), flush=True)
+    elif rec["error"]: print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr)
+    else:
+        print(f"{rec['file']}: {_classes_text(rec['predictions'])}")
+        for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: {_classes_text(w['predictions'])}")
+
+def _write_timeline(rec: dict, predictor, timeline_path, plot_path):
+    "The timeline of one classified file, written (and drawn) where asked; the paths it wrote."
+    import soundfile as sf
+
+    from urbansound_nb.windows import plot_timeline, timeline, write_timeline
+    info = sf.info(rec["file"])
+    tl = timeline(rec["probabilities"], rec["start_seconds"], predictor.classes, predictor.clip_seconds,
+                  info.frames / info.samplerate)
+    written = write_timeline(tl, timeline_path) if timeline_path else []
+    if plot_path:
+        plot_timeline(tl, f"Timeline of {Path(rec['file']).name}", plot_path)
+        written.append(Path(plot_path))
+    return written
+
+def predict_cli(model, files, top_k: int = 3, as_json: bool = False, per_window: bool = False, timeline=None,
+                plot=None, threads: int | None = None) -> int:
+    "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
+    from urbansound_nb.windows import classify_files
+    if (timeline or plot) and len(files) != 1:
+        print("error: --timeline and --plot describe one recording; give one file", file=sys.stderr)
+        return 2
+    predictor, why = _predictor(model, threads)
+    if predictor is None:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    records = classify_files(predictor, files, top_k, per_window, with_probs=bool(timeline or plot))
+    for rec in records:
+        written = _write_timeline(rec, predictor, timeline, plot) if rec["error"] is None and (timeline or plot) else []
+        rec.pop("probabilities", None), rec.pop("start_seconds", None)
+        _print_record(rec, as_json)
+        for path in written: print(f"wrote {path}", file=sys.stderr)
+    return 1 if any(rec["error"] for rec in records) else 0
+
+def export_cli(source, out, check=None) -> int:
+    "`urbansound-nb export`: a run's chosen model or a checkpoint as one ONNX file; with `check`, its parity."
+    from urbansound_nb.export import export_onnx, parity
+    from urbansound_nb.models import CheckpointError
+    try: path = export_onnx(source, out)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    failed = 0
-    for rec in predict_files(checkpoint, files, top_k, per_window, predictor):
-        failed += rec["error"] is not None
-        if as_json:
-            print(json.dumps(rec), flush=True)
-            continue
-        if rec["error"]:
-            print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr)
-            continue
-        print(f"{rec['file']}: {_classes_text(rec['predictions'])}")
-        for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: {_classes_text(w['predictions'])}")
-    return 1 if failed else 0
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    if check:
+        from urbansound_nb.predict import resolve_checkpoint
+        print(json.dumps(parity(path, resolve_checkpoint(source), check)))
+    return 0
 
 # %% [markdown]
 # The command exits with status 2, naming the file, when what it is given is not a checkpoint
@@ -236,6 +291,7 @@ assert "no executed notebooks" in err.getvalue()
 def run_cli(args) -> int:
     "`urbansound-nb run`: the chapters into a run directory; 2 for a refusal before any chapter, 1 for a failure."
     from urbansound_nb.data import DatasetUnavailable  # here: `datasets` is slow to import for the other commands
+    from urbansound_nb.runner import RunFailed, parse_value, run_notebooks
     params = {k: parse_value(v) for k, v in args.param}
     if args.dataset: params["dataset"] = args.dataset
     if why := usable_run_dir(args.run_dir):
@@ -297,17 +353,21 @@ def main(argv=None):
     "Entry point of the `urbansound-nb` console script."
     args = _parser().parse_args(argv)
     if args.command == "sync":
+        from urbansound_nb.runner import sync
         sync(export=not args.no_export)
         return 0
     if args.command == "run": return run_cli(args)
     if args.command == "bench": return bench_cli(args)
     if args.command == "predict":
-        return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window)
+        return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window,
+                           timeline=args.timeline, plot=args.plot, threads=args.threads)
+    if args.command == "export": return export_cli(args.source, args.out, args.check)
     if args.command == "site":
         return site_cli(args.run_dir, args.out, args.renderer, screenshots=args.screenshots, check=args.check,
                         compare=args.compare)
     if args.command == "compare":
         return compare_cli(args.run_dirs, "json" if args.json else "csv" if args.csv else "text")
     if args.command == "lab":
+        from urbansound_nb.runner import configure_lab, lab_command
         print("JupyterLab settings:", configure_lab())
         os.execv(sys.executable, lab_command(extra=[a for a in args.extra if a != "--"]))

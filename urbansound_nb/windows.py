@@ -22,7 +22,7 @@ from .audio import AudioDecodeError, decode_audio, window_starts
 # %% auto #0
 __all__ = ['STREAM_SECONDS', 'BLOCK_VALUES', 'SILENCE_PEAK', 'WINDOW_BATCH', 'TIMELINE_RULE', 'resample_kernel', 'resample',
            'read_samples', 'resampled_length', 'resampled_blocks', 'repeat_to', 'stream_windows', 'file_windows',
-           'classify_files', 'window_spans', 'segments', 'timeline', 'write_timeline', 'plot_timeline']
+           'in_batches', 'classify_files', 'window_spans', 'segments', 'timeline', 'write_timeline', 'plot_timeline']
 
 # %% ../nbs/06a_windows.ipynb #d5c439e0fb
 def resample_kernel(orig_rate: int, new_rate: int, zeros: int = 6, rolloff: float = 0.99) -> tuple[np.ndarray, int]:
@@ -150,8 +150,19 @@ def file_windows(path, sample_rate: int, clip_seconds: float, min_samples: int =
             windows = (x[s:s + length] for s in starts)
     return windows, [s / sample_rate for s in starts]
 
-# %% ../nbs/06a_windows.ipynb #bc565e6089
+# %% ../nbs/06a_windows.ipynb #68f8d46db5
 WINDOW_BATCH = 16      # windows per forward pass of a model
+
+def in_batches(windows, run, batch: int = WINDOW_BATCH) -> np.ndarray:
+    "`run` (a batch [n, samples] -> [n, classes]) over `windows`, `batch` at a time, a batch holding one length."
+    out, pending = [], []
+    for w in windows:
+        if pending and (len(pending) == batch or len(w) != len(pending[0])):
+            out.append(run(np.stack(pending)))
+            pending = []
+        pending.append(np.asarray(w, dtype=np.float32))
+    if pending: out.append(run(np.stack(pending)))
+    return np.concatenate(out)
 
 def _top(probs, classes, k):
     return [{"class": classes[i], "probability": round(float(probs[i]), 4)} for i in np.argsort(-probs)[:k]]
