@@ -10,7 +10,7 @@ DATASET ?=
 # Extra runner arguments, e.g. PARAMS='-p train_folds "[1]" -p val_fold 2 -p test_fold 3'
 PARAMS ?=
 
-.PHONY: study test lab site bench sync clean
+.PHONY: study test test-fast lab site bench sync clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
@@ -24,11 +24,18 @@ $(STAMP): pyproject.toml
 study: $(STAMP)
 	$(BIN)/urbansound-nb run --run-dir $(RUN_DIR) $(if $(DATASET),--dataset $(DATASET)) $(PARAMS) --site
 
-## the tests: ruff, notebooks regenerated, package == fresh export, nbdev-test, pytest
+## the tests: ruff, notebooks regenerated, package == fresh export, nbdev-test, pytest (what CI runs)
 test: $(STAMP)
 	$(BIN)/ruff check urbansound_nb nbs tests
 	$(BIN)/urbansound-nb sync --no-export
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
+
+## the fast tier, while you work: ruff, the export check, unit tests, nbdev-test of the library notebooks
+test-fast: $(STAMP)
+	$(BIN)/ruff check urbansound_nb nbs tests
+	$(BIN)/urbansound-nb sync --no-export
+	$(BIN)/python -m pytest tests -m "not study and not slow" --durations=5
+	$(BIN)/nbdev-test --n-workers 2 --timing --skip-file-re '^([0-8][0-9]_|[_.])'
 
 ## JupyterLab, with nbs/*.py opening as notebooks
 lab: $(STAMP)

@@ -10,7 +10,6 @@
 #     name: python3
 # ---
 
-
 # %%
 #| default_exp deploy
 

@@ -17,6 +17,7 @@ from urbansound_nb.grid import GridFailed, Placement, grid_client, run_grid
 from urbansound_nb.params import StudyParams
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import this test module
+pytestmark = pytest.mark.slow                                  # worker processes and trainings
 
 
 def _square_slowly(x: int, seconds: float) -> dict:

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 
 import nbformat
+import pytest
 from conftest import ROOT
 
 from urbansound_nb.runner import is_chapter, notebook_sources, notebook_text, py_to_notebook, sync
@@ -53,6 +54,7 @@ def test_package_equals_a_fresh_export(tmp_path):
     assert not differ, f"{differ} differ from a fresh export of nbs/: edit the notebooks, `urbansound-nb sync`, commit"
 
 
+@pytest.mark.slow
 def test_nbdev_test_executes_every_notebook(venv_bin):
     "nbdev-test exits 0 when it finds nothing to test; here finding nothing, or skipping one, is a failure."
     env = {k: v for k, v in os.environ.items() if k != "IN_TEST"}

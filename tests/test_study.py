@@ -3,7 +3,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import NOTEBOOKS
+from conftest import NOTEBOOKS, ROOT
 
 
 def test_every_notebook_ran_and_wrote_results(reduced_run):
@@ -66,7 +66,12 @@ def test_selection_is_rotated_and_stated(reduced_run):
     assert "one standard error" in transfer["selection"]["rule"]
     assert transfer["best_model"] in transfer["selection"]["reason"]
     chosen = {r["model"]: r for r in transfer["comparison"]}[transfer["best_model"]]
-    assert chosen["tied"] and transfer["best_checkpoint"] == chosen["checkpoint"]
+    assert chosen["tied"]
+    if transfer["best_model"] in ("probe", "finetune", "probe_finetune"):    # refit on every non-test fold and served
+        refit = transfer["refit"]
+        assert transfer["best_checkpoint"] == refit["checkpoint"] == f"models/{transfer['best_model']}.refit.pt"
+        assert refit["train_folds"] == [1, 2] and refit["n_train"] > transfer["entries"]["probe"]["n_train"]
+        assert (reduced_run/refit["checkpoint"]).exists() and 0 <= refit["test_accuracy"] <= 1
 
 
 def test_predict_serves_the_chosen_model(reduced_run, originals, venv_bin):
@@ -83,3 +88,34 @@ def test_predict_serves_the_chosen_model(reduced_run, originals, venv_bin):
     assert r.returncode == 0, r.stderr
     first = lambda run: json.loads(run.stdout.splitlines()[0])["predictions"]
     assert first(r) == first(direct)
+
+
+def test_damaged_clips_are_left_out_and_named_in_every_results_file(reduced_run, reduced_data):
+    "A corrupt, a too-short and a NaN clip: every chapter finishes and names them (01 reads headers: not the NaN one)."
+    damaged = reduced_data[1]
+    for nb in NOTEBOOKS[1:]:
+        doc = json.loads((reduced_run/"results"/f"{nb}.json").read_text())
+        named = {c["slice_file_name"] for c in doc["clips_skipped"]}
+        expected = {damaged["corrupt"], damaged["too_short"]} | ({damaged["nan"]} if nb != "01_eda" else set())
+        assert named == expected, (nb, named)
+        assert doc["clips_used"] == 240 - len(expected), nb
+
+
+def test_strict_audio_stops_at_the_first_chapter_that_meets_a_damaged_clip(reduced_data, venv_bin, tmp_path):
+    r = subprocess.run([str(venv_bin/"urbansound-nb"), "run", "01", "02", "--dataset", str(reduced_data[0]),
+                        "--run-dir", str(tmp_path/"run"), "-p", "strict_audio", "true", "-p", "cache_dir",
+                        str(tmp_path/"cache")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "01_eda failed" in r.stderr and reduced_data[1]["corrupt"] in r.stderr
+    assert not (tmp_path/"run"/"02_preprocessing.ipynb").exists()
+
+
+def test_a_training_two_chapters_need_is_trained_once(reduced_run):
+    "Chapter 08's fine-tuning for the study's test fold is chapter 05's; the store reads it back, timings.csv says so."
+    tuned = lambda nb: {t["cell"]: t["status"] for t in json.loads(
+        (reduced_run/"results"/f"{nb}.json").read_text())["trainings"] if t["cell"].startswith("efficientat-")}
+    shared = set(tuned("05_transfer")) & set(tuned("08_cross_validation"))
+    assert shared and all(tuned("08_cross_validation")[c] == "reused" for c in shared)
+    assert any(c.startswith("efficientat-train1-val2-") for c in shared)          # the study's split
+    rows = (reduced_run/"timings.csv").read_text().splitlines()
+    assert rows[0] == "notebook,seconds,status,cell"
+    assert any(r.startswith("08_cross_validation,") and ",reused,efficientat-train1-val2-" in r for r in rows)

@@ -1,0 +1,113 @@
+"""The study's model as one ONNX file: exported by chapter 09, served by `predict` without torch (in this venv and in
+a fresh one holding only the `[onnx]` extra's dependencies), a timeline of a long file, and models that are refused."""
+import json
+import subprocess
+import sys
+import venv
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import ROOT
+
+
+def cli(venv_bin, *args, timeout=600):
+    return subprocess.run([str(venv_bin/"urbansound-nb"), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+NO_TORCH = ("import sys; from urbansound_nb.cli import main; status = main(sys.argv[1:]); "
+            "loaded = [m for m in ('torch', 'torchaudio', 'torchvision') if m in sys.modules]; "
+            "print('imported:', loaded, file=sys.stderr); sys.exit(status if not loaded else 3)")
+
+
+def test_onnx_predict_answers_every_original_file_like_torch_without_importing_torch(reduced_run, originals):
+    "Every original format, top-1 as the torch path gives it; torch, torchaudio and torchvision never imported."
+    model = reduced_run/"models"/"model.onnx"
+    files = sorted(str(p) for p in (originals/"audio").rglob("*.wav"))
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, "predict", str(model), *files, "--json", "-k", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "imported: []" in r.stderr
+    ours = [json.loads(line) for line in r.stdout.splitlines()]
+    theirs = subprocess.run([str(ROOT/".venv"/"bin"/"urbansound-nb") if (ROOT/".venv").is_dir() else "urbansound-nb",
+                             "predict", str(reduced_run), *files, "--json", "-k", "1"], capture_output=True, text=True,
+                            timeout=600)
+    theirs = [json.loads(line) for line in theirs.stdout.splitlines()]
+    assert len(ours) == len(files) and all(rec["error"] is None for rec in ours)
+    same = sum(a["predictions"][0]["class"] == b["predictions"][0]["class"] for a, b in zip(ours, theirs))
+    assert same == len(files)
+    doc = json.loads((reduced_run/"results"/"09_deployment.json").read_text())
+    assert doc["parity"]["max_probability_difference"] < 1e-4 and doc["parity"]["top1_agree"] == doc["parity"]["files"]
+
+
+def test_a_timeline_of_a_long_recording(reduced_run, venv_bin, tmp_path):
+    rate = 32000
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path/"long.wav", (0.1 * rng.standard_normal(rate * 75)).astype(np.float32), rate)  # streamed
+    r = cli(venv_bin, "predict", reduced_run/"models"/"model.onnx", tmp_path/"long.wav", "--timeline",
+            tmp_path/"t.csv", "--plot", tmp_path/"t.png")
+    assert r.returncode == 0, r.stderr
+    rows = (tmp_path/"t.csv").read_text().splitlines()
+    assert rows[0].startswith("start,end,") and len(rows) == 1 + 37     # 75 s in 4 s windows every 2 s
+    assert (tmp_path/"t.segments.csv").read_text().startswith("start,end,class,mean_probability")
+    assert (tmp_path/"t.png").stat().st_size > 10_000
+    r = cli(venv_bin, "predict", reduced_run/"models"/"model.onnx", tmp_path/"long.wav", tmp_path/"long.wav",
+            "--timeline", tmp_path/"t.json")
+    assert r.returncode == 2 and "one file" in r.stderr
+
+
+def _tiny_onnx(path, metadata, inputs=(("batch", "samples"),), opset=18):
+    import onnx
+    from onnx import TensorProto, helper
+    ins = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, list(s)) for i, s in enumerate(inputs)]
+    out = helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 2])
+    nodes = [helper.make_node("ReduceMean", ["x0", "axes"], ["m"], keepdims=1),
+             helper.make_node("Concat", ["m", "m"], ["p"], axis=1)]
+    graph = helper.make_graph(nodes, "tiny", ins, [out], [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    for k, v in metadata.items(): model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+
+
+GOOD = dict(urbansound_nb="0", classes='["a", "b"]', sample_rate="8000", clip_seconds="1.0", min_samples="64",
+            windows="half-overlapping")
+
+
+@pytest.mark.parametrize("case, expected", [("junk", "not an ONNX model"), ("bare", "without this study's metadata"),
+                                            ("future", "cannot run it"), ("two_inputs", "are not one float tensor")])
+def test_a_model_that_is_not_the_studys_is_one_line_and_exit_2(venv_bin, tmp_path, case, expected):
+    model = tmp_path/f"{case}.onnx"
+    if case == "junk": model.write_bytes(b"not a model at all")
+    else: _tiny_onnx(model, {} if case == "bare" else GOOD, opset=99 if case == "future" else 18,
+                     inputs=(("batch", "samples"), ("batch",)) if case == "two_inputs" else (("batch", "samples"),))
+    sf.write(tmp_path/"clip.wav", np.full(8000, 0.1, np.float32), 8000)
+    r = cli(venv_bin, "predict", model, tmp_path/"clip.wav")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr and model.name in r.stderr
+
+
+def test_bad_audio_files_are_reported_and_the_others_classified(venv_bin, tmp_path):
+    _tiny_onnx(tmp_path/"m.onnx", GOOD)
+    sf.write(tmp_path/"clip.wav", np.full(8000, 0.1, np.float32), 8000)
+    (tmp_path/"empty.wav").write_bytes(b"")
+    r = cli(venv_bin, "predict", tmp_path/"m.onnx", tmp_path/"empty.wav", tmp_path/"clip.wav", "--json")
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 1 and "empty" in recs[0]["error"] and recs[1]["error"] is None
+
+
+def test_a_fresh_venv_with_only_the_onnx_extra_runs_predict(reduced_run, tmp_path):
+    "`pip install --no-deps` of the package and the `[onnx]` extra's own dependencies: nothing else is needed."
+    import tomllib
+    extra = tomllib.loads((ROOT/"pyproject.toml").read_text())["project"]["optional-dependencies"]["onnx"]
+    venv.create(tmp_path/"small", with_pip=True)
+    pip = [str(tmp_path/"small"/"bin"/"python"), "-m", "pip", "install", "--quiet"]
+    r = subprocess.run([*pip, *extra], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0: pytest.skip(f"cannot install {extra} here: {r.stderr.strip().splitlines()[-1:]}")
+    r = subprocess.run([*pip, "--no-deps", str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sf.write(tmp_path/"clip.wav", (0.1 * np.random.default_rng(0).standard_normal(44100 * 3)).astype(np.float32), 44100)
+    r = subprocess.run([str(tmp_path/"small"/"bin"/"urbansound-nb"), "predict", str(reduced_run/"models"/"model.onnx"),
+                        str(tmp_path/"clip.wav"), "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["error"] is None
