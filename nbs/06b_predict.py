@@ -190,16 +190,12 @@ with tempfile.TemporaryDirectory() as d:
         test_close(streamed, expected, eps=1e-5)
 
 # %% [markdown]
-# ## Memory on a long file
+# ## Test files and a study-shaped model
 #
-# `benchmark_predict_memory` measures what `urbansound-nb predict` needs: it writes a 4-second
-# and a 10-minute stereo WAV at 44.1 kHz (the long one block by block), runs the command on each
-# as a child process, and prints each one's peak resident memory (the kernel's `ru_maxrss`) and
-# wall time. Without a checkpoint it makes one shaped like the study's usual choice (two EfficientAT
-# mn04 networks averaged, randomly initialised: memory does not depend on the weights' values).
-# It prints the floor first: Python with torch, torchaudio and torchvision imported and nothing
-# else done, most of it the CUDA build's libraries, which no streaming can lower.
-# `urbansound-nb bench --predict-memory [CHECKPOINT]` prints it.
+# The benchmarks of notebook 06d measure both `predict` paths on long files and a model shaped
+# like the study's usual choice (two EfficientAT mn04 networks averaged, randomly initialised:
+# memory and speed do not depend on the weights' values); these make them, and `peak_memory`
+# runs a command as a child process and reads its peak resident memory (the kernel's `ru_maxrss`).
 
 # %%
 #| export
@@ -223,35 +219,24 @@ def study_shaped_checkpoint(path, classes=None) -> Path:
                                     classes, 4.0), path)
     return Path(path)
 
-def peak_memory(cmd: list[str]) -> tuple[int, float, int]:
-    "Peak resident memory (bytes), wall time (s) and exit status of `cmd` run as a child process."
+def peak_memory(code: str, args=()) -> tuple[int, float, int]:
+    "Peak resident memory (bytes), wall time (s) and exit status of Python running `code` with `args`, as a child."
     import os
     import subprocess
-    import time
-    t0 = time.time()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    return usage.ru_maxrss * 1024, time.time() - t0, os.waitstatus_to_exitcode(status)
-
-def benchmark_predict_memory(checkpoint=None, minutes: float = 10.0) -> dict:
-    "Peak memory and time of `urbansound-nb predict` on a 4-second and a `minutes`-long file; printed and returned."
     import sys
     import tempfile
-    command = [sys.executable, "-c", "import sys; from urbansound_nb.cli import main; sys.exit(main())", "predict"]
-    floor = peak_memory([sys.executable, "-c", "import torch, torchaudio, torchvision"])[0]
-    out = {"python with torch, torchaudio, torchvision imported": dict(peak_mb=round(floor / 2**20))}
-    print(f"the floor, python with torch, torchaudio and torchvision imported: peak memory {floor / 2**20:,.0f} MB")
+    import time
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        ckpt = Path(checkpoint) if checkpoint else study_shaped_checkpoint(d/"pair.pt")
-        for label, length in (("4-second file", 4 / 60), (f"{minutes:g}-minute file", minutes)):
-            f = write_long_wav(d/"clip.wav", length)
-            rss, seconds, status = peak_memory([*command, str(ckpt), str(f), "--json"])
-            if status != 0: raise RuntimeError(f"predict failed on the {label} (exit status {status})")
-            out[label] = dict(peak_mb=round(rss / 2**20), seconds=round(seconds, 1))
-            print(f"predict, {label} (44.1 kHz stereo): peak memory {rss / 2**20:,.0f} MB, {seconds:.1f} s")
-    return out
-
-# %%
-#| eval: false
-benchmark_predict_memory(minutes=1.5)   # `urbansound-nb bench --predict-memory` runs the 10-minute one
+        # the child's own high-water mark (Linux), written as it exits: the kernel's ru_maxrss of a child starts from
+        # the parent's at the fork, so a parent with torch imported would inflate every figure
+        report = Path(d)/"hwm"
+        watch = (f"import atexit\ndef _hwm():\n    try:\n        with open('/proc/self/status') as f:\n"
+                 f"            kb = next(l for l in f if l.startswith('VmHWM')).split()[1]\n"
+                 f"        open({str(report)!r}, 'w').write(kb)\n    except OSError: pass\natexit.register(_hwm)\n")
+        t0 = time.time()
+        child = subprocess.Popen([sys.executable, "-c", watch + code, *map(str, args)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.time() - t0
+        peak = int(report.read_text()) * 1024 if report.exists() else usage.ru_maxrss * 1024
+    return peak, seconds, os.waitstatus_to_exitcode(status)

@@ -69,6 +69,8 @@ class OnnxModelError(ValueError):
 def _session(path: Path, threads: int | None) -> ort.InferenceSession:
     "An ONNX Runtime session of `path`, or an `OnnxModelError` saying what the file is not."
     options = ort.SessionOptions()
+    # no memory arena: the arena keeps its largest batch's memory for good, which on a long file doubled the peak
+    options.enable_cpu_mem_arena = False
     if threads: options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     try: return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -45,9 +45,10 @@ import onnx
 import torch
 
 from urbansound_nb import __version__
+from urbansound_nb.audio import window_starts
 from urbansound_nb.core import atomic_write_bytes
 from urbansound_nb.deploy import OnnxPredictor
-from urbansound_nb.predict import Predictor
+from urbansound_nb.predict import Predictor, peak_memory, study_shaped_checkpoint, write_long_wav
 from urbansound_nb.windows import SILENCE_PEAK, file_windows
 
 # %%
@@ -128,7 +129,6 @@ def parity(onnx_path, checkpoint, files) -> dict:
 
 # %%
 import soundfile as sf
-from urbansound_nb.predict import study_shaped_checkpoint
 with tempfile.TemporaryDirectory() as d:
     d = Path(d)
     ckpt = study_shaped_checkpoint(d/"pair.pt")
@@ -145,3 +145,45 @@ with tempfile.TemporaryDirectory() as d:
     print(check)
     test_eq((check["files"], check["top1_agree"]), (4, 4))
     assert check["max_probability_difference"] < 1e-4
+
+# %% [markdown]
+# ## Memory and speed of both `predict` paths
+#
+# `benchmark_predict` runs `urbansound-nb predict` as a child process on a 4-second and a
+# 10-minute stereo WAV at 44.1 kHz, with the torch checkpoint and with its ONNX export, two threads
+# each, and prints each run's peak resident memory and its clips (windows) per second, end to end
+# as a user meets them. It prints the floor of each path first: Python with what the path imports
+# and nothing done. `urbansound-nb bench --predict-memory [CHECKPOINT]` prints it.
+
+# %%
+#| export
+def _measured(code: str, args: list, label: str, windows: int) -> dict:
+    rss, seconds, status = peak_memory(code, args)
+    if status != 0: raise RuntimeError(f"predict failed on the {label} (exit status {status})")
+    return dict(peak_mb=round(rss / 2**20), seconds=round(seconds, 1), clips_per_second=round(windows / seconds, 1))
+
+def benchmark_predict(checkpoint=None, minutes: float = 10.0, threads: int = 2) -> dict:
+    "Peak memory and clips/s of `predict` with torch and with ONNX Runtime on a 4-second and a `minutes`-long file."
+    cli = "import sys\nfrom urbansound_nb.cli import main\nsys.exit(main())"
+    floors = {"torch": "import torch, torchaudio, torchvision", "onnx": "import onnxruntime, numpy, soundfile"}
+    out = {f"floor, {k}": dict(peak_mb=round(peak_memory(v)[0] / 2**20)) for k, v in floors.items()}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        ckpt = Path(checkpoint) if checkpoint else study_shaped_checkpoint(d/"pair.pt")
+        models = {"torch": ckpt, "onnx": export_onnx(ckpt, d/"model.onnx")}
+        for label, length in (("4-second file", 4 / 60), (f"{minutes:g}-minute file", minutes)):
+            f = write_long_wav(d/"clip.wav", length)
+            windows = max(1, len(window_starts(int(length * 60 * 32000), 4 * 32000)))
+            for path, model in models.items():
+                out[f"{path}, {label}"] = _measured(cli, ["predict", model, f, "--json", "--threads", threads],
+                                                    label, windows)
+    for k, v in out.items(): print(f"{k:>32}: " + ", ".join(f"{n} {x}" for n, x in v.items()))
+    long = f"{minutes:g}-minute file"
+    ours, theirs = out[f"onnx, {long}"], out[f"torch, {long}"]
+    print(f"ONNX Runtime against torch on the {long}: {ours['clips_per_second'] / theirs['clips_per_second']:.1f}x "
+          f"the clips/s, {ours['peak_mb']} MB against {theirs['peak_mb']} MB at the peak")
+    return out
+
+# %%
+#| eval: false
+benchmark_predict(minutes=1.5)   # `urbansound-nb bench --predict-memory` runs the 10-minute one

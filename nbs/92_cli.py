@@ -24,7 +24,7 @@
 # | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` (notebook 90) |
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
 # | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
-# | `urbansound-nb bench --predict-memory [CHECKPOINT]` | peak memory of `predict` on a 10-minute file (06b) |
+# | `urbansound-nb bench --predict-memory [CHECKPOINT]` | `predict`'s memory and speed, torch and ONNX (06d) |
 # | `urbansound-nb predict MODEL FILE... [--timeline F] [--plot F]` | files by a checkpoint, run (06b) or ONNX (06c) |
 # | `urbansound-nb export SOURCE OUT.onnx [--check FILE...]` | a checkpoint or run's model as one ONNX file (06d) |
 # | `urbansound-nb compare RUN_DIR RUN_DIR... [--json/--csv]` | runs side by side: accuracies, what differs (90a) |
@@ -313,8 +313,8 @@ def run_cli(args) -> int:
 def bench_cli(args) -> int:
     "`urbansound-nb bench`: the front ends' throughput, or (`--predict-memory`) predict's peak memory."
     if args.predict_memory is not None:
-        from urbansound_nb.predict import benchmark_predict_memory
-        benchmark_predict_memory(args.predict_memory or None)
+        from urbansound_nb.export import benchmark_predict
+        benchmark_predict(args.predict_memory or None)
         return 0
     from urbansound_nb.bench import benchmark
     from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step

@@ -197,7 +197,7 @@ def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False, c
     print("checked in Chromium: " + (f"{len(problems)} page(s) with problems" if problems else "every page is fine"))
     return 1 if problems else 0
 
-# %% ../nbs/92_cli.ipynb #b568d6341c
+# %% ../nbs/92_cli.ipynb #779b374a1e
 def run_cli(args) -> int:
     "`urbansound-nb run`: the chapters into a run directory; 2 for a refusal before any chapter, 1 for a failure."
     from urbansound_nb.data import DatasetUnavailable  # here: `datasets` is slow to import for the other commands
@@ -223,8 +223,8 @@ def run_cli(args) -> int:
 def bench_cli(args) -> int:
     "`urbansound-nb bench`: the front ends' throughput, or (`--predict-memory`) predict's peak memory."
     if args.predict_memory is not None:
-        from urbansound_nb.predict import benchmark_predict_memory
-        benchmark_predict_memory(args.predict_memory or None)
+        from urbansound_nb.export import benchmark_predict
+        benchmark_predict(args.predict_memory or None)
         return 0
     from urbansound_nb.bench import benchmark
     from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step

@@ -18,7 +18,7 @@ from .windows import classify_files, file_windows, in_batches
 # %% auto #0
 __all__ = ['REQUIRED_METADATA', 'OnnxModelError', 'model_facts', 'OnnxPredictor', 'predict_onnx']
 
-# %% ../nbs/06c_deploy.ipynb #1d9b36643f
+# %% ../nbs/06c_deploy.ipynb #53f1b482a3
 REQUIRED_METADATA = ("urbansound_nb", "classes", "sample_rate", "clip_seconds", "min_samples", "windows")
 
 class OnnxModelError(ValueError):
@@ -27,6 +27,8 @@ class OnnxModelError(ValueError):
 def _session(path: Path, threads: int | None) -> ort.InferenceSession:
     "An ONNX Runtime session of `path`, or an `OnnxModelError` saying what the file is not."
     options = ort.SessionOptions()
+    # no memory arena: the arena keeps its largest batch's memory for good, which on a long file doubled the peak
+    options.enable_cpu_mem_arena = False
     if threads: options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     try: return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -21,7 +21,7 @@ from .windows import classify_files, file_windows, in_batches
 
 # %% auto #0
 __all__ = ['resolve_checkpoint', 'WaveformClassifier', 'Predictor', 'predict_files', 'write_long_wav', 'study_shaped_checkpoint',
-           'peak_memory', 'benchmark_predict_memory']
+           'peak_memory']
 
 # %% ../nbs/06b_predict.ipynb #c431ccb7fa
 def resolve_checkpoint(path) -> Path:
@@ -80,7 +80,7 @@ def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False, p
     "Top-k classes of each file with a checkpoint (or `predictor`): `classify_files`' records; errors never stop."
     return classify_files(predictor or Predictor(checkpoint), files, top_k, per_window, with_probs)
 
-# %% ../nbs/06b_predict.ipynb #c950c4261c
+# %% ../nbs/06b_predict.ipynb #f29dba7195
 def write_long_wav(path, minutes: float, rate: int = 44100, channels: int = 2, seed: int = 0) -> Path:
     "A 16-bit WAV of `minutes` of noise and a sweeping tone, written 10 s at a time (never whole in memory)."
     rng, n, step = np.random.default_rng(seed), int(minutes * 60 * rate), 10 * rate
@@ -101,31 +101,24 @@ def study_shaped_checkpoint(path, classes=None) -> Path:
                                     classes, 4.0), path)
     return Path(path)
 
-def peak_memory(cmd: list[str]) -> tuple[int, float, int]:
-    "Peak resident memory (bytes), wall time (s) and exit status of `cmd` run as a child process."
+def peak_memory(code: str, args=()) -> tuple[int, float, int]:
+    "Peak resident memory (bytes), wall time (s) and exit status of Python running `code` with `args`, as a child."
     import os
     import subprocess
-    import time
-    t0 = time.time()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    return usage.ru_maxrss * 1024, time.time() - t0, os.waitstatus_to_exitcode(status)
-
-def benchmark_predict_memory(checkpoint=None, minutes: float = 10.0) -> dict:
-    "Peak memory and time of `urbansound-nb predict` on a 4-second and a `minutes`-long file; printed and returned."
     import sys
     import tempfile
-    command = [sys.executable, "-c", "import sys; from urbansound_nb.cli import main; sys.exit(main())", "predict"]
-    floor = peak_memory([sys.executable, "-c", "import torch, torchaudio, torchvision"])[0]
-    out = {"python with torch, torchaudio, torchvision imported": dict(peak_mb=round(floor / 2**20))}
-    print(f"the floor, python with torch, torchaudio and torchvision imported: peak memory {floor / 2**20:,.0f} MB")
+    import time
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        ckpt = Path(checkpoint) if checkpoint else study_shaped_checkpoint(d/"pair.pt")
-        for label, length in (("4-second file", 4 / 60), (f"{minutes:g}-minute file", minutes)):
-            f = write_long_wav(d/"clip.wav", length)
-            rss, seconds, status = peak_memory([*command, str(ckpt), str(f), "--json"])
-            if status != 0: raise RuntimeError(f"predict failed on the {label} (exit status {status})")
-            out[label] = dict(peak_mb=round(rss / 2**20), seconds=round(seconds, 1))
-            print(f"predict, {label} (44.1 kHz stereo): peak memory {rss / 2**20:,.0f} MB, {seconds:.1f} s")
-    return out
+        # the child's own high-water mark (Linux), written as it exits: the kernel's ru_maxrss of a child starts from
+        # the parent's at the fork, so a parent with torch imported would inflate every figure
+        report = Path(d)/"hwm"
+        watch = (f"import atexit\ndef _hwm():\n    try:\n        with open('/proc/self/status') as f:\n"
+                 f"            kb = next(l for l in f if l.startswith('VmHWM')).split()[1]\n"
+                 f"        open({str(report)!r}, 'w').write(kb)\n    except OSError: pass\natexit.register(_hwm)\n")
+        t0 = time.time()
+        child = subprocess.Popen([sys.executable, "-c", watch + code, *map(str, args)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.time() - t0
+        peak = int(report.read_text()) * 1024 if report.exists() else usage.ru_maxrss * 1024
+    return peak, seconds, os.waitstatus_to_exitcode(status)
