@@ -26,13 +26,13 @@ study: $(STAMP)
 
 ## the tests: ruff, notebooks regenerated, package == fresh export, nbdev-test, pytest (what CI runs)
 test: $(STAMP)
-	$(BIN)/ruff check urbansound_nb nbs tests
+	$(BIN)/ruff check urbansound_nb nbs tests docs/trials
 	$(BIN)/urbansound-nb sync --no-export
 	$(BIN)/python -m pytest tests --durations=15
 
 ## the fast tier, while you work: ruff, the export check, unit tests, nbdev-test of the library notebooks
 test-fast: $(STAMP)
-	$(BIN)/ruff check urbansound_nb nbs tests
+	$(BIN)/ruff check urbansound_nb nbs tests docs/trials
 	$(BIN)/urbansound-nb sync --no-export
 	$(BIN)/python -m pytest tests -m "not study and not slow" --durations=5
 	$(BIN)/nbdev-test --n-workers 2 --timing --skip-file-re '^([0-8][0-9]_|[_.])'

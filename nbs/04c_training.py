@@ -27,11 +27,14 @@
 # * **mixup** blends pairs of clips and their labels; **label smoothing** and optional **class
 #   weights** shape the loss;
 # * after every epoch the validation fold is scored; the best epoch by validation accuracy is
-#   saved as `models/<name>.pt` with the folds it was trained, validated and tested on, and
-#   the last epoch (with optimizer, schedule and random state) as `models/<name>.last.pt`, from
-#   which an interrupted run resumes;
-# * training stops early after `patience` epochs without a better validation accuracy; under the
-#   one-cycle schedule only once the learning rate has annealed below a quarter of its peak.
+#   saved as `<name>.pt` with the folds it was trained, validated and tested on, and the last
+#   epoch (with optimizer, schedule and random state) as `<name>.last.pt`, from which an
+#   interrupted run resumes; a refit, with no validation clips, keeps its last epoch;
+# * training stops early after `patience` epochs without a better validation accuracy; under a
+#   schedule that anneals, only once the learning rate is below a quarter of its peak.
+#
+# How the study asks for a training (with its recipe, once, through the store of trainings) is
+# notebook 04e's `fit`.
 
 # %%
 #| export

@@ -309,7 +309,8 @@ def audioset_top(network: EfficientAT, x: torch.Tensor, labels, k: int = 3) -> l
 # ## Embeddings, computed once
 #
 # A clip's embedding is the network's penultimate layer on its centre crop (a shorter clip
-# repeated to fill it, notebook 02a), 512 numbers at width 0.4. They are cached beside the clip's features,
+# repeated to fill it, notebook 02a), 512 numbers at width 0.4, and the pooled blocks' outputs when
+# the network reads them (`pooled_blocks`, notebook 04a). They are cached beside the clip's features,
 # keyed by the clip's content and the weights' sha256, so a rerun reads them back in a second,
 # and a clip added later is the only one computed.
 
@@ -342,7 +343,8 @@ def _stored_embeddings(path: Path) -> dict:
 def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 64,
                       progress: bool = True) -> tuple[np.ndarray, dict]:
     "Embeddings of every clip of `data` (a `StudyData` with clip keys), computed once per clip and weights file."
-    path = Path(cache_dir).expanduser()/data.fp.key/f"embeddings-{network.weights_sha[:12]}-{PADDING}.npz"
+    pooled = "".join(f"-b{b}" for b in getattr(network, "pooled_blocks", ()))    # a body reading pooled blocks too
+    path = Path(cache_dir).expanduser()/data.fp.key/f"embeddings-{network.weights_sha[:12]}-{PADDING}{pooled}.npz"
     known = _stored_embeddings(path)
     keys, known_keys = list(data.keys), dict(zip(known.get("keys", []), range(len(known.get("keys", [])))))
     todo = [i for i, k in enumerate(keys) if k not in known_keys]

@@ -213,8 +213,10 @@ def study_shaped_checkpoint(path, classes=None) -> Path:
     "A randomly initialised checkpoint shaped like the study's probe + fine-tuned pair (two EfficientAT mn04)."
     from urbansound_nb.models import build_model, checkpoint_dict, save_checkpoint
     from urbansound_nb.pretrained import EfficientATFeatures
+    from urbansound_nb.transfer import POOLED_BLOCKS
     classes = list(classes) if classes is not None else [f"class {i}" for i in range(10)]
-    config = dict(members=[dict(model="efficientat", config=dict(width=0.4, n_classes=len(classes)))] * 2)
+    member = dict(width=0.4, n_classes=len(classes), pooled_blocks=list(POOLED_BLOCKS))
+    config = dict(members=[dict(model="efficientat", config=member)] * 2)
     save_checkpoint(checkpoint_dict(build_model("ensemble", **config), "ensemble", config, EfficientATFeatures(),
                                     classes, 4.0), path)
     return Path(path)

@@ -75,6 +75,7 @@ from urbansound_nb.metrics import summarise
 from urbansound_nb.params import as_folds, as_name, as_names, study_params, use_test_values
 from urbansound_nb.store import study_store
 from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures, cached_embeddings, pretrained_network
+from urbansound_nb.transfer import transfer_body
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
@@ -277,8 +278,8 @@ print(", ".join(f"{m} ({training[m].epochs} epochs" + (f", {training[m].resnet_s
 transfer = None
 if set(model_list) & set(TRANSFERS):   # the pretrained network's features and embeddings, once for every fold
     eat_data = study_data(params, EfficientATFeatures())
-    net = pretrained_network(network, params.weights, params.cache_dir)
-    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir)[0], params.finetune_epochs,
+    body = transfer_body(pretrained_network(network, params.weights, params.cache_dir))   # as chapter 05 builds on it
+    transfer = Transfer(body, eat_data, cached_embeddings(body, eat_data, params.cache_dir)[0], params.finetune_epochs,
                         params.finetune_init)
 pd.DataFrame(plan)
 

@@ -80,7 +80,7 @@ def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False, p
     "Top-k classes of each file with a checkpoint (or `predictor`): `classify_files`' records; errors never stop."
     return classify_files(predictor or Predictor(checkpoint), files, top_k, per_window, with_probs)
 
-# %% ../nbs/06b_predict.ipynb #f29dba7195
+# %% ../nbs/06b_predict.ipynb #39b8fc7f7e
 def write_long_wav(path, minutes: float, rate: int = 44100, channels: int = 2, seed: int = 0) -> Path:
     "A 16-bit WAV of `minutes` of noise and a sweeping tone, written 10 s at a time (never whole in memory)."
     rng, n, step = np.random.default_rng(seed), int(minutes * 60 * rate), 10 * rate
@@ -95,8 +95,10 @@ def study_shaped_checkpoint(path, classes=None) -> Path:
     "A randomly initialised checkpoint shaped like the study's probe + fine-tuned pair (two EfficientAT mn04)."
     from urbansound_nb.models import build_model, checkpoint_dict, save_checkpoint
     from urbansound_nb.pretrained import EfficientATFeatures
+    from urbansound_nb.transfer import POOLED_BLOCKS
     classes = list(classes) if classes is not None else [f"class {i}" for i in range(10)]
-    config = dict(members=[dict(model="efficientat", config=dict(width=0.4, n_classes=len(classes)))] * 2)
+    member = dict(width=0.4, n_classes=len(classes), pooled_blocks=list(POOLED_BLOCKS))
+    config = dict(members=[dict(model="efficientat", config=member)] * 2)
     save_checkpoint(checkpoint_dict(build_model("ensemble", **config), "ensemble", config, EfficientATFeatures(),
                                     classes, 4.0), path)
     return Path(path)

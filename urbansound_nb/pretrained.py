@@ -202,7 +202,7 @@ def audioset_top(network: EfficientAT, x: torch.Tensor, labels, k: int = 3) -> l
     probs = network.eval()(x).sigmoid()
     return [[(labels[int(i)], round(float(p[i]), 3)) for i in p.argsort(descending=True)[:k]] for p in probs]
 
-# %% ../nbs/05a_pretrained.ipynb #1bb8a3f236
+# %% ../nbs/05a_pretrained.ipynb #51cebd7851
 @torch.no_grad()
 def embed_clips(network: EfficientAT, ls: LogMelSet, idx, n_frames: int, batch_size: int = 64, device=None,
                 progress: bool = True) -> np.ndarray:
@@ -230,7 +230,8 @@ def _stored_embeddings(path: Path) -> dict:
 def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 64,
                       progress: bool = True) -> tuple[np.ndarray, dict]:
     "Embeddings of every clip of `data` (a `StudyData` with clip keys), computed once per clip and weights file."
-    path = Path(cache_dir).expanduser()/data.fp.key/f"embeddings-{network.weights_sha[:12]}-{PADDING}.npz"
+    pooled = "".join(f"-b{b}" for b in getattr(network, "pooled_blocks", ()))    # a body reading pooled blocks too
+    path = Path(cache_dir).expanduser()/data.fp.key/f"embeddings-{network.weights_sha[:12]}-{PADDING}{pooled}.npz"
     known = _stored_embeddings(path)
     keys, known_keys = list(data.keys), dict(zip(known.get("keys", []), range(len(known.get("keys", [])))))
     todo = [i for i, k in enumerate(keys) if k not in known_keys]

@@ -21,14 +21,28 @@ from .store import TrainingStore, fit, split_folds
 from .train import TrainOptions, predict_logits
 
 # %% auto #0
-__all__ = ['PROBE_C', 'FAMILIES', 'ENSEMBLES', 'TRANSFERS', 'body_state', 'probe_pipeline', 'probe_network', 'fit_probe',
-           'fit_finetune', 'class_probabilities', 'transfer_checkpoint', 'comparison_table', 'refit_probe',
-           'refit_epochs']
+__all__ = ['POOLED_BLOCKS', 'PROBE_C', 'FAMILIES', 'ENSEMBLES', 'TRANSFERS', 'body_state', 'transfer_body', 'network_config',
+           'probe_pipeline', 'probe_network', 'fit_probe', 'transfer_checkpoint', 'fit_finetune', 'class_probabilities',
+           'comparison_table', 'refit_probe', 'refit_epochs']
 
-# %% ../nbs/05_transfer.ipynb #5349840061
+# %% ../nbs/05_transfer.ipynb #e673aa4ad8
 def body_state(network: EfficientAT) -> dict:
     "Every weight of `network` but its last layer's (AudioSet's head), to start a 10-class network from."
     return {k: v for k, v in network.state_dict().items() if not k.startswith("net.classifier.5.")}
+
+POOLED_BLOCKS = (10, 13, 16)   # intermediate blocks whose pooled outputs the probe reads beside the penultimate layer
+
+def transfer_body(network: EfficientAT, pooled_blocks=POOLED_BLOCKS) -> EfficientAT:
+    "The pretrained `network` as the body the transfers build on: its weights, reading `pooled_blocks` too."
+    body = EfficientAT(network.width, n_classes=network.net.classifier[5].out_features, pooled_blocks=pooled_blocks)
+    body.load_state_dict(body_state(network), strict=False)          # its last layer is a stand-in: never used
+    body.weights_path, body.weights_sha = network.weights_path, network.weights_sha
+    return body.eval()
+
+def network_config(body: EfficientAT, n_classes: int) -> dict:
+    "The configuration of a 10-class network on `body` (as a checkpoint records it)."
+    return dict(width=body.width, n_classes=n_classes, **({"pooled_blocks": list(body.pooled_blocks)}
+                                                          if body.pooled_blocks else {}))
 
 PROBE_C = (0.01, 0.03, 0.1, 0.3, 1.0)  # the probe's regularisations, chosen among on validation
 
@@ -41,7 +55,7 @@ def probe_network(body: EfficientAT, probe, n_classes: int) -> EfficientAT:
     scaler, logreg = probe.named_steps["standardscaler"], probe.named_steps["logisticregression"]
     w = torch.as_tensor(logreg.coef_ / scaler.scale_, dtype=torch.float32)
     b = torch.as_tensor(logreg.intercept_ - (logreg.coef_ * scaler.mean_ / scaler.scale_).sum(1), dtype=torch.float32)
-    model = EfficientAT(body.width, n_classes=n_classes)
+    model = EfficientAT(**network_config(body, n_classes))
     model.load_state_dict(body_state(body), strict=False)
     with torch.no_grad():
         model.net.classifier[5].weight.copy_(w)
@@ -56,25 +70,10 @@ def fit_probe(network: EfficientAT, embeddings: np.ndarray, data: StudyData, spl
                                          data.test, data.split.classes)
     return entry, [probe_network(network, probe, len(data.split.classes)) for probe in probes]
 
-# %% ../nbs/05_transfer.ipynb #c67d118575
-def fit_finetune(network: EfficientAT, data: StudyData, *, epochs: int, seed: int = 0, head: EfficientAT | None = None,
-                 out_dir=None, progress: bool = True, store: TrainingStore | None = None, **overrides):
-    "Fine-tune `network` on `data` with the `efficientat` recipe, from `head`'s 10-class head if given, else a new one."
-    start = head.state_dict() if head is not None else body_state(network)
-    options = TrainOptions(config=dict(width=network.width, n_classes=len(data.split.classes)), init_state=start,
-                           save_as="finetune")
-    return fit("efficientat", data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, options=options,
-               store=store, **overrides)
-
-def class_probabilities(models, data: StudyData, idx) -> torch.Tensor:
-    "The mean of `models`' class probabilities on clips `idx` (every window of a clip longer than the input)."
-    return torch.stack([predict_logits(m, data.logmels, idx, data.n_frames, multicrop=True).softmax(-1)
-                        for m in models]).mean(0)
-
-# %% ../nbs/05_transfer.ipynb #acd6c372c6
+# %% ../nbs/05_transfer.ipynb #1be3fd3ae2
 def transfer_checkpoint(members: list, data: StudyData, body: EfficientAT, **info) -> dict:
     "The checkpoint of one fine-tuned or probe network, or of several averaged (an ensemble), as `predict` reads it."
-    config = dict(width=body.width, n_classes=len(data.split.classes))
+    config = network_config(body, len(data.split.classes))
     if len(members) == 1:
         return checkpoint_dict(members[0], "efficientat", config, data.fp, data.split.classes, data.clip_seconds,
                                folds=split_folds(data), **info)
@@ -83,6 +82,21 @@ def transfer_checkpoint(members: list, data: StudyData, body: EfficientAT, **inf
     for slot, member in zip(pair.members, members): slot.load_state_dict(member.state_dict())
     return checkpoint_dict(pair.eval(), "ensemble", pair_config, data.fp, data.split.classes, data.clip_seconds,
                            folds=split_folds(data), **info)
+
+# %% ../nbs/05_transfer.ipynb #ad9c075a55
+def fit_finetune(network: EfficientAT, data: StudyData, *, epochs: int, seed: int = 0, head: EfficientAT | None = None,
+                 out_dir=None, progress: bool = True, store: TrainingStore | None = None, **overrides):
+    "Fine-tune `network` on `data` with the `efficientat` recipe, from `head`'s 10-class head if given, else a new one."
+    start = head.state_dict() if head is not None else body_state(network)
+    options = TrainOptions(config=network_config(network, len(data.split.classes)), init_state=start,
+                           save_as="finetune")
+    return fit("efficientat", data, epochs=epochs, seed=seed, out_dir=out_dir, progress=progress, options=options,
+               store=store, **overrides)
+
+def class_probabilities(models, data: StudyData, idx) -> torch.Tensor:
+    "The mean of `models`' class probabilities on clips `idx` (every window of a clip longer than the input)."
+    return torch.stack([predict_logits(m, data.logmels, idx, data.n_frames, multicrop=True).softmax(-1)
+                        for m in models]).mean(0)
 
 # %% ../nbs/05_transfer.ipynb #ad7ceebfc4
 FAMILIES = {"majority": "chance", "logreg": "engineered features", "svm_rbf": "engineered features",
