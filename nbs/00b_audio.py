@@ -89,6 +89,13 @@ def decode_row(row: dict) -> tuple[np.ndarray, int]:
     name = row.get("slice_file_name", "clip")
     return decode_audio(audio_bytes(row["audio"], name), name)
 
+def first_decodable(rows) -> tuple[dict, np.ndarray, int]:
+    "The first row whose audio decodes, with its samples and rate: a clip that does not is passed over, as everywhere."
+    for row in rows:
+        try: return (row, *decode_row(row))
+        except AudioDecodeError: continue
+    raise AudioDecodeError("none of these clips decodes")
+
 # %%
 from fastcore.test import test_eq, test_fail
 test_eq(audio_file(dict(bytes=None, path="/data/a.wav")), "/data/a.wav")

@@ -45,7 +45,7 @@ from urbansound_nb.audio import decode_audio
 from urbansound_nb.params import LOG_MEL
 
 # %%
-from urbansound_nb.audio import AudioDecodeError, audio_bytes, is_synthetic
+from urbansound_nb.audio import first_decodable, is_synthetic
 from urbansound_nb.cache import cache_logmels
 from urbansound_nb.core import write_results
 from urbansound_nb.data import fold_split, load_urbansound, metadata_frame
@@ -201,13 +201,8 @@ def load_waveform(data: bytes, sample_rate: int, name: str = "clip") -> torch.Te
     return resample(torch.from_numpy(samples), rate, sample_rate)
 
 # %%
-def first_decodable(rows):
-    "The first row whose audio decodes (a clip that does not is left out here as everywhere), and its waveform."
-    for row in rows:
-        try: return row, load_waveform(audio_bytes(row["audio"]), features.sample_rate, row["slice_file_name"])
-        except AudioDecodeError: continue
-    raise AudioDecodeError("no training clip of this dataset decodes")
-row, w = first_decodable(split.train)
+row, samples, rate = first_decodable(split.train)     # a damaged clip is passed over here, and named below
+w = resample(torch.from_numpy(samples), rate, features.sample_rate)
 print(row["slice_file_name"], row["class"], tuple(w.shape),
       f"{len(w)/features.sample_rate:.2f} s at {features.sample_rate} Hz")
 

@@ -171,7 +171,7 @@ def choose_model(candidates: pd.DataFrame) -> tuple[str, pd.DataFrame, str]:
         simplest = tied.assign(_p=tied["parameters"].fillna(0).astype(float), _m=-tied["val_mean"].astype(float))
         chosen = simplest.sort_values(["_p", "_m"]).index[0]
         why = "it has the fewest parameters of the tied candidates" if len(tied) > 1 else "no other candidate is tied"
-    others = [m for m in tied.index if m != chosen]
+    others = [m for m in tied.index if m != best]
     reason = (f"The best mean is {best}'s, {p:.1%} over {n} validation clips; one standard error is "
               f"{margin:.1%}. Tied with it: {', '.join(others) if others else 'none'}. "
               f"Chosen: {chosen}, because {why}.")
@@ -183,6 +183,7 @@ _c = pd.DataFrame(dict(val_mean=[0.695, 0.674, 0.685, 0.50], n_val_total=[387] *
 _chosen, _table, _why = choose_model(_c)
 test_eq(_chosen, "pair")
 test_eq(_table["tied"].tolist(), [True, True, True, False])
+assert "Tied with it: probe, pair. Chosen: pair" in _why, _why
 print(_why)
 test_eq(choose_model(_c.drop(index="pair"))[0], "finetune")       # equal sizes: the higher mean
 test_eq(choose_model(_c.assign(val_mean=[0.9, 0.5, 0.5, 0.89], n_val_total=10_000))[0], "finetune")

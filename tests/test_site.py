@@ -15,14 +15,35 @@ NO_BROWSER = missing_browser()
 needs_browser = pytest.mark.skipif(NO_BROWSER is not None, reason=f"no browser to check pages in: {NO_BROWSER}")
 
 
+def _without_quarto() -> str:
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not (os.path.isdir(p) and "quarto" in os.listdir(p)))
+
+
+@pytest.fixture(scope="module")
+def fallback(reduced_run, venv_bin, tmp_path_factory):
+    """`urbansound-nb site` with Quarto out of sight: the nbconvert fallback, photographed and checked in Chromium
+    (where there is one) as `--screenshots --check` do. One render serves every test of the fallback."""
+    out = tmp_path_factory.mktemp("nbconvert")/"site"
+    cmd = [str(venv_bin/"urbansound-nb"), "site", "--run-dir", str(reduced_run), "--out", str(out)]
+    if NO_BROWSER is None: cmd += ["--screenshots", "--check"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": _without_quarto()})
+    return out, r
+
+
+@pytest.fixture(scope="module")
+def quarto_site(reduced_run):
+    "Quarto's site of the reduced run: the run itself built it (`run --site`) where Quarto is on the PATH."
+    if not shutil.which("quarto"):
+        pytest.skip("quarto is not on the PATH (.ci/run installs it; users install it from quarto.org)")
+    if (reduced_run/"site"/"site_libs").is_dir(): return reduced_run/"site"
+    return build_site(reduced_run, reduced_run/"site", renderer="quarto")
+
+
 @pytest.fixture(scope="module", params=["quarto", "nbconvert"])
-def site(request, reduced_run, tmp_path_factory):
-    "The reduced run's site by each renderer (the run itself built it with Quarto where Quarto is on the PATH)."
-    if request.param == "quarto":
-        if not shutil.which("quarto"):
-            pytest.skip("quarto is not on the PATH (.ci/run installs it; users install it from quarto.org)")
-        if (reduced_run/"site"/"site_libs").is_dir(): return reduced_run/"site"      # Quarto's site, from `run --site`
-    return build_site(reduced_run, tmp_path_factory.mktemp(request.param), renderer=request.param)
+def site(request, fallback):
+    "The reduced run's site by each renderer."
+    return fallback[0] if request.param == "nbconvert" else request.getfixturevalue("quarto_site")
 
 
 def test_pages_read_as_a_report(site):
@@ -55,25 +76,21 @@ def test_every_exported_name_is_on_an_api_page(site):
 
 
 @needs_browser
-def test_every_page_passes_the_browser_checks(site):
-    problems = {page: found for page, found in check_site(site, NOTEBOOKS).items() if found}
+def test_every_quarto_page_passes_the_browser_checks(quarto_site):
+    "The fallback's pages are checked by its own `--check` (test_screenshots_and_check_from_the_command_line)."
+    problems = {page: found for page, found in check_site(quarto_site, NOTEBOOKS).items() if found}
     assert not problems, problems
 
 
-def test_the_fallback_is_used_without_quarto(reduced_run, venv_bin, tmp_path):
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                           if not (os.path.isdir(p) and "quarto" in os.listdir(p)))       # Quarto out of sight
-    cmd = [str(venv_bin/"urbansound-nb"), "site", "--run-dir", str(reduced_run), "--out", str(tmp_path/"site")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": path})
+def test_the_fallback_is_used_without_quarto(fallback):
+    out, r = fallback
     assert r.returncode == 0 and "rendering with nbconvert" in r.stdout, r.stdout + r.stderr
-    assert all((tmp_path/"site"/f"{nb}.html").exists() for nb in NOTEBOOKS)
+    assert all((out/f"{nb}.html").exists() for nb in NOTEBOOKS)
 
 
 @needs_browser
-def test_screenshots_and_check_from_the_command_line(reduced_run, venv_bin, tmp_path):
-    cmd = [str(venv_bin/"urbansound-nb"), "site", "--run-dir", str(reduced_run), "--out", str(tmp_path/"site"),
-           "--screenshots", "--check"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def test_screenshots_and_check_from_the_command_line(fallback, reduced_run):
+    out, r = fallback
     assert r.returncode == 0 and "every page is fine" in r.stdout, r.stdout + r.stderr
     shots = sorted((reduced_run/"screenshots").glob("*.png"))
     assert {p.stem for p in shots} >= {*NOTEBOOKS, "index", "results", "explanations"}

@@ -16,8 +16,8 @@ import soundfile as sf
 
 # %% auto #0
 __all__ = ['COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'MIN_SECONDS', 'AudioDecodeError', 'check_length', 'decode_audio',
-           'audio_file', 'audio_bytes', 'decode_row', 'window_starts', 'encode_audio', 'dataset_from_rows',
-           'is_synthetic', 'synthetic_urbansound']
+           'audio_file', 'audio_bytes', 'decode_row', 'first_decodable', 'window_starts', 'encode_audio',
+           'dataset_from_rows', 'is_synthetic', 'synthetic_urbansound']
 
 # %% ../nbs/00b_audio.ipynb #38e6471bb4
 COLUMNS = ("audio", "slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
@@ -49,7 +49,7 @@ def decode_audio(data: bytes, name: str = "clip") -> tuple[np.ndarray, int]:
         raise AudioDecodeError(f"{name}: {int((~np.isfinite(samples)).sum())} samples are NaN or infinite")
     return samples.mean(axis=1, dtype=np.float32), int(rate)
 
-# %% ../nbs/00b_audio.ipynb #c4d146447b
+# %% ../nbs/00b_audio.ipynb #79ae4e9dd0
 def audio_file(audio: dict | None) -> str | None:
     "The path of a clip held as a file (a path and no bytes, as the official layout gives), else None."
     return audio["path"] if audio and audio.get("bytes") is None and audio.get("path") else None
@@ -66,6 +66,13 @@ def decode_row(row: dict) -> tuple[np.ndarray, int]:
     "Decode the audio of one dataset row, naming the clip in any error."
     name = row.get("slice_file_name", "clip")
     return decode_audio(audio_bytes(row["audio"], name), name)
+
+def first_decodable(rows) -> tuple[dict, np.ndarray, int]:
+    "The first row whose audio decodes, with its samples and rate: a clip that does not is passed over, as everywhere."
+    for row in rows:
+        try: return (row, *decode_row(row))
+        except AudioDecodeError: continue
+    raise AudioDecodeError("none of these clips decodes")
 
 # %% ../nbs/00b_audio.ipynb #093a8a0d64
 def window_starts(total: int, length: int) -> list[int]:

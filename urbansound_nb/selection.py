@@ -57,7 +57,7 @@ def select_on_validation(make_model, grid: list[dict], X, y, splits, te, classes
                          **rotated_estimate(accs, [len(v) for _, v in splits]))
     return entry, models
 
-# %% ../nbs/03b_selection.ipynb #4785fca860
+# %% ../nbs/03b_selection.ipynb #6094306492
 SELECTION_RULE = ("Each candidate is scored by its validation accuracy averaged over the rotations. Candidates "
                   "within one standard error of the best mean (binomial, over all the validation clips behind it) "
                   "are tied with it. Among tied candidates an ensemble wins, since averaging equally good models "
@@ -81,7 +81,7 @@ def choose_model(candidates: pd.DataFrame) -> tuple[str, pd.DataFrame, str]:
         simplest = tied.assign(_p=tied["parameters"].fillna(0).astype(float), _m=-tied["val_mean"].astype(float))
         chosen = simplest.sort_values(["_p", "_m"]).index[0]
         why = "it has the fewest parameters of the tied candidates" if len(tied) > 1 else "no other candidate is tied"
-    others = [m for m in tied.index if m != chosen]
+    others = [m for m in tied.index if m != best]
     reason = (f"The best mean is {best}'s, {p:.1%} over {n} validation clips; one standard error is "
               f"{margin:.1%}. Tied with it: {', '.join(others) if others else 'none'}. "
               f"Chosen: {chosen}, because {why}.")

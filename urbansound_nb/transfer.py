@@ -25,7 +25,7 @@ __all__ = ['POOLED_BLOCKS', 'PROBE_C', 'FAMILIES', 'ENSEMBLES', 'TRANSFERS', 'bo
            'probe_pipeline', 'probe_network', 'fit_probe', 'transfer_checkpoint', 'fit_finetune', 'class_probabilities',
            'comparison_table', 'refit_probe', 'refit_epochs']
 
-# %% ../nbs/05_transfer.ipynb #e673aa4ad8
+# %% ../nbs/05_transfer.ipynb #f05f89d4e2
 def body_state(network: EfficientAT) -> dict:
     "Every weight of `network` but its last layer's (AudioSet's head), to start a 10-class network from."
     return {k: v for k, v in network.state_dict().items() if not k.startswith("net.classifier.5.")}
@@ -36,7 +36,8 @@ def transfer_body(network: EfficientAT, pooled_blocks=POOLED_BLOCKS) -> Efficien
     "The pretrained `network` as the body the transfers build on: its weights, reading `pooled_blocks` too."
     body = EfficientAT(network.width, n_classes=network.net.classifier[5].out_features, pooled_blocks=pooled_blocks)
     body.load_state_dict(body_state(network), strict=False)          # its last layer is a stand-in: never used
-    body.weights_path, body.weights_sha = network.weights_path, network.weights_sha
+    body.weights_path = getattr(network, "weights_path", None)          # where it came from, for the records
+    body.weights_sha = getattr(network, "weights_sha", "random")
     return body.eval()
 
 def network_config(body: EfficientAT, n_classes: int) -> dict:

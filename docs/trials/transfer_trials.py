@@ -33,7 +33,9 @@ ROTATIONS = [([1, 2], 3), ([1, 3], 2), ([2, 3], 1)]        # (training folds, va
 ANCHOR = dict(lr=1e-4, schedule="warmup_linear", warmup=1 / 6, final_lr=0.01, weight_decay=0.0, label_smoothing=0.0,
               mixup_alpha=0.3, augmentation="roll_gain_mask")   # EfficientAT's ex_esc50.py, scaled to 6 epochs
 RECIPE_TRIALS = {   # name -> (pooled blocks in the probe, TrainConfig overrides, epochs)
-    "current": (False, RECIPES["efficientat"], 6),
+    "current": (False, RECIPES["efficientat"], 6),       # the study's recipe (anchor_bnfrozen_fb13 since #36)
+    "before": (False, dict(optimizer="adamw", lr=2e-4, weight_decay=1e-2, schedule="onecycle", label_smoothing=0.1,
+                           augmentation="shift_freqmask"), 6),   # the recipe up to 833b1b8
     "anchor": (False, ANCHOR, 6),
     "anchor_bnfrozen": (False, dict(ANCHOR, freeze_bn=True), 6),
     "anchor_bnfrozen_fb13": (False, dict(ANCHOR, freeze_bn=True, frozen_blocks=13), 6),
