@@ -164,7 +164,7 @@ def fallback_api_page(page):
 
 # %%
 test_eq(fallback_api_page(page).cells[0].source.splitlines()[0],
-        "# `predict`: Prediction: from a checkpoint to a classifier of audio files")
+        "# `windows`: Long recordings: windows and a timeline")
 
 # %% [markdown]
 # ## Every module
