@@ -262,7 +262,7 @@ scores = timeline_scores(tl, truth, model.classes)
 long_check = parity(onnx_path, checkpoint, [long_file])
 print(f"{len(clips)} test clips, {tl['seconds']:.0f} s; {len(tl['windows'])} windows, {len(tl['segments'])} segments; "
       f"parity on the long file: {long_check['max_probability_difference']:.1e}")
-pd.Series(scores, name="timeline against the truth").to_frame()
+pd.Series(scores, name="timeline against the truth", dtype=object).to_frame()   # counts stay integers
 
 # %%
 from urbansound_nb.windows import plot_timeline
