@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml
 study: $(STAMP)
 	$(BIN)/urbansound-nb run --run-dir $(RUN_DIR) $(if $(DATASET),--dataset $(DATASET)) $(PARAMS) --site
 
-## the tests: ruff, notebooks regenerated, package == fresh export, nbdev-test, pytest (what CI runs)
+## the tests: ruff, notebooks regenerated, package == fresh export, nbdev-test, pytest on two workers (what CI runs)
 test: $(STAMP)
 	$(BIN)/ruff check urbansound_nb nbs tests docs/trials
 	$(BIN)/urbansound-nb sync --no-export
-	$(BIN)/python -m pytest tests --durations=15
+	$(BIN)/python -m pytest tests -n 2 --dist loadgroup --durations=15
 
 ## the fast tier, while you work: ruff, the export check, unit tests, nbdev-test of the library notebooks
 test-fast: $(STAMP)

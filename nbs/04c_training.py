@@ -60,7 +60,7 @@ from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
 from urbansound_nb.core import pick_device, seed_everything
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import build_model, checkpoint_dict, read_checkpoint, save_checkpoint
-from urbansound_nb.params import BATCH_SIZE, StudyParams
+from urbansound_nb.params import BATCH_SIZE, INFERENCE_BATCH, StudyParams
 
 # %%
 import tempfile
@@ -177,8 +177,8 @@ test_close(balanced_class_weights([0, 0, 0, 1], 3), np.array([0.5, 1.5, 0.0]))
 # %%
 #| export
 @torch.no_grad()
-def predict_logits(model, ls: LogMelSet, idx, n_frames: int, *, multicrop: bool = False, batch_size: int = 128,
-                   device=None) -> torch.Tensor:
+def predict_logits(model, ls: LogMelSet, idx, n_frames: int, *, multicrop: bool = False,
+                   batch_size: int = INFERENCE_BATCH, device=None) -> torch.Tensor:
     "Logits [len(idx), classes] from centre crops, or (multicrop) the mean softmax over half-overlapping windows."
     device = device or next(model.parameters()).device
     model.eval()

@@ -56,6 +56,7 @@ from urbansound_nb.core import atomic_write_bytes, pick_device
 from urbansound_nb.data import unreachable
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import EfficientAT
+from urbansound_nb.params import INFERENCE_BATCH
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
@@ -317,7 +318,7 @@ def audioset_top(network: EfficientAT, x: torch.Tensor, labels, k: int = 3) -> l
 # %%
 #| export
 @torch.no_grad()
-def embed_clips(network: EfficientAT, ls: LogMelSet, idx, n_frames: int, batch_size: int = 64, device=None,
+def embed_clips(network: EfficientAT, ls: LogMelSet, idx, n_frames: int, batch_size: int = INFERENCE_BATCH, device=None,
                 progress: bool = True) -> np.ndarray:
     "Penultimate-layer embeddings [len(idx), dim] of clips `idx` (centre crops of `n_frames`)."
     device = device or pick_device()
@@ -340,7 +341,7 @@ def _stored_embeddings(path: Path) -> dict:
         warnings.warn(f"damaged embeddings cache {path} ({type(e).__name__}: {e}): computed again")
         return {}
 
-def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = 64,
+def cached_embeddings(network: EfficientAT, data, cache_dir, batch_size: int = INFERENCE_BATCH,
                       progress: bool = True) -> tuple[np.ndarray, dict]:
     "Embeddings of every clip of `data` (a `StudyData` with clip keys), computed once per clip and weights file."
     pooled = "".join(f"-b{b}" for b in getattr(network, "pooled_blocks", ()))    # a body reading pooled blocks too
@@ -385,7 +386,7 @@ with tempfile.TemporaryDirectory() as d:     # a damaged store is named and comp
 # %%
 #| export
 def benchmark_pretrained(dataset=None, max_items: int = 256, network: str = "mn04_as", workers: int | None = None,
-                         batch_size: int = 64, seed: int = 0) -> dict:
+                         batch_size: int = INFERENCE_BATCH, seed: int = 0) -> dict:
     "Clips per second of EfficientAT's front end (into a fresh cache) and of its embeddings, on this machine's CPU."
     from urbansound_nb.batches import decoded_logmels
     from urbansound_nb.cache import cache_logmels

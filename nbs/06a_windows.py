@@ -51,6 +51,7 @@ import numpy as np
 import soundfile as sf
 
 from urbansound_nb.audio import AudioDecodeError, decode_audio, window_starts
+from urbansound_nb.params import INFERENCE_BATCH
 
 # %%
 from fastcore.test import test_eq, test_close, test_fail
@@ -274,9 +275,7 @@ with tempfile.TemporaryDirectory() as d:
 
 # %%
 #| export
-WINDOW_BATCH = 16      # windows per forward pass of a model
-
-def in_batches(windows, run, batch: int = WINDOW_BATCH) -> np.ndarray:
+def in_batches(windows, run, batch: int = INFERENCE_BATCH) -> np.ndarray:
     "`run` (a batch [n, samples] -> [n, classes]) over `windows`, `batch` at a time, a batch holding one length."
     out, pending = [], []
     for w in windows:

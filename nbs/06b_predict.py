@@ -108,7 +108,7 @@ class Predictor:
 
     @torch.no_grad()
     def classify(self, windows) -> np.ndarray:
-        "Class probabilities [windows, classes] of waveform windows, `WINDOW_BATCH` at a time (bounded memory)."
+        "Class probabilities [windows, classes] of waveform windows, `INFERENCE_BATCH` at a time (bounded memory)."
         return in_batches(windows, lambda b: self.net(torch.from_numpy(b).to(self.device)).cpu().numpy())
 
     def file_probs(self, path) -> tuple[np.ndarray, list[float]]:

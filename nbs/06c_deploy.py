@@ -118,7 +118,7 @@ class OnnxPredictor:
         self.input = self.session.get_inputs()[0].name
 
     def classify(self, windows) -> np.ndarray:
-        "Class probabilities [windows, classes] of waveform windows, `WINDOW_BATCH` at a time (bounded memory)."
+        "Class probabilities [windows, classes] of waveform windows, `INFERENCE_BATCH` at a time (bounded memory)."
         return in_batches(windows, lambda b: self.session.run(None, {self.input: b})[0])
 
     def file_probs(self, path) -> tuple[np.ndarray, list[float]]:

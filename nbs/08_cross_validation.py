@@ -119,7 +119,8 @@ test_fail(lambda: cv_plan([1, 2]), contains="at least 3 folds")
 # the probe's regularisation is chosen on the fold's validation fold from the cached embeddings,
 # fine-tuning starts afresh from the AudioSet weights (and, as in chapter 05, from that fold's
 # probe as its head) on every fold, and the pair averages the two. The fine-tuning cell trains
-# all three, since the pair needs both and the probe costs seconds.
+# all three, since the pair needs both: the probe is fitted once a fold, not once for itself and
+# again as the fine-tuning's head.
 
 # %%
 #| export
@@ -170,8 +171,10 @@ def _transfer_predictions(model: str, split_data: StudyData, training: FoldTrain
     head = probe_model if transfer.finetune_init == "probe" else None
     tuned, h = fit_finetune(net, split_data, epochs=transfer.finetune_epochs, seed=training.seed, head=head,
                             progress=False, batch_size=training.batch_size, store=store)
-    return {name: (probs(members, split_data.val), probs(members, split_data.test), h["best"]["epoch"])
-            for name, members in (("finetune", [tuned]), ("probe_finetune", [probe_model, tuned]))}
+    return {name: (probs(members, split_data.val), probs(members, split_data.test), epoch)
+            for name, members, epoch in (("finetune", [tuned], h["best"]["epoch"]),
+                                         ("probe_finetune", [probe_model, tuned], h["best"]["epoch"]),
+                                         ("probe", [probe_model], None))}
 
 def _fold_predictions(model: str, split_data: StudyData, training: FoldTraining, transfer: Transfer | None,
                       store: TrainingStore) -> dict:
@@ -217,9 +220,10 @@ def _fold_key(p: dict, model: str, training: FoldTraining, init: str) -> str:
     return f"fold{p['test_fold']}/{model}/{training.epochs}/seed{training.seed}{suffix}"
 
 def _cells(plan, models, training: dict, transfer: Transfer | None) -> dict:
-    "The grid's cells, each model with its own `FoldTraining`; the pair is trained in the fine-tuning cell."
+    "The grid's cells, each model with its own `FoldTraining`; the fine-tuning cell also gives the probe and the pair."
+    tuned = bool({"finetune", "probe_finetune"} & set(models))   # then the probe comes from the fine-tuning cell
     cells = {}
-    for m in dict.fromkeys("finetune" if m == "probe_finetune" else m for m in models):
+    for m in dict.fromkeys("finetune" if m == "probe_finetune" or (m == "probe" and tuned) else m for m in models):
         init = transfer.finetune_init if transfer is not None else "probe"
         for p in plan:
             split = dict(test_fold=p["test_fold"], val_fold=p["val_fold"], train_folds=p["train_folds"])
@@ -245,6 +249,12 @@ def cross_validate(plan, data: StudyData, models, training: FoldTraining | dict,
         rows += [dict(model=name, trainings=trainings if name == cells[key]["model"] else [], **entry)
                  for name, entry in ((cells[key]["model"], result), *also.items()) if name in models]
     return pd.DataFrame(sorted(rows, key=lambda r: (models.index(r["model"]), r["test_fold"])))
+
+# %%
+_each = {m: FoldTraining(epochs=1) for m in ("probe", "finetune", "probe_finetune")}
+cell_models = lambda models: [key.split("/")[1] for key in _cells(cv_plan([1, 2, 3]), models, _each, None)]
+test_eq(cell_models(["probe", "probe_finetune"]), ["finetune"] * 3)   # the probe is fitted in the fine-tuning cell
+test_eq(cell_models(["probe"]), ["probe"] * 3)                        # alone, it has cells of its own
 
 # %% tags=["checks"]
 use_test_values(globals(), epochs=1, folds=[1, 2, 3], cv_models=["logreg", "small_cnn", "probe", "probe_finetune"],

@@ -11,11 +11,15 @@ SHARED = Path(os.environ.get("URBANSOUND_SHARED_DATA", ROOT.parent/"shared"/"dat
 MINI, ORIGINALS = SHARED/"urbansound8k-mini", SHARED/"urbansound8k-originals"
 
 
+@pytest.hookimpl(tryfirst=True)    # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
-    "Tests that read the reduced study are marked `study` (`make test-fast` leaves them and `slow` ones out)."
+    """Tests that read the reduced study are marked `study` (`make test-fast` leaves them and `slow` ones out), and
+    grouped: under `pytest -n 2 --dist loadgroup` (`make test`) one worker makes the study once and runs them all,
+    while the other runs the rest."""
     for item in items:
         if "reduced_run" in getattr(item, "fixturenames", ()) or "reduced_data" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.study)
+            item.add_marker(pytest.mark.xdist_group("study"))
 
 
 def _need(path):

@@ -5,6 +5,8 @@ import subprocess
 import pytest
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow    # runs made with papermill here: a minute of work before the first test
+
 
 def cli(venv_bin, *args, **kw):
     return subprocess.run([str(venv_bin/"urbansound-nb"), *map(str, args)], capture_output=True, text=True,

@@ -26,6 +26,7 @@ def test_parse_value():
     assert parse_value("[1,2]") == [1, 2] and parse_value("null") is None and parse_value("0.5") == 0.5
 
 
+@pytest.mark.slow   # chapters run with papermill
 def test_papermill_runs_setup_on_synthetic(venv_bin, tmp_path):
     r = cli(venv_bin, "run", "00", "--dataset", "synthetic", "--run-dir", tmp_path, "-p", "train_folds", "[1,2,3]",
             "-p", "val_fold", "4", "-p", "test_fold", "5", "-p", "max_items", "120")
@@ -72,6 +73,7 @@ def test_hub_offline_fails_within_seconds(venv_bin, tmp_path):
     assert "Cannot load UrbanSound8K from the hub" in r.stderr and "URBANSOUND_DATASET" in r.stderr
 
 
+@pytest.mark.slow   # chapters run with papermill
 @pytest.mark.parametrize("which", ["mini", "originals"])
 def test_runner_on_shared_data(venv_bin, tmp_path, which, request):
     path = request.getfixturevalue(which)
@@ -81,6 +83,7 @@ def test_runner_on_shared_data(venv_bin, tmp_path, which, request):
     assert res["entries"]["dataset"]["n_clips"] == {"mini": 2148, "originals": 34}[which]
 
 
+@pytest.mark.slow   # chapters run with papermill
 def test_run_streams_each_chapters_output(venv_bin, tmp_path):
     "What a chapter prints, and its progress bars, reach the terminal while it runs; a rerun says how long it took."
     args = ("run", "00", "02", "--dataset", "synthetic", "--run-dir", tmp_path, "-p", "max_items", "40",
@@ -93,6 +96,7 @@ def test_run_streams_each_chapters_output(venv_bin, tmp_path):
     assert "min last time)" in r2.stdout
 
 
+@pytest.mark.slow   # every chapter's parameters, each refused in a run of its own
 def test_every_chapter_parameter_is_checked_before_the_first_chapter(venv_bin, tmp_path):
     "A bad value of chapter 03's own parameter stops the run before chapter 00 starts: one line, exit status 2."
     r = cli(venv_bin, "run", "--dataset", "synthetic", "--run-dir", tmp_path/"run", "-p", "n_mfcc", "abc")

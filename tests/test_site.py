@@ -97,6 +97,7 @@ def test_screenshots_and_check_from_the_command_line(fallback, reduced_run):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in shots)
 
 
+@pytest.mark.slow   # a JupyterLab server and a browser
 @needs_browser
 def test_jupyterlab_opens_a_chapter_as_a_notebook(tmp_path):
     cells = lab_opens_as_notebook("nbs/00_setup.py", screenshot=tmp_path/"lab.png")

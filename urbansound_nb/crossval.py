@@ -41,7 +41,7 @@ def cv_plan(present, folds=None) -> list[dict]:
     return [dict(test_fold=k, val_fold=before(k), train_folds=[f for f in present if f not in (k, before(k))])
             for k in folds]
 
-# %% ../nbs/08_cross_validation.ipynb #a318e44bd7
+# %% ../nbs/08_cross_validation.ipynb #2edbb88b63
 CV_MODELS = ("logreg", "svm_rbf", "small_cnn", "resnet", *TRANSFERS)
 BASELINES = {"logreg": (logistic_regression, lambda n_features: LOGREG_GRID), "svm_rbf": (rbf_svm, svm_grid)}
 
@@ -89,8 +89,10 @@ def _transfer_predictions(model: str, split_data: StudyData, training: FoldTrain
     head = probe_model if transfer.finetune_init == "probe" else None
     tuned, h = fit_finetune(net, split_data, epochs=transfer.finetune_epochs, seed=training.seed, head=head,
                             progress=False, batch_size=training.batch_size, store=store)
-    return {name: (probs(members, split_data.val), probs(members, split_data.test), h["best"]["epoch"])
-            for name, members in (("finetune", [tuned]), ("probe_finetune", [probe_model, tuned]))}
+    return {name: (probs(members, split_data.val), probs(members, split_data.test), epoch)
+            for name, members, epoch in (("finetune", [tuned], h["best"]["epoch"]),
+                                         ("probe_finetune", [probe_model, tuned], h["best"]["epoch"]),
+                                         ("probe", [probe_model], None))}
 
 def _fold_predictions(model: str, split_data: StudyData, training: FoldTraining, transfer: Transfer | None,
                       store: TrainingStore) -> dict:
@@ -105,7 +107,7 @@ def _fold_predictions(model: str, split_data: StudyData, training: FoldTraining,
               for idx in (split_data.val, split_data.test))
     return {model: (pv, pt, h["best"]["epoch"])}
 
-# %% ../nbs/08_cross_validation.ipynb #d105b1147c
+# %% ../nbs/08_cross_validation.ipynb #75c5613804
 def train_fold(data: StudyData, transfer: Transfer | None, split: dict, model: str, training: FoldTraining) -> dict:
     "Train `model` as its chapter does on one fold's `split` of `data`; its validation and test figures."
     test_fold, val_fold, train_folds = split["test_fold"], split["val_fold"], split["train_folds"]
@@ -127,9 +129,10 @@ def _fold_key(p: dict, model: str, training: FoldTraining, init: str) -> str:
     return f"fold{p['test_fold']}/{model}/{training.epochs}/seed{training.seed}{suffix}"
 
 def _cells(plan, models, training: dict, transfer: Transfer | None) -> dict:
-    "The grid's cells, each model with its own `FoldTraining`; the pair is trained in the fine-tuning cell."
+    "The grid's cells, each model with its own `FoldTraining`; the fine-tuning cell also gives the probe and the pair."
+    tuned = bool({"finetune", "probe_finetune"} & set(models))   # then the probe comes from the fine-tuning cell
     cells = {}
-    for m in dict.fromkeys("finetune" if m == "probe_finetune" else m for m in models):
+    for m in dict.fromkeys("finetune" if m == "probe_finetune" or (m == "probe" and tuned) else m for m in models):
         init = transfer.finetune_init if transfer is not None else "probe"
         for p in plan:
             split = dict(test_fold=p["test_fold"], val_fold=p["val_fold"], train_folds=p["train_folds"])

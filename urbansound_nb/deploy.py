@@ -56,7 +56,7 @@ def model_facts(session: ort.InferenceSession, path) -> dict:
     except (ValueError, TypeError) as e: raise OnnxModelError(f"{path}: unreadable metadata ({e})") from None
     return {**meta, **facts}
 
-# %% ../nbs/06c_deploy.ipynb #35a0bbb760
+# %% ../nbs/06c_deploy.ipynb #08c2ae78b5
 class OnnxPredictor:
     "An ONNX file written by `urbansound-nb export`, ready to classify audio files with ONNX Runtime."
     def __init__(self, path, threads: int | None = None):
@@ -69,7 +69,7 @@ class OnnxPredictor:
         self.input = self.session.get_inputs()[0].name
 
     def classify(self, windows) -> np.ndarray:
-        "Class probabilities [windows, classes] of waveform windows, `WINDOW_BATCH` at a time (bounded memory)."
+        "Class probabilities [windows, classes] of waveform windows, `INFERENCE_BATCH` at a time (bounded memory)."
         return in_batches(windows, lambda b: self.session.run(None, {self.input: b})[0])
 
     def file_probs(self, path) -> tuple[np.ndarray, list[float]]:

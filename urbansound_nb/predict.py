@@ -54,7 +54,7 @@ class WaveformClassifier(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.model(self.fit_frames(self.front(wave))).softmax(-1)
 
-# %% ../nbs/06b_predict.ipynb #cb2fa143b3
+# %% ../nbs/06b_predict.ipynb #64b9634851
 class Predictor:
     "A saved checkpoint (or a run directory: the study's chosen model) ready to classify audio files."
     def __init__(self, checkpoint, device="cpu"):
@@ -66,7 +66,7 @@ class Predictor:
 
     @torch.no_grad()
     def classify(self, windows) -> np.ndarray:
-        "Class probabilities [windows, classes] of waveform windows, `WINDOW_BATCH` at a time (bounded memory)."
+        "Class probabilities [windows, classes] of waveform windows, `INFERENCE_BATCH` at a time (bounded memory)."
         return in_batches(windows, lambda b: self.net(torch.from_numpy(b).to(self.device)).cpu().numpy())
 
     def file_probs(self, path) -> tuple[np.ndarray, list[float]]:
