@@ -12,14 +12,27 @@ MINI, ORIGINALS = SHARED/"urbansound8k-mini", SHARED/"urbansound8k-originals"
 
 
 @pytest.hookimpl(tryfirst=True)    # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """Tests that read the reduced study are marked `study` (`make test-fast` leaves them and `slow` ones out), and
-    grouped: under `pytest -n 2 --dist loadgroup` (`make test`) one worker makes the study once and runs them all,
-    while the other runs the rest."""
+def pytest_collection_modifyitems(config, items):
+    """Tests that read the reduced study are marked `study` (`make test-fast` leaves them and `slow` ones out). Under
+    `pytest -n 2 --dist loadgroup` (`make test`) they are one group, first in line: one worker makes the study once
+    and runs what reads it while the other runs the rest."""
+    reads_study = lambda item: bool({"reduced_run", "reduced_data"} & set(getattr(item, "fixturenames", ())))
     for item in items:
-        if "reduced_run" in getattr(item, "fixturenames", ()) or "reduced_data" in getattr(item, "fixturenames", ()):
+        if reads_study(item):
             item.add_marker(pytest.mark.study)
-            item.add_marker(pytest.mark.xdist_group("study"))
+            _in_xdist_group(item, config, "study")
+    if hasattr(config, "workerinput"): items.sort(key=lambda item: not reads_study(item))   # the same on every worker
+
+
+def _in_xdist_group(item, config, name: str):
+    "Put `item` in pytest-xdist's group `name`: the marker, and the `@name` suffix of its id that the scheduler reads."
+    item.add_marker(pytest.mark.xdist_group(name))
+    # pytest-xdist 3.8 adds the suffix only where the worker's `dist` is "loadgroup", which it never is under pytest 9
+    # (workers run with dist "no"), and writes `_nodeid`, which pytest 9 no longer reads (it keeps a `NodeId` in
+    # `_id`); so the suffix is added here, in workers only (a run without xdist keeps the plain ids).
+    if hasattr(config, "workerinput") and hasattr(item, "_id") and "@" not in item.nodeid:
+        from _pytest.nodeid import NodeId
+        item._id = NodeId.parse(f"{item.nodeid}@{name}")
 
 
 def _need(path):
