@@ -28,7 +28,7 @@ study: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check urbansound_nb nbs tests docs/trials
 	$(BIN)/urbansound-nb sync --no-export
-	$(BIN)/python -m pytest tests -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest tests -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 ## the fast tier, while you work: ruff, the export check, unit tests, nbdev-test of the library notebooks
 test-fast: $(STAMP)

@@ -11,17 +11,25 @@ SHARED = Path(os.environ.get("URBANSOUND_SHARED_DATA", ROOT.parent/"shared"/"dat
 MINI, ORIGINALS = SHARED/"urbansound8k-mini", SHARED/"urbansound8k-originals"
 
 
+# Under `pytest -n 2 --dist loadgroup --no-loadscope-reorder` (`make test`; the flag keeps this order) the tests
+# that read the reduced study form two groups: "study", first in line, whose worker makes the study, and "site" (the
+# site's renders and browser checks), last in line, so that the other worker takes it when its own tests are done and
+# renders while the first runs the rest of "study". The run is shared through a folder every worker sees
+# (`reduced_run`), so it is made once.
+GROUP_ORDER = {"study": 0, None: 1, "site": 2}
+
+
 @pytest.hookimpl(tryfirst=True)    # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Tests that read the reduced study are marked `study` (`make test-fast` leaves them and `slow` ones out). Under
-    `pytest -n 2 --dist loadgroup` (`make test`) they are one group, first in line: one worker makes the study once
-    and runs what reads it while the other runs the rest."""
-    reads_study = lambda item: bool({"reduced_run", "reduced_data"} & set(getattr(item, "fixturenames", ())))
+    "Tests that read the reduced study are marked `study` (`make test-fast` leaves them and `slow` ones out)."
+    def group(item):
+        if not {"reduced_run", "reduced_data"} & set(getattr(item, "fixturenames", ())): return None
+        return "site" if item.path.name == "test_site.py" else "study"
     for item in items:
-        if reads_study(item):
+        if group(item):
             item.add_marker(pytest.mark.study)
-            _in_xdist_group(item, config, "study")
-    if hasattr(config, "workerinput"): items.sort(key=lambda item: not reads_study(item))   # the same on every worker
+            _in_xdist_group(item, config, group(item))
+    if hasattr(config, "workerinput"): items.sort(key=lambda item: GROUP_ORDER[group(item)])   # the same everywhere
 
 
 def _in_xdist_group(item, config, name: str):
@@ -107,12 +115,31 @@ def reduced_data(mini, tmp_path_factory):
     return root, damaged
 
 
+def _session_root(tmp_path_factory) -> Path:
+    "The session's temporary folder, which every pytest-xdist worker of the session sees (each has its own below)."
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def reduced_run(reduced_data, tmp_path_factory, venv_bin):
-    run = tmp_path_factory.mktemp("run")
+    "The reduced study's run folder, made once per session: the first worker that needs it makes it, others wait."
+    import fcntl
+    root = _session_root(tmp_path_factory)
+    run, outcome = root/"reduced-run", root/"reduced-run.outcome"
+    with open(root/"reduced-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not outcome.exists():
+            outcome.write_text(_make_reduced_run(run, root/"reduced-cache", reduced_data, venv_bin))
+    assert outcome.read_text() == "ok", outcome.read_text()
+    return run
+
+
+def _make_reduced_run(run: Path, cache: Path, reduced_data, venv_bin) -> str:
+    "Run the reduced study into `run`: 'ok', or the end of its output."
     cmd = [str(venv_bin/"urbansound-nb"), "run", "--dataset", str(reduced_data[0]), "--run-dir", str(run), "--site",
            "-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32",
-           "-p", "cache_dir", str(tmp_path_factory.mktemp("cache")),
+           "-p", "cache_dir", str(cache),
            "-p", "conditions", "[none, specaugment_lite, mixup]",
            "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1", "-p", "grid_epochs", "2",
            "-p", "long_clips", "8"]
@@ -120,5 +147,4 @@ def reduced_run(reduced_data, tmp_path_factory, venv_bin):
     if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real weights
     else: cmd += ["-p", "weights", "random"]                                     # none here: a random network
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return run
+    return "ok" if r.returncode == 0 else r.stdout[-3000:] + r.stderr[-3000:]
