@@ -53,7 +53,7 @@ def test_the_transfers_cross_validate_on_a_local_cluster(tmp_path):
     data, eat_data = study_data(params, progress=False), study_data(params, EfficientATFeatures(), progress=False)
     net = pretrained_network("mn04_as", "random", params.cache_dir)
     transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir, progress=False)[0], 1)
-    plan = cv_plan(data.meta["fold"].unique(), folds=[1, 2])
+    plan = cv_plan(data.meta["fold"].unique(), folds=[1])     # one fold's cell shows that they travel
     runs = {}
     for name, scheduler in (("here", None), ("there", "local:2")):
         with grid_client(scheduler, paths=[params.cache_dir]) as client:
