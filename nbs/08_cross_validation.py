@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+import torch
 
 from urbansound_nb.baselines import LOGREG_GRID, logistic_regression, mfcc_stats, rbf_svm, svm_grid
 from urbansound_nb.batches import StudyData
@@ -162,19 +163,21 @@ def _baseline_predictions(model: str, split_data: StudyData, training: FoldTrain
 
 def _transfer_predictions(model: str, split_data: StudyData, training: FoldTraining, transfer: Transfer,
                           store: TrainingStore):
-    "The probe alone, or the network fine-tuned (from the probe) and the pair: {model: (val, test, epoch)}."
+    "The probe alone, or with the network fine-tuned from it and the pair of the two: {model: (val, test, epoch)}."
     net = transfer.network
     _, (probe_model, *_) = fit_probe(net, transfer.embeddings, split_data, _rotations(split_data, training))
-    probs = lambda models, idx: class_probabilities(models, split_data, idx).argmax(1).numpy()
-    if model == "probe": return {"probe": (probs([probe_model], split_data.val), probs([probe_model], split_data.test),
-                                           None)}
+    # each network's class probabilities once per set (validation, test); the pair averages them
+    probabilities = lambda m: [class_probabilities([m], split_data, idx) for idx in (split_data.val, split_data.test)]
+    labels = lambda val, test: (val.argmax(1).numpy(), test.argmax(1).numpy())
+    probe = probabilities(probe_model)
+    out = {"probe": (*labels(*probe), None)}
+    if model == "probe": return out
     head = probe_model if transfer.finetune_init == "probe" else None
     tuned, h = fit_finetune(net, split_data, epochs=transfer.finetune_epochs, seed=training.seed, head=head,
                             progress=False, batch_size=training.batch_size, store=store)
-    return {name: (probs(members, split_data.val), probs(members, split_data.test), epoch)
-            for name, members, epoch in (("finetune", [tuned], h["best"]["epoch"]),
-                                         ("probe_finetune", [probe_model, tuned], h["best"]["epoch"]),
-                                         ("probe", [probe_model], None))}
+    finetuned, epoch = probabilities(tuned), h["best"]["epoch"]
+    pair = [torch.stack([p, f]).mean(0) for p, f in zip(probe, finetuned)]    # as `class_probabilities` averages
+    return {**out, "finetune": (*labels(*finetuned), epoch), "probe_finetune": (*labels(*pair), epoch)}
 
 def _fold_predictions(model: str, split_data: StudyData, training: FoldTraining, transfer: Transfer | None,
                       store: TrainingStore) -> dict:
