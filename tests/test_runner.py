@@ -86,13 +86,13 @@ def test_runner_on_shared_data(venv_bin, tmp_path, which, request):
 @pytest.mark.slow   # chapters run with papermill
 def test_run_streams_each_chapters_output(venv_bin, tmp_path):
     "What a chapter prints, and its progress bars, reach the terminal while it runs; a rerun says how long it took."
-    args = ("run", "00", "02", "--dataset", "synthetic", "--run-dir", tmp_path, "-p", "max_items", "40",
-            "-p", "cache_dir", tmp_path/"cache", "-p", "bench_items", "8")
-    r = cli(venv_bin, *args)
+    run = ("--dataset", "synthetic", "--run-dir", tmp_path, "-p", "max_items", "40",
+           "-p", "cache_dir", tmp_path/"cache")
+    r = cli(venv_bin, "run", "00", "02", *run, "-p", "bench_items", "8")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "device: " in r.stdout                                      # 00's own print
     assert "log-mel logmel-" in r.stderr and "clip/s" in r.stderr       # 02's progress bar
-    r2 = cli(venv_bin, "run", "00", *args[3:-3])               # one chapter again shows it (no 02 parameter)
+    r2 = cli(venv_bin, "run", "00", *run)                              # one chapter again shows it
     assert "min last time)" in r2.stdout
 
 
