@@ -144,7 +144,8 @@ for k, (tr, va) in enumerate(rotation_splits[1:], start=1):
         model, _ = train(name, rotated, resnet_seeds=params.rotation_seeds)
         pred = predict_logits(model, data.logmels, va, data.n_frames, multicrop=multicrop).argmax(1).numpy()
         rotation_accuracy[name].append(float((pred == labels[va]).mean()))
-        members = f", {params.rotation_seeds} member(s)" if name == "resnet" else ""
+        n_members = params.rotation_seeds
+        members = f", {n_members} member{'s' if n_members > 1 else ''}" if name == "resnet" else ""
         print(f"{name}, rotation {k} (train {rotations[k]['train_folds']}, validate {rotations[k]['val_fold']}"
               f"{members}): validation accuracy {rotation_accuracy[name][-1]:.3f}")
 if len(rotations) == 1: print("one validation fold only (selection_folds = 1, or a single non-test fold): no rotation")
