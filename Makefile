@@ -10,7 +10,7 @@ DATASET ?=
 # Extra runner arguments, e.g. PARAMS='-p train_folds "[1]" -p val_fold 2 -p test_fold 3'
 PARAMS ?=
 
-.PHONY: study test test-fast test-notebooks lab site bench sync clean
+.PHONY: study test test-fast test-notebooks mutation lab site bench sync clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml
 study: $(STAMP)
 	$(BIN)/urbansound-nb run --run-dir $(RUN_DIR) $(if $(DATASET),--dataset $(DATASET)) $(PARAMS) --site
 
-## the tests: ruff, notebooks regenerated, package == fresh export, nbdev-test, pytest on two workers (what CI runs)
+## the tests: ruff, notebooks regenerated, package == fresh export, nbdev-test, pytest (what CI runs); the reduced
+## study is made in the background while the other tests run
 test: $(STAMP)
 	$(BIN)/ruff check urbansound_nb nbs tests docs/trials
 	$(BIN)/urbansound-nb sync --no-export
-	$(BIN)/python -m pytest tests -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
+	$(BIN)/python -m pytest tests --durations=15
 
 ## the fast tier, while you work: ruff, the export check, unit tests, nbdev-test of the library notebooks
 test-fast: $(STAMP)
@@ -40,6 +41,13 @@ test-fast: $(STAMP)
 ## runs the chapters on real audio)
 test-notebooks: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2 --timing
+
+## mutation testing of the functions that carry the protocol and the numbers (params, data, selection, metrics,
+## windows, audio) on their fast tests, then each module's score and the surviving mutants (a report, not CI)
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[mutation]'
+	$(BIN)/mutmut run --max-children 2 $$($(BIN)/python tests/mutation_report.py --globs) > /dev/null || true
+	$(BIN)/python tests/mutation_report.py
 
 ## JupyterLab, with nbs/*.py opening as notebooks
 lab: $(STAMP)
@@ -55,4 +63,4 @@ sync: $(STAMP)
 	$(BIN)/urbansound-nb sync
 
 clean:
-	rm -rf $(VENV) nbs/*.ipynb _site _docs
+	rm -rf $(VENV) nbs/*.ipynb _site _docs mutants

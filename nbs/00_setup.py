@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp core
 
@@ -19,22 +7,16 @@
 # > Seeding, device and the run directory; then the dataset this run uses, split by fold as its authors require.
 
 # %% [markdown]
-# Every chapter of this study works fold by fold:
-#
-# * the model is **chosen on a validation fold**,
-# * the **test fold is touched once**, after every choice is made,
-# * the official figure is **10-fold cross-validation** (chapter 08).
-#
-# This chapter sets a run up: one seed for everything, the best device present, and a run
-# directory whose results files are written atomically. It then loads the dataset this run
-# uses and splits it. The parts it builds on have notebooks of their own, after it:
-# the parameters (00a), audio decoding and the synthetic stand-in (00b), and the data layer
-# with its folds (00c).
+# Every chapter works fold by fold: the model is **chosen on a validation fold**, the **test fold is touched once**,
+# and the official figure is **10-fold cross-validation** (chapter 09). This chapter sets a run up (one seed, the best
+# device, a run directory written atomically), then loads and splits the dataset. Its parts have notebooks after it:
+# parameters (00a), audio and the synthetic stand-in (00b), the data layer and its folds (00c).
 
 # %%
 #| export
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -47,7 +29,7 @@ import torch
 
 # %%
 from dataclasses import asdict
-from fastcore.test import test_eq
+from fastcore.test import test_eq, test_fail
 from urbansound_nb.audio import first_decodable, is_synthetic
 from urbansound_nb.data import fold_split, load_urbansound, split_class_counts
 from urbansound_nb.params import study_params, use_test_values
@@ -64,14 +46,9 @@ params
 # %% [markdown]
 # ## Reproducibility and device
 #
-# One seed drives Python, NumPy and PyTorch. The device is the best one present: CUDA, then
-# Apple's MPS, then the CPU; everything in the study also runs on two CPU cores.
-#
-# On the CPU a seeded training repeats exactly. On a GPU it does not by default: some of
-# cuDNN's convolution algorithms (those of the backward pass in particular) add partial sums in
-# a varying order, and its benchmark mode picks algorithms by timing them. `seed_everything`
-# therefore holds cuDNN to its deterministic algorithms with benchmark mode off, so that two
-# seeded GPU trainings match epoch for epoch.
+# One seed drives Python, NumPy and PyTorch; the device is CUDA, then MPS, then the CPU (two cores suffice). On a GPU
+# some cuDNN algorithms add partial sums in a varying order and benchmark mode picks them by timing, so
+# `seed_everything` holds cuDNN to its deterministic algorithms: two seeded trainings match epoch for epoch.
 
 # %%
 #| export
@@ -104,12 +81,9 @@ print("device:", device, "| torch", torch.__version__, "| threads", torch.get_nu
 # %% [markdown]
 # ## The run directory and its results files
 #
-# Each run writes into one directory: the executed notebooks, `results/NN_name.json` per
-# chapter, and `models/` for checkpoints. Files are written atomically (a temporary file
-# renamed into place), so an interrupted run never leaves half a results file behind. They take
-# the permissions the user's umask gives a new file (a plain temporary file would be private to
-# its owner), and results files are strict JSON: a figure that is undefined (NaN, as a p-value
-# without variance) is written `null`, so that `jq`, browsers and other tools read every file.
+# A run writes one directory: executed notebooks, `results/NN_name.json` per chapter, checkpoints in `models/`. Files
+# are written atomically (renamed into place), with the user's umask, and results are strict JSON (NaN is `null`), so
+# `jq` and browsers read every file.
 
 # %%
 #| export
@@ -129,24 +103,24 @@ def atomic_write_bytes(path, data: bytes):
         raise
     return path
 
-def strict_json(o):
-    "`o` as plain JSON values: NumPy and torch values converted, paths as text, NaN and infinities as None."
-    if isinstance(o, dict): return {str(k) if not isinstance(k, (str, int, float, bool)) else k: strict_json(v)
+def plain(o, keep_tensors: bool = False):
+    "`o` as plain values: NumPy values, dataclasses and paths converted, NaN and infinity None; tensors kept or listed."
+    if isinstance(o, torch.Tensor) and keep_tensors: return o
+    if isinstance(o, dict): return {k if isinstance(k, (str, int, float, bool)) else str(k): plain(v, keep_tensors)
                                     for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [strict_json(v) for v in o]
-    if isinstance(o, (np.ndarray, torch.Tensor)): return strict_json(o.tolist())
+    if isinstance(o, (list, tuple)): return [plain(v, keep_tensors) for v in o]
+    if isinstance(o, (np.ndarray, torch.Tensor)): return plain(o.tolist())
     if isinstance(o, (np.bool_, np.integer, np.floating)): o = o.item()
     if isinstance(o, float) and not np.isfinite(o): return None
     if isinstance(o, (Path, torch.device)): return str(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type): return plain(dataclasses.asdict(o), keep_tensors)
     if o is None or isinstance(o, (str, int, float, bool)): return o
-    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+    raise TypeError(f"only tensors and plain values can be written, not {type(o).__name__}")
 
 def save_json(obj, path):
     "Write `obj` as indented strict JSON (NaN as null), atomically."
-    return atomic_write_bytes(path, json.dumps(strict_json(obj), indent=2, allow_nan=False).encode())
+    return atomic_write_bytes(path, json.dumps(plain(obj), indent=2, allow_nan=False).encode())
 
-# %%
-#| export
 def make_run_dir(run_dir) -> Path:
     "Create the run directory with its `results/` and `models/` folders."
     run_dir = Path(run_dir).expanduser()
@@ -162,6 +136,40 @@ def read_results(run_dir, notebook: str) -> dict:
     "Read back what `write_results` wrote."
     return json.loads((Path(run_dir)/"results"/f"{notebook}.json").read_text())
 
+def results_files(run_dir) -> list[Path]:
+    "A run's results files of the chapters, in order (not the resumable records beside them)."
+    return sorted(p for p in (Path(run_dir)/"results").glob("[0-9][0-9]_*.json") if p.stem.count(".") == 0)
+
+# %% [markdown]
+# Two results files describe the whole run, each read through one function: chapter 00's dataset, split and parameters
+# (`read_setup`), and the choice chapter's model and the checkpoint that serves it (`read_choice`), which `predict
+# RUN_DIR`, the analysis, the deployment, the reports and the site all read.
+
+# %%
+#| export
+SETUP, CHOICE = "00_setup", "06_choice"   # the results files of the run's setup and of the choice of its model
+
+def read_setup(run_dir) -> dict:
+    "Chapter 00's results of a run (dataset, split, parameters); {} where it has not run."
+    path = Path(run_dir)/"results"/f"{SETUP}.json"
+    return read_results(run_dir, SETUP) if path.is_file() else {}
+
+class NoChoice(FileNotFoundError):
+    "A run directory in which the study's model has not been chosen (chapter 06 has not run)."
+
+def read_choice(run_dir) -> dict:
+    "The study's model as chapter 06 chose and serves it: its `model`, `checkpoint`, `refit` and figures."
+    path = Path(run_dir)/"results"/f"{CHOICE}.json"
+    if not path.is_file():
+        raise NoChoice(f"{run_dir}: no results/{CHOICE}.json, which names the study's model; run the study (chapter "
+                       "06 chooses the model), or give a checkpoint file")
+    try: doc = json.loads(path.read_text())
+    except ValueError as e: raise NoChoice(f"{path}: not a results file ({e})") from None
+    served = doc.get("served") if isinstance(doc, dict) else None
+    if not isinstance(served, dict) or not served.get("model"):
+        raise NoChoice(f"{path}: names no served model; run chapter 06 again")
+    return dict(served, reason=doc.get("reason"), rule=doc.get("rule"))
+
 # %%
 with tempfile.TemporaryDirectory() as d:
     rd = make_run_dir(Path(d)/"run")
@@ -173,6 +181,12 @@ with tempfile.TemporaryDirectory() as d:
     _umask = os.umask(0)
     os.umask(_umask)
     test_eq(oct((rd/"results"/"00_nan.json").stat().st_mode & 0o777), oct(0o666 & ~_umask))   # the umask's, not 0600
+    test_fail(lambda: read_choice(rd), contains="no results/06_choice.json")
+    write_results(rd, CHOICE, {}, served=dict(model="probe", checkpoint="models/probe.refit.pt"), reason="tied")
+    test_eq(read_choice(rd)["checkpoint"], "models/probe.refit.pt")
+    test_eq(plain(dict(a=np.float64(0.5), b=(np.int64(2), Path("x")), c=np.arange(2))),
+            dict(a=0.5, b=[2, "x"], c=[0, 1]))
+    test_fail(lambda: plain(dict(a=object())), contains="not object")
 
 # %% [markdown]
 # ## The dataset this run uses

@@ -18,15 +18,10 @@
 # > Decode, resample, log-mel: each clip once per feature setting, cached on disk; training never reads audio.
 
 # %% [markdown]
-# The starting notebook decoded and transformed every clip again on every epoch: with 30
-# epochs, all but one pass of its audio work was repeated work. Here the pipeline is
-#
-# **decode -> mono -> resample -> log-mel (-> MFCC)**, then **pad or crop to the clip length**,
-#
-# and everything up to the log-mel is computed **once per clip and feature setting** and stored
-# in a cache on disk. Cropping and padding are cheap and happen when a batch is built, so that
-# training can still take a *random* crop of a long clip each epoch while evaluation always
-# takes the *centre*.
+# The starting notebook decoded and transformed every clip again on every epoch. Here **decode -> mono -> resample ->
+# log-mel** runs **once per clip and feature setting**, cached on disk; **pad or crop to the clip length** happens
+# when a batch is built, so training can still take a *random* crop of a long clip each epoch and evaluation the
+# *centre*.
 
 # %%
 #| export
@@ -71,14 +66,10 @@ print(f"{len(ds):,} clips from {params.dataset}", "(SYNTHETIC stand-in)" if is_s
 # %% [markdown]
 # ## Feature parameters
 #
-# One frozen object holds every setting that changes the numbers. Its `key` names the cache
-# folder, so changing any setting (or `FEATURE_VERSION`, when the code changes) starts a new
-# cache instead of reading a stale one.
-#
-# Why these values: **22.05 kHz** keeps everything up to 11 kHz, which covers the classes'
-# energy, and it is the rate most of the data already has; a **1024-sample window (46 ms)
-# with a 512 hop (23 ms)** gives 173 frames for 4 s; **64 mel bands** is what the starting
-# notebook used (notebook 04 shows what a model does with them).
+# One frozen object holds every setting that changes the numbers; its `key` names the cache folder, so changing any
+# setting (or `FEATURE_VERSION`) starts a new cache. **22.05 kHz** keeps everything up to 11 kHz and is most clips'
+# rate; a **1024-sample window (46 ms) with a 512 hop** gives 173 frames for 4 s; **64 mel bands**, as the starting
+# notebook.
 
 # %%
 #| export
@@ -130,14 +121,10 @@ print(features, features.key, f"{features.frames(params.clip_seconds)} frames pe
 # %% [markdown]
 # ## The log-mel front end
 #
-# A small `nn.Module`: mel power spectrogram, then decibels (torchaudio's `AmplitudeToDB`) with
-# its floor at -100 dB (power 1e-10). It takes a batch of waveforms `[batch, samples]` on any
-# device, so the same module runs on the CPU here and on a GPU when there is one. Other front ends
-# (chapter 05's) plug into the cache below the same way: parameters with a `key`, `frames`,
-# `pad_value` and a `front_end()` module.
-
-# A clip, or a waveform, shorter than what it must fill is repeated, never padded with silence
-# (notebook 02b says why): `repeat_frames` does it on the last axis, for frames and samples alike.
+# A small `nn.Module`: mel power spectrogram, then decibels (`AmplitudeToDB`) floored at -100 dB, on a batch of
+# waveforms on any device. Other front ends (chapter 05's) plug into the cache the same way: parameters with a `key`,
+# `frames`, `pad_value` and `front_end()`. A clip shorter than what it must fill is repeated, never padded with
+# silence (`repeat_frames`, for frames and samples alike).
 
 # %%
 #| export
@@ -179,11 +166,59 @@ if torch.cuda.is_available(): test_close(LogMel(features).cuda()(wave.cuda()).cp
 print(lm.shape, f"{lm.min():.1f} .. {lm.max():.1f} dB")
 
 # %% [markdown]
+# ## MFCC statistics, from the log-mels
+#
+# Chapter 03's features: the mean and standard deviation over time of the MFCCs and their deltas (40 coefficients with
+# deltas: 160 numbers), a matrix product on the cached log-mels (the DCT of the bands), over a clip's real frames
+# only, since padding would leak its duration. `mfcc_statistics` works on a batch of tensors (notebook 04a),
+# `mfcc_stats` on a `LogMelSet`.
+
+# %%
+#| export
+def mfcc_from_logmel(logmel: torch.Tensor, n_mfcc: int = 40, dct: torch.Tensor | None = None) -> torch.Tensor:
+    "MFCCs [..., n_mfcc, frames] from log-mels in dB [..., n_mels, frames] (orthonormal DCT-II, or `dct` given)."
+    dct = torchaudio.functional.create_dct(n_mfcc, logmel.shape[-2], norm="ortho") if dct is None else dct
+    return (logmel.transpose(-1, -2) @ dct).transpose(-1, -2)
+
+def mfcc_deltas(x: torch.Tensor) -> torch.Tensor:
+    "torchaudio's `compute_deltas` (5 frames, edges repeated) on the last axis, in plain ops an ONNX graph takes."
+    padded = torch.cat([x[..., :1], x[..., :1], x, x[..., -1:], x[..., -1:]], -1)
+    at = lambda k: padded[..., 2 + k:padded.shape[-1] - 2 + k]
+    return (at(1) - at(-1) + 2 * (at(2) - at(-2))) / 10
+
+def mfcc_statistics(logmel: torch.Tensor, n_mfcc: int = 40, deltas: bool = True, lengths=None, dct=None):
+    "Per-clip mean and std over time of MFCCs (and deltas) [B, 2*n_mfcc*(1+deltas)], over each clip's `lengths`."
+    mfcc = mfcc_from_logmel(logmel, n_mfcc, dct)
+    feats = [mfcc, mfcc_deltas(mfcc)] if deltas else [mfcc]
+    if lengths is None: mask = torch.ones_like(mfcc[:, :1])
+    else: mask = (torch.arange(mfcc.shape[-1])[None, :] < lengths[:, None])[:, None, :].to(mfcc.dtype)
+    n, stats = mask.sum(-1).clamp_min(1), []
+    for f in feats:
+        mean = (f * mask).sum(-1) / n
+        stats += [mean, (((f - mean[..., None]) ** 2) * mask).sum(-1).div(n).sqrt()]
+    return torch.cat(stats, 1)
+
+@torch.no_grad()
+def mfcc_stats(ls, n_mfcc: int = 40, deltas: bool = True, batch: int = 256) -> np.ndarray:
+    "`mfcc_statistics` of every clip of a `LogMelSet` over its unpadded frames: [clips, 2*n_mfcc*(1+deltas)]."
+    return torch.cat([mfcc_statistics(ls.data[s:s + batch].float(), n_mfcc, deltas, ls.lengths[s:s + batch])
+                      for s in range(0, len(ls.data), batch)]).numpy()
+
+# %%
+from types import SimpleNamespace
+mfcc_reference = torchaudio.transforms.MFCC(22050, n_mfcc=20, melkwargs=dict(n_fft=1024, hop_length=512, n_mels=64))
+test_close(mfcc_from_logmel(LogMel(FeatureParams())(wave), 20), mfcc_reference(wave), eps=1e-2)   # torchaudio's MFCC
+toy = SimpleNamespace(data=torch.randn(2, 8, 10).half(), lengths=torch.tensor([3, 10]))
+s = mfcc_stats(toy, n_mfcc=4, deltas=True)
+test_eq(s.shape, (2, 16))
+test_close(s[0, :4], mfcc_from_logmel(toy.data[0:1, :, :3].float(), 4)[0].mean(-1).numpy(), eps=1e-4)  # padding ignored
+test_close(s[1], mfcc_statistics(toy.data[1:].float(), 4).numpy()[0], eps=1e-5)   # a whole clip: no lengths needed
+test_close(mfcc_deltas(toy.data.float()), torchaudio.functional.compute_deltas(toy.data.float()), eps=1e-3)
+
+# %% [markdown]
 # ## One clip, from bytes to waveform
 #
-# Decoding is `core.decode_audio` (soundfile, float32 mono). Resampling uses torchaudio's
-# windowed-sinc resampler; one resampler per source rate is kept, because building its kernel
-# costs more than applying it.
+# Decoding is `core.decode_audio`; resampling torchaudio's windowed sinc, one resampler kept per source rate.
 
 # %%
 #| export
@@ -209,28 +244,17 @@ print(row["slice_file_name"], row["class"], tuple(w.shape),
 # %% [markdown]
 # ## Pad or crop, and "duration cheating"
 #
-# Models need a fixed input length; **4 s** is the longest clip in UrbanSound8K, so nothing is
-# lost by cropping. Longer inputs (other datasets, `clip_seconds < 4`, or a user's file) are
-# cropped: a **random** window in training, so every epoch sees a different part, and the
-# **centre** at evaluation, so a score never depends on luck.
-#
-# Shorter clips are **repeated** until they fill the input, not padded with silence. Zero padding
-# has a known trap, *duration cheating*: in UrbanSound8K the classes have very different clip
-# lengths (most gun shots and many dog barks and car horns are under 1 s, most air conditioners
-# exactly 4 s), so the amount of trailing silence alone predicts the class fairly well, and a
-# model that learns that has learnt the dataset's editing, not the sound. Chapter 06 measures
-# accuracy by clip duration to see whether short clips are won or lost by their length. The cache
-# keeps every clip's frames at their own length; the crop or the repeat happens once, where
-# batches are built (`batch_frames`, notebook 02b), for every model and for `predict`.
+# **4 s** is UrbanSound8K's longest clip. A longer input is cropped: a **random** window in training, the **centre**
+# at evaluation. A shorter clip is **repeated**, not padded with silence: the classes' lengths differ widely (most gun
+# shots under 1 s, most air conditioners exactly 4 s), so trailing silence alone would predict the class, and a model
+# that learns it has learnt the dataset's editing, not the sound. Chapter 07 measures accuracy by duration. The cache
+# keeps each clip at its own length; `batch_frames` (notebook 02b) crops or repeats for every model and for `predict`.
 
 # %% [markdown]
 # ## The feature cache
 #
-# Log-mels are computed once per clip and feature setting and kept on disk, keyed by the clip's
-# content; notebook 02a (`cache_logmels`) says how, and what happens to a damaged shard or a
-# clip that cannot be decoded.
-#
-# Computing the features of this run's dataset (a second run finds them all in the cache):
+# Log-mels are kept on disk, keyed by the clip's content (notebook 02a says how, and what happens to a damaged shard
+# or an undecodable clip). This run's features (a second run finds them all cached):
 
 # %%
 cache, keys, stats = cache_logmels(ds, features, params.cache_dir, workers=workers)
@@ -245,9 +269,8 @@ print(f"second pass: {stats2['reused']} clips reused, {stats2['hash_seconds']:.2
 # %% [markdown]
 # ## The run's features in memory
 #
-# `LogMelSet` (notebook 02b) holds the frames of a list of clips as one padded float16 tensor
-# and builds batches by indexing: a random crop per clip in training, the centre at evaluation.
-# This is the whole data path of a training epoch: no decoding, no worker processes.
+# `LogMelSet` (notebook 02b) holds the clips' frames as one padded float16 tensor and builds batches by indexing: the
+# whole data path of an epoch, with no decoding and no worker processes.
 
 # %%
 from urbansound_nb.batches import band_stats, batch_frames, decoded_logmels, study_data
@@ -261,9 +284,8 @@ print(f"clip lengths: {allset.lengths.min().item()} .. {allset.lengths.max().ite
       f"{(allset.lengths < n_frames).float().mean():.0%} of clips are padded")
 
 # %% [markdown]
-# Models see log-mels standardised per mel band with the **training folds'** mean and standard
-# deviation (padding frames excluded). Statistics from the validation or test folds would leak
-# information about them into the model.
+# Models see log-mels standardised per band with the **training folds'** statistics (padding excluded): the other
+# folds' would leak into the model.
 
 # %%
 train_idx = np.flatnonzero(np.isin(meta["fold"].values, split.train_folds))
@@ -272,8 +294,8 @@ test_eq(mean.shape, (features.n_mels,))
 print(f"train-fold band means {mean.min():.1f} .. {mean.max():.1f} dB, stds {std.min():.1f} .. {std.max():.1f} dB")
 
 # %% [markdown]
-# Every modelling chapter starts the same way: load the dataset, split it by fold, read the
-# cached log-mels, and find the clips of each fold role. `study_data` does exactly that:
+# Every modelling chapter loads the dataset, splits it, reads the cached log-mels and finds each role's clips:
+# `study_data` does that:
 
 # %%
 data = study_data(params, features)
@@ -288,7 +310,7 @@ print(f"train {len(data.train)}, validation {len(data.val)}, test {len(data.test
 # %% [markdown]
 # ## What the features look like
 #
-# One training clip per class, as the model sees it (centre crop, padding at the floor):
+# One training clip per class, as the model sees it:
 
 # %%
 import matplotlib.pyplot as plt
@@ -308,10 +330,8 @@ plt.show()
 # %% [markdown]
 # ## How much faster than decoding every epoch?
 #
-# `benchmark` (notebook 02c) times, on the same clips: the cached extraction (decode + resample +
-# log-mel on every core, written to a fresh cache), reading them back from the cache, and the
-# starting notebook's way, decoding and transforming every clip in `__getitem__`, one at a time.
-# The same figures come from `urbansound-nb bench --dataset D --max-items N`.
+# `benchmark` (notebook 10a; `urbansound-nb bench`) times the cached extraction, reading it back, and the starting
+# notebook's decoding of every clip in `__getitem__`:
 
 # %%
 #| slow
@@ -319,9 +339,8 @@ from urbansound_nb.bench import benchmark
 bench = benchmark(params.dataset, max_items=bench_items, workers=workers, fp=features, seed=params.seed)
 
 # %% [markdown]
-# The cached extraction runs once per feature setting; after that an epoch's data costs the
-# `epoch_data_seconds` above instead of a full decode of every clip. Notebook 04 compares that
-# with the model's own compute.
+# After one extraction per setting, an epoch's data costs `epoch_data_seconds`; notebook 04 compares that with the
+# model's compute.
 
 # %%
 #| slow

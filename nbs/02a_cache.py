@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp cache
 
@@ -50,22 +38,15 @@ features = FeatureParams()       # the study's front end, for the examples
 # %% [markdown]
 # ## The feature cache
 #
-# Each clip is identified by a hash of its encoded bytes, so the cache is keyed by
-# **(feature parameters, clip content)**: the same audio in another dataset copy, subset or
-# fold order hits the same entry, and different audio under the same file name never does.
+# Each clip is keyed by a hash of its bytes, so the cache is keyed by **(feature parameters, clip content)**: the same
+# audio in another copy, subset or order hits the same entry, and other audio under the same name never does. On disk,
+# `cache_dir/<feature key>/` holds shards: `shard-*.npy`, up to 256 clips' log-mels as one float16 array (nothing that
+# matters is lost at 0.03 dB), and `shard-*.json`, the index, written last and atomically, so an interrupted
+# extraction leaves only complete shards and the next call computes the missing clips.
 #
-# On disk, `cache_dir/<feature key>/` holds shards: `shard-*.npy`, the log-mel frames of up to
-# 256 clips as one float16 array (half the size of float32; log-mels in dB lose nothing that
-# matters at 0.03 dB resolution), and `shard-*.json`, the index (clip key, offset, length).
-# A shard's index is written last and atomically, so an interrupted extraction leaves only
-# complete shards, and the next call computes just the clips that are missing.
-#
-# The cache is checked as it is opened. A shard whose index cannot be read, whose frames are
-# truncated, or whose index lists more frames than it holds is named in a warning and removed,
-# and its clips are computed again (a read-only cache, as Dask workers open it, names it and
-# says to delete it instead). A clip that cannot be decoded gets no features: its key and the
-# reason go into `undecodable.json`, so it is named again without being decoded again, and the
-# chapters leave it out and say so (`study_data`, notebook 02b).
+# A shard whose index cannot be read or whose frames are truncated is named in a warning, removed and computed again
+# (a read-only cache, as Dask workers open it, names it and says to delete it). An undecodable clip's key and reason
+# go into `undecodable.json`, so it is named again without being decoded again.
 
 # %%
 #| export
@@ -79,8 +60,6 @@ def clip_batches(ds, batch_size=256):
         names = batch["slice_file_name"]
         yield names, [audio_bytes(a, n) for a, n in zip(batch["audio"], names)]
 
-# %%
-#| export
 UNDECODABLE = "undecodable.json"  # in each feature folder: {clip key: why it cannot be decoded}
 
 class CacheDamaged(RuntimeError):
@@ -149,8 +128,6 @@ class FeatureCache:
                                    "to have its clips computed again") from None
         return self._open[shard][off:off + n]
 
-# %%
-#| export
 @torch.no_grad()
 def _clip_logmel(data: bytes, name: str, front: LogMel, device) -> np.ndarray:
     "One clip's log-mel frames [frames, n_mels] as float16."
@@ -190,21 +167,12 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: c.get("c"), contains="c.wav: the audio is empty")
 
 # %% [markdown]
-# Finding a clip's key means reading and hashing its bytes, and every notebook does it to look
-# its features up. For the official layout, whose clips are files, that reads the whole release
-# in each chapter (about 6 GB; the explanations page gives the times measured). `FileKeys`
-# remembers each file's key in `cache_dir/file_keys.json`, under its path, with the four things
-# git's index compares to call a file unchanged: size, modification time, status-change time and
-# inode. An unchanged file is not read again, and the look-up takes a fraction of a second.
-#
-# * Editing, replacing or moving a file changes at least one of the four, even a copy that
-#   keeps the old modification time (`cp -p`, `rsync -a`): the kernel sets the status-change
-#   time, and no tool can set it back. Such a file is hashed afresh.
-# * As in git, a file changed within the last two seconds is hashed but not remembered: file
-#   times move in clock ticks of a few milliseconds, so a second change within the same tick
-#   would not show.
-# * Clips held as bytes (the hub layout) are always hashed. Deleting `file_keys.json` costs
-#   one rehash, nothing else.
+# Finding a clip's key means reading and hashing its bytes, in every chapter: for the official layout, the whole
+# release (about 6 GB). `FileKeys` remembers each file's key in `cache_dir/file_keys.json` with the four things git's
+# index compares: size, modification time, status-change time and inode. An unchanged file is not read again; an
+# edited, replaced or moved one changes at least the status-change time (even `cp -p`), which no tool can set back. As
+# in git, a file changed within two seconds is hashed but not remembered, since a second change within one clock tick
+# would not show. Clips held as bytes are always hashed; deleting `file_keys.json` costs one rehash.
 
 # %%
 #| export
@@ -238,62 +206,59 @@ class FileKeys:
             self.changed = False
 
 # %% [markdown]
-# A file is read once; a second look-up, or a new `FileKeys` on the same folder, answers
-# from the memo until the file changes:
+# A file is read once; a second look-up, or a new `FileKeys`, answers from the memo until the file changes:
 
 # %%
 from urbansound_nb.audio import encode_audio
 with tempfile.TemporaryDirectory() as d:
     wav = Path(d)/"a.wav"
     wav.write_bytes(encode_audio(np.zeros(800, np.float32), 8000))
-    # just written: not remembered yet
     fk = FileKeys(d)
     k = fk.key(dict(bytes=None, path=str(wav)))
-    test_eq(fk.entries, {})
+    test_eq((fk.entries, k), ({}, clip_key(wav.read_bytes())))          # just written: not remembered yet
     fk.fresh_seconds = 0
-    test_eq(fk.key(dict(bytes=None, path=str(wav))), k)
-    test_eq(fk.hashed, 2)
-    test_eq(k, clip_key(wav.read_bytes()))
     fk.key(dict(bytes=None, path=str(wav)))
-    test_eq(fk.hashed, 2)  # remembered
     fk.save()
     fk2 = FileKeys(d)
-    test_eq(fk2.key(dict(bytes=None, path=str(wav))), k)
-    test_eq(fk2.hashed, 0)
+    test_eq((fk2.key(dict(bytes=None, path=str(wav))), fk2.hashed), (k, 0))            # remembered: not read
     before = wav.stat()
-    time.sleep(0.05)  # past the clock tick of file times
-    # other audio, same size, old modification time
-    wav.write_bytes(encode_audio(np.ones(800, np.float32) / 4, 8000))
-    os.utime(wav, ns=(before.st_atime_ns, before.st_mtime_ns))
-    test_eq(wav.stat().st_size, before.st_size)
-    assert fk2.key(dict(bytes=None, path=str(wav))) != k and fk2.hashed == 1  # noticed all the same: hashed afresh
-    test_eq(fk2.key(dict(bytes=wav.read_bytes(), path=None)), clip_key(wav.read_bytes()))  # bytes are always hashed
+    time.sleep(0.05)                                                     # past the clock tick of file times
+    wav.write_bytes(encode_audio(np.ones(800, np.float32) / 4, 8000))    # other audio of the same size...
+    os.utime(wav, ns=(before.st_atime_ns, before.st_mtime_ns))           # ...and the old modification time
+    assert fk2.key(dict(bytes=None, path=str(wav))) != k and fk2.hashed == 1   # noticed all the same
     (Path(d)/"file_keys.json").write_text("{not json")
-    test_eq(FileKeys(d).entries, {})  # a damaged memo is ignored
-    test_fail(lambda: fk2.key(dict(bytes=None, path=str(Path(d)/"gone.wav")), "gone.wav"), contains="gone.wav")
+    test_eq(FileKeys(d).entries, {})                                     # a damaged memo is ignored
 
 # %%
 #| export
-def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dict]:
-    "Every clip's key in order, and {key: row} for the clips not yet in `cache` (their rows, not their bytes)."
-    keys, todo = [], {}
+def _clip_keys(ds, file_keys: FileKeys):
+    "(key, None) of every clip in order, or (a stand-in key, why not) for a file that cannot be read."
     try:
         for batch in ds.select_columns(["audio", "slice_file_name"]).iter(batch_size=256):
             for audio, name in zip(batch["audio"], batch["slice_file_name"]):
-                try: k = file_keys.key(audio, name)
+                try: yield file_keys.key(audio, name), None
                 except (AudioDecodeError, OSError) as e:  # missing or unreadable: skipped and named, like bad audio
-                    k = f"unreadable:{audio_file(audio) or name}"
-                    cache.unreadable[k] = f"{name}: {e}"
-                if k not in cache and k not in todo and not cache.skip_reason(k): todo[k] = len(keys)
-                keys.append(k)
+                    yield f"unreadable:{audio_file(audio) or name}", f"{name}: {e}"
     finally: file_keys.save()  # the files hashed before an unreadable one stay remembered
+
+def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dict]:
+    "Every clip's key in order, and {key: row} for the clips not yet in `cache` (their rows, not their bytes)."
+    keys, todo = [], {}
+    for k, unreadable in _clip_keys(ds, file_keys):
+        if unreadable: cache.unreadable[k] = unreadable
+        if k not in cache and k not in todo and not cache.skip_reason(k): todo[k] = len(keys)
+        keys.append(k)
     return keys, todo
 
+def content_keys(ds, fp, cache_dir) -> tuple[list, list]:
+    "Every clip's key, computing no feature, and the positions of clips known to have none (unreadable, undecodable)."
+    known = _json_or_empty(Path(cache_dir).expanduser()/fp.key/UNDECODABLE)
+    pairs = list(_clip_keys(ds, FileKeys(cache_dir)))
+    return [k for k, _ in pairs], [i for i, (k, why) in enumerate(pairs) if why or k in known]
+
 # %% [markdown]
-# Extraction reads each clip not yet cached twice: once to hash it, once to compute its
-# log-mel. Memory then holds only the few chunks of 32 clips being worked on, never the whole
-# dataset (the official release is about 6 GB of audio). Chunks are collected in order, so a
-# shard's content does not depend on which thread finished first.
+# Extraction reads each uncached clip twice (to hash it, then to compute it), holding only a few chunks of 32 clips in
+# memory, collected in order so that a shard does not depend on which thread finished first.
 
 # %%
 #| export

@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp batches
 
@@ -35,15 +23,10 @@ from urbansound_nb.features import DB_FLOOR, FeatureParams, study_features
 from fastcore.test import test_eq, test_close
 
 # %% [markdown]
-# `LogMelSet` holds the frames of a list of clips in memory as one padded float16 tensor
-# (8,732 clips of 173 frames x 64 bands take 190 MB) plus their lengths, and builds batches
-# by indexing: a random crop per clip in training, the centre at evaluation.
-#
-# A clip shorter than the model's input (the real files run from 0.2 s to 4 s) is **repeated**
-# until it fills the input, not padded with silence: a network then sees the sound over its
-# whole input, as EfficientAT's authors advise for their networks, and a short clip's
-# prediction does not depend on how much silence surrounds it. Training, embeddings, scoring and
-# `predict` all build their inputs this way (`PADDING`; `repeat_frames` of notebook 02 for one clip).
+# `LogMelSet` holds a list of clips' frames as one padded float16 tensor (8,732 clips x 173 frames x 64 bands: 190 MB)
+# and builds batches by indexing: a random crop per clip in training, the centre at evaluation. A clip shorter than
+# the input is **repeated**, not padded with silence, as EfficientAT's authors advise: a short clip's prediction then
+# does not depend on the silence around it. Training, embeddings, scoring and `predict` all build inputs this way.
 
 # %%
 #| export
@@ -64,8 +47,6 @@ class LogMelSet:
     def from_cache(cls, cache: FeatureCache, keys: list, labels=None):
         return cls([cache.get(k) for k in keys], labels, cache.fp)
 
-# %%
-#| export
 PADDING = "repeat"   # how a clip shorter than the input is filled; part of every cache key of model inputs
 
 def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", generator=None) -> torch.Tensor:
@@ -94,8 +75,7 @@ assert len({tuple(batch_frames(toy, [2], 5, "random")[0, 0].tolist()) for _ in r
 # %% [markdown]
 # ## Input normalisation
 #
-# Models see log-mels standardised per mel band with the training folds' statistics, over the
-# clips' real frames only (padding excluded).
+# Per mel band, with the training folds' statistics over real frames only.
 
 # %%
 #| export
@@ -122,18 +102,42 @@ test_close(m,
 # %% [markdown]
 # ## Everything a modelling notebook needs, in one call
 #
-# Notebooks 03-07 all start the same way: load the dataset, split it by fold, compute (or read)
-# the cached log-mels, and find which clips are in the training, validation and test folds.
-# `study_data` does exactly that, so the protocol (and the fold bookkeeping) lives in one place.
-#
-# A clip the feature cache could not decode (unreadable, too short, NaN samples: the cache
-# records why) has no features, so nothing may be built from its key. `decoded_logmels` is the one
-# way from a dataset and its cache keys to log-mels: it leaves such clips out, names them (or, with
-# `strict_audio`, stops), and returns the dataset without them. `study_data`, chapter 02 and the
-# benchmarks all go through it.
+# `study_data` loads the dataset, splits it by fold, reads (or computes) the cached log-mels and finds each role's
+# clips, so the fold bookkeeping lives in one place. `decoded_logmels` is the one way from a dataset and its keys to
+# log-mels: it leaves undecodable clips out, names them (or, with `strict_audio`, stops), and returns the dataset
+# without them.
+
+# %% [markdown]
+# What identifies a run's clips apart from their features is small: each clip's content key, label, fold and
+# recording. `ClipIndex` holds that: the store keys a training by the clips it reads (notebook 04e), and `run --plan`
+# builds one from the dataset alone, before any feature exists.
 
 # %%
 #| export
+@dataclass(frozen=True)
+class ClipIndex:
+    "Each clip's content key, label, fold and recording (fsID), in the dataset's order, and the class names."
+    keys: tuple
+    labels: tuple
+    folds: tuple
+    recordings: tuple
+    classes: tuple
+
+    def indices(self, folds) -> np.ndarray:
+        "The clips of `folds` (a fold or several), in order."
+        return np.flatnonzero(np.isin(np.asarray(self.folds), np.atleast_1d(folds)))
+
+    def frame(self):
+        "The metadata a recording subset needs (`recording_subset`): classID and fsID of every clip."
+        import pandas as pd
+        return pd.DataFrame(dict(classID=self.labels, fsID=self.recordings, fold=self.folds))
+
+    @classmethod
+    def of(cls, keys, meta, classes):
+        "The index of clips with content `keys` and metadata rows `meta` (classID, fold, fsID)."
+        as_ints = lambda column: tuple(int(v) for v in meta[column])
+        return cls(tuple(keys), as_ints("classID"), as_ints("fold"), as_ints("fsID"), tuple(classes))
+
 @dataclass
 class StudyData:
     "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
@@ -159,6 +163,10 @@ class StudyData:
     def clip_counts(self) -> dict:
         "The clips the chapter's figures rest on and those left out, for its results file."
         return dict(clips_used=len(self.meta), clips_skipped=self.skipped)
+    @property
+    def clips(self) -> ClipIndex:
+        "What identifies this data's clips (keys, labels, folds, recordings, classes)."
+        return ClipIndex.of(self.keys, self.meta, self.split.classes)
 
 def decodable(ds, cache: FeatureCache, keys: list, strict: bool = False) -> tuple[object, list, list]:
     "`ds` and `keys` without the clips the cache could not decode, and those clips' records (reported here)."

@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp metrics
 
@@ -19,9 +7,8 @@
 # > Accuracy, F1 and per-class accuracy; confusion matrices; comparisons paired on seeds or folds, and verdicts.
 
 # %% [markdown]
-# Every chapter that scores a model uses the same few helpers, so every results file has the
-# same fields (`val_accuracy`, `test_accuracy`, `macro_f1`, `per_class_accuracy`, sizes and
-# seconds) and the site can gather them. The metrics themselves are scikit-learn's.
+# Every chapter scores through these helpers (scikit-learn's metrics), so every results file has the same fields and
+# the site can gather them.
 
 # %%
 #| export
@@ -33,8 +20,7 @@ import pandas as pd
 from scipy import stats as sstats
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, f1_score, recall_score
 
-# %%
-#| export
+
 def evaluate(y_true, y_pred, classes) -> dict:
     "Accuracy, macro F1 and per-class accuracy (each class's recall; NaN for a class with no clips) of predictions."
     labels = list(range(len(classes)))
@@ -52,19 +38,16 @@ def result_entry(val_true, val_pred, test_true, test_pred, classes, n_train: int
                             **extra)
 
 # %%
-from fastcore.test import test_eq, test_close
+from fastcore.test import test_eq
 e = evaluate([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b", "c"])
-test_eq(e["accuracy"], 0.75)
-test_eq({k: e["per_class_accuracy"][k] for k in "ab"}, {"a": 0.5, "b": 1.0})
-assert np.isnan(e["per_class_accuracy"]["c"])                       # no clip of class c: no accuracy, not zero
-r = result_entry([0, 1], [0, 1], [0, 1], [1, 1], ["a", "b"], 10, 1.234)
-test_eq((r["val_accuracy"], r["test_accuracy"], r["n_test"], r["seconds"]), (1.0, 0.5, 2, 1.23))
+test_eq((e["accuracy"], e["per_class_accuracy"]["a"]), (0.75, 0.5))
+e
 
 # %% [markdown]
 # ## Confusion matrices
 #
-# Counts show where most clips go; rows normalised to each true class show which classes are
-# lost, whatever their size. scikit-learn's `ConfusionMatrixDisplay` draws both.
+# Counts, and rows normalised to each true class (which classes are lost, whatever their size): scikit-learn's
+# `ConfusionMatrixDisplay`.
 
 # %%
 #| export
@@ -86,10 +69,8 @@ plt.show()
 # %% [markdown]
 # ## Comparisons paired on seeds or folds
 #
-# Two conditions trained with the same seeds, or two models tested on the same folds, are
-# compared pair by pair: seeds and folds move both by more than most differences between them.
-# `summarise` gives, per condition, the mean and spread of validation and test accuracy, and
-# the paired differences to a baseline on both, with a paired t-test on each.
+# Seeds and folds move both conditions by more than most differences between them, so they are compared pair by pair:
+# `summarise` gives each condition's mean and spread and its paired differences to a baseline, with a paired t-test.
 
 # %%
 #| export
@@ -122,21 +103,15 @@ def summarise(runs: pd.DataFrame, baseline: str = "none", by: str = "condition",
 toy = pd.DataFrame(dict(model=["a", "a", "b", "b"], test_fold=[1, 2, 1, 2], val_accuracy=[.5, .6, .4, .5],
                         test_accuracy=[.5, .7, .4, .5]))
 toy_summary = summarise(toy, baseline="b", by="model", pair="test_fold")
-test_close(toy_summary.loc["a", "test_diff_mean"], 0.15)
 test_eq(toy_summary.loc["a", "test_folds_better"], 2)
-test_eq(toy_summary.loc["b", "test_folds"], 2)
-test_eq(toy_summary.loc["a", "test_folds_better_val"], 2)
 toy_summary
 
 # %% [markdown]
 # ## A verdict that rests on both folds
 #
-# A controlled experiment chooses on the validation fold and confirms on the test fold; the test
-# fold alone does not decide. `verdict` says a condition *helped* or *hurt* only when validation
-# and test agree in direction on every pair and at least one of them is significant (paired
-# t-test, p < 0.05); when they agree on every pair without significance it calls the direction
-# suggestive; when validation and test point different ways it gives no verdict and says so;
-# anything else made no consistent difference.
+# The test fold alone does not decide. `verdict` says *helped* or *hurt* only when validation and test agree in
+# direction on every pair and one of them is significant (p < 0.05); agreement without significance is *suggestive*;
+# opposite directions give no verdict, and say so; anything else made no consistent difference.
 
 # %%
 #| export
@@ -159,6 +134,4 @@ _row = lambda tv, tt, bv, bt, p=0.5: pd.Series(dict(seeds=3, seeds_better=bt, se
                                                     test_diff_mean=tt, paired_t_p=p, paired_t_p_val=p))
 test_eq(verdict(_row(-0.036, 0.015, 0, 2)), "gave no verdict: validation and test disagree (-3.6 and +1.5 points)")
 test_eq(verdict(_row(0.02, 0.03, 3, 3, p=0.01)), "helped")
-assert verdict(_row(-0.02, -0.03, 0, 0)).startswith("hurt on every seed on both folds")
-test_eq(verdict(_row(0.02, 0.03, 2, 3)), "made no consistent difference")
-test_eq(verdict(_row(0.0, 0.0, 0, 0)), "made no difference")
+

@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp models
 
@@ -19,27 +7,30 @@
 # > The starting notebook's CNN, a residual CNN for two CPU cores, seed ensembles, and EfficientAT's MobileNetV3.
 
 # %% [markdown]
-# Every model takes log-mels in dB, `[batch, n_mels, frames]`, of any length, and returns class
-# logits. Chapter 04 trains them (with notebook 04c's loop) and compares them.
+# Every model takes log-mels in dB, `[batch, n_mels, frames]`, of any length, and returns class logits. Chapter 04
+# trains them (with notebook 04c's loop) and compares them.
 
 # %%
 #| export
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchaudio
 from torch import nn
 from torchvision.models import mobilenet_v3_large
 
-from urbansound_nb.core import atomic_write_bytes
-from urbansound_nb.features import FeatureParams
+from urbansound_nb.core import atomic_write_bytes, plain
+from urbansound_nb.features import FeatureParams, mfcc_statistics
 
 # %%
 from fastcore.test import test_eq, test_close, test_fail
@@ -47,9 +38,9 @@ from fastcore.test import test_eq, test_close, test_fail
 # %% [markdown]
 # ## Input standardisation inside the model
 #
-# Every model starts with a fixed layer that standardises each mel band with the training
-# folds' statistics (notebook 02's `band_stats`). Keeping them inside the model means a saved
-# checkpoint carries them, so prediction on new files needs no dataset.
+# Every model starts with a fixed layer that standardises each mel band with the training folds' statistics (notebook
+# 02's `band_stats`). Keeping them inside the model means a saved checkpoint carries them, so prediction on new files
+# needs no dataset.
 
 # %%
 #| export
@@ -91,16 +82,10 @@ print(f"SmallAudioCNN: {sum(p.numel() for p in m.parameters()):,} parameters")
 # %% [markdown]
 # ## The stronger model: UrbanResNet
 #
-# Design choices, each for a reason:
-#
-# * **downsample early** (a stride-2 5x5 stem, then 2x2 pooling): the first layers at full
-#   resolution dominate the cost on a CPU, and 64x173 inputs carry more time detail than
-#   10 classes need;
-# * **residual blocks** train reliably at this depth without tuning;
-# * **pool frequency by averaging, then time by mean and max**: sound events are short or
-#   long, and max over time keeps a brief event (a gun shot, a bark) from being averaged away;
-# * **dropout before the classifier** and weight decay, because a few thousand clips are
-#   easy to memorise.
+# **Downsample early** (a stride-2 5x5 stem, then 2x2 pooling: full-resolution layers dominate a CPU's cost, and
+# 64x173 inputs carry more time detail than 10 classes need); **residual blocks**, which train reliably at this depth;
+# **pool frequency by averaging, then time by mean and max**, so that a brief event (a gun shot, a bark) is not
+# averaged away; **dropout** and weight decay, because a few thousand clips are easy to memorise.
 
 # %%
 #| export
@@ -115,8 +100,6 @@ class ResBlock(nn.Module):
     def forward(self, x):
         return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.skip(x))
 
-# %%
-#| export
 class UrbanResNet(nn.Module):
     "A residual CNN for log-mels: strided stem, three residual stages, frequency-mean then time mean+max pooling."
     def __init__(self, n_classes: int = 10, n_mels: int = 64, widths=(32, 64, 128, 256), dropout: float = 0.3,
@@ -138,15 +121,11 @@ class UrbanResNet(nn.Module):
 # %% [markdown]
 # ## Several seeds, one model
 #
-# Two trainings of one recipe that differ only in their seed disagree on many clips of a
-# recording neither has seen. Averaging their class probabilities keeps what they agree on, at
-# the cost of one more training. Chapter 04 trains UrbanResNet this way (`resnet_seeds`, two by
-# default) and reports the members' validation accuracy beside the average's; the trials that
-# chose the number of members and their length are on the explanations page.
-#
-# `SeedEnsemble` holds such members and returns the log of their mean probability, so
-# everything that takes a model's logits (softmax, argmax, cross-entropy, multi-crop scoring,
-# `predict`) takes it unchanged, and its checkpoint is a checkpoint like any other.
+# Two trainings that differ only in their seed disagree on many unseen clips; averaging their probabilities keeps what
+# they agree on. `SeedEnsemble` holds such members and returns the log of their mean probability, so everything that
+# takes logits (softmax, cross-entropy, multi-crop scoring, `predict`) takes it unchanged. Every ensemble of the study
+# is averaged by `SeedEnsemble.average` and checkpointed by `ensemble_checkpoint`; the trials that chose the number of
+# members are on the explanations page.
 
 # %%
 #| export
@@ -156,28 +135,26 @@ class SeedEnsemble(nn.Module):
         super().__init__()
         if not members: raise ValueError("a SeedEnsemble needs at least one member")
         self.members = nn.ModuleList([build_model(m["model"], **m["config"]) for m in members])
-    def forward(self, x):
-        return torch.stack([m(x).softmax(-1) for m in self.members]).mean(0).log()
+
+    @staticmethod
+    def average(probabilities) -> torch.Tensor:
+        "The ensemble's class probabilities from its members' [members, ..., classes]: their mean."
+        return torch.as_tensor(probabilities).mean(0)
+
+    def forward(self, x): return self.average(torch.stack([m(x).softmax(-1) for m in self.members])).log()
 
 # %% [markdown]
 # ## A network pretrained on AudioSet: EfficientAT's MobileNetV3
 #
-# EfficientAT (Schmid, Koutini and Widmer, ICASSP 2023) trained MobileNetV3s on AudioSet's 527
-# classes by knowledge distillation from a transformer ensemble; `mn04_as`, at width 0.4 with
-# about 1 M parameters, matches the mAP of PANNs' CNN14 (80 M). Its weights fit torchvision's
-# `MobileNetV3` with two changes: one input channel (a log-mel, not an RGB image), and a
-# classifier whose two linear layers sit at indices 2 and 5 (torchvision pools and flattens
-# before the classifier, so indices 0 and 1 are identities). Its input is its own 128-band
-# log-mel at 32 kHz (notebook 05a), `[batch, 128, frames]` like every model here; `embed` gives
-# the penultimate layer, whose width is 512 at width 0.4 (1280 x width in general).
+# EfficientAT (Schmid, Koutini and Widmer, ICASSP 2023) trained MobileNetV3s on AudioSet by knowledge distillation;
+# `mn04_as` (width 0.4, about 1 M parameters) matches the mAP of PANNs' CNN14 (80 M). Its weights fit torchvision's
+# `MobileNetV3` with one input channel and a classifier whose linear layers sit at indices 2 and 5. Its input is its
+# own 128-band log-mel at 32 kHz (notebook 05a); `embed` gives the penultimate layer (1280 x width wide).
 #
-# Two options serve chapter 05. `pooled_blocks` widens the embedding with the mean and maximum
-# over time and frequency of some intermediate blocks' outputs (textures and short events that the
-# last layer averages away), and the last layer reads all of it, so a probe on those features is
-# still one network that `predict`, fine-tuning and a checkpoint carry. `freeze_blocks(k)` holds
-# the first `k` blocks fixed while the rest fine-tunes: no gradients there (the backward pass through
-# the high-resolution early blocks is most of a step's cost on a CPU) and their batch norms keep
-# AudioSet's statistics.
+# `pooled_blocks` widens the embedding with the mean and maximum of some intermediate blocks' outputs (textures and
+# short events the last layer averages away), and the last layer reads all of it, so a probe on those features is
+# still one network. `freeze_blocks(k)` holds the first `k` blocks fixed while the rest fine-tunes: no gradients there
+# (most of a CPU step's cost) and their batch norms keep AudioSet's statistics.
 
 # %%
 #| export
@@ -245,12 +222,133 @@ assert not pooled.net.features[3].training and pooled.net.features[4].training
 assert not any(p.requires_grad for p in pooled.net.features[:4].parameters())
 print(f"EfficientAT mn04: {sum(p.numel() for p in eat.parameters()):,} parameters")
 
+# %% [markdown]
+# ## A classical model as a network: MFCC statistics and a fitted head
+#
+# `MFCCClassifier` is chapter 03's scikit-learn model as a network, so that a checkpoint, `predict` and the ONNX file
+# serve it like any other: the MFCC statistics of its input, standardised as the fitted `StandardScaler` does, then
+# the fitted head: the logistic regression's coefficients (chance: the class priors as a bias), or the SVM's support
+# vectors with scikit-learn's one-vs-one votes turned into its `decision_function`. `MFCCClassifier.fitted` reads them
+# off a fitted pipeline; classes it never saw score far below the others.
+
 # %%
 #| export
-MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet, "ensemble": SeedEnsemble, "efficientat": EfficientAT}
+class MFCCClassifier(nn.Module):
+    "MFCC statistics of log-mels [B, n_mels, T], standardised, then a fitted linear or RBF-SVM head: class scores."
+    def __init__(self, n_classes: int = 10, n_mels: int = 64, n_mfcc: int = 40, deltas: bool = True, present=None,
+                 kernel: str = "linear", n_support: int = 0, gamma: float = 1.0):
+        super().__init__()
+        dim, present = 2 * n_mfcc * (1 + bool(deltas)), list(range(n_classes)) if present is None else list(present)
+        self.n_mfcc, self.deltas, self.kernel, self.gamma, k = n_mfcc, bool(deltas), kernel, float(gamma), len(present)
+        self.register_buffer("dct", torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho"))
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        # scores of the fitted classes placed among all classes; an absent class far below
+        self.register_buffer("place", torch.eye(n_classes)[present])
+        self.register_buffer("absent", (1 - self.place.sum(0)) * -1e4)
+        if kernel == "linear":
+            self.register_buffer("weight", torch.zeros(k, dim))
+            self.register_buffer("bias", torch.zeros(k))
+        elif kernel == "rbf":
+            pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+            self.register_buffer("support", torch.zeros(n_support, dim))
+            self.register_buffer("coef", torch.zeros(n_support, len(pairs)))    # each support vector's weight per pair
+            self.register_buffer("intercept", torch.zeros(len(pairs)))
+            self.register_buffer("first", torch.eye(k)[[i for i, _ in pairs]])   # [pairs, k]: each pair's classes
+            self.register_buffer("second", torch.eye(k)[[j for _, j in pairs]])
+        else: raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
+
+    def forward(self, x):
+        z = (mfcc_statistics(x, self.n_mfcc, self.deltas, dct=self.dct) - self.mean) / self.scale
+        if self.kernel == "linear": scores = z @ self.weight.T + self.bias
+        else:
+            dec = torch.exp(-self.gamma * torch.cdist(z, self.support).square()) @ self.coef + self.intercept
+            votes = (dec >= 0).to(z.dtype) @ self.first + (dec < 0).to(z.dtype) @ self.second
+            confidence = dec @ self.first - dec @ self.second   # scikit-learn's `_ovr_decision_function`
+            scores = votes + confidence / (3 * (confidence.abs() + 1))
+        return scores @ self.place + self.absent
+
+    @classmethod
+    def fitted(cls, pipeline, n_classes: int, n_mels: int, n_mfcc: int, deltas: bool) -> tuple[dict, MFCCClassifier]:
+        "(configuration, network) of a fitted scikit-learn pipeline: StandardScaler, then a linear model, SVC or dummy."
+        scaler, model = pipeline.steps[0][1], pipeline.steps[-1][1]
+        present, f32 = [int(c) for c in model.classes_], lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
+        svm = hasattr(model, "support_vectors_")
+        if not (svm or hasattr(model, "class_prior_") or hasattr(model, "coef_")):
+            raise ValueError(f"{type(model).__name__} has no network form (a linear model, an SVC or a dummy has)")
+        config = dict(n_classes=n_classes, n_mels=n_mels, n_mfcc=n_mfcc, deltas=deltas, present=present,
+                      kernel="rbf" if svm else "linear", n_support=len(model.support_vectors_) if svm else 0,
+                      gamma=float(model._gamma) if svm else 1.0)
+        net, state = cls(**config), dict(mean=f32(scaler.mean_), scale=f32(scaler.scale_))
+        if hasattr(model, "class_prior_"):        # chance: the training folds' class shares, as a bias
+            state.update(weight=torch.zeros_like(net.weight), bias=f32(np.log(np.maximum(model.class_prior_, 1e-12))))
+        elif svm: state.update(support=f32(model.support_vectors_), coef=f32(_pair_coefficients(model, len(present))),
+                               intercept=f32(model.intercept_))
+        else:
+            w, b = linear_rows(model)
+            state.update(weight=f32(w), bias=f32(b))
+        net.load_state_dict({**net.state_dict(), **state})
+        return config, net.eval()
+
+def linear_rows(model) -> tuple[np.ndarray, np.ndarray]:
+    "A fitted linear classifier's weights and biases, one row a class (scikit-learn keeps one row for two classes)."
+    if len(model.coef_) > 1: return model.coef_, model.intercept_
+    return np.vstack([0 * model.coef_, model.coef_]), np.r_[0, model.intercept_]
+
+def _pair_coefficients(svm, k: int) -> np.ndarray:
+    "[support vectors, pairs]: libsvm's pair (i, j) weighs class i's vectors by row j-1 of `dual_coef_`, j's by row i."
+    start, columns = np.cumsum([0, *svm.n_support_]), []
+    for i in range(k):
+        for j in range(i + 1, k):
+            column = np.zeros(len(svm.support_vectors_))
+            column[start[i]:start[i + 1]] = svm.dual_coef_[j - 1, start[i]:start[i + 1]]
+            column[start[j]:start[j + 1]] = svm.dual_coef_[i, start[j]:start[j + 1]]
+            columns.append(column)
+    return np.stack(columns, 1) if columns else np.zeros((len(svm.support_vectors_), 0))
+
+# %%
+_m = MFCCClassifier(n_classes=3, n_mels=16, n_mfcc=4, deltas=False, present=[0, 2], kernel="rbf", n_support=5).eval()
+test_eq(_m(torch.randn(2, 16, 40)).shape, (2, 3))
+assert (_m(torch.randn(2, 16, 40))[:, 1] < -1e3).all()                     # class 1 was never fitted: far below
+test_eq(MFCCClassifier(n_classes=3, n_mels=16, n_mfcc=4)(torch.randn(1, 16, 7)).shape, (1, 3))
+
+# %%
+#| export
+MODELS = {"small_cnn": SmallAudioCNN, "resnet": UrbanResNet, "ensemble": SeedEnsemble, "efficientat": EfficientAT,
+          "mfcc": MFCCClassifier}
+PLUGINS_ENV = "URBANSOUND_MODELS"   # modules (names or .py files, comma-separated) that register more models
+
+def register_network(name: str, cls) -> type:
+    "Make network `cls` buildable (and loadable from checkpoints) as `name`; another class under that name is an error."
+    if MODELS.get(name, cls) is not cls: raise ValueError(f"a network {name!r} is already registered")
+    MODELS[name] = cls
+    return cls
+
+def load_plugins() -> list[str]:
+    "Import the modules of `$URBANSOUND_MODELS` and of the `urbansound_nb.models` entry points: the models they add."
+    import importlib
+    import importlib.util
+    from importlib.metadata import entry_points
+    loaded = []
+    for spec in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
+        name = f"urbansound_plugin_{Path(spec).stem}" if spec.endswith(".py") else spec
+        if name in sys.modules: continue
+        if spec.endswith(".py"):
+            if not Path(spec).is_file(): raise ValueError(f"${PLUGINS_ENV}: {spec}: no such file")
+            module_spec = importlib.util.spec_from_file_location(name, spec)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else: importlib.import_module(spec)
+        loaded.append(spec)
+    for point in entry_points(group="urbansound_nb.models"):
+        point.load()
+        loaded.append(point.value)
+    return loaded
 
 def build_model(name: str, **config) -> nn.Module:
-    "A model by name ('small_cnn', 'resnet', 'ensemble' or 'efficientat') with its configuration."
+    "A network by name ('small_cnn', 'resnet', 'ensemble', 'efficientat', 'mfcc' or a registered one), configured."
+    if name not in MODELS: load_plugins()       # a checkpoint of a model that a plugin defines
     if name not in MODELS: raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     return MODELS[name](**config)
 
@@ -274,40 +372,31 @@ test_fail(lambda: SeedEnsemble([]), contains="at least one member")
 # %% [markdown]
 # ## Checkpoints: a saved model
 #
-# A checkpoint carries everything `predict` needs: the model's name and configuration, its
-# weights, the feature parameters, the class names and the clip length. Anything else given as
-# a checkpoint gets an error that names the file and what is wrong with it.
-#
-# A checkpoint is untrusted input: `predict` is pointed at files from anywhere. PyTorch's full
-# unpickler runs whatever code a crafted file names, so every checkpoint is read with
-# `weights_only=True`, which rebuilds tensors and plain Python values (dicts, lists, tuples,
-# strings, numbers) and refuses anything else. What the study saves beside the tensors is
-# therefore kept to those plain types: `plain` turns NumPy scalars and arrays, paths and
-# dataclasses into them before `save_checkpoint` writes the file (atomically).
+# A checkpoint carries what `predict` needs: the model's name, configuration and weights, the feature parameters, the
+# class names and the clip length. It is untrusted input, and PyTorch's full unpickler runs whatever code a crafted
+# file names, so every checkpoint is read with `weights_only=True` (tensors and plain values only) and what the study
+# saves beside the tensors is made plain first (`plain`, notebook 00). Anything else gets an error naming the file and
+# the problem. An ensemble's checkpoint joins its members' (`ensemble_checkpoint`).
 
 # %%
 #| export
-def plain(obj):
-    "`obj` with NumPy scalars and arrays, paths and dataclasses turned into plain Python values; tensors kept."
-    if isinstance(obj, np.generic): return obj.item()   # first: np.float64 is also a float
-    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)): return obj
-    if isinstance(obj, dict): return {plain(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return type(obj)(plain(v) for v in obj)
-    if isinstance(obj, np.ndarray): return obj.tolist()
-    if isinstance(obj, Path): return str(obj)
-    if hasattr(obj, "__dataclass_fields__"): return plain(asdict(obj))
-    raise TypeError(f"a checkpoint holds tensors and plain values only, not {type(obj).__name__}")
-
 def save_checkpoint(obj: dict, path):
     "Write `obj` (tensors and plain values, see `plain`) to `path` atomically, loadable with `weights_only=True`."
     buf = io.BytesIO()
-    torch.save(plain(obj), buf)
+    torch.save(plain(obj, keep_tensors=True), buf)
     atomic_write_bytes(path, buf.getvalue())
 
 def checkpoint_dict(model, name: str, config: dict, fp: FeatureParams, classes, clip_seconds: float, **info) -> dict:
     "Everything predict needs: model name and config, weights, feature parameters, class names, clip length."
     return dict(model=name, config=config, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
                 feature_params=asdict(fp), classes=list(classes), clip_seconds=float(clip_seconds), **info)
+
+def ensemble_checkpoint(members: list[dict], **info) -> dict:
+    "The checkpoint of a `SeedEnsemble` of checkpointed `members` (same front end and classes), with `info`."
+    config = dict(members=[dict(model=m["model"], config=m["config"]) for m in members])
+    state = {f"members.{i}.{k}": v for i, m in enumerate(members) for k, v in m["state_dict"].items()}
+    shared = {k: members[0][k] for k in ("feature_params", "classes", "clip_seconds")}
+    return dict(model="ensemble", config=config, state_dict=state, **shared, **info)
 
 class CheckpointError(ValueError):
     "A file that is not a usable checkpoint of this study."

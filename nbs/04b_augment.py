@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp augment
 
@@ -19,11 +7,8 @@
 # > Every augmentation of the study: recording variation, SpecAugment-lite masks, shift and gain, and mixup.
 
 # %% [markdown]
-# Each works on a batch of log-mels in dB, `[batch, bands, frames]`, on any device, and draws
-# from the training loop's random generator, so that a seed fixes everything. They are written
-# here rather than taken from `torchaudio.transforms` (whose `FrequencyMasking`, `TimeMasking`
-# and `TimeStretch` exist) because those draw from torch's global generator, which the
-# training loop's resumable, per-run generator must replace.
+# Each works on a batch of log-mels in dB on any device and draws from the training loop's generator, so a seed fixes
+# everything (`torchaudio.transforms`' masks draw from torch's global generator, which a resumable loop must replace).
 
 # %%
 #| export
@@ -43,20 +28,11 @@ from fastcore.test import test_eq, test_close
 # %% [markdown]
 # ## Augmentation that imitates other recordings
 #
-# UrbanSound8K's folds hold slices of *different* field recordings, and a fold holds only a
-# hundred-odd recordings: a model trained on one fold sees each class through a dozen
-# microphones, distances and sources. What it must generalise across is therefore the
-# recording, and the cheapest way to show it more recordings is to vary the ones it has,
-# * **time stretch** (x0.8 to x1.25): the same event, faster or slower (a log-mel resampled in time);
-# * **band shift** (up to 1/16 of the bands): a higher or lower source, roughly a pitch shift
-#   of a few semitones;
-# * **random equalisation** (a smooth curve over the bands, up to +-6 dB at the edges): another
-#   microphone, another distance, another wall;
-# * **gain** (+-6 dB): another recording level.
-#
-# Without them UrbanResNet over-fits its one training fold after about ten epochs (chapter 04's
-# learning curves show how the recipe holds up); the explanations page lists the variations
-# that were tried beside them and not taken.
+# A fold holds a hundred-odd field recordings, so what a model must generalise across is the recording; the cheapest
+# way to show it more is to vary the ones it has: **time stretch** (x0.8 to x1.25), **band shift** (up to 1/16 of the
+# bands, roughly a few semitones), **random equalisation** (a smooth curve, up to +-6 dB at the edges: another
+# microphone, distance or wall) and **gain** (+-6 dB). Without them UrbanResNet over-fits one training fold after
+# about ten epochs; variations tried and not taken are on the explanations page.
 
 # %%
 #| export
@@ -114,8 +90,7 @@ plt.show()
 # %% [markdown]
 # ## Masks, shifts and gains
 #
-# Chapter 07 tests these in a controlled experiment: SpecAugment-lite masks (the starting
-# notebook's attempt), and a circular time shift with a gain.
+# Chapter 08 tests these: SpecAugment-lite masks (the starting notebook's attempt), a circular time shift with a gain.
 
 # %%
 #| export
@@ -135,8 +110,6 @@ def spec_augment_lite(x: torch.Tensor, y=None, generator=None, n_masks: int = 2,
         x = torch.where(fmask[:, :, None] | tmask[:, None, :], fill[:, None, None], x)
     return x
 
-# %%
-#| export
 def shift_gain(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 6.0) -> torch.Tensor:
     "A random circular time shift per clip and a random gain of +-`max_gain_db` dB (a shift of the log-mel levels)."
     B, F_, T = x.shape
@@ -158,13 +131,9 @@ test_close(torch.sort(s[0, 0] - s[0, 0].mean()).values, torch.sort(batch[0, 0] -
 # %% [markdown]
 # ## Mixup
 #
-# Mixup blends pairs of clips of a batch and their labels with a weight drawn from a Beta
-# distribution; the training loop applies it to the loss.
-#
-# Fine-tuning the pretrained network (chapter 05) takes EfficientAT's own augmentations, done on the
-# cached log-mels instead of the waveforms: a circular time roll, a gain of up to +-12 dB (an offset
-# of the log, in the network's scaled units) and two frequency masks (`roll_gain_mask`), with mixup
-# of the log-mels in the loop.
+# Mixup blends pairs of clips and their labels with a Beta-drawn weight; the loop applies it to the loss. Fine-tuning
+# (chapter 05) takes EfficientAT's own augmentations on the cached log-mels (`roll_gain_mask`): a circular roll, a
+# gain of up to +-12 dB and two frequency masks.
 
 # %%
 #| export
@@ -188,7 +157,7 @@ def roll_gain_mask(x: torch.Tensor, y=None, generator=None, max_gain_db: float =
     gain = (torch.rand(len(x), generator=generator) * 2 - 1) * max_gain_db * PRETRAINED_UNITS_PER_DB
     return shift_freqmask(x, generator=generator) + gain[:, None, None]
 
-# recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 07 passes to `fit`
+# recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 08 passes to `fit`
 AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shift_freqmask": shift_freqmask,
                  "roll_gain_mask": roll_gain_mask}
 

@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp grid
 
@@ -19,24 +7,19 @@
 # > Independent trainings run here, on a local Dask cluster or an existing one: same results, one resumable record.
 
 # %% [markdown]
-# The study's two grids (chapter 07: conditions x seeds; chapter 08: folds x models) are many
-# independent trainings that read the same feature cache. `dask.distributed` runs such work on
-# many processes or machines; this notebook is the thin layer between it and the chapters:
+# Every training of the study is a cell of a grid: chapters 03-05 fit each model on each rotation, chapter 06 refits
+# the chosen one, chapter 08 trains conditions x seeds and chapter 09 folds x models. This notebook is the thin layer
+# between the chapters and `dask.distributed`:
 #
-# * **`scheduler`**, a parameter of the grid chapters: `None` runs the cells here, one after
-#   another; `"local:N"` starts a `LocalCluster` of N worker processes on this machine, the cores
-#   split between them (torch's thread count set to match) and one GPU each where there are
-#   several; `"tcp://host:8786"` connects to a running cluster (CONTRIBUTING.md says how to start
-#   one).
-# * **Features before the grid.** The chapter computes the features (and embeddings) before it
-#   dispatches anything. A worker gets a small reference to them (`CachedData`), reads the
-#   feature cache read-only, once per worker process, and never decodes audio. So the workers
-#   must see the cache directory at the same path: the connect-time check says so when they do not.
-# * **Only the notebook writes the record.** Workers return their cell's result; the notebook
-#   writes the record atomically as each finishes, so an interrupted grid resumes on any
-#   scheduler. A worker that dies costs only its cell, which Dask reschedules; a cell that raises
-#   is retried (`retries`), and a cell that keeps failing is reported with its error after the
-#   others have finished and been recorded.
+# * **`scheduler`**: `None` runs the cells here; `"local:N"` starts a `LocalCluster` of N processes, the cores split
+#   between them and one GPU each where there are several; `"tcp://host:8786"` connects to a running cluster
+#   (CONTRIBUTING.md says how to start one).
+# * **Features before the grid.** The chapter computes features and embeddings first; a worker gets a small reference
+#   (`CachedData`), reads the cache read-only and never decodes audio, so the workers must see the cache at the same
+#   path (checked on connecting).
+# * **The store keeps every result** (notebook 04e), so an interrupted grid resumes on any scheduler. A cell that
+#   reads others runs after them; a dead worker costs only its cell, which Dask reschedules; a cell that raises is
+#   retried, and one that keeps failing is reported after the others have finished.
 
 # %%
 #| export
@@ -45,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import re
@@ -59,7 +41,6 @@ from tqdm import tqdm
 
 from urbansound_nb.batches import LogMelSet, StudyData
 from urbansound_nb.cache import FeatureCache
-from urbansound_nb.core import save_json
 
 # %% [markdown]
 # ## The scheduler parameter
@@ -87,10 +68,9 @@ test_fail(lambda: parse_scheduler("10.0.0.5:8786"), contains="scheduler must be 
 # %% [markdown]
 # ## What a worker gets instead of the data
 #
-# A `StudyData` holds the dataset object and every clip's log-mels in memory: too much to send
-# to every worker, and the dataset would let a worker decode audio. `CachedData` is what a
-# worker needs to rebuild the same `StudyData` from the feature cache: the cache folder, the
-# feature parameters, each clip's cache key, label and fold, the split and the fold indices.
+# A `StudyData` holds the dataset and every log-mel in memory: too much to send, and it would let a worker decode
+# audio. `CachedData` is what rebuilds it from the cache: the folder, feature parameters, each clip's key, label and
+# fold, and the split.
 
 # %%
 #| export
@@ -102,6 +82,7 @@ class CachedData:
     keys: tuple
     labels: tuple
     folds: tuple
+    recordings: tuple
     split: object = dataclasses.field(hash=False)     # a FoldSplit (lists inside): compared, not hashed
     clip_seconds: float = 4.0
     n_frames: int = 0
@@ -116,7 +97,8 @@ def cached_data(data: StudyData, cache_dir) -> CachedData:
     if data.keys is None: raise ValueError("this StudyData has no cache keys, so a worker could not find its features")
     as_tuple = lambda a: tuple(int(i) for i in a)
     return CachedData(str(Path(cache_dir).expanduser().resolve()), data.fp, tuple(data.keys),
-                      as_tuple(data.logmels.labels), as_tuple(data.meta["fold"]), data.split, data.clip_seconds,
+                      as_tuple(data.logmels.labels), as_tuple(data.meta["fold"]), as_tuple(data.meta["fsID"]),
+                      data.split, data.clip_seconds,
                       data.n_frames, as_tuple(data.train), as_tuple(data.val), as_tuple(data.test))
 
 @functools.lru_cache(maxsize=4)          # once per worker process (and per feature set), not once per cell
@@ -124,22 +106,22 @@ def _load_cached(ref: CachedData) -> StudyData:
     cache = FeatureCache(ref.cache_dir, ref.fp, read_only=True)
     missing = [k for k in ref.keys if k not in cache]
     if missing: raise FileNotFoundError(f"{len(missing)} clips are not in the feature cache {cache.dir}")
-    meta = pd.DataFrame({"fold": ref.folds, "classID": ref.labels})
+    meta = pd.DataFrame({"fold": ref.folds, "classID": ref.labels, "fsID": ref.recordings})
     arr = lambda t: np.asarray(t, dtype=np.int64)
     return StudyData(None, ref.split, meta, ref.fp, LogMelSet.from_cache(cache, list(ref.keys), ref.labels),
                      ref.clip_seconds, ref.n_frames, arr(ref.train), arr(ref.val), arr(ref.test),
                      dict(computed=0, reused=len(ref.keys)), list(ref.keys))
 
 # %% [markdown]
-# Objects that hold a `StudyData` in a field (chapter 08's `Transfer`) travel the same way:
-# `portable` swaps each such field for its reference, and `materialise` swaps it back on the
-# worker.
+# Objects that hold a `StudyData` in a field (the registry's `Inputs`), and dicts of them, travel the same way:
+# `portable` swaps each for its reference, `materialise` swaps it back.
 
 # %%
 #| export
 def portable(obj, cache_dir):
-    "`obj` with every StudyData (itself or in a dataclass field) replaced by its CachedData."
+    "`obj` with every StudyData (itself, in a dataclass field or a dict's value) replaced by its CachedData."
     if isinstance(obj, StudyData): return cached_data(obj, cache_dir)
+    if isinstance(obj, dict): return {k: portable(v, cache_dir) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         changed = {f.name: cached_data(getattr(obj, f.name), cache_dir) for f in dataclasses.fields(obj)
                    if isinstance(getattr(obj, f.name), StudyData)}
@@ -149,6 +131,7 @@ def portable(obj, cache_dir):
 def materialise(obj):
     "The inverse of `portable`, on the worker: every CachedData loaded (once per process)."
     if isinstance(obj, CachedData): return obj.load()
+    if isinstance(obj, dict): return {k: materialise(v) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         changed = {f.name: getattr(obj, f.name).load() for f in dataclasses.fields(obj)
                    if isinstance(getattr(obj, f.name), CachedData)}
@@ -156,8 +139,7 @@ def materialise(obj):
     return obj
 
 # %% [markdown]
-# A round trip on the synthetic stand-in: the rebuilt data has the same log-mels, labels and
-# folds, and loading it never touches the dataset.
+# A round trip: the same log-mels, labels and folds, never touching the dataset.
 
 # %%
 import tempfile
@@ -177,10 +159,9 @@ with tempfile.TemporaryDirectory() as d:
 # %% [markdown]
 # ## Connecting to the cluster
 #
-# `"local:N"` splits this machine's cores between N worker processes, one thread each for Dask
-# and the rest for torch, and gives worker i GPU i modulo the number of GPUs. An address
-# connects within `CONNECT_TIMEOUT` seconds or fails naming what to start. Either way the
-# workers are then asked whether they can import the package and see the paths the grid reads.
+# `"local:N"` splits the cores between N workers and gives worker i GPU i modulo their number; an address connects
+# within `CONNECT_TIMEOUT` seconds or fails naming what to start. The workers are then asked whether they can import
+# the package and see the grid's paths.
 
 # %%
 #| export
@@ -213,8 +194,6 @@ def check_workers(client, paths=()) -> dict:
     if problems: raise RuntimeError(f"the Dask workers at {where} cannot run this grid:\n  " + "\n  ".join(problems))
     return facts
 
-# %%
-#| export
 class TorchPerWorker(WorkerPlugin):
     "Set a worker's torch thread count, and its GPU (worker i takes GPU i modulo the number of GPUs)."
     name = "urbansound-torch-per-worker"
@@ -258,22 +237,19 @@ def grid_client(scheduler, paths=()):
 # %% [markdown]
 # ## Running a grid
 #
-# On a CPU a training's figures depend on one thing besides its parameters and seed: torch's
-# thread count, which sets the order in which sums are added. The difference starts at
-# floating-point noise, but training amplifies it: on the mini data, the same cell trained with one
-# thread and with two ends up to a point of accuracy apart. So every cell runs with an explicit
-# thread count (`threads`, recorded with its result): by default the scheduler's share of the cores
-# (all of them here, `cores // N` on `local:N`, the worker's own on a cluster), or the number given,
-# on every scheduler. Fix it (the chapters' `cell_threads`) and any scheduler gives the same figures.
+# On a CPU a training's figures depend on one thing besides its parameters and seed: torch's thread count, which
+# orders the sums. Training amplifies the noise: on mini, one cell with one thread and with two ends up to a point
+# apart. So every cell runs with an explicit thread count, recorded with it: the scheduler's share of the cores by
+# default, or `cell_threads` on every scheduler, which then all give the same figures.
 
 # %%
 #| export
-def run_cell(fn, shared: dict, cell: dict, threads: int | None = None) -> dict:
-    "One cell, here or on a worker: `fn` on the materialised shared inputs and the cell's parameters, with `threads`."
+def run_cell(fn, shared: dict, args: dict, threads: int | None = None) -> dict:
+    "One cell, here or on a worker: `fn` on the materialised shared inputs and the cell's arguments, with `threads`."
     import torch
     before = torch.get_num_threads()
     if threads: torch.set_num_threads(threads)
-    try: return {**fn(**{k: materialise(v) for k, v in shared.items()}, **cell), "threads": torch.get_num_threads()}
+    try: return {**fn(**{k: materialise(v) for k, v in shared.items()}, **args), "threads": torch.get_num_threads()}
     finally: torch.set_num_threads(before)
 
 @dataclasses.dataclass
@@ -283,74 +259,86 @@ class Placement:
     cache_dir: object = None
     threads: int | None = None       # torch threads per cell; None: as the process has them
 
-def run_grid(fn, cells: dict, *, shared: dict | None = None, record_path=None, place: Placement | None = None,
-             retries: int = 2, describe=None, desc: str = "grid cells") -> dict:
-    "`fn(**shared, **cells[key])` for every key not in the record yet; each result recorded as it comes. All results."
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    "A grid cell: the keyword arguments of the grid's function, and the cells whose results it reads (`after`)."
+    args: dict
+    after: tuple = ()
+
+# %% [markdown]
+# `run_grid` runs the cells in waves (those that read no other cell first), here or over the cluster; a cell gets the
+# results it reads as `after`. When a cell fails for good, the cells that read it are reported with it.
+
+# %%
+#| export
+def _waves(cells: dict) -> list[list[str]]:
+    "The cells in waves: each after the waves holding every cell it reads."
+    waves, placed = [], set()
+    while len(placed) < len(cells):
+        wave = [k for k, c in cells.items() if k not in placed and set(c.after) <= placed]
+        if not wave: raise ValueError(f"cells read cells that are not in the grid, or each other: "
+                                      f"{sorted(set(cells) - placed)[:3]}")
+        waves.append(wave)
+        placed |= set(wave)
+    return waves
+
+def _wave(fn, cells: dict, keys: list, done: dict, shared, place: Placement, retries: int, desc: str):
+    "(key, result or exception) of every cell of one wave, as each finishes, here or on the cluster."
+    args = lambda k: {**cells[k].args, **({"after": [done[a] for a in cells[k].after]} if cells[k].after else {})}
+    if place.client is None:
+        for key in keys: yield key, run_cell(fn, shared, args(key), place.threads)
+        return
+    from distributed import as_completed
+    futures = {place.client.submit(run_cell, fn, shared, args(k), place.threads, key=f"{desc}-{k}-{time.time_ns()}",
+                                   retries=retries, pure=False): k for k in keys}
+    for future in as_completed(futures):
+        try: yield futures[future], future.result()
+        except Exception as e: yield futures[future], e
+
+def run_grid(fn, cells: dict, *, shared: dict | None = None, place: Placement | None = None, retries: int = 2,
+             describe=None, desc: str = "grid cells") -> dict:
+    "`fn(**shared, **cell.args)` for every cell (a `Cell`, or a dict of arguments), in waves. Results by key."
+    cells = {k: c if isinstance(c, Cell) else Cell(c) for k, c in cells.items()}
     shared, place = shared or {}, place or Placement()
-    client, cache_dir, threads = place.client, place.cache_dir, place.threads
-    done = json.loads(Path(record_path).read_text()) if record_path and Path(record_path).exists() else {}
-    todo = [k for k in cells if k not in done]
-    failed = {}
-    def finish(key, result):
-        done[key] = result
-        if record_path: save_json(done, record_path)           # atomic: an interrupted grid resumes from here
-        if describe: tqdm.write(describe(key, result))
-    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell") as bar:
-        if client is None:
-            for key in todo:
-                finish(key, run_cell(fn, shared, cells[key], threads))
-                bar.update()
-        else:
-            from distributed import as_completed
-            if cache_dir is None:
-                raise ValueError("run_grid on a cluster needs cache_dir, where the workers read the features")
-            remote = {k: None if v is None else client.scatter(portable(v, cache_dir), broadcast=True)
-                      for k, v in shared.items()}
-            futures = {client.submit(run_cell, fn, remote, cells[k], threads, key=f"{desc}-{k}-{time.time_ns()}",
-                                     retries=retries, pure=False): k for k in todo}
-            for future in as_completed(futures):
-                key = futures[future]
-                try: finish(key, future.result())
-                except Exception as e: failed[key] = f"{e.__class__.__name__}: {e}"
+    if place.client is not None:
+        if place.cache_dir is None:
+            raise ValueError("run_grid on a cluster needs cache_dir, where the workers read the features")
+        shared = {k: None if v is None else place.client.scatter(portable(v, place.cache_dir), broadcast=True)
+                  for k, v in shared.items()}
+    done, failed = {}, {}
+    with tqdm(total=len(cells), desc=desc, unit="cell") as bar:
+        for wave in _waves(cells):
+            waiting = [k for k in wave if any(a in failed for a in cells[k].after)]
+            failed.update({k: "a cell it reads failed" for k in waiting})
+            bar.update(len(waiting))
+            for key, result in _wave(fn, cells, [k for k in wave if k not in waiting], done, shared, place, retries,
+                                     desc):
+                if isinstance(result, Exception): failed[key] = f"{result.__class__.__name__}: {result}"
+                else:
+                    done[key] = result
+                    if describe: tqdm.write(describe(key, result))
                 bar.update()
     if failed:
-        kept = f" (the other results are recorded in {record_path})" if record_path else ""
-        raise GridFailed(f"{len(failed)} of {len(cells)} cells failed{kept}:\n  "
+        raise GridFailed(f"{len(failed)} of {len(cells)} cells failed (the others' results are kept in the store):\n  "
                          + "\n  ".join(f"{k}: {v}" for k, v in failed.items()))
     return {k: done[k] for k in cells}
 
 # %% [markdown]
-# A grid of three cells on the synthetic data, here and then (a slow cell: it starts two worker
-# processes) on a local cluster of two workers: the same results, one record.
+# Three cells and a fourth that reads two of them. On a local cluster with the same thread count the figures are the
+# same (`tests/test_grid.py`).
 
 # %%
-def _mean_level(data, fold, offset):
-    "A stand-in for a training: the mean log-mel level of one fold's clips, plus an offset."
+def _mean_level(data, fold, offset, after=()):
+    "A stand-in for a training: the mean log-mel level of one fold's clips, plus an offset and what it reads."
     idx = np.flatnonzero(data.meta["fold"].to_numpy() == fold)
-    return dict(fold=fold, level=float(data.logmels.data[idx].float().mean()) + offset)
+    return dict(fold=fold, level=float(data.logmels.data[idx].float().mean()) + offset + sum(r["level"] for r in after))
 
 with tempfile.TemporaryDirectory() as d:
     small = study_data(StudyParams(dataset="synthetic", max_items=60, cache_dir=d, run_dir=d), progress=False)
-    grid = {f"fold{f}": dict(fold=f, offset=0.0) for f in (1, 2, 3)}
-    here = run_grid(_mean_level, grid, shared=dict(data=small), record_path=Path(d)/"record.json")
-    test_eq(sorted(json.loads((Path(d)/"record.json").read_text())), ["fold1", "fold2", "fold3"])
-    # a second run resumes from the record: nothing is computed again
-    test_eq(run_grid(lambda **kw: 1 / 0, grid, shared=dict(data=small), record_path=Path(d)/"record.json"), here)
+    grid = {f"fold{f}": Cell(dict(fold=f, offset=0.0)) for f in (1, 2, 3)}
+    grid["both"] = Cell(dict(fold=1, offset=0.0), after=("fold2", "fold3"))
+    test_eq(_waves(grid), [["fold1", "fold2", "fold3"], ["both"]])
+    here = run_grid(_mean_level, grid, shared=dict(data=small))
+    test_close(here["both"]["level"], sum(here[f"fold{f}"]["level"] for f in (1, 2, 3)))
+    test_fail(lambda: run_grid(_mean_level, dict(x=Cell({}, after=("y",)))), contains="not in the grid")
 here
-
-# %% [markdown]
-# Worker processes import what they run, so the cluster runs the exported module's functions (a
-# class defined in a notebook cannot be unpickled elsewhere).
-
-# %%
-#| slow
-from urbansound_nb import grid as exported
-with tempfile.TemporaryDirectory() as d, exported.grid_client("local:2", paths=[d]) as client:
-    small = study_data(StudyParams(dataset="synthetic", max_items=60, cache_dir=d, run_dir=d), progress=False)
-    there = exported.run_grid(_mean_level, grid, shared=dict(data=small), place=exported.Placement(client, d))
-    # the same to floating-point noise: a worker sums with one thread, this process with two
-    test_close([r["level"] for r in there.values()], [r["level"] for r in here.values()], eps=1e-3)
-    test_eq({r["threads"] for r in there.values()}, {max(1, (os.cpu_count() or 1) // 2)})
-    # with the thread count fixed, the same to the last bit
-    pinned = exported.run_grid(_mean_level, grid, shared=dict(data=small), place=exported.Placement(client, d, 1))
-    test_eq(exported.run_grid(_mean_level, grid, shared=dict(data=small), place=Placement(threads=1)), pinned)

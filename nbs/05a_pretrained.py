@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp pretrained
 
@@ -19,16 +7,11 @@
 # > EfficientAT's weights fetched, checked and cached; its own 32 kHz front end, cached like any log-mel; embeddings.
 
 # %% [markdown]
-# Chapter 05 transfers EfficientAT's MobileNetV3 (notebook 04a), trained on AudioSet, to
-# UrbanSound8K. This notebook holds what that needs:
-#
-# * **the weights**: downloaded from the official release, checked against their sha256 and
-#   cached under the cache directory (torch's own `download_url_to_file`), or read from a local
-#   file (`weights=` or `$URBANSOUND_PRETRAINED`), and ported to torchvision's layout;
-# * **the front end** the network was trained with (32 kHz, pre-emphasis, a 1024-point STFT of
-#   800-sample windows, 128 Kaldi mel bands, a log and a fixed scaling), as parameters that the
-#   feature cache of chapter 02 keys and stores like its own log-mels;
-# * **embeddings**: the penultimate layer of every clip, computed once and cached.
+# What chapter 05 needs to transfer EfficientAT's MobileNetV3 (notebook 04a): **the weights**, downloaded with torch's
+# `download_url_to_file`, checked against their sha256 and cached, or read from a local file (`weights=` or
+# `$URBANSOUND_PRETRAINED`), ported to torchvision's layout; **the front end** it was trained with, as parameters the
+# feature cache keys and stores like chapter 02's; **the body**, the network reading its penultimate layer and three
+# pooled blocks without AudioSet's head; and **embeddings**, computed once and cached.
 
 # %%
 #| export
@@ -39,7 +22,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -59,15 +41,14 @@ from urbansound_nb.models import EfficientAT
 from urbansound_nb.params import INFERENCE_BATCH
 
 # %%
+import tempfile
 from fastcore.test import test_eq, test_fail, test_close
 
 # %% [markdown]
 # ## The weights
 #
-# The release holds several widths; `mn04_as` is the default, the others are one name away. The
-# sha256 of `mn04_as` is the official one; for the wider ones none is recorded here, so the first
-# download is trusted and its sha256 is kept beside the cached file, and every later use checks
-# against that.
+# `mn04_as` is the default; other widths are one name away. Its sha256 is the official one; for the others the first
+# download is trusted and its sha256 kept beside it, and every later use checks against that.
 
 # %%
 #| export
@@ -89,9 +70,8 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 # %% [markdown]
-# The file is a plain state dict in EfficientAT's own layout. Two renames make it torchvision's:
-# the squeeze-excitation layers lose their `conc_se_layers.0` level and become 1x1 convolutions.
-# Anything else (not a state dict, another architecture's weights) is an error naming the file.
+# The file is a plain state dict in EfficientAT's layout; two renames make it torchvision's. Anything else is an error
+# naming the file.
 
 # %%
 #| export
@@ -133,10 +113,9 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: load_weights(Path(d)/"dict.pt", 0.4), contains="not a state dict")
 
 # %% [markdown]
-# Where the file comes from: a local file (the `weights` parameter, or `$URBANSOUND_PRETRAINED`)
-# is used as it is, after its checksum; otherwise the cached download, checked again on every use,
-# so that a damaged file is fetched anew; otherwise a download. Offline, the download fails within
-# seconds with the URL and the way to point at a local file, and nothing is cached.
+# A local file is used as it is, after its checksum; otherwise the cached download, checked on every use (a damaged
+# one is fetched anew); otherwise a download. Offline it fails within seconds, naming the URL and how to point at a
+# local file, and nothing is cached.
 
 # %%
 #| export
@@ -157,8 +136,6 @@ def _download(url: str, dest: Path, sha: str | None):
         raise WeightsError(f"{url}: the download is not the official file ({e}); {help}") from None
     except Exception as e: raise WeightsError(f"cannot download {url} ({type(e).__name__}: {e}); {help}") from None
 
-# %%
-#| export
 def weights_file(name: str = "mn04_as", weights=None, cache_dir="../cache") -> Path:
     "The checked weights file of EfficientAT `name`: local (`weights`, $URBANSOUND_PRETRAINED), cached, or downloaded."
     if name not in PRETRAINED:
@@ -188,7 +165,9 @@ def pretrained_network(name: str = "mn04_as", weights=None, cache_dir="../cache"
     if name not in PRETRAINED:
         raise WeightsError(f"unknown pretrained network {name!r}; choose from {sorted(PRETRAINED)}")
     width = PRETRAINED[name][1]
-    model = EfficientAT(width, n_classes=527)
+    with torch.random.fork_rng():   # 'random' is one network, whatever the caller's random state: its sha says so
+        torch.manual_seed(0)
+        model = EfficientAT(width, n_classes=527)
     if weights == "random": model.weights_path, model.weights_sha = None, "random"
     else:
         path = weights_file(name, weights, cache_dir)
@@ -211,12 +190,10 @@ with tempfile.TemporaryDirectory() as d:
 # %% [markdown]
 # ## The network's own front end
 #
-# EfficientAT was trained on its own log-mels, so it must see exactly those: mono audio at
-# 32 kHz, pre-emphasis `x[t] - 0.97 x[t-1]` (the first sample kept), an STFT of 1024 points over 800-sample Hann windows
-# (not periodic) every 320 samples, centred, its power; 128 Kaldi-style mel bands from 0 to
-# 15 kHz; `log(mel + 1e-5)`; then `(x + 4.5) / 5`. `EfficientATFeatures` holds these parameters
-# with the same interface as chapter 02's `FeatureParams`, so the feature cache computes them
-# once per clip, keyed by them, on a GPU where there is one, and a checkpoint carries them.
+# EfficientAT must see its own log-mels: mono at 32 kHz, pre-emphasis `x[t] - 0.97 x[t-1]`, a centred 1024-point STFT
+# of 800-sample Hann windows (not periodic) every 320 samples, its power, 128 Kaldi-style mel bands from 0 to 15 kHz,
+# `log(mel + 1e-5)`, then `(x + 4.5) / 5`. `EfficientATFeatures` has `FeatureParams`' interface, so the cache computes
+# them once per clip (on a GPU where there is one) and a checkpoint carries them.
 
 # %%
 #| export
@@ -246,8 +223,6 @@ def feature_params(d: dict):
     "Feature parameters from a checkpoint's dict: EfficientAT's front end or chapter 02's log-mel."
     return EfficientATFeatures(**d) if d.get("kind") == "efficientat" else FeatureParams(**d)
 
-# %%
-#| export
 class EfficientATFrontEnd(nn.Module):
     "Waveforms [..., samples] at 32 kHz -> EfficientAT's scaled log-mels [..., 128, frames]."
     def __init__(self, fp: EfficientATFeatures = EfficientATFeatures()):
@@ -277,9 +252,8 @@ print(eat_features.key, f"{eat_features.frames(4.0)} frames per 4 s clip")
 # %% [markdown]
 # ## What AudioSet hears
 #
-# The network's own head names 527 AudioSet classes. Their names come from AudioSet's
-# `class_labels_indices.csv`, read beside a local weights file, or from the cache, or downloaded
-# once from AudioSet's site; without it the classes are shown by index.
+# The names of the 527 classes come from `class_labels_indices.csv` beside a local weights file, the cache, or one
+# download; without it, indices.
 
 # %%
 #| export
@@ -307,13 +281,44 @@ def audioset_top(network: EfficientAT, x: torch.Tensor, labels, k: int = 3) -> l
     return [[(labels[int(i)], round(float(p[i]), 3)) for i in p.argsort(descending=True)[:k]] for p in probs]
 
 # %% [markdown]
+# ## The body the transfers build on
+#
+# Each transfer reads the penultimate layer and the mean and maximum of blocks 10, 13 and 16 (`POOLED_BLOCKS`; 1,472
+# numbers), which keep textures and short events the last layer averages away (0.6 points to the probe over every fold
+# of mini: explanations). The last layer reads them too (notebook 04a), so a probe still folds into one network.
+# `transfer_body` is the network in that form; `network_config` a 10-class network's configuration on it.
+
+# %%
+#| export
+POOLED_BLOCKS = (10, 13, 16)   # intermediate blocks whose pooled outputs the transfers read beside the last layer
+
+def body_state(network: EfficientAT) -> dict:
+    "Every weight of `network` but its last layer's (AudioSet's head), to start a 10-class network from."
+    return {k: v for k, v in network.state_dict().items() if not k.startswith("net.classifier.5.")}
+
+def transfer_body(network: EfficientAT, pooled_blocks=POOLED_BLOCKS) -> EfficientAT:
+    "The pretrained `network` as the body the transfers build on: its weights, reading `pooled_blocks` too."
+    body = EfficientAT(network.width, n_classes=network.net.classifier[5].out_features, pooled_blocks=pooled_blocks)
+    body.load_state_dict(body_state(network), strict=False)          # its last layer is a stand-in: never used
+    body.weights_path = getattr(network, "weights_path", None)          # where it came from, for the records
+    body.weights_sha = getattr(network, "weights_sha", "random")
+    return body.eval()
+
+def network_config(body: EfficientAT, n_classes: int) -> dict:
+    "The configuration of a 10-class network on `body` (as a checkpoint records it)."
+    return dict(width=body.width, n_classes=n_classes, **({"pooled_blocks": list(body.pooled_blocks)}
+                                                          if body.pooled_blocks else {}))
+
+# %%
+_body = transfer_body(pretrained_network(weights="random"))
+test_eq((network_config(_body, 10), _body.embedding_dim),
+        (dict(width=0.4, n_classes=10, pooled_blocks=[10, 13, 16]), 1472))
+
+# %% [markdown]
 # ## Embeddings, computed once
 #
-# A clip's embedding is the network's penultimate layer on its centre crop (a shorter clip
-# repeated to fill it, notebook 02a), 512 numbers at width 0.4, and the pooled blocks' outputs when
-# the network reads them (`pooled_blocks`, notebook 04a). They are cached beside the clip's features,
-# keyed by the clip's content and the weights' sha256, so a rerun reads them back in a second,
-# and a clip added later is the only one computed.
+# A clip's embedding (its centre crop, a shorter clip repeated) is cached beside its features, keyed by its content
+# and the weights' sha256: a rerun reads them back in a second.
 
 # %%
 #| export
@@ -373,44 +378,3 @@ with tempfile.TemporaryDirectory() as d:     # a damaged store is named and comp
         warnings.simplefilter("always")
         test_eq(_stored_embeddings(Path(d)/"embeddings.npz"), {})
     assert "damaged embeddings cache" in str(said[0].message) and "embeddings.npz" in str(said[0].message)
-
-# %% [markdown]
-# ## Throughput
-#
-# `benchmark_pretrained` times the two costs a run pays once per clip: the front end (decode,
-# resample to 32 kHz, the log-mel, written to a fresh cache) and the embedding. Throughput does
-# not depend on the weights' values, so it uses a randomly initialised network of the same
-# width and needs no download. `urbansound-nb bench` prints these figures after chapter 02's;
-# the last line is JSON.
-
-# %%
-#| export
-def benchmark_pretrained(dataset=None, max_items: int = 256, network: str = "mn04_as", workers: int | None = None,
-                         batch_size: int = INFERENCE_BATCH, seed: int = 0) -> dict:
-    "Clips per second of EfficientAT's front end (into a fresh cache) and of its embeddings, on this machine's CPU."
-    from urbansound_nb.batches import decoded_logmels
-    from urbansound_nb.cache import cache_logmels
-    from urbansound_nb.data import load_urbansound
-    ds, fp = load_urbansound(dataset, max_items, seed), EfficientATFeatures()
-    res = dict(dataset=str(dataset), clips=len(ds), network=network, threads=torch.get_num_threads())
-    with tempfile.TemporaryDirectory() as d:
-        t = time.time()
-        cache, keys, _ = cache_logmels(ds, fp, d, workers, device="cpu", progress=False)
-        res["front_end_clips_per_s"] = len(ds) / (time.time() - t)
-        ls = decoded_logmels(ds, cache, keys)[2]               # a clip that does not decode is left out, named
-    net = EfficientAT(PRETRAINED[network][1], n_classes=527)
-    t = time.time()
-    embed_clips(net, ls, np.arange(len(ls)), fp.frames(4.0), batch_size, device="cpu", progress=False)
-    res["embedding_clips_per_s"] = len(ls) / (time.time() - t)
-    both = 1 / res["front_end_clips_per_s"] + 1 / res["embedding_clips_per_s"]
-    res["front_end_and_embedding_clips_per_s"] = 1 / both
-    print(f"the pretrained front end (decode, resample to 32 kHz, its log-mel, into a fresh cache): "
-          f"{res['front_end_clips_per_s']:.1f} clips/s; with the embeddings "
-          f"{res['front_end_and_embedding_clips_per_s']:.1f}")
-    for k, v in res.items(): print(f"{k:>36}: {v:.4g}" if isinstance(v, float) else f"{k:>36}: {v}")
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}))
-    return res
-
-# %%
-_bench = benchmark_pretrained("synthetic", max_items=16, batch_size=8)
-assert _bench["front_end_clips_per_s"] > 0 and _bench["embedding_clips_per_s"] > 0

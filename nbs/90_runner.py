@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp runner
 
@@ -19,11 +7,9 @@
 # > py:percent sources to notebooks with stable ids and exported modules; parameterised papermill runs.
 
 # %% [markdown]
-# The notebooks of this study are stored as Jupytext **py:percent** text files: they diff and
-# merge like code, and JupyterLab opens them as notebooks. Three tools need real `.ipynb`
-# files, though: nbdev (export and test), papermill (headless runs) and the site renderer.
-# This notebook holds that glue; the console script `urbansound-nb` (notebook 92) exposes it as
-# `urbansound-nb sync`, `urbansound-nb run` and `urbansound-nb lab`.
+# The notebooks are Jupytext **py:percent** files: they diff and merge like code, and JupyterLab opens them as
+# notebooks. nbdev, papermill and the site renderer need `.ipynb` files; this notebook holds that glue, which
+# `urbansound-nb sync`, `run` and `lab` expose (notebook 92).
 
 # %%
 #| export
@@ -48,10 +34,8 @@ from urbansound_nb.params import SHARED
 # %% [markdown]
 # ## From text to notebooks with stable ids
 #
-# `jupytext --to ipynb` gives every cell a random id, and nbdev copies cell ids into the
-# exported modules (`# %% ../nbs/00_setup.ipynb #<id>`), so every export would rewrite every
-# module. Here a cell's id is a hash of its type and source (with a counter for identical
-# cells), so regenerating an unchanged notebook gives byte-identical output.
+# nbdev copies cell ids into the exported modules, and `jupytext --to ipynb` gives random ones, so every export would
+# rewrite every module. Here a cell's id hashes its type and source: an unchanged notebook regenerates byte-identical.
 
 # %%
 #| export
@@ -66,8 +50,6 @@ def stable_cell_ids(nb) -> list[str]:
         ids.append(h if seen[h] == 1 else f"{h}-{seen[h]}")
     return ids
 
-# %%
-#| export
 def py_to_notebook(py_path):
     "Read a py:percent file as a notebook with stable cell ids and a python3 kernelspec."
     import jupytext
@@ -98,9 +80,8 @@ with tempfile.TemporaryDirectory() as d:
     print([c.id for c in nb1.cells])
 
 # %% [markdown]
-# `sync` writes a notebook only when its text changed, then runs `nbdev-export` in the project
-# root (nbdev reads `[tool.nbdev]` from `pyproject.toml`). nbdev-export says nothing when it
-# finds no notebook, so `sync` checks that every source produced one.
+# `sync` writes a notebook only when its text changed, then runs `nbdev-export`, and checks that every source produced
+# a notebook (nbdev-export says nothing when it finds none).
 
 # %%
 #| export
@@ -115,8 +96,6 @@ def notebook_sources(root=None) -> list[Path]:
     "Every numbered py:percent notebook in nbs/ (`00_setup`, `00a_params`, ...), in order."
     return sorted(p for p in (project_root(root)/"nbs").glob("[0-9][0-9]*_*.py"))
 
-# %%
-#| export
 def sync(root=None, export: bool = True, quiet: bool = False) -> list[Path]:
     "Generate nbs/*.ipynb from nbs/*.py (only where changed) and, with `export`, run nbdev-export."
     root = project_root(root)
@@ -143,8 +122,7 @@ def export_package(root=None):
 # %% [markdown]
 # ## Parameters from the command line
 #
-# `-p NAME VALUE` values are read as YAML, so `-p train_folds "[1,2]"`, `-p max_items null`
-# and `-p dataset ../data` all mean what they look like.
+# `-p NAME VALUE` values are YAML: `-p train_folds "[1,2]"`, `-p max_items null` mean what they look like.
 
 # %%
 #| export
@@ -165,15 +143,11 @@ test_eq(parse_value("danavery/urbansound8K"), "danavery/urbansound8K")
 # %% [markdown]
 # ## Running notebooks headless
 #
-# Each notebook runs with papermill, in `nbs/` (so relative paths mean what they mean in
-# JupyterLab), with its parameters cell overridden. The shared parameters (`params.SHARED`) go to
-# every chapter, which builds its `StudyParams` from them; any other parameter goes to the
-# chapters that declare it, and one that no selected chapter declares is an error, not a silent
-# no-op. The run stops at the first failing notebook,
-# naming it and the failing cell, and records every notebook's wall time in `timings.csv`. While a
-# chapter runs, its own output (progress bars, prints) streams to the terminal, and the wall time
-# it took in the previous run of the same run directory says roughly how long to wait. Ctrl-C stops
-# the run, naming the chapter; running the same command again resumes from the caches.
+# Each notebook runs with papermill in `nbs/`, its parameters cell overridden. The shared parameters (`params.SHARED`)
+# go to every chapter; any other goes to the chapters that declare it, and one that no selected chapter declares is an
+# error. The run stops at the first failing notebook, naming it and the cell, and records each notebook's wall time in
+# `timings.csv`. A chapter's output streams to the terminal, with the time it took last time; Ctrl-C stops the run,
+# and the same command resumes from the caches.
 
 # %%
 #| export
@@ -197,21 +171,16 @@ def select_notebooks(names=None, root=None) -> list[Path]:
         out += [h for h in hit if h not in out]
     return out
 
-# %%
-#| export
 def notebook_parameters(ipynb) -> dict:
     "The parameters a notebook declares in its `parameters` cell, as papermill sees them."
     import papermill as pm
     return pm.inspect_notebook(str(ipynb))
 
 # %% [markdown]
-# Every parameter of every selected chapter is checked before the first chapter starts, so a
-# value that chapter 08 would refuse does not cost the hours of chapters 00-07 first. Each chapter
-# has one cell tagged `checks` that only validates its parameters (the shared ones through
-# `study_params`, its own through the `as_*` checks). `check_parameters` runs, for each chapter
-# and in this process, the chapter's import statements, its parameters cell, the values the run
-# passes, and its checks cell, with the names of the chapter's own module in scope; a refusal is
-# a `ParameterError` that names the chapter and the parameter.
+# Every parameter of every selected chapter is checked before the first chapter starts, so a value chapter 09 would
+# refuse does not cost the hours before it. `check_parameters` runs, in this process, each chapter's imports, its
+# parameters cell, the run's values and its `checks` cell; a refusal is a `ParameterError` naming chapter and
+# parameter.
 
 # %%
 #| export
@@ -242,10 +211,9 @@ def _top_level(source: str) -> list:
     except SyntaxError: return []
 
 # %% [markdown]
-# The data is checked before the first chapter too: `check_dataset` loads the run's dataset
-# once, which checks its columns and every metadata row (`check_metadata`, notebook 00c), so
-# a fold 11 or a file name that leaves the dataset folder, or a hub that cannot be reached, is
-# one line before any chapter runs (`DatasetUnavailable`; `MetadataError` names the row).
+# The data is checked first too: `check_dataset` loads the dataset once, which checks its columns and every metadata
+# row (notebook 00c), so a fold 11, a file name leaving the folder or an unreachable hub is one line before any
+# chapter.
 
 # %%
 #| export
@@ -255,9 +223,8 @@ def check_dataset(params: dict) -> None:
     load_urbansound(params.get("dataset"))
 
 # %% [markdown]
-# papermill says where a notebook failed (the cell, its execution count and source, carried by
-# `PapermillExecutionError`) and records how long it ran (`metadata.papermill.duration` of the
-# executed notebook); the runner reports both.
+# papermill says where a notebook failed (`PapermillExecutionError`) and how long it ran (`metadata.papermill`); the
+# runner reports both.
 
 # %%
 #| export
@@ -302,14 +269,11 @@ def execute_chapter(nb: Path, out: Path, parameters: dict, timeout=None, stream:
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])
     finally: keep_if_whole(partial, out)
 
-def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
-                  stream: bool = True) -> Path:
-    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results: `run_dir/results`."
-    import papermill as pm
+def prepare_run(names=None, params: dict | None = None, run_dir="runs/latest", root=None):
+    "The run's chapters, its parameters (paths resolved, every chapter's checked) and what each chapter declares."
     root = project_root(root)
     params = dict(params or {})
     run_dir = Path(run_dir).expanduser().resolve()
-    (run_dir/"results").mkdir(parents=True, exist_ok=True)
     for key in ("cache_dir", "dataset", "weights"):  # paths are relative to where the command was typed, not nbs/
         if isinstance(params.get(key), str) and Path(params[key]).expanduser().exists():
             params[key] = str(Path(params[key]).expanduser().resolve())
@@ -326,6 +290,15 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
                                  f"(declared: {sorted(set().union(*declared.values()))})")
     check_parameters(notebooks, params)
     check_dataset(params)
+    return notebooks, params, declared
+
+def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
+                  stream: bool = True) -> Path:
+    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results: `run_dir/results`."
+    import papermill as pm
+    run_dir = Path(run_dir).expanduser().resolve()
+    (run_dir/"results").mkdir(parents=True, exist_ok=True)
+    notebooks, params, declared = prepare_run(names, params, run_dir, root)
     timings = read_timings(run_dir)
     for i, nb in enumerate(notebooks, 1):
         own = {k: v for k, v in params.items() if k in declared[nb]}
@@ -351,11 +324,8 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
     return run_dir
 
 # %% [markdown]
-# papermill rewrites its output notebook after every cell, so an interruption or a full disk
-# while it writes would leave half a notebook. It therefore writes beside the executed notebook
-# (`.NAME.partial.ipynb`), and the run moves that file into place only when it reads back as a
-# whole notebook: the executed notebook in the run directory is always a complete one, the last
-# run's or this one's.
+# papermill rewrites its output after every cell, so an interruption would leave half a notebook. It writes beside the
+# executed notebook (`.NAME.partial.ipynb`), moved into place only when it reads back whole.
 
 # %%
 import tempfile
@@ -371,9 +341,7 @@ with tempfile.TemporaryDirectory() as d:
     assert not partial.exists()
 
 # %% [markdown]
-# `timings.csv` holds a row per chapter (its wall time and status) and, below them, a row per
-# training cell each chapter used (notebook 04e): trained or reused from the store, and its
-# seconds, from the `trainings` the chapter wrote into its results.
+# `timings.csv` holds a row per chapter and, below them, a row per training each chapter used (trained or reused).
 
 # %%
 #| export
@@ -417,20 +385,45 @@ with tempfile.TemporaryDirectory() as d:
                                             cell="resnet-train1-val2-seed0-20ep-ab")])
 
 # %% [markdown]
-# Every notebook also runs with plain papermill on its generated `.ipynb` (after
-# `urbansound-nb sync`), from `nbs/`:
+# Where a chapter's time goes: from papermill's cell timings, starting (the kernel), importing (the cells before
+# `parameters`) and work. `time_table` gives a run's table; the tests print the reduced study's.
+
+# %%
+#| export
+def chapter_profile(executed) -> dict:
+    "Seconds an executed chapter spent starting its kernel, importing, and working (papermill's cell timings)."
+    from datetime import datetime
+    nb = nbformat.read(executed, as_version=4)
+    when = lambda meta: datetime.fromisoformat(meta["start_time"]).timestamp()
+    cells = [c for c in nb.cells if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not cells: return dict(kernel=0.0, imports=0.0, work=0.0, total=papermill_seconds(executed))
+    params = next((i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])), 0)
+    kernel = max(0.0, when(cells[0].metadata.papermill) - when(nb.metadata.papermill))
+    imports = sum(c.metadata.papermill.get("duration") or 0 for c in cells[:params] if c.cell_type == "code")
+    total = papermill_seconds(executed)
+    return dict(kernel=round(kernel, 1), imports=round(imports, 1), work=round(max(0.0, total - kernel - imports), 1),
+                total=total)
+
+def time_table(run_dir) -> str:
+    "Each executed chapter's wall time split into kernel start, imports and work, as text, with the run's totals."
+    rows = {nb.stem: chapter_profile(nb) for nb in sorted(Path(run_dir).glob("[0-9][0-9]_*.ipynb"))}
+    rows["all"] = {k: round(sum(r[k] for r in rows.values()), 1) for k in ("kernel", "imports", "work", "total")}
+    lines = [f"{'chapter':<22}{'kernel':>8}{'imports':>9}{'work':>8}{'total':>8}  (seconds)"]
+    lines += [f"{name:<22}{r['kernel']:>8}{r['imports']:>9}{r['work']:>8}{r['total']:>8}" for name, r in rows.items()]
+    return "\n".join(lines)
+
+# %% [markdown]
+# Every notebook also runs with plain papermill on its generated `.ipynb`, from `nbs/`:
 #
 # ```sh
-# cd nbs && papermill 00_setup.ipynb ../runs/manual/00_setup.ipynb \
-#     -p dataset ../../shared/data/urbansound8k-mini -p run_dir ../runs/manual -y "train_folds: [1]"
+# cd nbs && papermill 00_setup.ipynb ../runs/manual/00_setup.ipynb -p dataset ../../shared/data/urbansound8k-mini
 # ```
 
 # %% [markdown]
 # ## JupyterLab
 #
-# `urbansound-nb lab` makes Jupytext the default viewer of `.py` files **inside the virtual
-# environment** (`<venv>/share/jupyter/lab/settings/overrides.json`, never the user's home),
-# then starts JupyterLab in the project root. As root, JupyterLab needs `--allow-root`.
+# `urbansound-nb lab` makes Jupytext the default viewer of `.py` files inside the virtual environment (never the
+# user's home), then starts JupyterLab in the project root (`--allow-root` as root).
 
 # %%
 #| export

@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp api
 
@@ -19,20 +7,12 @@
 # > One page per module with the signature and docstring of every exported name, and links from the prose.
 
 # %% [markdown]
-# Every notebook exports one module, and the site publishes one reference page per module,
-# named as nbdev names it, after its notebook without the number (`06b_predict` ->
-# `predict.html`), beside the chapter reports (`06_error_analysis.html`): the notebook's prose, and for every exported
-# name nbdev's `show_doc` (signature, docstring, parameters), executed. Nothing here re-implements
-# nbdev: `api_notebook` keeps the notebook's prose and exported code, and hands it to nbdev's
-# documentation processors (`FilterDefaults`: front matter from the title, `show_doc` cells added
-# after each definition and executed, exported code removed, backticked names linked), and adds a
-# table of the module's constants, which `show_doc` leaves out. Only the
-# study's examples and tests are left out: they run in the chapters and under `nbdev-test`, and a
-# reference page shows what a function is, not a run.
-#
-# nbdev links a name to `<doc host>/<page>.html#<name>`, where the published site would be;
-# `local_links` makes those links relative, so they work in any copy of the site, and
-# `linkify` gives the chapter reports the same links to the functions they use.
+# The site publishes one reference page per module, named as nbdev names it (`07b_predict` -> `predict.html`), beside
+# the chapter reports: the notebook's prose and, for every exported name, nbdev's `show_doc`, executed. `api_notebook`
+# keeps the prose and exported code and hands them to nbdev's documentation processors (`FilterDefaults`), and adds a
+# table of the module's constants, which `show_doc` leaves out; the examples and tests are left out, since a reference
+# page shows what a function is, not a run. `local_links` makes nbdev's links relative, so they work in any copy of
+# the site, and `linkify` gives the chapter reports the same links.
 
 # %%
 #| export
@@ -142,8 +122,8 @@ def api_notebook(ipynb, root=None):
     return page
 
 # %%
-test_eq([page_name(n) for n in ("06b_predict.ipynb", "00_setup.ipynb", "90b_api.ipynb")], ["predict", "setup", "api"])
-page = api_notebook(project_root()/"nbs"/"06a_windows.ipynb")
+test_eq([page_name(n) for n in ("07b_predict.ipynb", "00_setup.ipynb", "90b_api.ipynb")], ["predict", "setup", "api"])
+page = api_notebook(project_root()/"nbs"/"07a_windows.ipynb")
 shown = "".join(o["data"]["text/markdown"] for c in page.cells for o in c.get("outputs", []) if "data" in o)
 assert "classify_files" in shown and "file_windows" in shown and "top_k" in shown          # signatures, parameters
 assert "urbansound-nb.github.io" not in shown and page.cells[0].cell_type == "raw"       # local links, front matter

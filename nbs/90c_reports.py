@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp reports
 
@@ -19,11 +7,8 @@
 # > The site's pages made from a run's results files rather than from a notebook: figures, tables, one chart each.
 
 # %% [markdown]
-# The report site (notebook 91) renders the executed chapters; three of its pages are written from
-# the run's results files instead, and live here: the front page's figures (the README with this
-# run's own numbers), the results page (every results file as a table, one chart) and the Runs page
-# (this run beside others, notebook 90a). Each is Markdown or HTML that either renderer, Quarto or
-# nbconvert, takes as it is.
+# Three pages of the site are written from the run's results files, not from a notebook: the front page's figures, the
+# results page and the Runs page (notebook 90a), as Markdown or HTML that Quarto and nbconvert take as they are.
 
 # %%
 #| export
@@ -39,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from urbansound_nb.core import read_results
+from urbansound_nb.core import NoChoice, read_choice, read_results, read_setup, results_files
 from urbansound_nb.runner import read_timings, read_training_timings
 
 # %%
@@ -61,10 +46,8 @@ test_eq(split_text(dict(train_folds=[1, 2], val_fold=3, test_fold=4)),
 # %% [markdown]
 # ## The results page
 #
-# Every `results/*.json` of the run becomes a table: one row per model or condition with its
-# figures, followed by the per-chapter wall times from `timings.csv`. Accuracies read as
-# percentages, counts as integers, seconds with one decimal. The chapters that choose a best model
-# (03, 04, 05) give the comparison chart of every model's validation and test accuracy.
+# Every `results/*.json` as a table, a row per model or condition, then the chapters' wall times from `timings.csv`;
+# the family chapters give the chart of every model's validation and test accuracy.
 
 # %%
 #| export
@@ -118,11 +101,11 @@ test_eq(formatted(_df).loc["majority"].tolist(), ["", "873", "", "0.0"])
 # %%
 #| export
 def compared_models(run_dir) -> pd.DataFrame:
-    "Every model of the chapters that choose a best one: chapter, model, validation (rotated mean) and test accuracy."
+    "Every model of the family chapters: chapter, model, validation (rotated mean) and test accuracy."
     rows = []
-    for f in sorted((Path(run_dir)/"results").glob("[0-9][0-9]_*.json")):
+    for f in results_files(run_dir):
         doc = json.loads(f.read_text())
-        if "best_model" not in doc: continue
+        if not doc.get("families"): continue
         for name, e in doc.get("entries", {}).items():
             if isinstance(e, dict) and {"val_accuracy", "test_accuracy"} <= set(e):
                 rows.append(dict(chapter=f.stem, model=name, val_accuracy=e.get("val_mean", e["val_accuracy"]),
@@ -154,7 +137,7 @@ def comparison_chart(models: pd.DataFrame) -> bytes:
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%)")
     ax.set_ylabel("model (chapter)")
-    ax.set_title("Every model of chapters 03-05: validation and test accuracy")
+    ax.set_title("Every model of the family chapters: validation and test accuracy")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, frameon=False)   # clear of the bars
     fig.tight_layout()
     buf = io.BytesIO()
@@ -165,12 +148,12 @@ def comparison_chart(models: pd.DataFrame) -> bytes:
 def results_html(run_dir) -> str:
     "The body of the results page: the comparison chart and every results table, as HTML."
     parts, models = [], compared_models(run_dir)
-    chosen = Path(run_dir)/"results"/"05_transfer.json"
-    if chosen.exists() and json.loads(chosen.read_text()).get("selection"):
-        doc = json.loads(chosen.read_text())
-        parts.append(f"<h2>The study's model: {html.escape(str(doc['best_model']))}</h2>\n"
-                     f"<p>{html.escape(doc['selection']['reason'])}</p>\n<p><em>The rule:</em> "
-                     f"{html.escape(doc['selection']['rule'])}</p>")
+    try: served = read_choice(run_dir)
+    except NoChoice: served = None
+    if served:
+        parts.append(f"<h2>The study's model: {html.escape(str(served['model']))}</h2>\n"
+                     f"<p>{html.escape(served_text(served))}</p>\n<p>{html.escape(served['reason'] or '')}</p>\n"
+                     f"<p><em>The rule:</em> {html.escape(served['rule'] or '')}</p>")
     if len(models):
         png = base64.b64encode(comparison_chart(models)).decode()
         parts.append(f'<h2>Every model compared</h2>\n<p><img src="data:image/png;base64,{png}" '
@@ -187,41 +170,44 @@ def results_markdown(run_dir) -> str:
 # %% [markdown]
 # ## The front page
 #
-# The site opens with the README, but its section of figures (the README's own run) is replaced
-# by this run's: every model that a chapter chose among, validation (rotated mean) and test
-# accuracy, and the model the study chose, so the front page never shows figures of another run.
+# The README, its section of figures replaced by this run's: every candidate's validation (rotated mean) and test
+# accuracy, and the model the study serves, so the front page never shows another run's figures.
 
 # %%
 #| export
 FIGURES_SECTION = "## What a run gives"   # the README's section that the run's own figures replace
 
-def results_if_any(run_dir, notebook: str) -> dict:
-    "A chapter's results file (`read_results`), or {} when the chapter has not written one."
-    return read_results(run_dir, notebook) if (Path(run_dir)/"results"/f"{notebook}.json").exists() else {}
-
 def chapter_results(run_dir, notebook: str) -> dict:
     "A chapter's results, its split filled in: the chapter's own, or the run's (chapter 00's) when it has none."
-    doc = results_if_any(run_dir, notebook)
+    doc = read_results(run_dir, notebook) if (Path(run_dir)/"results"/f"{notebook}.json").exists() else {}
     if doc.get("split"): return doc
     folds = doc.get("summary", {}).get("folds") if isinstance(doc.get("summary"), dict) else None
     if folds: return {**doc, "split_text": f"cross-validation: each of {folds} folds tested once"}
-    return {**doc, "split": (results_if_any(run_dir, "00_setup").get("entries") or {}).get("split") or {}}
+    return {**doc, "split": (read_setup(run_dir).get("entries") or {}).get("split") or {}}
+
+def served_text(served: dict) -> str:
+    "The model `predict` serves, in words: its test figures and how it was trained."
+    how = (f"refit on folds {'+'.join(map(str, served.get('train_folds') or []))} ({served.get('n_train', 0):,} clips)"
+           if served.get("refit") else "as fitted on the study's split")
+    return (f"Served by predict and the ONNX file: {served['model']}, {how}: {100 * served['test_accuracy']:.1f}% "
+            f"on the test fold, macro F1 {served['macro_f1']:.3f}.")
 
 def run_figures_markdown(run_dir) -> str:
     "This run's figures in Markdown: the split, each model's validation and test accuracy, the study's model."
     models, run_dir = compared_models(run_dir), Path(run_dir)
-    setup = chapter_results(run_dir, "00_setup")
-    split = setup["split"]
+    setup = read_setup(run_dir)
+    split = (setup.get("entries") or {}).get("split") or {}
     lines = [f"{FIGURES_SECTION.replace('a run', 'this run')}\n",
              f"Dataset `{setup.get('dataset', '?')}`; {split_text(split)}." if split else "", ""]
     if len(models):
         lines += ["| model (chapter) | validation, mean over rotations | test |", "|---|---|---|"]
         lines += [f"| {m} ({c[:2]}) | {100 * v:.1f}% | {100 * t:.1f}% |"
                   for c, m, v, t in zip(models.chapter, models.model, models.val_accuracy, models.test_accuracy)]
-    else: lines.append("No chapter of this run has chosen among models yet.")
-    chosen = run_dir/"results"/"05_transfer.json"
-    if chosen.exists() and (doc := json.loads(chosen.read_text())).get("best_model"):
-        lines += ["", f"The study's model: **{doc['best_model']}**. {doc.get('selection', {}).get('reason', '')}"]
+    else: lines.append("No chapter of this run has fitted models yet.")
+    try: served = read_choice(run_dir)
+    except NoChoice: served = None
+    if served: lines += ["", f"The study's model: **{served['model']}**. {served['reason'] or ''}", "",
+                         f"**{served_text(served)}**"]
     return "\n".join(lines) + "\n\nEvery results file: the Results page; other runs beside this one: the Runs page.\n"
 
 def index_markdown(run_dir, readme: str) -> str:
@@ -238,20 +224,20 @@ from urbansound_nb.core import write_results
 with tempfile.TemporaryDirectory() as d:
     write_results(d, "00_setup", {"split": dict(train_folds=[1], val_fold=2, test_fold=3)}, dataset="mini")
     write_results(d, "03_baselines", {"svm": dict(val_accuracy=0.4, val_mean=0.45, test_accuracy=0.5)},
-                  best_model="svm")
+                  families=["engineered features"])
+    write_results(d, "06_choice", {}, served=dict(model="svm", refit=True, train_folds=[1, 2], n_train=10,
+                                                  test_accuracy=0.55, macro_f1=0.5), reason="It is tied.")
     page = index_markdown(d, "# T\n\n## What a run gives\n\n| old | table |\n\n## Next\n[x](docs/explanations.md#a)\n")
     print(page)
     assert "| svm (03) | 45.0% | 50.0% |" in page and "| old | table |" not in page and "## Next" in page
     assert "train fold 1 · validation fold 2 · test fold 3" in page and "](explanations.html#a)" in page
+    assert "svm, refit on folds 1+2 (10 clips): 55.0% on the test fold" in page
 
 # %% [markdown]
 # ## The Runs page
 #
-# The site of a run can put other runs beside it (`build_site(..., compare=[...])`,
-# `urbansound-nb site --compare RUN_DIR ...`): the Runs page shows the comparison of notebook
-# 90a, with its warnings, one chart of test accuracy per model per run, the table, the parameters
-# that differ, and each run's overview linked to its own site. Without other runs it shows this
-# run alone and says how to add others.
+# With other runs (`urbansound-nb site --compare RUN_DIR ...`), notebook 90a's comparison: its warnings, a chart, the
+# table, the parameters that differ and links to each run's site; without, this run alone and how to add others.
 
 # %%
 #| export

@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp site
 
@@ -19,24 +7,16 @@
 # > A run's executed chapters as a report website: README, a page per chapter, results with a chart, explanations.
 
 # %% [markdown]
-# `urbansound-nb site --run-dir DIR` (and `make study`, after the run) builds `DIR/site/`. With
-# `quarto` on the PATH it stages a Quarto website (`_quarto.yml` and `_theme.scss` of this repository,
-# the chapters prepared as below, `index.md` from the README, `results.md`, `explanations.md`) and
-# runs `quarto render`. Without Quarto it says so and falls back to nbconvert: one self-contained
-# page per chapter with the same sidebar entries.
+# `urbansound-nb site --run-dir DIR` (and `make study`) builds `DIR/site/`: with `quarto` on the PATH, a Quarto
+# website (this repository's `_quarto.yml` and `_theme.scss`, the prepared chapters, `index.md` from the README,
+# `results.md`, `explanations.md`); without it, nbconvert pages with the same sidebar, and a line that says so.
 #
-# Both renderers get the same prepared chapters. An executed notebook is a record of a run, not a
-# report: its first cells are imports and the parameters, and its code cells carry nbdev's
-# directives (`#| export`, `#| default_exp core`), which Quarto would read as its own cell options
-# and print as attribute text. Preparing a chapter does what nbdev's documentation pipeline does,
-# and a little more, for a report:
-#
-# * nbdev's directives are dropped; `#| hide` becomes Quarto's `#| include: false`;
-# * imports, the parameters cells, tests and the test-mode scaffolding are hidden (their code only,
-#   when they show something);
-# * the remaining code is folded (one click shows it), so prose, figures, tables and audio lead;
-# * progress bars and warnings (the kernel's standard error) are left out;
-# * the title becomes the page's title, followed by a "this run" header from papermill's metadata.
+# An executed notebook is a record of a run, not a report: it opens with imports and parameters, and nbdev's
+# directives (`#| export`) would read to Quarto as cell options. Preparing a chapter does what nbdev's documentation
+# pipeline does, and a little more: nbdev's directives are dropped (`#| hide` becomes `#| include: false`); imports,
+# parameters, tests and test-mode scaffolding are hidden; the remaining code is folded, so prose, figures, tables and
+# audio lead; the kernel's standard error (progress bars, warnings) is left out; a "this run" header follows the
+# title.
 
 # %%
 #| export
@@ -62,8 +42,7 @@ from urbansound_nb.runner import project_root
 # %% [markdown]
 # ## Pages and their titles
 #
-# A page's title and summary are its notebook's H1 and the quoted lines under it, as nbdev and
-# Quarto read them.
+# A page's title and summary are its notebook's H1 and the quoted lines under it, as nbdev and Quarto read them.
 
 # %%
 #| export
@@ -81,7 +60,7 @@ def executed_notebooks(run_dir) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob("[0-9][0-9]_*.ipynb"))
 
 # %%
-from fastcore.test import test_eq, test_fail
+from fastcore.test import test_eq
 _nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("#| default_exp x"),
                                       nbformat.v4.new_markdown_cell("# Title\n\n> Summary line,\n> and more.")])
 test_eq(notebook_title(_nb), ("Title", "Summary line, and more."))
@@ -89,9 +68,8 @@ test_eq(notebook_title(_nb), ("Title", "Summary line, and more."))
 # %% [markdown]
 # ## A code cell's directives
 #
-# Quarto reads every leading `#|` line of a code cell as a YAML cell option (`#| include: false`).
-# nbdev's directives are single words with an optional argument (`#| export`, `#| default_exp core`),
-# so a line is an option when it reads as `key: value`, and a directive otherwise.
+# Quarto reads a code cell's leading `#|` lines as YAML options (`#| include: false`); nbdev's directives are single
+# words with an optional argument, so a line is an option when it reads as `key: value`, and a directive otherwise.
 
 # %%
 #| export
@@ -117,10 +95,9 @@ test_eq(split_directives("#| hide\n#| eval: false\n# a comment\nx"), ({"eval": F
 # %% [markdown]
 # ## Which cells a report hides
 #
-# A cell is hidden when a reader gains nothing from it: nbdev's `#| hide` and `#| default_exp`, the
-# parameters cells (the "this run" header shows their values), and cells with nothing to show that
-# only import, test (`assert`, fastcore's `test_*`) or set up the test-mode override. Cells that
-# define functions or classes stay (folded): they are the method.
+# nbdev's `#| hide` and `#| default_exp`, the parameters cells (the header shows their values), and cells with nothing
+# to show that only import, test or set up the test mode. Cells that define functions or classes stay, folded: they
+# are the method.
 
 # %%
 #| export
@@ -156,9 +133,8 @@ assert not is_scaffolding("%timeit f()") and is_scaffolding("")
 # %% [markdown]
 # ## This run
 #
-# papermill records in an executed notebook the parameters it was given, when it started and how
-# long it ran. The header adds the split from the chapter's results file (the folds a run resolved,
-# which the parameters leave out when they are the defaults).
+# The header gives the parameters papermill recorded, when it started and how long it ran, and the split from the
+# chapter's results (the folds a run resolved).
 
 # %%
 #| export
@@ -274,12 +250,9 @@ test_eq([c.metadata for c in _page.cells], [{}] * 10)
 # %% [markdown]
 # ## Rendering with Quarto
 #
-# The theme is cosmo with `$web-font-path: false` (`_theme.scss`), so no page asks a font host for
-# anything, and `embed-resources: true` puts figures, audio and scripts inside each page: a page
-# opened offline looks as it does online.
-#
-# One more thing would reach out: Quarto adds require.js and jQuery from a CDN to every page that
-# has an HTML output, in case it is a JavaScript widget. The study's HTML outputs (tables, audio
+# The theme is cosmo with `$web-font-path: false` (`_theme.scss`), so no page asks a font host for anything; figures
+# and audio are inline and the pages share `site_libs/`, so the site works offline. Quarto would add require.js and
+# jQuery from a CDN to every page with an HTML output, in case it is a widget; the study's HTML outputs (tables, audio
 # players) have no scripts, so they go to Quarto as raw HTML blocks, which render the same.
 
 # %%
@@ -325,8 +298,7 @@ test_eq(_raw.cells[0].outputs[0].data, {"text/markdown": "````{=html}\n<audio co
 # %% [markdown]
 # ## The fallback: nbconvert
 #
-# The same prepared chapters through nbconvert's lab template, extended so that folded code is an
-# HTML `<details>` element and hidden cells are left out; the same sidebar entries as Quarto's.
+# The same prepared chapters through nbconvert's lab template, extended so that folded code is a `<details>` element.
 
 # %%
 #| export
@@ -424,9 +396,8 @@ def _nbconvert(run_dir: Path, out: Path, root: Path, runs_body: str):
     (out/"explanations.html").write_text(_page(explanations, "Explanations", pages, "explanations.html"))
 
 # %% [markdown]
-# The site is built in a folder beside its place (`.site.building`) and swapped in by two renames
-# when it is complete: an interrupted build, or one that fails half-way, leaves the previous site
-# as it was.
+# The site is built beside its place (`.site.building`) and swapped in when complete: a failed build leaves the
+# previous site as it was.
 
 # %%
 #| export
@@ -463,25 +434,3 @@ def build_site(run_dir, out=None, renderer: str | None = None, compare=()) -> Pa
     swap_in(building, out)
     print(f"site ({renderer}): {out/'index.html'}")
     return out
-
-# %% [markdown]
-# A site from a tiny run directory: one executed notebook and one results file.
-
-# %%
-import tempfile
-from urbansound_nb.core import write_results
-with tempfile.TemporaryDirectory() as d:
-    d = Path(d)
-    nbformat.write(nbformat.v4.new_notebook(cells=_cells), d/"00_demo.ipynb")
-    write_results(d, "00_demo", {"m": {"val_accuracy": 0.5, "test_accuracy": 0.25, "n_train": 10.0}}, best_model="m")
-    site = build_site(d, renderer="nbconvert")
-    names = {p.name for p in site.iterdir()}
-    assert {"00_demo.html", "explanations.html", "index.html", "results.html", "runs.html", "predict.html"} <= names
-    assert "WaveformClassifier" in (site/"predict.html").read_text()              # an API page, by nbdev's show_doc
-    page = (site/"00_demo.html").read_text()
-    assert "Demo chapter" in page and "import numpy" not in page
-    assert "25.0%" in (site/"results.html").read_text() and "data:image/png;base64" in (site/"results.html").read_text()
-    test_fail(lambda: build_site(d, renderer="mkdocs"), contains="renderer must be 'quarto' or 'nbconvert'")
-    (d/"results"/"01_broken.json").write_text("{half")   # a build that fails half-way leaves the site as it was
-    test_fail(lambda: build_site(d, renderer="nbconvert"))
-    assert "Demo chapter" in (site/"00_demo.html").read_text() and not (d/".site.building").exists()

@@ -1,33 +1,16 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp browser
 
 # %% [markdown]
 # # Checking pages in a browser
 #
-# > The report site and JupyterLab as a reader sees them: pages opened in headless Chromium, checked, photographed.
+# > The report site as a reader sees it: pages opened in headless Chromium, checked, photographed.
 
 # %% [markdown]
-# A rendered page can be valid HTML and still be broken for a reader: a figure that does not
-# decode, an audio player with no audio, raw attribute text, a script that throws, a font asked
-# of a remote host. Only a browser shows these. This module drives the system's Chromium (Debian's
-# `chromium` package; `$URBANSOUND_CHROMIUM` names another) with Playwright for Python, which is
-# the `browser` extra of the package (`pip install 'urbansound_nb[browser]'`; the `dev` extra has
-# it). Playwright's own browser download is never used: these machines cannot reach it.
-#
-# It serves the site over a loopback HTTP server, as a reader's web server would, and refuses
-# every request to another host, reporting it: a page of the report must need nothing remote.
+# A page can be valid HTML and still broken for a reader (a figure that does not decode, a silent player, raw
+# attribute text, a script that throws, a remote font): only a browser shows it. This module drives the system's
+# Chromium (`$URBANSOUND_CHROMIUM` names another) with Playwright for Python (the `browser` extra), never Playwright's
+# own download. It serves the site over loopback HTTP and refuses, and reports, every request to another host.
 
 # %%
 #| export
@@ -41,14 +24,8 @@ import http.server
 import importlib.util
 import os
 import re
-import secrets
 import shutil
-import socket
-import subprocess
-import tempfile
 import threading
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -81,8 +58,8 @@ def missing_browser() -> str | None:
 print(find_chromium(), "|", missing_browser())
 
 # %% [markdown]
-# Playwright's synchronous API refuses to run inside an asyncio loop, and a Jupyter kernel runs
-# one; so when there is a loop, the work runs in a thread of its own.
+# Playwright's synchronous API refuses to run inside an asyncio loop, as a Jupyter kernel's, so there it runs in a
+# thread.
 
 # %%
 #| export
@@ -127,6 +104,8 @@ def serve_folder(folder):
         server.server_close()
 
 # %%
+import tempfile
+import urllib.request
 with tempfile.TemporaryDirectory() as d:
     (Path(d)/"a.html").write_text("<p>hello</p>")
     with serve_folder(d) as url: assert urllib.request.urlopen(url + "a.html").read() == b"<p>hello</p>"
@@ -134,10 +113,8 @@ with tempfile.TemporaryDirectory() as d:
 # %% [markdown]
 # ## What is checked on a page
 #
-# A page passes when it loads with no console error and no uncaught exception, asks no other host
-# for anything, every `<img>` has decoded (natural width above 0), every `<audio>` has a duration
-# above 0, no raw `:::` fence or `{#... .cell` attribute text is visible, and its sidebar links to
-# every chapter.
+# No console error or uncaught exception, no other host asked, every `<img>` decoded, every `<audio>` with a duration,
+# no raw `:::` or `{#... .cell` text, and a sidebar linking every chapter.
 
 # %%
 #| export
@@ -221,8 +198,7 @@ def screenshot_site(site_dir, out_dir) -> list[Path]:
     return shots
 
 # %% [markdown]
-# A site of two pages, one of them broken on purpose (an image that is not one, a remote script,
-# raw attribute text, a sidebar missing a chapter), checked when a browser is present:
+# Two pages, one broken on purpose, checked when a browser is present:
 
 # %%
 with tempfile.TemporaryDirectory() as d:
@@ -238,66 +214,3 @@ with tempfile.TemporaryDirectory() as d:
         assert found["00_demo.html"] == [] and len(found["index.html"]) >= 4
         assert any("remote host" in p for p in found["index.html"])
         assert any("raw text" in p for p in found["index.html"])
-
-# %% [markdown]
-# ## JupyterLab
-#
-# Users read and rerun the chapters in JupyterLab, where jupytext opens the `.py` files as
-# notebooks (the runner's `configure_lab`). The check starts JupyterLab as `make lab` does, on a
-# free loopback port with a fresh token, opens a chapter and looks for notebook cells: a text
-# editor instead means the `.py` file did not open as a notebook.
-
-# %%
-#| export
-def free_port() -> int:
-    "A TCP port on loopback that nothing listens on now."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-@contextlib.contextmanager
-def running_lab(root=None, timeout: float = 120):
-    "JupyterLab started as `make lab` does, on a free loopback port with a token; yields its URL and token."
-    from urbansound_nb.runner import configure_lab, lab_command, project_root
-    configure_lab()
-    port, token = free_port(), secrets.token_hex(16)
-    cmd = lab_command(root, extra=["--no-browser", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
-                                   f"--IdentityProvider.token={token}"])
-    log = tempfile.TemporaryFile()
-    server = subprocess.Popen(cmd, cwd=project_root(root), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    log.seek(0)
-                    tail = log.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"JupyterLab did not start ({' '.join(cmd)}):\n{tail}")
-                time.sleep(0.5)
-        yield url, token
-    finally:
-        server.terminate()
-        try: server.wait(timeout=20)
-        except subprocess.TimeoutExpired: server.kill()
-        log.close()
-
-@_off_the_loop
-def lab_opens_as_notebook(path="nbs/00_setup.py", screenshot=None, timeout: float = 120) -> int:
-    "Open `path` in JupyterLab (started here) in headless Chromium; the number of notebook cells shown."
-    with running_lab() as (url, token), chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"{url}lab/tree/{path}?token={token}", timeout=timeout * 1000)
-        page.wait_for_selector(".jp-NotebookPanel .jp-Cell, .jp-FileEditor", timeout=timeout * 1000)
-        count = lambda: len(page.query_selector_all(".jp-NotebookPanel:visible .jp-Cell"))
-        shown, before = count(), -1
-        for _ in range(int(timeout)):    # cells render progressively, slower on a loaded machine: until the count holds
-            if shown == before: break
-            page.wait_for_timeout(1000)
-            before, shown = shown, count()
-        if screenshot: page.screenshot(path=str(screenshot))
-        if page.query_selector(".jp-FileEditor:visible"): raise AssertionError(f"{path} opened in a text editor")
-        return shown

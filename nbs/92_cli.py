@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp cli
 
@@ -23,16 +11,17 @@
 # |---|---|
 # | `urbansound-nb sync` | `nbs/*.py` -> `nbs/*.ipynb` with stable cell ids, then `nbdev-export` (notebook 90) |
 # | `urbansound-nb run [NB ...] [-p NAME VALUE ...] [--run-dir DIR]` | the chapters, headless, into a run directory |
+# | `urbansound-nb run ... --plan [--workers N ...]` | what the run will train and cost, before it runs (90d) |
 # | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
-# | `urbansound-nb bench --predict-memory [CHECKPOINT]` | `predict`'s memory and speed, torch and ONNX (06d) |
-# | `urbansound-nb predict MODEL FILE... [--timeline F] [--plot F]` | files by a checkpoint, run (06b) or ONNX (06c) |
-# | `urbansound-nb export SOURCE OUT.onnx [--check FILE...]` | a checkpoint or run's model as one ONNX file (06d) |
+# | `urbansound-nb bench --predict-memory [CHECKPOINT]` | `predict`'s memory and speed, torch and ONNX (10a) |
+# | `urbansound-nb predict MODEL FILE... [--timeline F] [--plot F]` | files by a checkpoint, run (07b) or ONNX (07c) |
+# | `urbansound-nb export SOURCE OUT.onnx [--check FILE...]` | a checkpoint or run's model as one ONNX file (07d) |
 # | `urbansound-nb compare RUN_DIR RUN_DIR... [--json/--csv]` | runs side by side: accuracies, what differs (90a) |
 # | `urbansound-nb site [--run-dir DIR] [--compare RUN_DIR...] [--check]` | a run's report site (91), checked (91a) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
 #
-# This module sits on top: it imports the others, and none of them imports it. The heavier
-# ones are imported inside the command that needs them, so `urbansound-nb sync` starts fast.
+# This module sits on top: it imports the others, none imports it, and the heavy ones are imported by the command that
+# needs them, so `urbansound-nb sync` starts fast.
 
 # %%
 #| export
@@ -50,8 +39,7 @@ from urbansound_nb.params import ParameterError
 from fastcore.test import test_eq, test_fail
 
 # %% [markdown]
-# Arguments are checked as they are parsed: a count that is not a whole number in range is one
-# line and exit status 2 (argparse's own), before any work starts.
+# Arguments are checked as parsed: a count out of range is one line and exit status 2, before any work.
 
 # %%
 #| export
@@ -65,6 +53,11 @@ def count(lo: int = 1, hi: int | None = None):
         return value
     return parse
 
+def refuse(message: str, status: int = 2) -> int:
+    "Print `message` on standard error and return the exit status `status`."
+    print(message, file=sys.stderr)
+    return status
+
 def usable_run_dir(path) -> str | None:
     "Why `path` cannot hold a run (a file, not writable, not creatable), or None when it can."
     path = Path(path).expanduser()
@@ -74,8 +67,6 @@ def usable_run_dir(path) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK): return f"{path}: not writable"
     return None
 
-# %%
-#| export
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="urbansound-nb",
                                  description="Run, test and publish the UrbanSound8K notebook study.")
@@ -88,12 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", default=os.environ.get("URBANSOUND_RUN_DIR", "runs/latest"))
     r.add_argument("--dataset", help="shorthand for -p dataset VALUE")
     r.add_argument("--site", action="store_true", help="build the report site when the run succeeds")
+    r.add_argument("--plan", action="store_true", help="instead: every training the run needs, which the store holds, "
+                   "and the wall time here, on Dask workers, and for the full dataset (trains nothing)")
+    r.add_argument("--workers", type=count(1), nargs="+", default=[4, 16], metavar="N",
+                   help="--plan: the numbers of Dask workers to estimate (default 4 16)")
     b = sub.add_parser("bench", help="benchmark the feature pipeline (prints figures; last line JSON)")
     b.add_argument("--dataset", default=None)
     b.add_argument("--max-items", type=count(1), default=512)
     b.add_argument("--workers", type=count(1), default=None)
     b.add_argument("--sample-rate", type=count(4000, 192000), default=22050)
     b.add_argument("--network", default="mn04_as", help="EfficientAT width whose throughput to measure")
+    b.add_argument("--compile", action="store_true", help="training steps under torch.compile (a trial, not taken)")
     b.add_argument("--predict-memory", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="instead: peak memory of predict on a 10-minute file (default: a study-shaped checkpoint)")
     p = sub.add_parser("predict", help="top-k classes of audio files with a checkpoint, or a run's chosen model")
@@ -141,9 +137,8 @@ with tempfile.TemporaryDirectory() as d:
 # %% [markdown]
 # ## predict
 #
-# Each file's top-k classes, one line per file (or JSON lines); a file that cannot be classified
-# is reported and makes the exit status 1, and the others are still classified. A checkpoint
-# that cannot be used stops the command with exit status 2 and says why.
+# Each file's top-k classes, a line per file (or JSON lines); a file that cannot be classified is reported, the others
+# still classified, and the exit status is 1. An unusable checkpoint stops the command with status 2, saying why.
 
 # %%
 #| export
@@ -189,12 +184,9 @@ def predict_cli(model, files, top_k: int = 3, as_json: bool = False, per_window:
     "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
     from urbansound_nb.windows import classify_files
     if (timeline or plot) and len(files) != 1:
-        print("error: --timeline and --plot describe one recording; give one file", file=sys.stderr)
-        return 2
+        return refuse("error: --timeline and --plot describe one recording; give one file")
     predictor, why = _predictor(model, threads)
-    if predictor is None:
-        print(f"error: {why}", file=sys.stderr)
-        return 2
+    if predictor is None: return refuse(f"error: {why}")
     records = classify_files(predictor, files, top_k, per_window, with_probs=bool(timeline or plot))
     for rec in records:
         written = _write_timeline(rec, predictor, timeline, plot) if rec["error"] is None and (timeline or plot) else []
@@ -208,9 +200,7 @@ def export_cli(source, out, check=None) -> int:
     from urbansound_nb.export import export_onnx, parity
     from urbansound_nb.models import CheckpointError
     try: path = export_onnx(source, out)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CheckpointError as e: return refuse(f"error: {e}")
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
     if check:
         from urbansound_nb.predict import resolve_checkpoint
@@ -218,8 +208,7 @@ def export_cli(source, out, check=None) -> int:
     return 0
 
 # %% [markdown]
-# The command exits with status 2, naming the file, when what it is given is not a checkpoint
-# (here a training state, `.last.pt`, which holds no feature parameters or class names):
+# Given something that is not a checkpoint (here a training state, `.last.pt`), the command exits 2 naming the file:
 
 # %%
 import contextlib
@@ -237,9 +226,8 @@ with tempfile.TemporaryDirectory() as d:
 # %% [markdown]
 # ## site
 #
-# The site of a run, and optionally what a reader would see: `--screenshots` writes a PNG of the
-# top of each page into `RUN_DIR/screenshots/`, so a change to the pages can be looked at;
-# `--check` opens every page in headless Chromium and fails when one has a problem (notebook 91a).
+# `--screenshots` writes a PNG of each page's top into `RUN_DIR/screenshots/`; `--check` opens every page in headless
+# Chromium and fails when one has a problem (notebook 91a).
 
 # %%
 #| export
@@ -247,9 +235,7 @@ def compare_cli(run_dirs, fmt: str = "text") -> int:
     "`urbansound-nb compare`: the runs side by side as text, JSON or CSV; 2 when no folder given is a run."
     from urbansound_nb.compare import NotARun, compare_runs, comparison_json, comparison_text, wide_table
     try: c = compare_runs(run_dirs)
-    except NotARun as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except NotARun as e: return refuse(f"error: {e}")
     if fmt == "json": print(json.dumps(comparison_json(c), indent=2, allow_nan=False))
     elif fmt == "csv":
         for line in [*c.skipped, *c.warnings]: print(f"warning: {line}", file=sys.stderr)
@@ -261,14 +247,10 @@ def site_cli(run_dir, out=None, renderer=None, screenshots=False, check=False, c
     "Build the site of `run_dir`; photograph and check its pages when asked. 1: a check found a problem; 2: no site."
     from urbansound_nb.site import build_site
     try: site = build_site(run_dir, out, renderer, compare=compare)
-    except (FileNotFoundError, RuntimeError) as e:
-        print(f"site: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, RuntimeError) as e: return refuse(f"site: {e}")
     if not (screenshots or check): return 0
     from urbansound_nb.browser import check_site, missing_browser, screenshot_site
-    if missing_browser():
-        print(f"cannot open the pages: {missing_browser()}", file=sys.stderr)
-        return 1
+    if missing_browser(): return refuse(f"cannot open the pages: {missing_browser()}", 1)
     if screenshots:
         shots = screenshot_site(site, Path(run_dir)/"screenshots")
         print(f"screenshots: {len(shots)} pages in {Path(run_dir)/'screenshots'}")
@@ -294,60 +276,44 @@ def run_cli(args) -> int:
     from urbansound_nb.runner import RunFailed, parse_value, run_notebooks
     params = {k: parse_value(v) for k, v in args.param}
     if args.dataset: params["dataset"] = args.dataset
-    if why := usable_run_dir(args.run_dir):
-        print(f"error: run directory {why}", file=sys.stderr)
-        return 2
+    if why := usable_run_dir(args.run_dir): return refuse(f"error: run directory {why}")
+    if args.plan: return plan_cli(args.notebooks, params, args.run_dir, args.workers)
     try: run_dir = run_notebooks(args.notebooks, params, args.run_dir)
-    except RunFailed as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        return 1
+    except RunFailed as e: return refuse(f"FAILED: {e}", 1)
     except (ParameterError, DatasetUnavailable) as e:   # before any chapter ran
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return refuse(f"error: {e}")
     print(f"run complete: {run_dir}")
     if args.site:
         from urbansound_nb.site import build_site
         build_site(run_dir)
     return 0
 
-def bench_cli(args) -> int:
-    "`urbansound-nb bench`: the front ends' throughput, or (`--predict-memory`) predict's peak memory."
-    if args.predict_memory is not None:
-        from urbansound_nb.export import benchmark_predict
-        benchmark_predict(args.predict_memory or None)
-        return 0
-    from urbansound_nb.bench import benchmark
-    from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
-    from urbansound_nb.pretrained import benchmark_pretrained
-    benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate,
-              model=SmallAudioCNN())
-    print("\nThe pretrained network (chapter 05): its front end and its embeddings")
-    benchmark_pretrained(args.dataset, max_items=args.max_items, network=args.network, workers=args.workers)
-    print_training_throughput(args.network)
+def plan_cli(notebooks, params: dict, run_dir, workers) -> int:
+    "`urbansound-nb run --plan`: the run's trainings and their cost, and the full dataset's; nothing is trained."
+    from urbansound_nb.data import DatasetUnavailable
+    from urbansound_nb.plan import plan_run, plan_text
+    from urbansound_nb.runner import prepare_run
+    try:
+        chapters, params, declared = prepare_run(notebooks, params, run_dir)
+        plan = plan_run(chapters, params, declared)
+        full = plan_run(chapters, params, declared, full=True)
+    except (ParameterError, DatasetUnavailable) as e: return refuse(f"error: {e}")
+    print(plan_text(plan, full, workers=tuple(workers)))
     return 0
 
-def print_training_throughput(network: str = "mn04_as") -> list[dict]:
-    "Each family's training clips/s, GFLOP per clip and GFLOP/s, against this machine's matrix-product rate."
-    import torch
-
-    from urbansound_nb.features import FeatureParams
-    from urbansound_nb.params import LOG_MEL
-    from urbansound_nb.pretrained import PRETRAINED, EfficientATFeatures
-    from urbansound_nb.train import matmul_gflops, training_throughput
-    log_mel, eat = FeatureParams(**LOG_MEL), EfficientATFeatures()
-    limit = matmul_gflops()
-    print(f"\nTraining steps (forward, backward, AdamW; batches of 32, {torch.get_num_threads()} threads); "
-          f"this machine's float32 matrix product: {limit:.0f} GFLOP/s")
-    families = [("small_cnn", dict(n_classes=10, n_mels=log_mel.n_mels), log_mel),
-                ("resnet", dict(n_classes=10, n_mels=log_mel.n_mels), log_mel),
-                ("efficientat", dict(width=PRETRAINED[network][1], n_classes=10), eat)]
-    rows = [training_throughput(name, config, fp.n_mels, fp.frames(4.0)) for name, config, fp in families]
-    for r in rows:
-        print(f"{r['model']:>12}: {r['clips_per_s']:7.1f} clips/s, {r['gflop_per_clip']:.3f} GFLOP a clip, "
-              f"{r['gflops']:5.1f} GFLOP/s = {r['gflops'] / limit:.0%} of the matrix-product rate")
-    print(json.dumps(dict(matmul_gflops=round(limit, 1), training=[{k: round(v, 3) if isinstance(v, float) else v
-                                                                     for k, v in r.items()} for r in rows])))
-    return rows
+def bench_cli(args) -> int:
+    "`urbansound-nb bench`: the data path, the pretrained network and training, or (`--predict-memory`) predict's."
+    from urbansound_nb import bench
+    if args.predict_memory is not None:
+        bench.benchmark_predict(args.predict_memory or None)
+        return 0
+    from urbansound_nb.models import SmallAudioCNN  # the data path is compared with this model's training step
+    bench.benchmark(args.dataset, max_items=args.max_items, workers=args.workers, sample_rate=args.sample_rate,
+                    model=SmallAudioCNN())
+    print("\nThe pretrained network (chapter 05): its front end and its embeddings")
+    bench.benchmark_pretrained(args.dataset, max_items=args.max_items, network=args.network, workers=args.workers)
+    bench.print_training_throughput(args.network, compiled=args.compile)
+    return 0
 
 def main(argv=None):
     "Entry point of the `urbansound-nb` console script."

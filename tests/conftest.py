@@ -1,7 +1,11 @@
 """Shared fixtures. Tests on real data read ../shared/data (or $URBANSOUND_SHARED_DATA) and skip when it is absent."""
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,36 +15,56 @@ SHARED = Path(os.environ.get("URBANSOUND_SHARED_DATA", ROOT.parent/"shared"/"dat
 MINI, ORIGINALS = SHARED/"urbansound8k-mini", SHARED/"urbansound8k-originals"
 
 
-# Under `pytest -n 2 --dist loadgroup --no-loadscope-reorder` (`make test`; the flag keeps this order) the tests
-# that read the reduced study form two groups: "study", first in line, whose worker makes the study, and "site" (the
-# site's renders and browser checks), last in line, so that the other worker takes it when its own tests are done and
-# renders while the first runs the rest of "study". The run is shared through a folder every worker sees
-# (`reduced_run`), so it is made once.
-GROUP_ORDER = {"study": 0, None: 1, "site": 2}
+# The tests that read the reduced study (the fixtures `reduced_run`, `reduced_data`) are marked `study` and run
+# last, the site's last of all. The study itself is made in the background as soon as the tests are collected
+# (`pytest_collection_finish`, a public hook), so it runs on one core while the other tests run on the other.
+NEEDS_STUDY = {"reduced_run", "reduced_data", "reduced_study"}
+STUDY = pytest.StashKey()
 
 
-@pytest.hookimpl(tryfirst=True)    # before pytest-xdist reads the groups
+def _needs_study(item) -> bool: return bool(NEEDS_STUDY & set(getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_modifyitems(config, items):
-    "Tests that read the reduced study are marked `study` (`make test-fast` leaves them and `slow` ones out)."
-    def group(item):
-        if not {"reduced_run", "reduced_data"} & set(getattr(item, "fixturenames", ())): return None
-        return "site" if item.path.name == "test_site.py" else "study"
+    "Mark the tests that read the reduced study, and put them last (the site's last of all)."
     for item in items:
-        if group(item):
-            item.add_marker(pytest.mark.study)
-            _in_xdist_group(item, config, group(item))
-    if hasattr(config, "workerinput"): items.sort(key=lambda item: GROUP_ORDER[group(item)])   # the same everywhere
+        if _needs_study(item): item.add_marker(pytest.mark.study)
+    items.sort(key=lambda item: (_needs_study(item), item.path.name == "test_site.py"))
 
 
-def _in_xdist_group(item, config, name: str):
-    "Put `item` in pytest-xdist's group `name`: the marker, and the `@name` suffix of its id that the scheduler reads."
-    item.add_marker(pytest.mark.xdist_group(name))
-    # pytest-xdist 3.8 adds the suffix only where the worker's `dist` is "loadgroup", which it never is under pytest 9
-    # (workers run with dist "no"), and writes `_nodeid`, which pytest 9 no longer reads (it keeps a `NodeId` in
-    # `_id`); so the suffix is added here, in workers only (a run without xdist keeps the plain ids).
-    if hasattr(config, "workerinput") and hasattr(item, "_id") and "@" not in item.nodeid:
-        from _pytest.nodeid import NodeId
-        item._id = NodeId.parse(f"{item.nodeid}@{name}")
+def pytest_collection_finish(session):
+    "Start the reduced study in the background when a selected test reads it (and the real data is here)."
+    if any(_needs_study(item) for item in session.items) and MINI.is_dir():
+        session.config.stash[STUDY] = ReducedStudy.start()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    "Where the reduced study's time went, chapter by chapter: kernel start, imports and work."
+    study = config.stash.get(STUDY, None)
+    if study is None or study.process.poll() != 0: return
+    from urbansound_nb.runner import time_table
+    terminalreporter.write_sep("-", "the reduced study's time")
+    terminalreporter.write_line(time_table(study.run))
+
+
+def pytest_unconfigure(config):
+    study = config.stash.get(STUDY, None)
+    if study is not None: study.close()
+
+
+def in_process(*args, env: dict | None = None) -> SimpleNamespace:
+    """`urbansound-nb ARGS` run in this process (no interpreter to start, no torch to import again): its exit status,
+    stdout and stderr, as `subprocess.run` gives them. The tests of the console script itself start a process."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+    from unittest import mock
+
+    from urbansound_nb.cli import main
+    out, err = StringIO(), StringIO()
+    with mock.patch.dict(os.environ, env or {}), redirect_stdout(out), redirect_stderr(err):
+        try: status = main([str(a) for a in args])
+        except SystemExit as e: status = e.code if isinstance(e.code, int) else (print(e.code, file=err) or 1)
+    return SimpleNamespace(returncode=status or 0, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def _need(path):
@@ -77,15 +101,22 @@ def write_official_layout(root: Path, n_clips: int | None = 3, folds=(1,)) -> li
     return rows
 
 
-# The whole study, reduced (few epochs, seeds and items), on a copy of the real mini data with three damaged clips;
-# its site is built by the run. Made once per test session and shared by every test that reads it.
+# The whole study, reduced (few epochs, seeds and items), on a copy of the real mini data with three damaged clips,
+# with two toy models a plugin adds; its site is built by the run. Made once per test session and shared by every
+# test that reads it.
 WEIGHTS = SHARED.parent/"models"
 
-NOTEBOOKS = ["00_setup", "01_eda", "02_preprocessing", "03_baselines", "04_cnn", "05_transfer", "06_error_analysis",
-             "07_augmentation", "08_cross_validation", "09_deployment"]
+NOTEBOOKS = ["00_setup", "01_eda", "02_preprocessing", "03_baselines", "04_cnn", "05_transfer", "06_choice",
+             "07_error_analysis", "08_augmentation", "09_cross_validation", "10_deployment"]
 
 # (fold of the clip that is damaged, how): unreadable bytes, too short, NaN samples
 DAMAGE = {1: "corrupt", 2: "too_short", 3: "nan"}
+CLIPS = 160          # of the mini data, stratified; with `train_fraction` 0.5 a few dozen clips train each model
+REDUCED = ["-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32", "-p", "conditions",
+           "[none, specaugment_lite, mixup]", "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1",
+           "-p", "finetune_seeds", "2", "-p", "grid_epochs", "2", "-p", "long_clips", "8", "-p", "n_mfcc", "20"]
+# Models a plugin registers and nothing else names: the study trains, compares, cross-validates them (test_registry)
+TOY_MODELS, TOY_PLUGIN = ("knn", "wide_shallow"), ROOT/"tests"/"toy_models.py"
 
 
 def damaged_bytes(how: str) -> bytes:
@@ -98,53 +129,73 @@ def damaged_bytes(how: str) -> bytes:
     return encode_audio(tone, 22050, subtype="FLOAT")
 
 
-@pytest.fixture(scope="session")
-def reduced_data(mini, tmp_path_factory):
-    "240 clips of the mini data in the hub layout, one clip of each fold damaged (`DAMAGE`); (folder, their names)."
+def write_reduced_data(root: Path) -> dict:
+    "`CLIPS` clips of the mini data in the hub layout under `root`, one of each fold damaged (`DAMAGE`): their names."
     from urbansound_nb.audio import dataset_from_rows
     from urbansound_nb.data import load_urbansound
-    rows = load_urbansound(str(mini), max_items=240, seed=0).to_list()
+    rows = load_urbansound(str(MINI), max_items=CLIPS, seed=0).to_list()
     damaged = {}
     for fold, how in DAMAGE.items():
         row = next(r for r in rows if r["fold"] == fold and r["slice_file_name"] not in damaged.values())
         row["audio"] = dict(bytes=damaged_bytes(how), path=row["audio"].get("path"))
         damaged[how] = row["slice_file_name"]
-    root = tmp_path_factory.mktemp("reduced-data")
-    (root/"data").mkdir()
+    (root/"data").mkdir(parents=True)
     dataset_from_rows(rows).to_parquet(str(root/"data"/"train-00000-of-00001.parquet"))
-    return root, damaged
+    return damaged
 
 
-def _session_root(tmp_path_factory) -> Path:
-    "The session's temporary folder, which every pytest-xdist worker of the session sees (each has its own below)."
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+class ReducedStudy:
+    "The reduced study's run, made by a process of its own: its data, damaged clips, run folder and outcome."
+    def __init__(self, root: Path):
+        self.root, self.data, self.run = root, root/"reduced-data", root/"reduced-run"
+        self.damaged = write_reduced_data(self.data)
+        # the run's arguments and environment, which a test may repeat (`run --plan` of the same run)
+        self.args = ["--dataset", str(self.data), "--run-dir", str(self.run), "-p", "cache_dir",
+                     str(root/"reduced-cache"), *REDUCED]
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "URBANSOUND_MODELS": str(TOY_PLUGIN)}
+        if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): self.env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real ones
+        else: self.args += ["-p", "weights", "random"]                                 # none here: a random network
+        self.log = open(root/"reduced-run.log", "w")
+        self.process = subprocess.Popen([str(Path(sys.executable).parent/"urbansound-nb"), "run", *self.args, "--site"],
+                                        cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+
+    @classmethod
+    def start(cls): return cls(Path(tempfile.mkdtemp(prefix="urbansound-reduced-")))
+
+    def wait(self):
+        "The study once it is done; a failed study fails the test with the end of its output."
+        status = self.process.wait(timeout=1800)
+        self.log.flush()
+        assert status == 0, (self.root/"reduced-run.log").read_text()[-5000:]
+        return self
+
+    def close(self):
+        if self.process.poll() is None: self.process.kill()
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _study(request) -> ReducedStudy:
+    study = request.config.stash.get(STUDY, None)
+    if study is None: pytest.skip(f"{MINI} is absent (real data is only beside the repository on the project's "
+                                  "machines)")
+    return study
 
 
 @pytest.fixture(scope="session")
-def reduced_run(reduced_data, tmp_path_factory, venv_bin):
-    "The reduced study's run folder, made once per session: the first worker that needs it makes it, others wait."
-    import fcntl
-    root = _session_root(tmp_path_factory)
-    run, outcome = root/"reduced-run", root/"reduced-run.outcome"
-    with open(root/"reduced-run.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not outcome.exists():
-            outcome.write_text(_make_reduced_run(run, root/"reduced-cache", reduced_data, venv_bin))
-    assert outcome.read_text() == "ok", outcome.read_text()
-    return run
+def reduced_data(request):
+    "The reduced study's data (hub layout, three damaged clips): (folder, the damaged clips' names by how)."
+    study = _study(request)
+    return study.data, study.damaged
 
 
-def _make_reduced_run(run: Path, cache: Path, reduced_data, venv_bin) -> str:
-    "Run the reduced study into `run`: 'ok', or the end of its output."
-    cmd = [str(venv_bin/"urbansound-nb"), "run", "--dataset", str(reduced_data[0]), "--run-dir", str(run), "--site",
-           "-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32",
-           "-p", "cache_dir", str(cache),
-           "-p", "conditions", "[none, specaugment_lite, mixup]",
-           "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1", "-p", "grid_epochs", "2",
-           "-p", "long_clips", "8"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real weights
-    else: cmd += ["-p", "weights", "random"]                                     # none here: a random network
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
-    return "ok" if r.returncode == 0 else r.stdout[-3000:] + r.stderr[-3000:]
+@pytest.fixture(scope="session")
+def reduced_study(request) -> ReducedStudy:
+    "The reduced study, made in the background since the tests were collected, once it is done."
+    return _study(request).wait()
+
+
+@pytest.fixture(scope="session")
+def reduced_run(reduced_study) -> Path:
+    "The reduced study's run folder."
+    return reduced_study.run

@@ -1,12 +1,11 @@
 """Checkpoints are untrusted input: a crafted file is refused before any of its code can run."""
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ROOT
+from conftest import in_process
 
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import CheckpointError, build_model, checkpoint_dict, save_checkpoint
@@ -26,12 +25,11 @@ def _crafted(path: Path, marker: Path, **fields):
     torch.save({**ck, "extra": Payload(marker), **fields}, path)
 
 
-def test_predict_refuses_a_crafted_checkpoint(tmp_path, venv_bin):
+def test_predict_refuses_a_crafted_checkpoint(tmp_path):
     marker, ck, clip = tmp_path/"code_ran", tmp_path/"crafted.pt", tmp_path/"clip.wav"
     _crafted(ck, marker)
     sf.write(clip, 0.1 * np.random.default_rng(0).standard_normal(22050).astype(np.float32), 22050)
-    r = subprocess.run([str(venv_bin/"urbansound-nb"), "predict", str(ck), str(clip)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = in_process("predict", ck, clip)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "crafted.pt: refused" in lines[0] and "Traceback" not in r.stderr
@@ -39,7 +37,7 @@ def test_predict_refuses_a_crafted_checkpoint(tmp_path, venv_bin):
 
 
 def test_resume_refuses_a_crafted_training_state(tmp_path):
-    "A crafted `.last.pt` beside a best checkpoint: training stops with a CheckpointError, and no code runs."
+    "A crafted `model.last.pt` in a store cell: training stops with a CheckpointError, and no code runs."
     from types import SimpleNamespace
 
     import pandas as pd
@@ -51,11 +49,11 @@ def test_resume_refuses_a_crafted_training_state(tmp_path):
     data = StudyData(None, SimpleNamespace(classes=["a", "b"]), pd.DataFrame(dict(fold=[1] * 8 + [2] * 4)),
                      FeatureParams(n_mels=16), clips, 1.0, 32, np.arange(8), np.arange(8, 12), np.arange(8, 12), {})
     cfg, config = TrainConfig(epochs=1, batch_size=4, patience=None), dict(n_classes=2, n_mels=16)
-    train_model("small_cnn", config, data, cfg, out_dir=tmp_path, progress=False)
+    train_model("small_cnn", config, data, cfg, cell=tmp_path, progress=False)
     marker = tmp_path/"code_ran"
-    torch.save(dict(train_config={}, payload=Payload(marker)), tmp_path/"small_cnn.last.pt")
-    with pytest.raises(CheckpointError, match="small_cnn.last.pt: refused"):
-        train_model("small_cnn", config, data, cfg, out_dir=tmp_path, progress=False)
+    torch.save(dict(train_config={}, payload=Payload(marker)), tmp_path/"model.last.pt")
+    with pytest.raises(CheckpointError, match="model.last.pt: refused"):
+        train_model("small_cnn", config, data, cfg, cell=tmp_path, progress=False)
     assert not marker.exists()
 
 

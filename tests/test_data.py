@@ -160,16 +160,18 @@ def test_official_layout_reads_files_on_demand(tmp_path, monkeypatch):
 
 
 def test_parameter_validation():
-    p = validate_params(dataset="synthetic", train_folds="[1, 2]", val_fold="3", test_fold=4, max_items=None)
-    assert (p.train_folds, p.val_fold, p.test_fold) == ([1, 2], 3, 4)
-    for kw, msg in [(dict(val_fold=2, test_fold=2), "must not see the test fold"),
-                    (dict(train_folds=[1, 2], val_fold=2), "also in 'train_folds'"),
+    p = validate_params(dataset="synthetic", train_folds="[1, 2]", val_fold="3", test_fold=4, max_items=None,
+                        models="[logreg, probe]")
+    assert (p.train_folds, p.val_fold, p.test_fold, p.models) == ([1, 2], 3, 4, ["logreg", "probe"])
+    # (the fold roles' and unknown names' refusals are notebook 00a's own examples)
+    for kw, msg in [(dict(train_folds=[1, 2], val_fold=2), "also in 'train_folds'"),
                     (dict(test_fold=11), "outside 1..10"), (dict(seed=-1), "'seed'"),
                     (dict(sample_rate="fast"), "'sample_rate'"), (dict(max_items=0), "'max_items'"),
                     (dict(clip_seconds=0), "'clip_seconds'"), (dict(train_folds=[1, 1]), "twice"),
                     (dict(epochs=True), "'epochs'"), (dict(n_mels=0), "'n_mels'"),
                     (dict(hop_length=2048), "'hop_length'"), (dict(finetune_init="warm"), "'finetune_init'"),
-                    (dict(epochz=30), "unknown parameter")]:
+                    (dict(n_mfcc=65), "'n_mfcc': 65 is outside 1..64"), (dict(train_fraction=0), "'train_fraction'"),
+                    (dict(finetune_seeds=0), "'finetune_seeds'"), (dict(deltas="maybe"), "'deltas'")]:
         with pytest.raises(ParameterError, match=msg): validate_params(**kw)
 
 

@@ -1,6 +1,5 @@
 """The experiment grids on Dask (notebook 04d): a local cluster gives the results of the in-process run, a killed
 worker costs only its cell, a failing cell is reported without losing the others, a bad address fails fast."""
-import json
 import os
 import signal
 import subprocess
@@ -9,12 +8,11 @@ import time
 
 import cloudpickle
 import pytest
+from lab_check import free_port
 
-from urbansound_nb.batches import study_data
-from urbansound_nb.browser import free_port
-from urbansound_nb.crossval import FoldTraining, cross_validate, cv_plan
 from urbansound_nb.grid import GridFailed, Placement, grid_client, run_grid
 from urbansound_nb.params import StudyParams
+from urbansound_nb.registry import cv_tasks, fit_cell, grid_cells, study_inputs
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import this test module
 pytestmark = pytest.mark.slow                                  # worker processes and trainings
@@ -25,46 +23,51 @@ def _square_slowly(x: int, seconds: float) -> dict:
     return dict(x=x, square=x * x)
 
 
-def _fail_on_three(x: int) -> dict:
+def _fail_on_three(x: int, after=()) -> dict:
     if x == 3: raise ValueError("three is not allowed")
     return dict(x=x)
 
 
-def test_local_cluster_gives_the_in_process_results(tmp_path):
-    params = StudyParams(dataset="synthetic", cache_dir=str(tmp_path/"cache"), run_dir=str(tmp_path))
-    data = study_data(params, progress=False)
-    plan = cv_plan(data.meta["fold"].unique(), folds=[1, 2, 3])
-    # one torch thread per cell on both: a CPU training's figures depend on its thread count (notebook 04d)
-    here = cross_validate(plan, data, ["small_cnn"], FoldTraining(epochs=2), record_path=tmp_path/"here.json",
-                          place=Placement(threads=1))
-    with grid_client("local:2", paths=[tmp_path/"cache"]) as client:
-        there = cross_validate(plan, data, ["small_cnn"], FoldTraining(epochs=2), record_path=tmp_path/"there.json",
-                               place=Placement(client, tmp_path/"cache", threads=1))
-    figures = ["test_fold", "val_fold", "n_train", "val_accuracy", "test_accuracy", "best_epoch", "threads"]
-    assert here[figures].to_dict("records") == there[figures].to_dict("records")
-    assert len(json.loads((tmp_path/"there.json").read_text())) == 3          # recorded by this process
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    "A `local:2` cluster the tests share (starting one costs seconds), with the folder its workers read."
+    folder = tmp_path_factory.mktemp("cluster")
+    with grid_client("local:2", paths=[folder]) as client: yield client, folder
 
 
-def test_the_transfers_cross_validate_on_a_local_cluster(tmp_path):
-    "The probe and the fine-tuning travel too: the network, its own features (a reference) and the embeddings."
-    from urbansound_nb.crossval import Transfer
-    from urbansound_nb.pretrained import EfficientATFeatures, cached_embeddings, pretrained_network
-    params = StudyParams(dataset="synthetic", max_items=120, cache_dir=str(tmp_path/"cache"), run_dir=str(tmp_path))
-    data, eat_data = study_data(params, progress=False), study_data(params, EfficientATFeatures(), progress=False)
-    net = pretrained_network("mn04_as", "random", params.cache_dir)
-    transfer = Transfer(net, eat_data, cached_embeddings(net, eat_data, params.cache_dir, progress=False)[0], 1)
-    plan = cv_plan(data.meta["fold"].unique(), folds=[1])     # one fold's cell shows that they travel
-    runs = {}
-    for name, scheduler in (("here", None), ("there", "local:2")):
-        with grid_client(scheduler, paths=[params.cache_dir]) as client:
-            runs[name] = cross_validate(plan, data, ["probe", "finetune"], FoldTraining(epochs=1), transfer=transfer,
-                                        place=Placement(client, params.cache_dir, threads=1))
-    figures = ["model", "test_fold", "val_accuracy", "test_accuracy"]
-    assert runs["here"][figures].to_dict("records") == runs["there"][figures].to_dict("records")
+def _here_and_there(cluster, models, folds, **params) -> dict:
+    "The same fit cells in process and on the cluster, one torch thread a cell, each with a store of its own."
+    client, folder = cluster
+    params = StudyParams(dataset="synthetic", cache_dir=str(folder/"cache"), run_dir=str(folder), epochs=2,
+                         resnet_epochs=2, **params)
+    cells = grid_cells(t for ts in cv_tasks(params, models, folds).values() for t in ts)
+    inputs, runs, key = study_inputs(params, cells), {}, "-".join(models)
+    for name, place in (("here", Placement(threads=1)), ("there", Placement(client, params.cache_dir, threads=1))):
+        runs[name] = run_grid(fit_cell, cells, shared=dict(inputs=inputs, store=str(folder/f"{name}-{key}")),
+                              place=place)
+    return runs
+
+
+def test_a_local_cluster_gives_the_in_process_figures(cluster):
+    "One torch thread a cell on both: a CPU training's figures depend on its thread count (notebook 04d)."
+    plan = [dict(test_fold=3, val_fold=2, train_folds=[1]), dict(test_fold=1, val_fold=3, train_folds=[2])]
+    runs = _here_and_there(cluster, ["logreg", "resnet"], plan, resnet_seeds=2)
+    figures = lambda records: {k: (r["val_accuracy"], r["test_accuracy"], r.get("best_epoch"), r["threads"])
+                               for k, r in records.items()}
+    assert figures(runs["here"]) == figures(runs["there"]) and len(runs["here"]) == 2 * (1 + 2 + 1)
+    assert not any(r["reused"] for r in runs["there"].values())              # trained there, not read back
+
+
+def test_the_transfers_travel_to_a_local_cluster(cluster):
+    "The probe and the fine-tuning travel too: the network's body, its own features (a reference), the embeddings."
+    runs = _here_and_there(cluster, ["probe_finetune"], [dict(test_fold=3, val_fold=2, train_folds=[1])],
+                           max_items=120, weights="random", finetune_epochs=1)
+    figures = lambda records: [(r["model"], r["val_accuracy"], r["test_accuracy"]) for r in records.values()]
+    assert figures(runs["here"]) == figures(runs["there"]) and len(runs["here"]) == 3
 
 
 def test_a_killed_worker_costs_only_its_cell(tmp_path):
-    cells = {f"x{x}": dict(x=x, seconds=1.5) for x in range(6)}
+    cells = {f"x{x}": dict(x=x, seconds=1.0) for x in range(6)}
     killed = []
     with grid_client("local:2") as client:
         def kill_a_busy_worker(key, result):
@@ -74,18 +77,19 @@ def test_a_killed_worker_costs_only_its_cell(tmp_path):
                 os.kill(victim, signal.SIGKILL)
                 killed.append(victim)
             return f"{key} done"
-        done = run_grid(_square_slowly, cells, record_path=tmp_path/"record.json", place=Placement(client, tmp_path),
-                        describe=kill_a_busy_worker)
+        done = run_grid(_square_slowly, cells, place=Placement(client, tmp_path), describe=kill_a_busy_worker)
     assert killed and {k: r["square"] for k, r in done.items()} == {f"x{x}": x * x for x in range(6)}
-    assert json.loads((tmp_path/"record.json").read_text()) == done
 
 
-def test_a_failing_cell_is_reported_and_the_others_recorded(tmp_path):
-    cells = {f"x{x}": dict(x=x) for x in range(5)}
-    with grid_client("local:2") as client, pytest.raises(GridFailed, match="x3: ValueError: three is not allowed"):
-        run_grid(_fail_on_three, cells, record_path=tmp_path/"record.json", place=Placement(client, tmp_path),
-                 retries=1)
-    assert sorted(json.loads((tmp_path/"record.json").read_text())) == ["x0", "x1", "x2", "x4"]
+def test_a_failing_cell_is_reported_with_the_cells_that_read_it(cluster):
+    from urbansound_nb.grid import Cell
+    cells = {f"x{x}": Cell(dict(x=x)) for x in range(5)}
+    cells["after3"] = Cell(dict(x=6), after=("x3",))
+    cells["after4"] = Cell(dict(x=7), after=("x4",))
+    with pytest.raises(GridFailed) as failed:
+        run_grid(_fail_on_three, cells, place=Placement(cluster[0], cluster[1]), retries=1)
+    assert "x3: ValueError: three is not allowed" in str(failed.value) and "after3: a cell it reads failed" in \
+        str(failed.value) and "after4" not in str(failed.value) and "2 of 7 cells failed" in str(failed.value)
 
 
 def test_a_cluster_started_by_address(tmp_path, venv_bin):
@@ -104,7 +108,7 @@ def test_a_cluster_started_by_address(tmp_path, venv_bin):
             try:
                 with grid_client(address, paths=[tmp_path]) as client:
                     if len(client.scheduler_info()["workers"]) < 2: raise RuntimeError("workers still starting")
-                    done = run_grid(dict, cells, record_path=tmp_path/"record.json", place=Placement(client, tmp_path))
+                    done = run_grid(dict, cells, place=Placement(client, tmp_path))
                 break
             except (ConnectionError, RuntimeError):
                 if attempt == 59: raise
@@ -116,13 +120,15 @@ def test_a_cluster_started_by_address(tmp_path, venv_bin):
             server.wait(timeout=30)
 
 
-def test_a_bad_address_fails_within_seconds():
+def test_a_bad_address_fails_within_the_connect_timeout(monkeypatch):
+    import urbansound_nb.grid as grid
+    monkeypatch.setattr(grid, "CONNECT_TIMEOUT", 2)                  # the default is 10 s
     t0 = time.time()
-    with pytest.raises(ConnectionError, match="no Dask scheduler answered at tcp://127.0.0.1:"):
+    with pytest.raises(ConnectionError, match="no Dask scheduler answered at tcp://127.0.0.1:.* within 2 s"):
         with grid_client(f"tcp://127.0.0.1:{free_port()}"): pass
-    assert time.time() - t0 < 30
+    assert time.time() - t0 < 10
 
 
-def test_workers_that_cannot_see_the_cache_are_named(tmp_path):
-    with pytest.raises(RuntimeError, match="cannot see .*nowhere"):
-        with grid_client("local:1", paths=[tmp_path/"nowhere"]): pass
+def test_workers_that_cannot_see_the_cache_are_named(cluster, tmp_path):
+    from urbansound_nb.grid import check_workers
+    with pytest.raises(RuntimeError, match="cannot see .*nowhere"): check_workers(cluster[0], [tmp_path/"nowhere"])

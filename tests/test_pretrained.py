@@ -122,17 +122,3 @@ def test_a_download_with_the_wrong_checksum_is_not_cached(release, tmp_path):
     with pytest.raises(P.WeightsError, match="the download is not the official file"):
         P.weights_file(cache_dir=tmp_path/"c")
     assert not list((tmp_path/"c").rglob("*.pt"))
-
-
-def test_probe_and_finetune_checkpoints_predict_without_a_dataset(tmp_path, originals):
-    "A checkpoint of the network with EfficientAT's front end classifies every original file, with no download."
-    from urbansound_nb.models import checkpoint_dict, save_checkpoint
-    from urbansound_nb.predict import predict_files
-    fp = P.EfficientATFeatures()
-    config = dict(width=0.4, n_classes=10)
-    classes = [f"c{i}" for i in range(10)]
-    probe = checkpoint_dict(EfficientAT(**config), "efficientat", config, fp, classes, 4.0)
-    save_checkpoint(probe, tmp_path/"probe.pt")
-    files = sorted((originals/"audio").rglob("*.wav"))
-    recs = predict_files(tmp_path/"probe.pt", files, top_k=2)
-    assert len(recs) == len(files) and all(r["error"] is None and len(r["predictions"]) == 2 for r in recs)

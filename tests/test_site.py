@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 from conftest import NOTEBOOKS, ROOT
+from lab_check import lab_opens_as_notebook
 
-from urbansound_nb.browser import check_site, lab_opens_as_notebook, missing_browser
+from urbansound_nb.browser import check_site, missing_browser
 from urbansound_nb.site import build_site
 
 NO_BROWSER = missing_browser()
@@ -20,15 +21,22 @@ def _without_quarto() -> str:
                            if not (os.path.isdir(p) and "quarto" in os.listdir(p)))
 
 
+FALLBACK_CHAPTERS = ["01_eda", "04_cnn", "06_choice"]     # audio, figures, the choice: what the fallback must show
+
+
 @pytest.fixture(scope="module")
 def fallback(reduced_run, venv_bin, tmp_path_factory):
-    """`urbansound-nb site` with Quarto out of sight: the nbconvert fallback, photographed and checked in Chromium
-    (where there is one) as `--screenshots --check` do. One render serves every test of the fallback."""
-    out = tmp_path_factory.mktemp("nbconvert")/"site"
-    cmd = [str(venv_bin/"urbansound-nb"), "site", "--run-dir", str(reduced_run), "--out", str(out)]
+    """`urbansound-nb site` with Quarto out of sight: the nbconvert fallback of three of the run's chapters (Quarto's
+    site has them all), photographed and checked in Chromium (where there is one) as `--screenshots --check` do."""
+    run, other = tmp_path_factory.mktemp("nbconvert")/"run", tmp_path_factory.mktemp("other")/"other-run"
+    shutil.copytree(reduced_run/"results", run/"results")
+    for nb in FALLBACK_CHAPTERS: shutil.copy(reduced_run/f"{nb}.ipynb", run)
+    shutil.copytree(reduced_run/"results", other/"results")             # another run for the Runs page
+    cmd = [str(venv_bin/"urbansound-nb"), "site", "--run-dir", str(run), "--out", str(run/"site"), "--compare",
+           str(other)]
     if NO_BROWSER is None: cmd += ["--screenshots", "--check"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": _without_quarto()})
-    return out, r
+    return run/"site", r
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +50,21 @@ def quarto_site(reduced_run):
 
 @pytest.fixture(scope="module", params=["quarto", "nbconvert"])
 def site(request, fallback):
-    "The reduced run's site by each renderer."
-    return fallback[0] if request.param == "nbconvert" else request.getfixturevalue("quarto_site")
+    "The reduced run's site by each renderer, and the chapters it shows."
+    if request.param == "nbconvert": return fallback[0], FALLBACK_CHAPTERS
+    return request.getfixturevalue("quarto_site"), NOTEBOOKS
 
 
 def test_pages_read_as_a_report(site):
-    for nb in NOTEBOOKS:
+    site, chapters = site
+    for nb in chapters:
         page = (site/f"{nb}.html").read_text()
         assert "This run" in page and "wall time" in page, nb                       # the run header from papermill
         for scaffolding in ("#| export", "#| default_exp", "use_test_values(", "from urbansound_nb.params import"):
             assert scaffolding not in page, (nb, scaffolding)                      # hidden, not just folded
-    assert "<audio" in (site/"01_eda.html").read_text() and "data:image/png;base64" in (site/"04_cnn.html").read_text()
+    figures = (site/"04_cnn.html").read_text()           # inline (nbconvert) or beside the page (Quarto's site_libs)
+    assert "<audio" in (site/"01_eda.html").read_text()
+    assert "data:image/png;base64" in figures or re.search(r'<img src="04_cnn_files/figure-html/[^"]+\.png"', figures)
     results = (site/"results.html").read_text()
     assert "Every model compared" in results and re.search(r">\s*\d+\.\d%\s*<", results)  # accuracies as percentages
     assert not re.search(r">\s*\d+\.000\s*<", results)                                    # no integer shown as a float
@@ -62,7 +74,7 @@ def test_pages_read_as_a_report(site):
 def test_every_exported_name_is_on_an_api_page(site):
     "Each module's reference page (nbdev's page name: the notebook's without its number) shows all of `__all__`."
     import importlib
-
+    site = site[0]
     from urbansound_nb.api import page_name
     missing = []
     for py in sorted((ROOT/"nbs").glob("*.py")):
@@ -85,15 +97,15 @@ def test_every_quarto_page_passes_the_browser_checks(quarto_site):
 def test_the_fallback_is_used_without_quarto(fallback):
     out, r = fallback
     assert r.returncode == 0 and "rendering with nbconvert" in r.stdout, r.stdout + r.stderr
-    assert all((out/f"{nb}.html").exists() for nb in NOTEBOOKS)
+    assert all((out/f"{nb}.html").exists() for nb in FALLBACK_CHAPTERS)
 
 
 @needs_browser
-def test_screenshots_and_check_from_the_command_line(fallback, reduced_run):
+def test_screenshots_and_check_from_the_command_line(fallback):
     out, r = fallback
     assert r.returncode == 0 and "every page is fine" in r.stdout, r.stdout + r.stderr
-    shots = sorted((reduced_run/"screenshots").glob("*.png"))
-    assert {p.stem for p in shots} >= {*NOTEBOOKS, "index", "results", "explanations"}
+    shots = sorted((out.parent/"screenshots").glob("*.png"))
+    assert {p.stem for p in shots} >= {*FALLBACK_CHAPTERS, "index", "results", "explanations", "registry"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in shots)
 
 
@@ -102,3 +114,18 @@ def test_screenshots_and_check_from_the_command_line(fallback, reduced_run):
 def test_jupyterlab_opens_a_chapter_as_a_notebook(tmp_path):
     cells = lab_opens_as_notebook("nbs/00_setup.py", screenshot=tmp_path/"lab.png")
     assert cells > 5 and (tmp_path/"lab.png").stat().st_size > 10_000
+
+
+def test_the_fallback_has_a_runs_page_and_a_failed_build_leaves_it_as_it_was(fallback, reduced_run, tmp_path):
+    out, r = fallback
+    page = (out/"runs.html").read_text()
+    assert "Test accuracy, run by run" in page and "other-run" in page and "its folder (no site built)" in page
+    broken = tmp_path/"run"
+    shutil.copytree(reduced_run/"results", broken/"results")
+    shutil.copy(reduced_run/"00_setup.ipynb", broken)
+    (broken/"results"/"01_broken.json").write_text("{half")          # a build that fails half-way
+    with pytest.raises(Exception): build_site(broken, out, renderer="nbconvert")
+    assert (out/"index.html").exists() and (out/"runs.html").read_text() == page
+    assert not (out.parent/f".{out.name}.building").exists()
+    with pytest.raises(ValueError, match="renderer must be 'quarto' or 'nbconvert'"):
+        build_site(reduced_run, tmp_path/"x", renderer="mkdocs")

@@ -48,7 +48,7 @@ def recording_variation(x: torch.Tensor, y=None, generator=None, max_gain_db: fl
     x = random_eq(band_shift(time_stretch(x, generator), generator), generator)
     return x + ((torch.rand(len(x), generator=generator) * 2 - 1) * max_gain_db)[:, None, None]
 
-# %% ../nbs/04b_augment.ipynb #9e8205aa28
+# %% ../nbs/04b_augment.ipynb #00adde4c02
 def spec_augment_lite(x: torch.Tensor, y=None, generator=None, n_masks: int = 2, max_bands: int = 8,
                       max_frames: int = 20) -> torch.Tensor:
     "SpecAugment-lite: `n_masks` frequency and time masks per clip, filled with the clip's mean level."
@@ -65,7 +65,6 @@ def spec_augment_lite(x: torch.Tensor, y=None, generator=None, n_masks: int = 2,
         x = torch.where(fmask[:, :, None] | tmask[:, None, :], fill[:, None, None], x)
     return x
 
-# %% ../nbs/04b_augment.ipynb #78a124213a
 def shift_gain(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 6.0) -> torch.Tensor:
     "A random circular time shift per clip and a random gain of +-`max_gain_db` dB (a shift of the log-mel levels)."
     B, F_, T = x.shape
@@ -74,7 +73,7 @@ def shift_gain(x: torch.Tensor, y=None, generator=None, max_gain_db: float = 6.0
     gain = (torch.rand(B, generator=generator) * 2 - 1) * max_gain_db
     return x.gather(2, cols[:, None, :].expand(-1, F_, -1)) + gain[:, None, None]
 
-# %% ../nbs/04b_augment.ipynb #a0cec68ded
+# %% ../nbs/04b_augment.ipynb #f3af6f4c01
 def mixup(x, y, alpha: float, generator=None):
     "Blend each clip with another of the batch: (mixed x, y, y of the partner, weight of y)."
     lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
@@ -95,6 +94,6 @@ def roll_gain_mask(x: torch.Tensor, y=None, generator=None, max_gain_db: float =
     gain = (torch.rand(len(x), generator=generator) * 2 - 1) * max_gain_db * PRETRAINED_UNITS_PER_DB
     return shift_freqmask(x, generator=generator) + gain[:, None, None]
 
-# recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 07 passes to `fit`
+# recipe augmentations by name, as a TrainConfig names them; the others are hooks chapter 08 passes to `fit`
 AUGMENTATIONS = {"none": None, "recording_variation": recording_variation, "shift_freqmask": shift_freqmask,
                  "roll_gain_mask": roll_gain_mask}

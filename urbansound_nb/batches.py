@@ -17,9 +17,10 @@ from .data import fold_split, load_urbansound, metadata_frame, report_skipped, s
 from .features import DB_FLOOR, FeatureParams, study_features
 
 # %% auto #0
-__all__ = ['PADDING', 'LogMelSet', 'batch_frames', 'band_stats', 'StudyData', 'decodable', 'decoded_logmels', 'study_data']
+__all__ = ['PADDING', 'LogMelSet', 'batch_frames', 'band_stats', 'ClipIndex', 'StudyData', 'decodable', 'decoded_logmels',
+           'study_data']
 
-# %% ../nbs/02b_batches.ipynb #ca402db50b
+# %% ../nbs/02b_batches.ipynb #0713d6b605
 class LogMelSet:
     "Log-mel frames of clips in a fixed order, padded into one tensor [clips, n_mels, max_frames]."
     def __init__(self, frames: list, labels=None, fp: FeatureParams | None = None):
@@ -37,7 +38,6 @@ class LogMelSet:
     def from_cache(cls, cache: FeatureCache, keys: list, labels=None):
         return cls([cache.get(k) for k in keys], labels, cache.fp)
 
-# %% ../nbs/02b_batches.ipynb #c6005b693e
 PADDING = "repeat"   # how a clip shorter than the input is filled; part of every cache key of model inputs
 
 def batch_frames(ls: LogMelSet, idx, n_frames: int, mode: str = "center", generator=None) -> torch.Tensor:
@@ -66,7 +66,31 @@ def band_stats(ls: LogMelSet, idx=None) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total / count
     return mean, (sq / count - mean.square()).clamp_min(1e-6).sqrt()
 
-# %% ../nbs/02b_batches.ipynb #7bcff59316
+# %% ../nbs/02b_batches.ipynb #dc0b425534
+@dataclass(frozen=True)
+class ClipIndex:
+    "Each clip's content key, label, fold and recording (fsID), in the dataset's order, and the class names."
+    keys: tuple
+    labels: tuple
+    folds: tuple
+    recordings: tuple
+    classes: tuple
+
+    def indices(self, folds) -> np.ndarray:
+        "The clips of `folds` (a fold or several), in order."
+        return np.flatnonzero(np.isin(np.asarray(self.folds), np.atleast_1d(folds)))
+
+    def frame(self):
+        "The metadata a recording subset needs (`recording_subset`): classID and fsID of every clip."
+        import pandas as pd
+        return pd.DataFrame(dict(classID=self.labels, fsID=self.recordings, fold=self.folds))
+
+    @classmethod
+    def of(cls, keys, meta, classes):
+        "The index of clips with content `keys` and metadata rows `meta` (classID, fold, fsID)."
+        as_ints = lambda column: tuple(int(v) for v in meta[column])
+        return cls(tuple(keys), as_ints("classID"), as_ints("fold"), as_ints("fsID"), tuple(classes))
+
 @dataclass
 class StudyData:
     "One run's data: the dataset, its fold split, per-clip metadata, the cached log-mels and the fold indices."
@@ -92,6 +116,10 @@ class StudyData:
     def clip_counts(self) -> dict:
         "The clips the chapter's figures rest on and those left out, for its results file."
         return dict(clips_used=len(self.meta), clips_skipped=self.skipped)
+    @property
+    def clips(self) -> ClipIndex:
+        "What identifies this data's clips (keys, labels, folds, recordings, classes)."
+        return ClipIndex.of(self.keys, self.meta, self.split.classes)
 
 def decodable(ds, cache: FeatureCache, keys: list, strict: bool = False) -> tuple[object, list, list]:
     "`ds` and `keys` without the clips the cache could not decode, and those clips' records (reported here)."

@@ -27,9 +27,9 @@ from .core import atomic_write_bytes, pick_device, save_json
 from .features import FEATURE_VERSION, FeatureParams, LogMel, load_waveform
 
 # %% auto #0
-__all__ = ['UNDECODABLE', 'clip_key', 'clip_batches', 'CacheDamaged', 'FeatureCache', 'FileKeys', 'cache_logmels']
+__all__ = ['UNDECODABLE', 'clip_key', 'clip_batches', 'CacheDamaged', 'FeatureCache', 'FileKeys', 'content_keys', 'cache_logmels']
 
-# %% ../nbs/02a_cache.ipynb #3c61cdabbf
+# %% ../nbs/02a_cache.ipynb #ea4acb356d
 def clip_key(data: bytes) -> str:
     "Content hash of a clip's encoded bytes."
     return hashlib.blake2b(data, digest_size=12).hexdigest()
@@ -40,7 +40,6 @@ def clip_batches(ds, batch_size=256):
         names = batch["slice_file_name"]
         yield names, [audio_bytes(a, n) for a, n in zip(batch["audio"], names)]
 
-# %% ../nbs/02a_cache.ipynb #327ca0f75d
 UNDECODABLE = "undecodable.json"  # in each feature folder: {clip key: why it cannot be decoded}
 
 class CacheDamaged(RuntimeError):
@@ -109,7 +108,6 @@ class FeatureCache:
                                    "to have its clips computed again") from None
         return self._open[shard][off:off + n]
 
-# %% ../nbs/02a_cache.ipynb #3d415c1f27
 @torch.no_grad()
 def _clip_logmel(data: bytes, name: str, front: LogMel, device) -> np.ndarray:
     "One clip's log-mel frames [frames, n_mels] as float16."
@@ -162,21 +160,31 @@ class FileKeys:
             save_json(self.entries, self.path)
             self.changed = False
 
-# %% ../nbs/02a_cache.ipynb #9489abc242
-def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dict]:
-    "Every clip's key in order, and {key: row} for the clips not yet in `cache` (their rows, not their bytes)."
-    keys, todo = [], {}
+# %% ../nbs/02a_cache.ipynb #78366a487f
+def _clip_keys(ds, file_keys: FileKeys):
+    "(key, None) of every clip in order, or (a stand-in key, why not) for a file that cannot be read."
     try:
         for batch in ds.select_columns(["audio", "slice_file_name"]).iter(batch_size=256):
             for audio, name in zip(batch["audio"], batch["slice_file_name"]):
-                try: k = file_keys.key(audio, name)
+                try: yield file_keys.key(audio, name), None
                 except (AudioDecodeError, OSError) as e:  # missing or unreadable: skipped and named, like bad audio
-                    k = f"unreadable:{audio_file(audio) or name}"
-                    cache.unreadable[k] = f"{name}: {e}"
-                if k not in cache and k not in todo and not cache.skip_reason(k): todo[k] = len(keys)
-                keys.append(k)
+                    yield f"unreadable:{audio_file(audio) or name}", f"{name}: {e}"
     finally: file_keys.save()  # the files hashed before an unreadable one stay remembered
+
+def _hash_clips(ds, cache: FeatureCache, file_keys: FileKeys) -> tuple[list, dict]:
+    "Every clip's key in order, and {key: row} for the clips not yet in `cache` (their rows, not their bytes)."
+    keys, todo = [], {}
+    for k, unreadable in _clip_keys(ds, file_keys):
+        if unreadable: cache.unreadable[k] = unreadable
+        if k not in cache and k not in todo and not cache.skip_reason(k): todo[k] = len(keys)
+        keys.append(k)
     return keys, todo
+
+def content_keys(ds, fp, cache_dir) -> tuple[list, list]:
+    "Every clip's key, computing no feature, and the positions of clips known to have none (unreadable, undecodable)."
+    known = _json_or_empty(Path(cache_dir).expanduser()/fp.key/UNDECODABLE)
+    pairs = list(_clip_keys(ds, FileKeys(cache_dir)))
+    return [k for k, _ in pairs], [i for i, (k, why) in enumerate(pairs) if why or k in known]
 
 # %% ../nbs/02a_cache.ipynb #59c7a9e6db
 def _extract_missing(cache: FeatureCache, ds, todo: dict, front: LogMel, device, workers: int, shard_size: int, bar):

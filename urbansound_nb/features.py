@@ -20,8 +20,8 @@ from .audio import decode_audio
 from .params import LOG_MEL
 
 # %% auto #0
-__all__ = ['FEATURE_VERSION', 'DB_FLOOR', 'FeatureParams', 'study_features', 'repeat_frames', 'LogMel', 'resample',
-           'load_waveform']
+__all__ = ['FEATURE_VERSION', 'DB_FLOOR', 'FeatureParams', 'study_features', 'repeat_frames', 'LogMel', 'mfcc_from_logmel',
+           'mfcc_deltas', 'mfcc_statistics', 'mfcc_stats', 'resample', 'load_waveform']
 
 # %% ../nbs/02_preprocessing.ipynb #03c549dab3
 FEATURE_VERSION = 1  # bump when the computation below changes: old caches are then ignored
@@ -81,6 +81,36 @@ class LogMel(nn.Module):
         if wave.shape[-1] <= self.fp.n_fft // 2:
             wave = repeat_frames(wave, wave.shape[-1] * (self.fp.n_fft // wave.shape[-1] + 1))
         return self.to_db(self.mel(wave))
+
+# %% ../nbs/02_preprocessing.ipynb #b025700d10
+def mfcc_from_logmel(logmel: torch.Tensor, n_mfcc: int = 40, dct: torch.Tensor | None = None) -> torch.Tensor:
+    "MFCCs [..., n_mfcc, frames] from log-mels in dB [..., n_mels, frames] (orthonormal DCT-II, or `dct` given)."
+    dct = torchaudio.functional.create_dct(n_mfcc, logmel.shape[-2], norm="ortho") if dct is None else dct
+    return (logmel.transpose(-1, -2) @ dct).transpose(-1, -2)
+
+def mfcc_deltas(x: torch.Tensor) -> torch.Tensor:
+    "torchaudio's `compute_deltas` (5 frames, edges repeated) on the last axis, in plain ops an ONNX graph takes."
+    padded = torch.cat([x[..., :1], x[..., :1], x, x[..., -1:], x[..., -1:]], -1)
+    at = lambda k: padded[..., 2 + k:padded.shape[-1] - 2 + k]
+    return (at(1) - at(-1) + 2 * (at(2) - at(-2))) / 10
+
+def mfcc_statistics(logmel: torch.Tensor, n_mfcc: int = 40, deltas: bool = True, lengths=None, dct=None):
+    "Per-clip mean and std over time of MFCCs (and deltas) [B, 2*n_mfcc*(1+deltas)], over each clip's `lengths`."
+    mfcc = mfcc_from_logmel(logmel, n_mfcc, dct)
+    feats = [mfcc, mfcc_deltas(mfcc)] if deltas else [mfcc]
+    if lengths is None: mask = torch.ones_like(mfcc[:, :1])
+    else: mask = (torch.arange(mfcc.shape[-1])[None, :] < lengths[:, None])[:, None, :].to(mfcc.dtype)
+    n, stats = mask.sum(-1).clamp_min(1), []
+    for f in feats:
+        mean = (f * mask).sum(-1) / n
+        stats += [mean, (((f - mean[..., None]) ** 2) * mask).sum(-1).div(n).sqrt()]
+    return torch.cat(stats, 1)
+
+@torch.no_grad()
+def mfcc_stats(ls, n_mfcc: int = 40, deltas: bool = True, batch: int = 256) -> np.ndarray:
+    "`mfcc_statistics` of every clip of a `LogMelSet` over its unpadded frames: [clips, 2*n_mfcc*(1+deltas)]."
+    return torch.cat([mfcc_statistics(ls.data[s:s + batch].float(), n_mfcc, deltas, ls.lengths[s:s + batch])
+                      for s in range(0, len(ls.data), batch)]).numpy()
 
 # %% ../nbs/02_preprocessing.ipynb #7fcf790563
 _resamplers: dict = {}

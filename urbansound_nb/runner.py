@@ -27,10 +27,10 @@ from .params import SHARED
 __all__ = ['KERNELSPEC', 'TIMINGS_HEADER', 'LAB_OVERRIDES', 'stable_cell_ids', 'py_to_notebook', 'notebook_text', 'project_root',
            'notebook_sources', 'sync', 'export_package', 'parse_value', 'RunFailed', 'is_chapter', 'select_notebooks',
            'notebook_parameters', 'check_parameters', 'check_dataset', 'failing_cell', 'papermill_seconds',
-           'keep_if_whole', 'execute_chapter', 'run_notebooks', 'read_timings', 'read_training_timings',
-           'configure_lab', 'lab_command']
+           'keep_if_whole', 'execute_chapter', 'prepare_run', 'run_notebooks', 'read_timings', 'read_training_timings',
+           'chapter_profile', 'time_table', 'configure_lab', 'lab_command']
 
-# %% ../nbs/90_runner.ipynb #f0de0ad713
+# %% ../nbs/90_runner.ipynb #5b61d0261e
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
 def stable_cell_ids(nb) -> list[str]:
@@ -42,7 +42,6 @@ def stable_cell_ids(nb) -> list[str]:
         ids.append(h if seen[h] == 1 else f"{h}-{seen[h]}")
     return ids
 
-# %% ../nbs/90_runner.ipynb #f1125e0a99
 def py_to_notebook(py_path):
     "Read a py:percent file as a notebook with stable cell ids and a python3 kernelspec."
     import jupytext
@@ -57,7 +56,7 @@ def py_to_notebook(py_path):
 
 def notebook_text(nb) -> str: return nbformat.writes(nb) + "\n"
 
-# %% ../nbs/90_runner.ipynb #a023556896
+# %% ../nbs/90_runner.ipynb #8f5126130b
 def project_root(start=None) -> Path:
     "The nearest folder above `start` (default: cwd, then this package) with a pyproject.toml and nbs/."
     for base in ([Path(start)] if start else [Path.cwd(), Path(__file__).resolve().parent]):
@@ -69,7 +68,6 @@ def notebook_sources(root=None) -> list[Path]:
     "Every numbered py:percent notebook in nbs/ (`00_setup`, `00a_params`, ...), in order."
     return sorted(p for p in (project_root(root)/"nbs").glob("[0-9][0-9]*_*.py"))
 
-# %% ../nbs/90_runner.ipynb #181c9fb69d
 def sync(root=None, export: bool = True, quiet: bool = False) -> list[Path]:
     "Generate nbs/*.ipynb from nbs/*.py (only where changed) and, with `export`, run nbdev-export."
     root = project_root(root)
@@ -101,7 +99,7 @@ def parse_value(text: str):
     try: return ast.literal_eval(text)
     except (ValueError, SyntaxError): return text
 
-# %% ../nbs/90_runner.ipynb #914b5b9e46
+# %% ../nbs/90_runner.ipynb #440fee82a7
 class RunFailed(RuntimeError):
     "A notebook failed during `run_notebooks`."
 
@@ -122,7 +120,6 @@ def select_notebooks(names=None, root=None) -> list[Path]:
         out += [h for h in hit if h not in out]
     return out
 
-# %% ../nbs/90_runner.ipynb #74be13b604
 def notebook_parameters(ipynb) -> dict:
     "The parameters a notebook declares in its `parameters` cell, as papermill sees them."
     import papermill as pm
@@ -172,7 +169,7 @@ def papermill_seconds(executed) -> float:
     meta = nbformat.read(executed, as_version=4).metadata.get("papermill", {})
     return round(float(meta.get("duration") or 0.0), 1)
 
-# %% ../nbs/90_runner.ipynb #e1e54705e8
+# %% ../nbs/90_runner.ipynb #8eff0b76c6
 def _shared_is_known(record) -> bool:
     "Drop papermill's 'Passed unknown parameter' warning for the shared parameters, which every chapter takes."
     return not any(record.getMessage() == f"Passed unknown parameter: {name}" for name in SHARED)
@@ -197,14 +194,11 @@ def execute_chapter(nb: Path, out: Path, parameters: dict, timeout=None, stream:
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])
     finally: keep_if_whole(partial, out)
 
-def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
-                  stream: bool = True) -> Path:
-    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results: `run_dir/results`."
-    import papermill as pm
+def prepare_run(names=None, params: dict | None = None, run_dir="runs/latest", root=None):
+    "The run's chapters, its parameters (paths resolved, every chapter's checked) and what each chapter declares."
     root = project_root(root)
     params = dict(params or {})
     run_dir = Path(run_dir).expanduser().resolve()
-    (run_dir/"results").mkdir(parents=True, exist_ok=True)
     for key in ("cache_dir", "dataset", "weights"):  # paths are relative to where the command was typed, not nbs/
         if isinstance(params.get(key), str) and Path(params[key]).expanduser().exists():
             params[key] = str(Path(params[key]).expanduser().resolve())
@@ -221,6 +215,15 @@ def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest",
                                  f"(declared: {sorted(set().union(*declared.values()))})")
     check_parameters(notebooks, params)
     check_dataset(params)
+    return notebooks, params, declared
+
+def run_notebooks(names=None, params: dict | None = None, run_dir="runs/latest", root=None, timeout=None,
+                  stream: bool = True) -> Path:
+    "Execute the selected notebooks with papermill into `run_dir`, streaming their output; results: `run_dir/results`."
+    import papermill as pm
+    run_dir = Path(run_dir).expanduser().resolve()
+    (run_dir/"results").mkdir(parents=True, exist_ok=True)
+    notebooks, params, declared = prepare_run(names, params, run_dir, root)
     timings = read_timings(run_dir)
     for i, nb in enumerate(notebooks, 1):
         own = {k: v for k, v in params.items() if k in declared[nb]}
@@ -274,6 +277,29 @@ def _write_timings(run_dir, timings: dict):
     lines += [f"{nb},{t['seconds']},{t['status']},{t['cell']}" for nb in sorted(timings)
               for t in _chapter_trainings(run_dir, nb)]
     atomic_write_bytes(Path(run_dir)/"timings.csv", ("\n".join(lines) + "\n").encode())
+
+# %% ../nbs/90_runner.ipynb #7267a1ba90
+def chapter_profile(executed) -> dict:
+    "Seconds an executed chapter spent starting its kernel, importing, and working (papermill's cell timings)."
+    from datetime import datetime
+    nb = nbformat.read(executed, as_version=4)
+    when = lambda meta: datetime.fromisoformat(meta["start_time"]).timestamp()
+    cells = [c for c in nb.cells if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not cells: return dict(kernel=0.0, imports=0.0, work=0.0, total=papermill_seconds(executed))
+    params = next((i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])), 0)
+    kernel = max(0.0, when(cells[0].metadata.papermill) - when(nb.metadata.papermill))
+    imports = sum(c.metadata.papermill.get("duration") or 0 for c in cells[:params] if c.cell_type == "code")
+    total = papermill_seconds(executed)
+    return dict(kernel=round(kernel, 1), imports=round(imports, 1), work=round(max(0.0, total - kernel - imports), 1),
+                total=total)
+
+def time_table(run_dir) -> str:
+    "Each executed chapter's wall time split into kernel start, imports and work, as text, with the run's totals."
+    rows = {nb.stem: chapter_profile(nb) for nb in sorted(Path(run_dir).glob("[0-9][0-9]_*.ipynb"))}
+    rows["all"] = {k: round(sum(r[k] for r in rows.values()), 1) for k in ("kernel", "imports", "work", "total")}
+    lines = [f"{'chapter':<22}{'kernel':>8}{'imports':>9}{'work':>8}{'total':>8}  (seconds)"]
+    lines += [f"{name:<22}{r['kernel']:>8}{r['imports']:>9}{r['work']:>8}{r['total']:>8}" for name, r in rows.items()]
+    return "\n".join(lines)
 
 # %% ../nbs/90_runner.ipynb #4ce4544afa
 LAB_OVERRIDES = {"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}

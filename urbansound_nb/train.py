@@ -31,10 +31,9 @@ from .params import BATCH_SIZE, INFERENCE_BATCH, StudyParams
 
 # %% auto #0
 __all__ = ['RECIPES', 'TrainConfig', 'TrainOptions', 'warmup_linear', 'balanced_class_weights', 'predict_logits', 'stop_early',
-           'device_rng_state', 'set_device_rng_state', 'EpochTools', 'training_mode', 'train_model', 'matmul_gflops',
-           'training_throughput', 'tiny_data']
+           'device_rng_state', 'set_device_rng_state', 'EpochTools', 'training_mode', 'train_model']
 
-# %% ../nbs/04c_training.ipynb #dc4529bac1
+# %% ../nbs/04c_training.ipynb #2a46826dff
 @dataclass
 class TrainConfig:
     "How a model is trained."
@@ -63,7 +62,6 @@ class TrainOptions:
     augment: object = None             # a batch hook (x, y, generator) -> x, after the recipe's augmentation
     class_weights: object = None       # per-class loss weights (`balanced_class_weights`)
     init_state: dict | None = None     # weights to start from (a pretrained body), loaded before any step
-    save_as: str | None = None         # the checkpoints' name in `out_dir`; None: the model's name
     info: dict | None = None           # recorded in the checkpoints (the folds); another value starts afresh
 
 RECIPES = {  # the starting notebook's recipe for its model, and the modern one
@@ -151,7 +149,7 @@ def set_device_rng_state(saved, device) -> bool:
     else: torch.mps.set_rng_state(saved[1])
     return True
 
-# %% ../nbs/04c_training.ipynb #3377f9f155
+# %% ../nbs/04c_training.ipynb #ec74efaeaf
 @dataclass
 class EpochTools:
     "What an epoch of training uses besides the model and the data: optimiser, schedule, RNG, hooks, weights, device."
@@ -204,13 +202,12 @@ def _save_state(last: Path, model, tools: EpochTools, record: dict):
 
 def _resume_state(last: Path, best_path: Path, cfg: TrainConfig, config: dict, n_train: int, info):
     "The saved state of the same training (recipe, model, training-set size, folds), or None to start afresh."
-    if not (last and last.exists() and best_path.exists()): return None  # the last state alone cannot finish the run
+    if not (last and last.exists() and best_path.exists()): return None  # the last state alone cannot finish it
     st = read_checkpoint(last)  # on the CPU: RNG states must stay CPU tensors
     # a state saved before folds were recorded has no 'info'
     same = st["train_config"] == asdict(cfg) and st["config"] == config and st["n_train"] == n_train
     return st if same and st.get("info", info) == info else None
 
-# %% ../nbs/04c_training.ipynb #170995e2c3
 def _new_training(name: str, config: dict, cfg: TrainConfig, options: TrainOptions, device):
     "A fresh training's model (on `device`, from `options.init_state` if given), its batch hooks and generator, seeded."
     seed_everything(cfg.seed)
@@ -243,9 +240,9 @@ def _validate(model, data: StudyData, device) -> tuple[float | None, float | Non
 
 _acc = lambda v: "-" if v is None else f"{v:.3f}"
 
-def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, out_dir=None,
+def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, cell=None,
                 options: TrainOptions | None = None, device=None, progress: bool = True):
-    "Train `name` on `data.train`, its epoch chosen on `data.val` (none: the last): (model, history); resumes."
+    "Train `name` on `data.train`, its epoch chosen on `data.val` (none: the last): (model, history); resumes in cell."
     device, options = device or pick_device(), options or TrainOptions()
     info, class_weights = options.info, options.class_weights
     model, hooks, gen = _new_training(name, config, cfg, options, device)
@@ -253,8 +250,7 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
     opt, sched = _optimizer(model, cfg, cfg.epochs * math.ceil(len(train_idx) / cfg.batch_size))
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     hist, best, start = [], dict(val_accuracy=-1.0, epoch=-1), 0
-    stem = options.save_as or name
-    best_path, last = (Path(out_dir)/f"{stem}.pt", Path(out_dir)/f"{stem}.last.pt") if out_dir else (None, None)
+    best_path, last = (Path(cell)/"model.pt", Path(cell)/"model.last.pt") if cell else (None, None)
     if st := _resume_state(last, best_path, cfg, config, len(train_idx), info):
         hist, best, start = _restore(st, model, EpochTools(opt, sched, gen, hooks, weight, device))
         if progress: print(f"resuming {name} after epoch {start} (best validation accuracy so far "
@@ -274,11 +270,11 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
         if val_acc is None or val_acc > best["val_accuracy"]:     # a refit keeps its last epoch
             best = dict(val_accuracy=val_acc, val_loss=val_loss, epoch=epoch + 1)
             best_state = copy.deepcopy(model.state_dict())
-            if out_dir:
+            if cell:
                 save_checkpoint(checkpoint_dict(model, name, config, data.fp, data.split.classes, data.clip_seconds,
                                                 epoch=epoch + 1, val_accuracy=val_acc, train_config=asdict(cfg),
                                                 **(info or {})), best_path)
-        if out_dir: _save_state(last, model, EpochTools(opt, sched, gen, hooks, weight, device),
+        if cell: _save_state(last, model, EpochTools(opt, sched, gen, hooks, weight, device),
                                 dict(history=hist, best=best, epoch=epoch, train_config=asdict(cfg), config=config,
                                      n_train=len(train_idx), info=info))
         bar.set_postfix(val=_acc(val_acc), best=f"{_acc(best['val_accuracy'])}@{best['epoch']}")
@@ -289,43 +285,13 @@ def train_model(name: str, config: dict, data: StudyData, cfg: TrainConfig, *, o
     model.load_state_dict(best_state)
     return model.eval(), dict(history=hist, best=best, stopped_epoch=hist[-1]["epoch"] if hist else 0)
 
-# %% ../nbs/04c_training.ipynb #c11a6cd4fd
-def matmul_gflops(n: int = 1024, repeats: int = 8) -> float:
-    "This machine's float32 dense matrix-product rate with torch's current threads (GFLOP/s), the best of `repeats`."
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-def training_throughput(name: str, config: dict, n_mels: int, n_frames: int, batch_size: int = BATCH_SIZE,
-                        steps: int = 3) -> dict:
-    "Clips/s of training steps of `name` (forward, backward, AdamW), its GFLOP per clip, and the GFLOP/s reached."
-    from torch.utils.flop_counter import FlopCounterMode
-    model = build_model(name, **config).to(memory_format=torch.channels_last).train()
-    x, y = torch.randn(batch_size, n_mels, n_frames), torch.randint(0, config.get("n_classes", 10), (batch_size,))
-    opt = torch.optim.AdamW(model.parameters(), 1e-4)
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    with FlopCounterMode(display=False) as counter: step()
-    seconds = min(_timed(step) for _ in range(steps))
-    gflop = counter.get_total_flops() / batch_size / 1e9
-    return dict(model=name, clips_per_s=batch_size / seconds, gflop_per_clip=gflop,
-                gflops=gflop * batch_size / seconds)
-
-# %% ../nbs/04c_training.ipynb #0af9a99f68
+# %% ../nbs/04c_training.ipynb #a12efddb60
 def tiny_data(n_mels: int = 16) -> StudyData:
-    "24 random two-class clips of 40 frames: 16 to train on, 8 to validate and test on."
+    "24 random two-class clips of 40 frames in folds 1-3 (16, 4, 4), each its own recording: train 1, val and test 2+3."
     rng = np.random.default_rng(0)
+    labels = [i % 2 for i in range(24)]
     clips = LogMelSet([rng.standard_normal((40, n_mels)).astype(np.float16) + (i % 2) * 3 for i in range(24)],
-                      labels=[i % 2 for i in range(24)])
-    meta = pd.DataFrame(dict(fold=[1] * 16 + [2] * 4 + [3] * 4))
+                      labels=labels)
+    meta = pd.DataFrame(dict(fold=[1] * 16 + [2] * 4 + [3] * 4, classID=labels, fsID=range(24)))
     return StudyData(None, SimpleNamespace(classes=["a", "b"]), meta, FeatureParams(n_mels=n_mels), clips, 1.0, 32,
-                     np.arange(16), np.arange(16, 24), np.arange(16, 24), {})
+                     np.arange(16), np.arange(16, 24), np.arange(16, 24), {}, [f"clip{i}" for i in range(24)])

@@ -23,11 +23,19 @@ from sklearn.preprocessing import StandardScaler
 
 from urbansound_nb.augment import PRETRAINED_UNITS_PER_DB
 from urbansound_nb.batches import batch_frames, study_data
+from urbansound_nb.models import SeedEnsemble
 from urbansound_nb.params import StudyParams
-from urbansound_nb.pretrained import EfficientATFeatures, cached_embeddings, pretrained_network
-from urbansound_nb.store import fit
-from urbansound_nb.train import RECIPES, TrainOptions
-from urbansound_nb.transfer import class_probabilities, fit_probe, network_config, transfer_body
+from urbansound_nb.pretrained import (
+    EfficientATFeatures,
+    cached_embeddings,
+    network_config,
+    pretrained_network,
+    transfer_body,
+)
+from urbansound_nb.registry import PROBE_C, Probe, probe_network
+from urbansound_nb.selection import choose_setting
+from urbansound_nb.store import Training, TrainingStore
+from urbansound_nb.train import RECIPES, TrainConfig, predict_logits
 
 ROTATIONS = [([1, 2], 3), ([1, 3], 2), ([2, 3], 1)]        # (training folds, validation fold)
 ANCHOR = dict(lr=1e-4, schedule="warmup_linear", warmup=1 / 6, final_lr=0.01, weight_decay=0.0, label_smoothing=0.0,
@@ -63,11 +71,15 @@ def finetune(args, data, net, names):
             if key in done: continue
             tr, va = np.flatnonzero(np.isin(fold, tr_folds)), np.flatnonzero(fold == va_fold)
             d = replace(data, train=tr, val=va, test=va)
-            _, (probe,) = fit_probe(body, emb, d, [(tr, va)])
-            acc = lambda models: float((class_probabilities(models, d, va).argmax(1).numpy() == y[va]).mean())
+            _, _, (fitted,) = choose_setting(Probe().estimator, [dict(C=c) for c in PROBE_C], emb, y, [(tr, va)])
+            probe = probe_network(body, fitted, 10)
+            probs = lambda m: predict_logits(m, d.logmels, va, d.n_frames, multicrop=True).softmax(-1)
+            acc = lambda models: float((SeedEnsemble.average(torch.stack([probs(m) for m in models])).argmax(1)
+                                        .numpy() == y[va]).mean())
             t0 = time.time()
-            opts = TrainOptions(config=network_config(body, 10), init_state=probe.state_dict(), save_as="ft")
-            model, h = fit("efficientat", d, epochs=epochs, seed=0, options=opts, progress=False, **recipe)
+            cfg = TrainConfig(epochs=epochs, seed=0, **{**RECIPES["efficientat"], **recipe})
+            training = Training("efficientat", network_config(body, 10), cfg, tuple(tr), tuple(va))
+            model, h = TrainingStore().train(training, d, init_state=probe.state_dict(), progress=False)
             done[key] = dict(curve=[r["val_accuracy"] for r in h["history"]], best_epoch=h["best"]["epoch"],
                              best=h["best"]["val_accuracy"], probe=acc([probe]), pair=acc([probe, model]),
                              seconds=time.time() - t0, n_train=len(tr))

@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp deployment
 
@@ -19,33 +7,23 @@
 # > The chosen model exported with its front end, checked against torch, quantised, and run over a long recording.
 
 # %% [markdown]
-# The study ends with a model people want to use outside it: in an app, on a small board, in a
-# service. This chapter exports the model chapter 05 chose (`best_checkpoint`, refit on every
-# non-test fold) as one ONNX file (notebook 06d), front end included, and checks what a user of
-# that file gets:
-#
-# * **parity**: ONNX Runtime against torch on every clip of the test fold, window by window;
-# * **speed**: clips per second of both, on the same windows and threads;
-# * **int8**: the file quantised by ONNX Runtime's own tools, and what that costs in accuracy;
-# * **a timeline**: a long recording made of test-fold clips joined end to end, whose boundaries
-#   are known, run through the ONNX file's windows and the timeline rule of notebook 06a; how
-#   well its segments and onsets match the truth.
-#
-# Outside the study: `urbansound-nb export RUN_DIR model.onnx`, then
-# `urbansound-nb predict model.onnx FILE --timeline FILE.csv --plot FILE.png` on any machine with
-# ONNX Runtime, NumPy and soundfile (the README gives the install).
+# This chapter exports the model chapter 06 serves as one ONNX file (notebook 07d), front end included, and checks
+# what a user of that file gets: **parity** with torch on every test clip, window by window; **speed** of both;
+# **int8**, the file quantised by ONNX Runtime's tools, and its cost in accuracy; and **a timeline** of a long
+# recording with known boundaries. Outside the study: `urbansound-nb export RUN_DIR model.onnx`, then `urbansound-nb
+# predict model.onnx FILE --timeline FILE.csv --plot FILE.png` on any machine with ONNX Runtime, NumPy and soundfile.
 
 # %%
 #| export
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
 # %%
 import tempfile
+import time
 import matplotlib.pyplot as plt
 import pandas as pd
 import soundfile as sf
@@ -57,7 +35,8 @@ from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.deploy import OnnxPredictor
 from urbansound_nb.export import OPSET, export_onnx, parity
 from urbansound_nb.params import as_bool, as_int, study_params, use_test_values
-from urbansound_nb.predict import Predictor, resolve_checkpoint, study_shaped_checkpoint
+from urbansound_nb.bench import accuracy_and_speed, study_shaped_checkpoint
+from urbansound_nb.predict import Predictor, resolve_checkpoint
 from urbansound_nb.windows import file_windows, resample, timeline
 
 # %% tags=["parameters"]
@@ -80,7 +59,7 @@ work = Path(tempfile.mkdtemp())
 data = study_data(params, progress=False)
 if stand_in:   # nbdev-test runs this chapter alone: a randomly initialised model of the study's shape stands in
     checkpoint = study_shaped_checkpoint(work/"stand_in.pt", data.split.classes)
-else: checkpoint = resolve_checkpoint(run_path)   # chapter 05's choice; a clear error where chapter 05 has not run
+else: checkpoint = resolve_checkpoint(run_path)   # chapter 06's choice; a clear error where it has not run
 t0 = time.time()
 onnx_path = export_onnx(checkpoint, run_path/"models"/"model.onnx")
 export_seconds = time.time() - t0
@@ -93,9 +72,8 @@ pd.Series(facts, name="metadata").to_frame()
 # %% [markdown]
 # ## Parity with torch on the test fold
 #
-# Every test-fold clip that decodes is written as the file it came as, cut into windows as
-# `predict` cuts files, and classified by both. The largest difference of any class probability
-# of any window, and whether the top class of each clip is the same:
+# Every decodable test clip, written as the file it came as, cut as `predict` cuts files, classified by both: the
+# largest difference of any probability of any window, and whether each clip's top class agrees:
 
 # %%
 rows = data.ds.select(data.test.tolist())
@@ -113,21 +91,9 @@ assert check["max_probability_difference"] < 1e-4 and check["top1_agree"] == che
 # %% [markdown]
 # ## Speed, and int8
 #
-# Both predictors classify the same windows with two threads. The quantised file is made by ONNX
-# Runtime's own static quantisation (`quantize_static`, QDQ format, int8 weights per channel and
-# int8 activations calibrated on training-fold windows); only the network's convolutions and
-# linear layers are quantised, the front end stays in float (its mel-bank product and log need the
-# range). It is recommended only where it loses at most one point of test accuracy.
-
-# %%
-#| export
-def accuracy_and_speed(predict_windows, windows: list, labels) -> tuple[float, float, np.ndarray]:
-    "Accuracy of one window a clip, clips per second, and the predicted classes."
-    t0 = time.time()
-    probs = predict_windows(windows)
-    seconds = time.time() - t0
-    pred = probs.argmax(1)
-    return float((pred == np.asarray(labels)).mean()), len(windows) / seconds, pred
+# Both classify the same windows with two threads. The int8 file is ONNX Runtime's `quantize_static` (QDQ, per-channel
+# weights, activations calibrated on training-fold windows), the network's convolutions and linear layers only (the
+# front end's mel product and log need float's range); recommended only where it loses at most a point.
 
 # %%
 import torch
@@ -190,17 +156,11 @@ Markdown(" ".join(lines))
 # %% [markdown]
 # ## A long recording and its timeline
 #
-# Real recordings are not cut into labelled 4-second clips. To see what `predict --timeline`
-# makes of one with a known answer, `long_clips` test-fold clips (each of a different class from
-# the one before it) are joined end to end at the model's rate, so every boundary is known. The
-# timeline rule (notebook 06a) turns the windows' probabilities into segments; they are scored
-# against the truth in three ways:
-#
-# * **time accuracy**: at every tenth of a second, the class of the window standing for that time
-#   (its most probable class) against the true class;
-# * **clip accuracy**: for each true clip, the class whose segments cover most of it;
-# * **onset error**: for each true clip, the distance from its start to the nearest start of a
-#   segment of its class (within one window length; further or none counts as missed).
+# `long_clips` test clips, each of a class other than the one before, are joined end to end, so every boundary is
+# known; the timeline rule (notebook 07a) makes segments, scored three ways: **time accuracy** (every tenth of a
+# second, the window's most probable class), **clip accuracy** (the class whose segments cover most of each clip), and
+# **onset error** (from each clip's start to the nearest start of its class, within one window; further or none:
+# missed).
 
 # %%
 #| export
@@ -286,7 +246,7 @@ if stand_in: lines.append("(A randomly initialised model stands in here: these f
 Markdown(" ".join(lines))
 
 # %%
-write_results(run_path, "09_deployment", {
+write_results(run_path, "10_deployment", {
     name: dict(test_accuracy=v["test_accuracy"], clips_per_second=v["clips_per_second"], megabytes=v["megabytes"])
     for name, v in speed.items()}, dataset=params.dataset, onnx=str(onnx_path), checkpoint=str(checkpoint),
     metadata=facts, export_seconds=round(export_seconds, 1), parity=dict(check, long_file=long_check), int8=int8,

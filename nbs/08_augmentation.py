@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp experiment
 
@@ -19,11 +7,9 @@
 # > Only the augmentation changes; each condition over several seeds, paired against no augmentation.
 
 # %% [markdown]
-# The starting notebook tried a "SpecAugment-lite" (random frequency and time masks) once, saw
-# accuracy drop, and concluded it hurt. One run per condition cannot say that: two runs of the
-# same recipe with different seeds differ by several points on a fold of a few hundred clips.
-# Here every condition is trained with the same seeds, so each seed gives a *paired*
-# difference against "none", and the conclusion rests on all of them:
+# The starting notebook tried "SpecAugment-lite" once, saw accuracy drop, and concluded it hurt. Two seeds of one
+# recipe differ by several points on a fold of a few hundred clips, so here every condition trains with the same
+# seeds, and each seed gives a *paired* difference against "none":
 #
 # | condition | what changes |
 # |---|---|
@@ -34,9 +20,7 @@
 # | `class_weights` | the loss weighted by inverse class frequency (the starting notebook computed, never used them) |
 # | `recording_variation` | UrbanResNet's augmentation (04b): time stretch, band shift, random equalisation, gain |
 #
-# `mixup` and `recording_variation` are not in the default list of conditions, so that the
-# default run stays within its time budget; add them with
-# `-p conditions "[none, mixup, recording_variation]"`.
+# `mixup` and `recording_variation` are left out of the default list for time: `-p conditions "[none, mixup]"`.
 
 # %%
 #| export
@@ -44,6 +28,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 
 from urbansound_nb.augment import shift_gain, spec_augment_lite
@@ -51,12 +36,12 @@ from urbansound_nb.batches import StudyData
 from urbansound_nb.grid import Placement, run_grid
 from urbansound_nb.metrics import result_entry
 from urbansound_nb.params import BATCH_SIZE
-from urbansound_nb.store import TrainingStore, fit
-from urbansound_nb.train import TrainOptions, balanced_class_weights, predict_logits
+from urbansound_nb.registry import Inputs, get_model
+from urbansound_nb.store import Training, TrainingStore
+from urbansound_nb.train import TrainConfig, balanced_class_weights, predict_logits
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 from IPython.display import Markdown
 from urbansound_nb.audio import is_synthetic
 from urbansound_nb.batches import study_data
@@ -64,8 +49,8 @@ from urbansound_nb.core import make_run_dir, write_results
 from urbansound_nb.grid import grid_client, parse_scheduler
 from urbansound_nb.metrics import summarise, verdict
 from urbansound_nb.params import as_int, as_name, as_names, study_params, use_test_values
+from urbansound_nb.registry import list_models
 from urbansound_nb.store import study_store
-from urbansound_nb.train import RECIPES
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
@@ -78,8 +63,7 @@ grid_epochs = 8         # per training run; every condition and seed trains exac
 # %% [markdown]
 # ## The conditions
 #
-# The augmentations are notebook 04b's; the class weights are notebook 04c's balanced weights.
-# Every condition starts from the same recipe, whatever the model's own recipe adds.
+# Notebook 04b's augmentations and 04c's balanced class weights, each from the same recipe.
 
 # %%
 #| export
@@ -99,29 +83,42 @@ BASE_RECIPE = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, schedule="onec
 # %% [markdown]
 # ## One training run per (condition, seed), resumable, here or on a cluster
 #
-# Each (condition, seed) is one cell of a grid (notebook 04d): `train_condition` trains and scores
-# it. Every finished cell is recorded at once in `results/07_augmentation.runs.json`, by this
-# notebook, whichever `scheduler` ran it; an interrupted experiment picks up where it stopped.
+# Each (condition, seed) is a grid cell (notebook 04d) whose training is a cell of the store (04e), so an interrupted
+# experiment resumes on any `scheduler`; `plan_trainings` lists them for `run --plan`.
 
 # %%
 #| export
+def condition_training(data, condition: str, seed: int, model: str, epochs: int, batch_size: int = BATCH_SIZE):
+    "The training of one (condition, seed): `model`'s network from the base recipe, with the condition's change."
+    augment, overrides, weighted = CONDITIONS[condition]
+    entry, labels = get_model(model), np.asarray(data.clips.labels)
+    weights = balanced_class_weights(labels[data.train], len(data.clips.classes)) if weighted else None
+    cfg = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, **{**BASE_RECIPE, **overrides})
+    return Training(entry.network, entry.config(Inputs(data)), cfg, tuple(map(int, data.train)),
+                    tuple(map(int, data.val)), standardize=entry.standardize, augment=augment,
+                    class_weights=None if weights is None else tuple(weights))
+
 def train_condition(data: StudyData, condition: str, seed: int, model: str, epochs: int,
                     batch_size: int = BATCH_SIZE, store: str | None = None) -> dict:
-    "Train `model` on `data` with one condition and seed (a cell of the store at `store`); its figures."
-    augment, overrides, weighted = CONDITIONS[condition]
-    y, tr, va, te, classes = data.logmels.labels.numpy(), data.train, data.val, data.test, data.split.classes
-    t0 = time.time()
-    w = balanced_class_weights(y[tr], len(classes)) if weighted else None
+    "Train `model` on `data` with one condition and seed (a training of the store at `store`); its figures."
+    y, va, te, t0 = data.logmels.labels.numpy(), data.val, data.test, time.time()
     trainings = TrainingStore(store)
-    m, h = fit(model, data, epochs=epochs, seed=seed, progress=False, store=trainings,
-               options=TrainOptions(augment=augment, class_weights=w), batch_size=batch_size,
-               **{**BASE_RECIPE, **overrides})
+    m, h = trainings.train(condition_training(data, condition, seed, model, epochs, batch_size), data, progress=False)
     pv, pt = (predict_logits(m, data.logmels, idx, data.n_frames).argmax(1).numpy() for idx in (va, te))
     return dict(condition=condition, seed=seed, trainings=trainings.used,
-                **result_entry(y[va], pv, y[te], pt, classes, len(tr), time.time() - t0, best_epoch=h["best"]["epoch"]))
+                **result_entry(y[va], pv, y[te], pt, data.split.classes, len(data.train), time.time() - t0,
+                               best_epoch=h["best"]["epoch"]))
 
-def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, record_path=None,
-                   place: Placement | None = None, **cell_options) -> pd.DataFrame:
+def plan_trainings(params, view, split: dict, conditions, seeds: int, model: str, grid_epochs: int) -> list:
+    "The trainings of the conditions x seeds on `split` (train_folds, val_fold) of a `DataView`, for a plan."
+    from types import SimpleNamespace
+    data = SimpleNamespace(clips=view.clips, fp=view.fp, n_frames=view.n_frames,
+                           train=view.clips.indices(split["train_folds"]), val=view.clips.indices(split["val_fold"]))
+    return [condition_training(data, c, s, model, grid_epochs, params.batch_size) for c in conditions
+            for s in range(params.seed, params.seed + seeds)]
+
+def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, place: Placement | None = None,
+                   **cell_options) -> pd.DataFrame:
     "Train `model` on `data` once per condition and seed (`train_condition`, with `cell_options`); one row per run."
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown: raise ValueError(f"unknown condition {unknown[0]!r}; choose from {sorted(CONDITIONS)}")
@@ -129,14 +126,14 @@ def run_experiment(conditions, seeds, data: StudyData, model: str, epochs: int, 
              for c in conditions for s in seeds}
     describe = lambda key, r: (f"  {r['condition']:17s} seed {r['seed']}: validation {r['val_accuracy']:.3f}, "
                                f"test {r['test_accuracy']:.3f} ({r['seconds']:.0f} s)")
-    done = run_grid(train_condition, cells, shared=dict(data=data), record_path=record_path, place=place,
-                    describe=describe, desc="07 conditions x seeds")
+    done = run_grid(train_condition, cells, shared=dict(data=data), place=place, describe=describe,
+                    desc="08 conditions x seeds")
     return pd.DataFrame(list(done.values()))
 
 # %% tags=["checks"]
 use_test_values(globals(), grid_epochs=1, seeds=2, conditions=[*conditions, "mixup", "recording_variation"])
 params = study_params(globals())
-model = as_name("model", model, RECIPES)
+model = as_name("model", model, [m for m in list_models() if hasattr(get_model(m), "network")])
 seed_list = list(range(params.seed, params.seed + as_int("seeds", seeds, 1)))
 grid_epochs = as_int("grid_epochs", grid_epochs, 1, 10000)
 parse_scheduler(params.scheduler)     # a bad scheduler fails here, before any work
@@ -156,8 +153,7 @@ print(f"{model}, {grid_epochs} epochs, seeds {seed_list}, {len(conditions)} cond
 # %%
 store = study_store(params)       # each run is a cell of the study's store of trainings (notebook 04e)
 with grid_client(params.scheduler, paths=[params.cache_dir]) as client:     # None: here, one run after another
-    runs = run_experiment(conditions, seed_list, data, model, grid_epochs,
-                          run_path/"results"/"07_augmentation.runs.json", batch_size=params.batch_size,
+    runs = run_experiment(conditions, seed_list, data, model, grid_epochs, batch_size=params.batch_size,
                           store=str(store.root), place=Placement(client, params.cache_dir, params.cell_threads))
 store.used += [t for ts in runs["trainings"] for t in ts]
 print(store.summary())
@@ -167,8 +163,7 @@ runs[["condition", "seed", "val_accuracy", "test_accuracy", "best_epoch", "secon
 # ## Results: mean +- standard deviation over seeds
 
 # %% [markdown]
-# `summarise` (notebook 03a) pairs each condition with "none" on the seeds, on validation and
-# on test:
+# `summarise` (notebook 03a) pairs each condition with "none" on the seeds, on validation and on test:
 
 # %%
 summary = summarise(runs)
@@ -196,9 +191,7 @@ plt.show()
 # %% [markdown]
 # ## Conclusion from this run
 #
-# A condition is declared to have helped or hurt only when validation and test agree
-# (`verdict`, notebook 03a): the validation fold is where choices are made, and the test fold
-# confirms; it does not decide alone.
+# A condition helped or hurt only when validation and test agree (`verdict`, notebook 03a).
 
 # %%
 lines = []
@@ -228,7 +221,7 @@ def _condition_entry(c, r) -> dict:
                 paired_t_p=r["paired_t_p"], paired_t_p_val=r["paired_t_p_val"], verdict=verdict(r),
                 per_seed=own[["seed", "val_accuracy", "test_accuracy"]].to_dict("records"))
 
-write_results(run_path, "07_augmentation", {c: _condition_entry(c, r) for c, r in summary.iterrows()},
+write_results(run_path, "08_augmentation", {c: _condition_entry(c, r) for c, r in summary.iterrows()},
               dataset=params.dataset, model=model, epochs=grid_epochs, seeds=seed_list, conclusion=lines,
               split=dict(train_folds=split.train_folds, val_fold=split.val_fold, test_fold=split.test_fold),
               trainings=store.used, **data.clip_counts())

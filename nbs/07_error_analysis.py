@@ -1,50 +1,30 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp analysis
 
 # %% [markdown]
-# # Error analysis, and predicting new files
+# # Error analysis
 #
-# > Where the study's model goes wrong: confusions, confident mistakes, salience and duration, and new files.
+# > Where the study's model goes wrong: confusions, confident mistakes, salience and duration.
 
 # %% [markdown]
-# This chapter loads the checkpoint of the study's model, chosen by chapter 05 on validation
-# (and trains one only if the run directory has none), scores the test fold, and takes the
-# errors apart.
-# Predictions are joined to clips by their file name, never by position in a loader. The last
-# section turns the checkpoint into a classifier for arbitrary audio files, which the command
-# `urbansound-nb predict` exposes.
+# The study's model, as chapter 06 chose and serves it, scored on the test fold and its errors taken apart;
+# predictions are joined to clips by file name, never by position (notebook 07b classifies new files, as
+# `urbansound-nb predict` does).
 
 # %%
 #| export
 from __future__ import annotations
-
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from urbansound_nb.batches import LogMelSet, StudyData, batch_frames
-from urbansound_nb.core import read_results
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import CheckpointError
 from urbansound_nb.store import split_folds
 
 # %%
-import os
-import tempfile
 from types import SimpleNamespace
 from IPython.display import Markdown, display
 from fastcore.test import test_eq, test_fail
@@ -52,53 +32,28 @@ from sklearn.metrics import classification_report
 from urbansound_nb.audio import decode_row, is_synthetic
 from urbansound_nb.eda import ClipPlayer
 from urbansound_nb.batches import study_data
-from urbansound_nb.core import make_run_dir, write_results
+from urbansound_nb.core import make_run_dir, read_choice, write_results
 from urbansound_nb.metrics import confusion_pair, evaluate
 from urbansound_nb.params import as_int, as_name, study_params, use_test_values
 from urbansound_nb.pretrained import feature_params
 from urbansound_nb.models import load_checkpoint
-from urbansound_nb.store import ResNetPlan, fit_study_model, study_store
-from urbansound_nb.train import RECIPES, predict_logits
+from urbansound_nb.registry import family_fits, list_models
+from urbansound_nb.train import predict_logits
 
 # %% tags=["parameters"]
 # the shared parameters (dataset, folds, seed, max_items, ...) are notebook 00a's; set any of them here to override
-model_name = None       # None: the study's model (chapter 05's choice); else small_cnn, resnet, probe, finetune
+model_name = None       # None: the study's model (chapter 06's choice); else a model of the registry the run fitted
 n_examples = 6          # clips in each of the "confident mistakes" and "doubtful successes" tables
-# (a model with no checkpoint is trained as chapter 04 trains it, for the shared `epochs`)
 
 # %% [markdown]
 # ## The model and the test fold
 #
-# The model analysed is the study's model: the one chapter 05 chose on rotated validation by its
-# stated rule (`best_model` and `best_checkpoint` in its results), whichever family it comes from.
-# It is analysed as chapter 05 serves it (`best_checkpoint`): refit on every non-test fold.
-# Where chapter 05 has not run, or chose a model without a checkpoint (a classical baseline), it
-# is the network of chapters 04 and 05 with the best validation accuracy (mean over the
-# rotations).
+# The study's model as chapter 06 serves it (`read_choice`), or, with `model_name`, that model as its family chapter
+# fitted it on the study's split.
 
-# %%
-#| export
-def study_checkpoints(run_dir, notebooks=("04_cnn", "05_transfer")) -> dict:
-    "Mean validation accuracy of every model of `notebooks` whose results name a checkpoint that exists, by name."
-    out = {}
-    for nb in notebooks:
-        path = Path(run_dir)/"results"/f"{nb}.json"
-        entries = read_results(run_dir, nb)["entries"] if path.exists() else {}
-        out.update({name: e.get("val_mean", e["val_accuracy"]) for name, e in entries.items()
-                    if e.get("checkpoint") and (Path(run_dir)/e["checkpoint"]).exists()})
-    return out
-
-def chosen_model(run_dir) -> str | None:
-    "The model chapter 05 chose, if it has a checkpoint; else the checkpointed model with the best validation."
-    path, candidates = Path(run_dir)/"results"/"05_transfer.json", study_checkpoints(run_dir)
-    chosen = read_results(run_dir, "05_transfer").get("best_model") if path.exists() else None
-    if chosen in candidates: return chosen
-    return max(candidates, key=candidates.get) if candidates else None
-#
-# The checkpoint must come from this run's split. A run directory reused with other folds would
-# otherwise hand this notebook a model that may have trained on the very clips it is about to
-# be tested on, and the analysis would look better than any held-out test; so a checkpoint
-# records the folds it was trained, validated and tested on, and a mismatch stops here.
+# %% [markdown]
+# The checkpoint must come from this run's split: one from a reused run directory with other folds may have trained on
+# the clips it is about to be tested on. A checkpoint records its folds, and a mismatch stops here.
 
 # %%
 #| export
@@ -123,54 +78,32 @@ _d = SimpleNamespace(split=SimpleNamespace(classes=["a", "b"]), meta=pd.DataFram
 check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1], val=[2], test=[3])), _d, "m.pt")
 check_checkpoint_split(dict(classes=["a", "b"], folds=dict(train=[1, 2], val=[], test=[3])), _d, "m.pt")   # a refit
 test_fail(lambda: check_checkpoint_split(dict(classes=["a", "b"]), _d, "m.pt"), contains="records no folds")
-with tempfile.TemporaryDirectory() as d:
-    (Path(d)/"models").mkdir()
-    (Path(d)/"models"/"probe.pt").touch()
-    write_results(d, "05_transfer", {"probe": dict(val_accuracy=0.7, checkpoint="models/probe.pt"),
-                                     "finetune": dict(val_accuracy=0.8, checkpoint="models/finetune.pt")})
-    test_eq(study_checkpoints(d), {"probe": 0.7})                        # finetune's checkpoint is missing
-    test_eq(chosen_model(d), "probe")
-    write_results(d, "05_transfer", {"probe": dict(val_accuracy=0.7, checkpoint="models/probe.pt"),
-                                     "logreg": dict(val_accuracy=0.8)}, best_model="logreg")
-    test_eq(chosen_model(d), "probe")                                    # no checkpoint for logreg: the best network
 _seen_test = dict(classes=["a", "b"], folds=dict(train=[3], val=[2], test=[1]))
 test_fail(lambda: check_checkpoint_split(_seen_test, _d, "m.pt"),
           contains="It has seen this run's test fold")
 test_fail(lambda: check_checkpoint_split(dict(classes=["b", "a"]), _d, "m.pt"), contains="m.pt: its classes")
 
 # %% tags=["checks"]
-use_test_values(globals(), epochs=2)
+stand_in = use_test_values(globals(), epochs=2, models=["small_cnn"], model_name="small_cnn")
 params = study_params(globals())
-analysable = ["small_cnn", "resnet", "probe", "finetune", "probe_finetune"]
-model_name = None if model_name is None else as_name("model_name", model_name, analysable)
+model_name = None if model_name is None else as_name("model_name", model_name, list_models())
 n_examples = as_int("n_examples", n_examples, 1)
 
 # %%
 run_path = make_run_dir(params.run_dir)
-candidates = study_checkpoints(run_path)
-name = model_name or chosen_model(run_path) or "resnet"
-print("the study's networks by mean validation accuracy:", {k: round(v, 3) for k, v in candidates.items()})
-print(f"analysed: {name}", "(as asked)" if model_name else "(the study's model, chosen by chapter 05)")
-# the study's model is served as chapter 05 left it: refit on every non-test fold where it was
-chapter_05 = read_results(run_path, "05_transfer") if (run_path/"results"/"05_transfer.json").exists() else {}
-served = chapter_05.get("best_checkpoint") if name == chapter_05.get("best_model") and not model_name else None
-ckpt = run_path/(served or f"models/{name}.pt")
-model, checkpoint = load_checkpoint(ckpt) if ckpt.exists() else (None, None)
+if stand_in: family_fits(params, ("from scratch",), run_path)     # nbdev-test runs this chapter alone
+served = None if model_name else read_choice(run_path)             # chapter 06's choice, as it serves it
+name, ckpt = (model_name, run_path/f"models/{model_name}.pt") if model_name else (served["model"],
+                                                                                   run_path/served["checkpoint"])
+print(f"analysed: {name}", "(as asked)" if model_name else f"(the study's model; refit: {served['refit']})")
+model, checkpoint = load_checkpoint(ckpt)
 # the checkpoint says which features its model reads (chapter 02's log-mels or the pretrained network's own)
-data = study_data(params, feature_params(checkpoint["feature_params"]) if checkpoint else None)
+data = study_data(params, feature_params(checkpoint["feature_params"]))
 ds, split, meta, features, allset, n_frames = data.ds, data.split, data.meta, data.fp, data.logmels, data.n_frames
 train_idx, val_idx, test_idx = data.train, data.val, data.test
-if model is None:
-    if name not in RECIPES: raise FileNotFoundError(f"{ckpt} does not exist: run chapter 05 with this run directory")
-    print(f"{ckpt} does not exist: training {name} now (chapter 04 normally does this)")
-    fit_study_model(name, data, epochs=params.epochs, seed=params.seed, out_dir=run_path/"models",
-                    resnet=ResNetPlan(params.resnet_seeds, params.resnet_epochs), store=study_store(params))
-    model, checkpoint = load_checkpoint(ckpt)
 print(f"using {ckpt}")
 check_checkpoint_split(checkpoint, data, ckpt)
-print(f"{name}: epoch {checkpoint.get('epoch')}, "
-      f"validation accuracy {checkpoint.get('val_accuracy', float('nan')):.3f}",
-      "(SYNTHETIC data)" if is_synthetic(ds) else "")
+print(f"{name}: {checkpoint['model']} network", "(SYNTHETIC data)" if is_synthetic(ds) else "")
 
 # %% [markdown]
 # ## Predictions, joined by clip id
@@ -236,8 +169,8 @@ if len(pairs):
 # %% [markdown]
 # ## Confident mistakes and doubtful successes
 #
-# The most confident wrong predictions show what the model has learnt wrongly (or where a label
-# is debatable); the least confident right ones show where it is barely right.
+# The most confident mistakes show what the model learnt wrongly (or a debatable label); the least confident successes
+# where it is barely right.
 
 # %%
 #| export
@@ -287,9 +220,8 @@ for rows, title in ((wrong, "mistake"), (right, "doubtful success")):
 # %% [markdown]
 # ## Accuracy by salience and by duration
 #
-# Background clips (salience 2) bury the labelled sound under others. Short clips are where
-# "duration cheating" (notebook 02) would show: if the model won short clips by their silence,
-# short-clip accuracy would be suspiciously high for short-clip classes.
+# Background clips bury the labelled sound. If the model won short clips by their silence ("duration cheating",
+# notebook 02), short-clip accuracy would be suspiciously high for short-clip classes.
 
 # %%
 #| export
@@ -344,39 +276,9 @@ lines.append(f"Among the mistakes the median confidence is {median_confidence.ge
              else "There are no mistakes.")
 Markdown("\n\n".join(lines))
 
-# %% [markdown]
-# ## Predicting new files
-#
-# The checkpoint classifies any audio file through notebook 06b's `Predictor`, which is what
-# `urbansound-nb predict` runs. Test clips written to disk in other formats (8-bit, 48 kHz
-# stereo, a 9 s file), plus an empty, a silent and a corrupt file:
-
-# %%
-import tempfile
-import soundfile as sf
-from urbansound_nb.predict import predict_files
-with tempfile.TemporaryDirectory() as d:
-    d = Path(d)
-    r0 = pred.iloc[0]
-    x, rate = decode_row(ds[int(r0["index"])])
-    sf.write(d/"clip_u8.wav", x, rate, subtype="PCM_U8")
-    sf.write(d/"clip_stereo.flac", np.stack([x, x], 1), rate)  # soundfile keeps the rate; predict resamples
-    sf.write(d/"long_9s.wav", np.tile(x, int(np.ceil(9 * rate / len(x))))[: 9 * rate], rate)
-    (d/"empty.wav").write_bytes(b"")
-    sf.write(d/"silent.wav", np.zeros(rate, np.float32), rate)
-    (d/"corrupt.wav").write_bytes(b"RIFF" + os.urandom(500))
-    files = [d/n for n in ("clip_u8.wav", "clip_stereo.flac", "long_9s.wav", "empty.wav", "silent.wav", "corrupt.wav")]
-    recs = predict_files(ckpt, files, per_window=True)
-    for rec in recs:
-        print(Path(rec["file"]).name, "->",
-              rec["error"] or ", ".join(f"{p['class']} {p['probability']:.2f}" for p in rec["predictions"]))
-    test_eq([r["error"] is None for r in recs], [True, True, True, False, False, False])
-    assert len(recs[2]["windows"]) >= 4 and "silent" in recs[4]["error"] and "empty" in recs[3]["error"]
-print(f"(true class of the clip: {r0['true']})")
-
 # %%
 true_ids, predicted_ids = (pred[c].map(split.classes.index) for c in ("true", "predicted"))
-write_results(run_path, "06_error_analysis", {name: dict(
+write_results(run_path, "07_error_analysis", {name: dict(
     **evaluate(true_ids, predicted_ids, split.classes),
     test_accuracy=float(acc), n_test=len(pred), confused_pairs=pairs.to_dict("records"),
     accuracy_by_salience=by_sal["accuracy"].to_dict(),

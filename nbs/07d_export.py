@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp export
 
@@ -19,14 +7,10 @@
 # > A checkpoint, or a run's chosen model, as one ONNX graph from a waveform to class probabilities, checked.
 
 # %% [markdown]
-# `export_onnx` writes a checkpoint (or the model a run chose, `best_checkpoint`) as one ONNX
-# graph: the module `predict` runs (`WaveformClassifier`, notebook 06b), so the graph holds the
-# front end (pre-emphasis, STFT, mel banks, log, scaling), the frames fitted to the model's input
-# (centre crop, or repetition of a short clip) and the network, or both members of an ensemble and
-# the mean of their probabilities. It is exported by torch's own exporter (`torch.onnx.export`,
-# dynamo, opset `OPSET`), with the batch and the length dynamic, checked by `onnx.checker`, and it
-# carries its facts as metadata (notebook 06c reads them). `parity` runs ONNX Runtime and torch on
-# the same windows of the same files.
+# `export_onnx` writes a checkpoint (or a run's chosen model, `best_checkpoint`) as the module `predict` runs
+# (`WaveformClassifier`, notebook 07b): front end, the frames fitted to the input, and the network, or an ensemble's
+# members and their mean. torch's dynamo exporter writes it at opset `OPSET` with dynamic batch and length,
+# `onnx.checker` checks it, and it carries its facts as metadata (notebook 07c).
 
 # %%
 #| export
@@ -45,10 +29,9 @@ import onnx
 import torch
 
 from urbansound_nb import __version__
-from urbansound_nb.audio import window_starts
 from urbansound_nb.core import atomic_write_bytes
 from urbansound_nb.deploy import OnnxPredictor
-from urbansound_nb.predict import Predictor, peak_memory, study_shaped_checkpoint, write_long_wav
+from urbansound_nb.predict import Predictor
 from urbansound_nb.windows import SILENCE_PEAK, file_windows
 
 # %%
@@ -102,9 +85,8 @@ def export_onnx(checkpoint, out) -> Path:
 # %% [markdown]
 # ## Torch and ONNX Runtime, side by side
 #
-# `parity` cuts each file into the windows both predictors classify (notebook 06a) and compares
-# their probabilities window by window and file by file (the mean over windows, as `predict`
-# reports it).
+# `parity` compares the two predictors' probabilities on the same windows (notebook 07a), window by window and file by
+# file.
 
 # %%
 #| export
@@ -124,66 +106,32 @@ def parity(onnx_path, checkpoint, files) -> dict:
     return dict(files=n, max_probability_difference=worst, top1_agree=agree, not_classified=failed)
 
 # %% [markdown]
-# A randomly initialised study-shaped pair (two EfficientAT mn04 averaged) exported and checked on
-# a short clip, a 4-second one, a long file and near-silence:
+# An RBF SVM on MFCC statistics folded into a network, exported and checked on a short clip, a 4-second one, a long
+# file and near-silence (chapter 10 exports the study's model):
 
 # %%
 import soundfile as sf
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from urbansound_nb.features import FeatureParams
+from urbansound_nb.models import MFCCClassifier, checkpoint_dict, save_checkpoint
+rng = np.random.default_rng(0)
+_svm = make_pipeline(StandardScaler(), SVC(break_ties=True)).fit(rng.normal(size=(30, 32)), np.arange(30) % 3)
+_config, _net = MFCCClassifier.fitted(_svm, 3, 32, 8, True)
 with tempfile.TemporaryDirectory() as d:
     d = Path(d)
-    ckpt = study_shaped_checkpoint(d/"pair.pt")
+    ckpt = d/"svm.pt"
+    save_checkpoint(checkpoint_dict(_net, "mfcc", _config, FeatureParams(16000, 32, 512, 256), list("abc"), 1.0), ckpt)
     t0 = time.time()
-    path = export_onnx(ckpt, d/"pair.onnx")
-    print(f"exported in {time.time() - t0:.0f} s: {path.stat().st_size / 2**20:.1f} MB")
+    path = export_onnx(ckpt, d/"svm.onnx")
+    print(f"exported in {time.time() - t0:.0f} s: {path.stat().st_size / 2**20:.2f} MB")
     facts = OnnxPredictor(path).facts
-    test_eq((facts["sample_rate"], facts["clip_seconds"], facts["opset"]), (32000, 4.0, str(OPSET)))
+    test_eq((facts["sample_rate"], facts["clip_seconds"], facts["opset"]), (16000, 1.0, str(OPSET)))
     assert all(k in facts for k in ("run", "commit", "checkpoint_sha256", "windows"))
-    rng = np.random.default_rng(0)
-    for name, seconds, level in (("short", 0.3, 0.1), ("clip", 4.0, 0.1), ("long", 13.0, 0.1), ("quiet", 2.0, 3e-4)):
+    for name, seconds, level in (("short", 0.3, 0.1), ("clip", 1.0, 0.1), ("long", 6.0, 0.1), ("quiet", 2.0, 3e-4)):
         sf.write(d/f"{name}.wav", (level * rng.standard_normal(int(44100 * seconds))).astype(np.float32), 44100)
     check = parity(path, ckpt, sorted(d.glob("*.wav")))
     print(check)
     test_eq((check["files"], check["top1_agree"]), (4, 4))
     assert check["max_probability_difference"] < 1e-4
-
-# %% [markdown]
-# ## Memory and speed of both `predict` paths
-#
-# `benchmark_predict` runs `urbansound-nb predict` as a child process on a 4-second and a
-# 10-minute stereo WAV at 44.1 kHz, with the torch checkpoint and with its ONNX export, two threads
-# each, and prints each run's peak resident memory and its clips (windows) per second, end to end
-# as a user meets them. It prints the floor of each path first: Python with what the path imports
-# and nothing done. `urbansound-nb bench --predict-memory [CHECKPOINT]` prints it.
-
-# %%
-#| export
-def _measured(code: str, args: list, label: str, windows: int) -> dict:
-    rss, seconds, status = peak_memory(code, args)
-    if status != 0: raise RuntimeError(f"predict failed on the {label} (exit status {status})")
-    return dict(peak_mb=round(rss / 2**20), seconds=round(seconds, 1), clips_per_second=round(windows / seconds, 1))
-
-def benchmark_predict(checkpoint=None, minutes: float = 10.0, threads: int = 2) -> dict:
-    "Peak memory and clips/s of `predict` with torch and with ONNX Runtime on a 4-second and a `minutes`-long file."
-    cli = "import sys\nfrom urbansound_nb.cli import main\nsys.exit(main())"
-    floors = {"torch": "import torch, torchaudio, torchvision", "onnx": "import onnxruntime, numpy, soundfile"}
-    out = {f"floor, {k}": dict(peak_mb=round(peak_memory(v)[0] / 2**20)) for k, v in floors.items()}
-    with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        ckpt = Path(checkpoint) if checkpoint else study_shaped_checkpoint(d/"pair.pt")
-        models = {"torch": ckpt, "onnx": export_onnx(ckpt, d/"model.onnx")}
-        for label, length in (("4-second file", 4 / 60), (f"{minutes:g}-minute file", minutes)):
-            f = write_long_wav(d/"clip.wav", length)
-            windows = max(1, len(window_starts(int(length * 60 * 32000), 4 * 32000)))
-            for path, model in models.items():
-                out[f"{path}, {label}"] = _measured(cli, ["predict", model, f, "--json", "--threads", threads],
-                                                    label, windows)
-    for k, v in out.items(): print(f"{k:>32}: " + ", ".join(f"{n} {x}" for n, x in v.items()))
-    long = f"{minutes:g}-minute file"
-    ours, theirs = out[f"onnx, {long}"], out[f"torch, {long}"]
-    print(f"ONNX Runtime against torch on the {long}: {ours['clips_per_second'] / theirs['clips_per_second']:.1f}x "
-          f"the clips/s, {ours['peak_mb']} MB against {theirs['peak_mb']} MB at the peak")
-    return out
-
-# %%
-#| eval: false
-benchmark_predict(minutes=1.5)   # `urbansound-nb bench --predict-memory` runs the 10-minute one

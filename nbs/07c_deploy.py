@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %%
 #| default_exp deploy
 
@@ -19,22 +7,18 @@
 # > The study's model as one ONNX file, run by ONNX Runtime: the same windows and answers as torch, with no torch.
 
 # %% [markdown]
-# `urbansound-nb export` (notebook 06d) writes the study's model as one ONNX graph, from a mono
-# waveform at the model's rate to class probabilities, front end included, with the facts a
-# caller needs as metadata. This notebook is the other end: `OnnxPredictor` reads such a file,
-# checks it, and classifies audio files with ONNX Runtime. It imports NumPy, soundfile and ONNX
-# Runtime and this package's torch-free audio and windows (notebooks 00b, 06a), nothing else, so
-# a small machine runs it with:
+# `urbansound-nb export` (notebook 07d) writes the study's model as one ONNX graph from a mono waveform to class
+# probabilities, front end included, with its facts as metadata. `OnnxPredictor` reads and checks such a file and
+# classifies audio with ONNX Runtime, importing nothing but NumPy, soundfile, ONNX Runtime and this package's
+# torch-free audio and windows (notebooks 00b, 07a), so a small machine runs:
 #
 # ```sh
-# pip install --no-deps urbansound_nb
-# pip install onnxruntime numpy soundfile
+# pip install --no-deps urbansound_nb && pip install onnxruntime numpy soundfile
 # urbansound-nb predict model.onnx recording.wav --timeline recording.csv
 # ```
 #
-# A file that is not such a model is refused with one line saying why: not ONNX at all, ONNX
-# without this study's metadata, an opset ONNX Runtime does not run, or inputs that are not one
-# batch of waveforms.
+# Anything else is refused with one line saying why: not ONNX, no study metadata, an unsupported opset, or other
+# inputs.
 
 # %%
 #| export
@@ -46,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from urbansound_nb.windows import classify_files, file_windows, in_batches
+from urbansound_nb.windows import file_windows, in_batches
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -54,10 +38,8 @@ from fastcore.test import test_eq, test_fail
 # %% [markdown]
 # ## What the file carries
 #
-# Besides the graph, the file holds its facts as ONNX metadata (`metadata_props`): the class
-# names, the waveform's sample rate, the clip length, the shortest input the front end takes, how
-# long files are windowed, and where it came from (run, commit, checkpoint). `model_facts` reads
-# and checks them.
+# The class names, sample rate, clip length, shortest input, windowing of long files and provenance (run, commit,
+# checkpoint) as `metadata_props`; `model_facts` reads and checks them.
 
 # %%
 #| export
@@ -101,8 +83,8 @@ def model_facts(session: ort.InferenceSession, path) -> dict:
 # %% [markdown]
 # ## The predictor
 #
-# `OnnxPredictor` has what `classify_files` (notebook 06a) asks of a predictor, so `predict` on an
-# ONNX file gives the same records, options and bad-file handling as on a checkpoint.
+# `OnnxPredictor` has what `classify_files` (notebook 07a) asks of a predictor: the same records, options and bad-file
+# handling as a checkpoint.
 
 # %%
 #| export
@@ -126,14 +108,8 @@ class OnnxPredictor:
         windows, starts = file_windows(path, self.sample_rate, self.clip_seconds, self.min_samples)
         return self.classify(windows), starts
 
-def predict_onnx(path, files, top_k: int = 3, per_window: bool = False, threads: int | None = None,
-                 with_probs: bool = False) -> list[dict]:
-    "Top-k classes of each file with an ONNX model: `classify_files`' records; errors never stop."
-    return classify_files(OnnxPredictor(path, threads), files, top_k, per_window, with_probs)
-
 # %% [markdown]
-# Files that are not this study's model are refused before any audio is read (a real export is
-# checked against torch in notebook 06d):
+# Files that are not this study's model are refused before any audio is read (notebook 07d checks a real export):
 
 # %%
 import tempfile
