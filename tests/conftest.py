@@ -18,18 +18,23 @@ MINI, ORIGINALS = SHARED/"urbansound8k-mini", SHARED/"urbansound8k-originals"
 # The tests that read the reduced study (the fixtures `reduced_run`, `reduced_data`) are marked `study` and run
 # last, the site's last of all. The study itself is made in the background as soon as the tests are collected
 # (`pytest_collection_finish`, a public hook), so it runs on one core while the other tests run on the other.
+# Tests that read only its data (`reduced_data`, written before the study starts) run with the unit tests.
 NEEDS_STUDY = {"reduced_run", "reduced_data", "reduced_study"}
+NEEDS_RUN = {"reduced_run", "reduced_study"}
 STUDY = pytest.StashKey()
 
 
 def _needs_study(item) -> bool: return bool(NEEDS_STUDY & set(getattr(item, "fixturenames", ())))
 
 
+def _needs_run(item) -> bool: return bool(NEEDS_RUN & set(getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_modifyitems(config, items):
-    "Mark the tests that read the reduced study, and put them last (the site's last of all)."
+    "Mark the tests that read the reduced study, and put those that wait for its run last (the site's last of all)."
     for item in items:
         if _needs_study(item): item.add_marker(pytest.mark.study)
-    items.sort(key=lambda item: (_needs_study(item), item.path.name == "test_site.py"))
+    items.sort(key=lambda item: (_needs_run(item), item.path.name == "test_site.py"))
 
 
 def pytest_collection_finish(session):
@@ -102,7 +107,8 @@ def write_official_layout(root: Path, n_clips: int | None = 3, folds=(1,)) -> li
 
 
 # The whole study, reduced (few epochs, seeds and items), on a copy of the real mini data with three damaged clips,
-# with two toy models a plugin adds; its site is built by the run. Made once per test session and shared by every
+# with two toy models a plugin adds; its sites (Quarto's and the fallback's) are built in the background once it is
+# done. Made once per test session and shared by every
 # test that reads it.
 WEIGHTS = SHARED.parent/"models"
 
@@ -155,8 +161,8 @@ class ReducedStudy:
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "URBANSOUND_MODELS": str(TOY_PLUGIN)}
         if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): self.env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real ones
         else: self.args += ["-p", "weights", "random"]                                 # none here: a random network
-        self.log = open(root/"reduced-run.log", "w")
-        self.process = subprocess.Popen([str(Path(sys.executable).parent/"urbansound-nb"), "run", *self.args, "--site"],
+        self.log, self.sites = open(root/"reduced-run.log", "w"), {}
+        self.process = subprocess.Popen([str(Path(sys.executable).parent/"urbansound-nb"), "run", *self.args],
                                         cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
 
     @classmethod
@@ -167,12 +173,52 @@ class ReducedStudy:
         status = self.process.wait(timeout=1800)
         self.log.flush()
         assert status == 0, (self.root/"reduced-run.log").read_text()[-5000:]
+        if not self.sites:            # both renders run while the other tests read the run
+            self.sites = dict(nbconvert=SiteBuild.fallback(self))
+            if shutil.which("quarto"): self.sites["quarto"] = SiteBuild(self.run/"site", "--run-dir", self.run)
         return self
 
     def close(self):
-        if self.process.poll() is None: self.process.kill()
+        for process in (self.process, *(site.process for site in self.sites.values())):
+            if process.poll() is None: process.kill()
         self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def without_quarto() -> str:
+    "The PATH without the folders that hold a `quarto`."
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not (os.path.isdir(p) and "quarto" in os.listdir(p)))
+
+
+FALLBACK_CHAPTERS = ["01_eda", "04_cnn", "06_choice"]     # audio, figures, the choice: what the fallback must show
+
+
+class SiteBuild:
+    "`urbansound-nb site ARGS` of the reduced run in the background; `result` waits for it."
+    def __init__(self, site: Path, *args, path: str | None = None):
+        self.site = site
+        self.process = subprocess.Popen([str(Path(sys.executable).parent/"urbansound-nb"), "site", *map(str, args)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, "PATH": path or os.environ["PATH"]})
+
+    def result(self) -> tuple[Path, SimpleNamespace]:
+        "The site's folder, and the command's exit status, stdout and stderr (as `subprocess.run` gives them)."
+        stdout, stderr = self.process.communicate(timeout=600)
+        return self.site, SimpleNamespace(returncode=self.process.returncode, stdout=stdout, stderr=stderr)
+
+    @classmethod
+    def fallback(cls, study: ReducedStudy) -> "SiteBuild":
+        """With Quarto out of sight: the nbconvert fallback of three of the run's chapters (Quarto's site has them
+        all) and a Runs page of two runs, photographed and checked in Chromium (where there is one)."""
+        from urbansound_nb.browser import missing_browser
+        run, other = study.root/"nbconvert"/"run", study.root/"other"/"other-run"
+        shutil.copytree(study.run/"results", run/"results")
+        for nb in FALLBACK_CHAPTERS: shutil.copy(study.run/f"{nb}.ipynb", run)
+        shutil.copytree(study.run/"results", other/"results")             # another run for the Runs page
+        checks = ["--screenshots", "--check"] if missing_browser() is None else []
+        return cls(run/"site", "--run-dir", run, "--out", run/"site", "--compare", other, *checks,
+                   path=without_quarto())
 
 
 def _study(request) -> ReducedStudy:

@@ -30,9 +30,11 @@ def test_a_shared_parameter_shapes_its_family_in_every_chapter(reduced_run):
 
 
 def test_the_plugins_cnn_is_refit_and_served_when_chosen(reduced_study, venv_bin, tmp_path):
-    "Chapter 06 again, on a copy of the run, choosing among the toy CNN alone: it is refit and `predict` serves it."
+    """Chapter 06 again, on a copy of the run (less its site, which may be rendering), choosing among the toy CNN
+    alone: it is refit and `predict` serves it."""
     run = tmp_path/"run"
-    shutil.copytree(reduced_study.run, run, ignore=shutil.ignore_patterns("site", "screenshots"))
+    site = shutil.ignore_patterns("site", ".site.building", "_quarto_stage", "screenshots")
+    shutil.copytree(reduced_study.run, run, ignore=site)
     args = [*reduced_study.args[:2], "--run-dir", str(run)]
     for k in range(4, len(reduced_study.args), 3):          # the shared parameters alone: 06 declares no others
         if reduced_study.args[k + 1] in SHARED: args += reduced_study.args[k:k + 3]

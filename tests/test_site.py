@@ -1,12 +1,10 @@
 """The report site of the reduced study, rendered by Quarto and by the nbconvert fallback and checked in headless
 Chromium; JupyterLab opening a chapter as a notebook. Browser tests skip, saying why, where no Chromium is installed."""
-import os
 import re
 import shutil
-import subprocess
 
 import pytest
-from conftest import NOTEBOOKS, ROOT
+from conftest import FALLBACK_CHAPTERS, NOTEBOOKS, ROOT
 from lab_check import lab_opens_as_notebook
 
 from urbansound_nb.browser import check_site, missing_browser
@@ -16,36 +14,20 @@ NO_BROWSER = missing_browser()
 needs_browser = pytest.mark.skipif(NO_BROWSER is not None, reason=f"no browser to check pages in: {NO_BROWSER}")
 
 
-def _without_quarto() -> str:
-    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                           if not (os.path.isdir(p) and "quarto" in os.listdir(p)))
-
-
-FALLBACK_CHAPTERS = ["01_eda", "04_cnn", "06_choice"]     # audio, figures, the choice: what the fallback must show
+@pytest.fixture(scope="module")
+def fallback(reduced_study):
+    "The nbconvert fallback's site of the reduced run (conftest's SiteBuild.fallback), and its command's outcome."
+    return reduced_study.sites["nbconvert"].result()
 
 
 @pytest.fixture(scope="module")
-def fallback(reduced_run, venv_bin, tmp_path_factory):
-    """`urbansound-nb site` with Quarto out of sight: the nbconvert fallback of three of the run's chapters (Quarto's
-    site has them all), photographed and checked in Chromium (where there is one) as `--screenshots --check` do."""
-    run, other = tmp_path_factory.mktemp("nbconvert")/"run", tmp_path_factory.mktemp("other")/"other-run"
-    shutil.copytree(reduced_run/"results", run/"results")
-    for nb in FALLBACK_CHAPTERS: shutil.copy(reduced_run/f"{nb}.ipynb", run)
-    shutil.copytree(reduced_run/"results", other/"results")             # another run for the Runs page
-    cmd = [str(venv_bin/"urbansound-nb"), "site", "--run-dir", str(run), "--out", str(run/"site"), "--compare",
-           str(other)]
-    if NO_BROWSER is None: cmd += ["--screenshots", "--check"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": _without_quarto()})
-    return run/"site", r
-
-
-@pytest.fixture(scope="module")
-def quarto_site(reduced_run):
-    "Quarto's site of the reduced run: the run itself built it (`run --site`) where Quarto is on the PATH."
-    if not shutil.which("quarto"):
+def quarto_site(reduced_study):
+    "Quarto's site of the reduced run, by `urbansound-nb site --run-dir RUN` where Quarto is on the PATH."
+    if "quarto" not in reduced_study.sites:
         pytest.skip("quarto is not on the PATH (.ci/run installs it; users install it from quarto.org)")
-    if (reduced_run/"site"/"site_libs").is_dir(): return reduced_run/"site"
-    return build_site(reduced_run, reduced_run/"site", renderer="quarto")
+    site, r = reduced_study.sites["quarto"].result()
+    assert r.returncode == 0 and (site/"site_libs").is_dir(), r.stdout[-3000:] + r.stderr[-3000:]
+    return site
 
 
 @pytest.fixture(scope="module", params=["quarto", "nbconvert"])
