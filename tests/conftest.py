@@ -175,7 +175,7 @@ class ReducedStudy:
         assert status == 0, (self.root/"reduced-run.log").read_text()[-5000:]
         if not self.sites:            # both renders run while the other tests read the run
             self.sites = dict(nbconvert=SiteBuild.fallback(self))
-            if shutil.which("quarto"): self.sites["quarto"] = SiteBuild(self.run/"site", "--run-dir", self.run)
+            if shutil.which("quarto"): self.sites["quarto"] = SiteBuild.quarto(self)
         return self
 
     def close(self):
@@ -197,15 +197,23 @@ FALLBACK_CHAPTERS = ["01_eda", "04_cnn", "06_choice"]     # audio, figures, the 
 class SiteBuild:
     "`urbansound-nb site ARGS` of the reduced run in the background; `result` waits for it."
     def __init__(self, site: Path, *args, path: str | None = None):
-        self.site = site
+        self.site, self.outcome = site, None
         self.process = subprocess.Popen([str(Path(sys.executable).parent/"urbansound-nb"), "site", *map(str, args)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, "PATH": path or os.environ["PATH"]})
 
     def result(self) -> tuple[Path, SimpleNamespace]:
         "The site's folder, and the command's exit status, stdout and stderr (as `subprocess.run` gives them)."
-        stdout, stderr = self.process.communicate(timeout=600)
-        return self.site, SimpleNamespace(returncode=self.process.returncode, stdout=stdout, stderr=stderr)
+        if self.outcome is None:
+            stdout, stderr = self.process.communicate(timeout=600)
+            self.outcome = SimpleNamespace(returncode=self.process.returncode, stdout=stdout, stderr=stderr)
+        return self.site, self.outcome
+
+    @classmethod
+    def quarto(cls, study: ReducedStudy) -> "SiteBuild":
+        "Quarto's site of the whole run, every page checked in Chromium (where there is one), as `--check` does."
+        from urbansound_nb.browser import missing_browser
+        return cls(study.run/"site", "--run-dir", study.run, *(["--check"] if missing_browser() is None else []))
 
     @classmethod
     def fallback(cls, study: ReducedStudy) -> "SiteBuild":
