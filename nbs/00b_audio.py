@@ -89,7 +89,7 @@ test_fail(lambda: audio_bytes(dict(bytes=None, path="/nowhere/a.wav"), "a.wav"),
 
 # %% [markdown]
 # A recording longer than a clip is classified in half-overlapping windows of one clip, the last ending with the
-# recording: the same arithmetic for frames (notebook 04c) and samples (`predict`, notebook 07a).
+# recording: the same arithmetic for frames (notebook 04c) and samples (`predict`, notebook 06b).
 
 # %%
 #| export

@@ -8,7 +8,7 @@
 
 # %% [markdown]
 # The study's model, as chapter 06 chose and serves it, scored on the test fold and its errors taken apart;
-# predictions are joined to clips by file name, never by position (notebook 07b classifies new files, as
+# predictions are joined to clips by file name, never by position (notebook 06c classifies new files, as
 # `urbansound-nb predict` does).
 
 # %%

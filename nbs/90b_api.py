@@ -7,7 +7,7 @@
 # > One page per module with the signature and docstring of every exported name, and links from the prose.
 
 # %% [markdown]
-# The site publishes one reference page per module, named as nbdev names it (`07b_predict` -> `predict.html`), beside
+# The site publishes one reference page per module, named as nbdev names it (`06c_predict` -> `predict.html`), beside
 # the chapter reports: the notebook's prose and, for every exported name, nbdev's `show_doc`, executed. `api_notebook`
 # keeps the prose and exported code and hands them to nbdev's documentation processors (`FilterDefaults`), and adds a
 # table of the module's constants, which `show_doc` leaves out; the examples and tests are left out, since a reference
@@ -122,8 +122,8 @@ def api_notebook(ipynb, root=None):
     return page
 
 # %%
-test_eq([page_name(n) for n in ("07b_predict.ipynb", "00_setup.ipynb", "90b_api.ipynb")], ["predict", "setup", "api"])
-page = api_notebook(project_root()/"nbs"/"07a_windows.ipynb")
+test_eq([page_name(n) for n in ("06c_predict.ipynb", "00_setup.ipynb", "90b_api.ipynb")], ["predict", "setup", "api"])
+page = api_notebook(project_root()/"nbs"/"06b_windows.ipynb")
 shown = "".join(o["data"]["text/markdown"] for c in page.cells for o in c.get("outputs", []) if "data" in o)
 assert "classify_files" in shown and "file_windows" in shown and "top_k" in shown          # signatures, parameters
 assert "urbansound-nb.github.io" not in shown and page.cells[0].cell_type == "raw"       # local links, front matter

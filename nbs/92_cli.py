@@ -14,8 +14,8 @@
 # | `urbansound-nb run ... --plan [--workers N ...]` | what the run will train and cost, before it runs (90d) |
 # | `urbansound-nb bench [--dataset D] [--max-items N]` | throughput of the features and the pretrained network |
 # | `urbansound-nb bench --predict-memory [CHECKPOINT]` | `predict`'s memory and speed, torch and ONNX (10a) |
-# | `urbansound-nb predict MODEL FILE... [--timeline F] [--plot F]` | files by a checkpoint, run (07b) or ONNX (07c) |
-# | `urbansound-nb export SOURCE OUT.onnx [--check FILE...]` | a checkpoint or run's model as one ONNX file (07d) |
+# | `urbansound-nb predict MODEL FILE... [--timeline F] [--truth F] [--threshold T]` | a class or `unknown` per file |
+# | `urbansound-nb export SOURCE OUT.onnx [--check FILE...]` | a checkpoint or run's model as one ONNX file (06e) |
 # | `urbansound-nb compare RUN_DIR RUN_DIR... [--json/--csv]` | runs side by side: accuracies, what differs (90a) |
 # | `urbansound-nb site [--run-dir DIR] [--compare RUN_DIR...] [--check]` | a run's report site (91), checked (91a) |
 # | `urbansound-nb lab` | JupyterLab with the `.py` notebooks opening as notebooks (notebook 90) |
@@ -29,11 +29,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from urbansound_nb.calibration import REJECTION_SCORES
 from urbansound_nb.params import ParameterError
+
+OFF = "off"   # `predict --no-reject`: no threshold, every file gets a class
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -100,7 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--per-window", action="store_true", help="also report every window of long files")
     p.add_argument("--timeline", metavar="FILE.csv|.json", help="per-window probabilities and merged segments")
     p.add_argument("--plot", metavar="FILE.png", help="classes against time, for one recording")
+    p.add_argument("--truth", metavar="EVENTS.csv", help="score the timeline against true events (start,end,class): "
+                   "segment- and event-based F1 by sed_eval")
     p.add_argument("--threads", type=count(1), default=None, help="threads of the model (default: all cores)")
+    declines = p.add_mutually_exclusive_group()
+    declines.add_argument("--threshold", type=float, default=None, metavar="T",
+                          help="answer 'unknown' under T on the model's score (default: the threshold it carries)")
+    declines.add_argument("--no-reject", dest="threshold", action="store_const", const=OFF,
+                          help="always answer a class, never 'unknown'")
     e = sub.add_parser("export", help="a checkpoint, or a run's chosen model, as one ONNX file (front end included)")
     e.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     e.add_argument("out", metavar="OUT.onnx")
@@ -162,37 +174,68 @@ def _print_record(rec: dict, as_json: bool):
     if as_json: print(json.dumps(rec), flush=True)
     elif rec["error"]: print(f"{rec['file']}: ERROR {rec['error']}", file=sys.stderr)
     else:
-        print(f"{rec['file']}: {_classes_text(rec['predictions'])}")
-        for w in rec.get("windows", []): print(f"    {w['start_seconds']:7.2f} s: {_classes_text(w['predictions'])}")
+        print(f"{rec['file']}: {rec['answer']} ({_classes_text(rec['predictions'])})")
+        for w in rec.get("windows", []):
+            print(f"    {w['start_seconds']:7.2f} s: {w['answer']} ({_classes_text(w['predictions'])})")
 
-def _write_timeline(rec: dict, predictor, timeline_path, plot_path):
-    "The timeline of one classified file, written (and drawn) where asked; the paths it wrote."
-    import soundfile as sf
+def _set_threshold(predictor, threshold) -> str | None:
+    "The predictor's 'none of these' rule as asked: its own (None), none (`OFF`), or another threshold; else why not."
+    if threshold is None: return None
+    if threshold == OFF:
+        predictor.rejection = None
+        return None
+    if not math.isfinite(threshold): return f"--threshold must be a finite number, got {threshold}"
+    score = (predictor.rejection or {}).get("score", REJECTION_SCORES[0])
+    predictor.rejection = dict(score=score, threshold=float(threshold))
+    return None
 
-    from urbansound_nb.windows import plot_timeline, timeline, write_timeline
-    info = sf.info(rec["file"])
-    tl = timeline(rec["probabilities"], rec["start_seconds"], predictor.classes, predictor.clip_seconds,
-                  info.frames / info.samplerate)
-    written = write_timeline(tl, timeline_path) if timeline_path else []
-    if plot_path:
-        plot_timeline(tl, f"Timeline of {Path(rec['file']).name}", plot_path)
-        written.append(Path(plot_path))
-    return written
+@dataclass
+class TimelineOutputs:
+    "What `predict` makes of one recording's timeline: a table (`path`), a drawing (`plot`), scores against `truth`."
+    path: str | None = None
+    plot: str | None = None
+    truth: str | None = None
 
-def predict_cli(model, files, top_k: int = 3, as_json: bool = False, per_window: bool = False, timeline=None,
-                plot=None, threads: int | None = None) -> int:
-    "`urbansound-nb predict`: print each file's top-k classes (or JSON lines); exit status 1 if any file failed."
+    def __bool__(self): return bool(self.path or self.plot or self.truth)
+
+    def make(self, rec: dict, predictor) -> list[str]:
+        "The timeline of a classified file, written, drawn and scored as asked; a line for each thing made."
+        import soundfile as sf
+
+        from urbansound_nb.windows import plot_timeline, timeline, write_timeline
+        info = sf.info(rec["file"])
+        tl = timeline(rec["probabilities"], rec["start_seconds"], predictor.classes, predictor.clip_seconds,
+                      info.frames / info.samplerate, rule=predictor.timeline_rule, rejection=predictor.rejection)
+        said = [f"wrote {p}" for p in (write_timeline(tl, self.path) if self.path else [])]
+        if self.plot:
+            plot_timeline(tl, f"Timeline of {Path(rec['file']).name}", self.plot)
+            said.append(f"wrote {self.plot}")
+        if self.truth:    # sed_eval's measures (notebook 10b); it is not in the [onnx] extra, so imported here
+            from urbansound_nb.events import read_events, sed_scores
+            rec["timeline_scores"] = scores = sed_scores(tl["segments"], read_events(self.truth, predictor.classes),
+                                                         predictor.classes)
+            said.append(f"against {self.truth}: segment-based F1 {scores['segment_f1']:.3f} (1 s segments), "
+                        f"event-based F1 {scores['event_f1']:.3f} (200 ms onset collar)")
+        return said
+
+def predict_cli(model, files, top_k: int = 3, as_json: bool = False, per_window: bool = False,
+                outputs: TimelineOutputs | None = None, threads: int | None = None, threshold=None) -> int:
+    "`urbansound-nb predict`: each file's answer and top-k classes (or JSON lines); exit status 1 if any file failed."
     from urbansound_nb.windows import classify_files
-    if (timeline or plot) and len(files) != 1:
-        return refuse("error: --timeline and --plot describe one recording; give one file")
+    outputs = outputs or TimelineOutputs()
+    if outputs and len(files) != 1:
+        return refuse("error: --timeline, --plot and --truth describe one recording; give one file")
     predictor, why = _predictor(model, threads)
     if predictor is None: return refuse(f"error: {why}")
-    records = classify_files(predictor, files, top_k, per_window, with_probs=bool(timeline or plot))
+    why = _set_threshold(predictor, threshold)
+    if why: return refuse(f"error: {why}")
+    records = classify_files(predictor, files, top_k, per_window, with_probs=bool(outputs))
     for rec in records:
-        written = _write_timeline(rec, predictor, timeline, plot) if rec["error"] is None and (timeline or plot) else []
+        try: said = outputs.make(rec, predictor) if rec["error"] is None and outputs else []
+        except (ValueError, OSError) as e: return refuse(f"error: {e}")      # a truth file that cannot be used
         rec.pop("probabilities", None), rec.pop("start_seconds", None)
         _print_record(rec, as_json)
-        for path in written: print(f"wrote {path}", file=sys.stderr)
+        for line in said: print(line, file=sys.stderr)
     return 1 if any(rec["error"] for rec in records) else 0
 
 def export_cli(source, out, check=None) -> int:
@@ -201,7 +244,7 @@ def export_cli(source, out, check=None) -> int:
     from urbansound_nb.models import CheckpointError
     try: path = export_onnx(source, out)
     except CheckpointError as e: return refuse(f"error: {e}")
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB) and its model card {path.with_suffix('.md')}")
     if check:
         from urbansound_nb.predict import resolve_checkpoint
         print(json.dumps(parity(path, resolve_checkpoint(source), check)))
@@ -326,7 +369,8 @@ def main(argv=None):
     if args.command == "bench": return bench_cli(args)
     if args.command == "predict":
         return predict_cli(args.checkpoint, args.files, top_k=args.top_k, as_json=args.json, per_window=args.per_window,
-                           timeline=args.timeline, plot=args.plot, threads=args.threads)
+                           outputs=TimelineOutputs(args.timeline, args.plot, args.truth), threads=args.threads,
+                           threshold=args.threshold)
     if args.command == "export": return export_cli(args.source, args.out, args.check)
     if args.command == "site":
         return site_cli(args.run_dir, args.out, args.renderer, screenshots=args.screenshots, check=args.check,

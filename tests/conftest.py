@@ -120,7 +120,8 @@ DAMAGE = {1: "corrupt", 2: "too_short", 3: "nan"}
 CLIPS = 160          # of the mini data, stratified; with `train_fraction` 0.5 a few dozen clips train each model
 REDUCED = ["-p", "epochs", "2", "-p", "seeds", "2", "-p", "bench_items", "32", "-p", "conditions",
            "[none, specaugment_lite, mixup]", "-p", "train_fraction", "0.5", "-p", "finetune_epochs", "1",
-           "-p", "finetune_seeds", "2", "-p", "grid_epochs", "2", "-p", "long_clips", "8", "-p", "n_mfcc", "20"]
+           "-p", "finetune_seeds", "2", "-p", "grid_epochs", "2", "-p", "long_clips", "8", "-p", "n_mfcc", "20",
+           "-p", "others_per_kind", "3"]
 # Models a plugin registers and nothing else names: the study trains, compares, cross-validates them (test_registry)
 TOY_MODELS, TOY_PLUGIN = ("knn", "wide_shallow"), ROOT/"tests"/"toy_models.py"
 
@@ -161,6 +162,7 @@ class ReducedStudy:
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "URBANSOUND_MODELS": str(TOY_PLUGIN)}
         if (WEIGHTS/"mn04_as_mAP_432.pt").is_file(): self.env["URBANSOUND_PRETRAINED"] = str(WEIGHTS)   # the real ones
         else: self.args += ["-p", "weights", "random"]                                 # none here: a random network
+        if (SHARED/"esc50-ood").is_dir(): self.args += ["-p", "other_sounds", str(SHARED/"esc50-ood")]   # unknowns
         self.log, self.sites = open(root/"reduced-run.log", "w"), {}
         self.process = subprocess.Popen([str(Path(sys.executable).parent/"urbansound-nb"), "run", *self.args],
                                         cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)

@@ -38,7 +38,9 @@ def test_onnx_predict_answers_every_original_file_like_torch_without_importing_t
     same = sum(a["predictions"][0]["class"] == b["predictions"][0]["class"] for a, b in zip(ours, theirs))
     assert same == len(files)
     doc = json.loads((reduced_run/"results"/"10_deployment.json").read_text())
-    assert doc["parity"]["max_probability_difference"] < 1e-4 and doc["parity"]["top1_agree"] == doc["parity"]["files"]
+    check = doc["parity"]
+    assert check["max_probability_difference"] < 1e-4
+    assert check["top1_agree"] == check["answers_agree"] == check["files"]
 
 
 def test_a_timeline_of_a_long_recording(reduced_run, venv_bin, tmp_path):
@@ -55,6 +57,41 @@ def test_a_timeline_of_a_long_recording(reduced_run, venv_bin, tmp_path):
     r = cli(venv_bin, "predict", reduced_run/"models"/"model.onnx", tmp_path/"long.wav", tmp_path/"long.wav",
             "--timeline", tmp_path/"t.json")
     assert r.returncode == 2 and "one file" in r.stderr
+    # with the truth, scored by sed_eval; the rule is the one chapter 10 chose and the file carries
+    (tmp_path/"truth.csv").write_text("start,end,class\n10.0,20.0,siren\n")
+    r = cli(venv_bin, "predict", reduced_run/"models"/"model.onnx", tmp_path/"long.wav", "--timeline",
+            tmp_path/"t.json", "--truth", tmp_path/"truth.csv", "--json")
+    assert r.returncode == 0 and "segment-based F1" in r.stderr, r.stderr
+    scores = json.loads(r.stdout)["timeline_scores"]
+    assert scores["events"] == 1 and 0 <= scores["segment_f1"] <= 1 and 0 <= scores["event_f1"] <= 1
+    chosen = json.loads((reduced_run/"results"/"10_deployment.json").read_text())["timeline"]["rule"]
+    assert json.loads((tmp_path/"t.json").read_text())["rule"] == chosen
+    (tmp_path/"truth.csv").write_text("start,end,class\n10.0,20.0,helicopter\n")
+    r = cli(venv_bin, "predict", reduced_run/"models"/"model.onnx", tmp_path/"long.wav", "--truth",
+            tmp_path/"truth.csv")
+    assert r.returncode == 2 and "'helicopter' is not one of the model's classes" in r.stderr
+
+
+def test_the_exported_file_carries_calibration_rules_and_its_card(reduced_run):
+    "Chapter 06's temperature and threshold, chapter 10's timeline rule and the card: in the checkpoint and the file."
+    import onnx
+
+    from urbansound_nb.core import read_choice
+    from urbansound_nb.models import read_checkpoint
+    served = read_choice(reduced_run)
+    ck = read_checkpoint(reduced_run/served["checkpoint"])
+    cal = served["calibration"]
+    assert ck["calibration"] == dict(temperature=cal["temperature"], rejection=cal["rejection"])
+    assert 0 < cal["temperature"] < 20 and 0 <= cal["ece_after"] <= 1 and 0 < cal["test_answered"] <= 1
+    meta = {p.key: p.value for p in onnx.load(str(reduced_run/"models"/"model.onnx")).metadata_props}
+    assert json.loads(meta["rejection"]) == cal["rejection"] and float(meta["temperature"]) == cal["temperature"]
+    assert json.loads(meta["timeline_rule"]) == ck["timeline_rule"]
+    card = (reduced_run/"models"/"model.md").read_text()
+    assert meta["model_card"] == card and meta["model_card_file"] == "model.md"
+    assert f"# Model card: {served['model']}" in card and f"Accuracy {100 * served['test_accuracy']:.1f}%" in card
+    if cal.get("others_reported"):     # the shared data's other sounds: chosen on one half of their kinds, reported
+        kinds = cal["other_kinds"]        # on the other
+        assert kinds["choose"] and kinds["report"] and not set(kinds["choose"]) & set(kinds["report"])
 
 
 def _tiny_onnx(path, metadata, inputs=(("batch", "samples"),), opset=18):
@@ -75,7 +112,7 @@ GOOD = dict(urbansound_nb="0", classes='["a", "b"]', sample_rate="8000", clip_se
 
 
 def test_a_model_that_is_not_the_studys_is_one_line_and_exit_2(tmp_path):
-    "The command's side of a refused model (notebook 07c says why each kind is refused): one line, exit status 2."
+    "The command's side of a refused model (notebook 06d says why each kind is refused): one line, exit status 2."
     model = tmp_path/"junk.onnx"
     model.write_bytes(b"not a model at all")
     sf.write(tmp_path/"clip.wav", np.full(8000, 0.1, np.float32), 8000)
@@ -93,6 +130,19 @@ def test_bad_audio_files_are_reported_and_the_others_classified(tmp_path):
     assert r.returncode == 1 and "empty" in recs[0]["error"] and recs[1]["error"] is None
 
 
+def test_predict_says_unknown_under_the_files_threshold_and_obeys_threshold_and_no_reject(tmp_path):
+    "The rule an ONNX file carries declines; `--threshold` replaces its threshold, `--no-reject` turns it off."
+    _tiny_onnx(tmp_path/"m.onnx", dict(GOOD, rejection='{"score": "max_probability", "threshold": 0.5}'))
+    sf.write(tmp_path/"clip.wav", np.full(8000, 0.3, np.float32), 8000)     # the tiny graph says 0.3 for each class
+    said = lambda *extra: [json.loads(line)["answer"] for line in
+                           in_process("predict", tmp_path/"m.onnx", tmp_path/"clip.wav", "--json", *extra)
+                           .stdout.splitlines()]
+    assert (said(), said("--threshold", "0.2"), said("--no-reject")) == (["unknown"], ["a"], ["a"])
+    r = in_process("predict", tmp_path/"m.onnx", tmp_path/"clip.wav", "--threshold", "nan")
+    assert r.returncode == 2 and "--threshold must be a finite number" in r.stderr
+
+
+@pytest.mark.slow      # a pip install of the extra: `make test` only
 def test_a_fresh_venv_with_only_the_onnx_extra_runs_predict(tmp_path):
     """`pip install --no-deps` of the package and the `[onnx]` extra's own dependencies: nothing else is needed to
     decode, resample, window and classify (a tiny graph: the study's own file is checked against torch above)."""

@@ -556,17 +556,21 @@ def test_records_and_timelines_have_exactly_their_fields(tmp_path):
             return np.array([[0.1, 0.6, 0.2, 0.1], [0.5, 0.3, 0.1, 0.1]]), [0.0, 0.12345]
     for name in ("x.wav", "bad.wav"): (tmp_path/name).write_bytes(b"x")
     plain = windows.classify_files(Fixed(), [tmp_path/"x.wav", tmp_path/"bad.wav"])
-    assert plain[0] == {"file": str(tmp_path/"x.wav"), "error": None, "predictions": [
+    assert plain[0] == {"file": str(tmp_path/"x.wav"), "error": None, "answer": "b", "predictions": [
         {"class": "b", "probability": 0.45}, {"class": "a", "probability": 0.3}, {"class": "c", "probability": 0.15}]}
     assert plain[1] == {"file": str(tmp_path/"bad.wav"), "predictions": [],
                         "error": f"{tmp_path/'bad.wav'}: cannot be classified (ValueError: no)"}
     full = windows.classify_files(Fixed(), [tmp_path/"x.wav"], top_k=1, per_window=True, with_probs=True)[0]
-    assert full["windows"] == [{"start_seconds": 0.0, "predictions": [{"class": "b", "probability": 0.6}]},
-                               {"start_seconds": 0.123, "predictions": [{"class": "a", "probability": 0.5}]}]
+    assert full["windows"] == [
+        {"start_seconds": 0.0, "predictions": [{"class": "b", "probability": 0.6}], "answer": "b"},
+        {"start_seconds": 0.123, "predictions": [{"class": "a", "probability": 0.5}], "answer": "a"}]
+    Fixed.rejection = dict(score="max_probability", threshold=0.55)       # the model's "none of these" rule
+    declined = windows.classify_files(Fixed(), [tmp_path/"x.wav"], top_k=1, per_window=True)[0]
+    assert [declined["answer"], *(w["answer"] for w in declined["windows"])] == ["unknown", "b", "unknown"]
     assert full["start_seconds"] == [0.0, 0.12345] and np.asarray(full["probabilities"]).shape == (2, 4)
     tl = windows.timeline(np.array([[0.9, 0.1], [0.2, 0.8]]), [0.0, 2.0], ["a", "b"], 4.0, 6.25)
-    assert tl["windows"] == [dict(start=0.0, end=3.0, probabilities={"a": 0.9, "b": 0.1}),
-                             dict(start=3.0, end=6.25, probabilities={"a": 0.2, "b": 0.8})]
+    assert tl["windows"] == [dict(start=0.0, end=3.0, answer="a", probabilities={"a": 0.9, "b": 0.1}),
+                             dict(start=3.0, end=6.25, answer="b", probabilities={"a": 0.2, "b": 0.8})]
 
 
 def test_timeline_segments_follow_the_rule():

@@ -1,4 +1,4 @@
-"""The chosen model exported with its front end, checked against torch, quantised, and run over a long recording.
+"""The chosen model's timeline scored as sound event detection is scored, then exported with its card and checked.
 
 Docs: https://urbansound-nb.github.io/urbansound_nb/deployment.html.md"""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['quantise_int8', 'join_clips', 'timeline_scores']
+__all__ = ['quantise_int8']
 
 # %% ../nbs/10_deployment.ipynb #cd163e8a13
 def quantise_int8(onnx_path, out, calibration: list, batch: int = 8):
@@ -27,34 +27,3 @@ def quantise_int8(onnx_path, out, calibration: list, batch: int = 8):
     quantize_static(str(onnx_path), str(out), Windows(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"])
     return Path(out)
-
-# %% ../nbs/10_deployment.ipynb #11d2b6d889
-def join_clips(clips: list, rate: int) -> tuple[np.ndarray, list[dict]]:
-    "Clips (samples at `rate`, class) joined end to end, and the truth: each clip's start, end and class."
-    truth, t = [], 0
-    for samples, label in clips:
-        truth.append(dict(start=t / rate, end=(t + len(samples)) / rate, **{"class": label}))
-        t += len(samples)
-    return np.concatenate([s for s, _ in clips]).astype(np.float32), truth
-
-def timeline_scores(tl: dict, truth: list[dict], classes, step: float = 0.1) -> dict:
-    "Time accuracy, clip accuracy and onset errors of a timeline against the true clips (see the prose)."
-    times = np.arange(0, tl["seconds"], step) + step / 2
-    spans = np.array([[w["start"], w["end"]] for w in tl["windows"]])
-    top = [max(w["probabilities"], key=w["probabilities"].get) for w in tl["windows"]]
-    said = [top[min(np.searchsorted(spans[:, 1], t), len(top) - 1)] for t in times]
-    true = [next((c["class"] for c in truth if c["start"] <= t < c["end"]), None) for t in times]
-    cover = lambda clip, cls: sum(max(0.0, min(s["end"], clip["end"]) - max(s["start"], clip["start"]))
-                                  for s in tl["segments"] if s["class"] == cls)
-    window = tl["windows"][0]["end"] - tl["windows"][0]["start"] if tl["windows"] else 0.0
-    onsets = []
-    for clip in truth:
-        starts = [abs(s["start"] - clip["start"]) for s in tl["segments"] if s["class"] == clip["class"]]
-        onsets.append(min(starts) if starts and min(starts) <= max(window, 4.0) else None)
-    found = [o for o in onsets if o is not None]
-    return dict(time_accuracy=float(np.mean([a == b for a, b in zip(said, true)])),
-                clip_accuracy=float(np.mean([max(classes, key=lambda c: cover(clip, c)) == clip["class"]
-                                             and cover(clip, clip["class"]) > 0 for clip in truth])),
-                onsets_found=len(found), onsets=len(onsets),
-                median_onset_error=float(np.median(found)) if found else None,
-                mean_onset_error=float(np.mean(found)) if found else None)

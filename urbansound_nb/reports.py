@@ -141,7 +141,7 @@ def results_markdown(run_dir) -> str:
     "The results page for Quarto: front matter, then the HTML body."
     return f"---\ntitle: Results\ndescription: {RESULTS_SUMMARY}\n---\n\n{results_html(run_dir)}\n"
 
-# %% ../nbs/90c_reports.ipynb #0fa323a561
+# %% ../nbs/90c_reports.ipynb #6bba4d282a
 FIGURES_SECTION = "## What a run gives"   # the README's section that the run's own figures replace
 
 def chapter_results(run_dir, notebook: str) -> dict:
@@ -156,8 +156,16 @@ def served_text(served: dict) -> str:
     "The model `predict` serves, in words: its test figures and how it was trained."
     how = (f"refit on folds {'+'.join(map(str, served.get('train_folds') or []))} ({served.get('n_train', 0):,} clips)"
            if served.get("refit") else "as fitted on the study's split")
-    return (f"Served by predict and the ONNX file: {served['model']}, {how}: {100 * served['test_accuracy']:.1f}% "
+    text = (f"Served by predict and the ONNX file: {served['model']}, {how}: {100 * served['test_accuracy']:.1f}% "
             f"on the test fold, macro F1 {served['macro_f1']:.3f}.")
+    cal = served.get("calibration") if isinstance(served.get("calibration"), dict) else None
+    if cal and cal.get("test_answered") is not None:
+        text += (f" Calibrated (temperature {cal['temperature']:.2f}): expected calibration error "
+                 f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f}; it answers {100 * cal['test_answered']:.0f}% of "
+                 "the test clips and says unknown to the rest"
+                 + (f", and to {100 * (1 - cal['others_answered']):.0f}% of the other sounds it was checked on."
+                    if cal.get("others_answered") is not None else "."))
+    return text
 
 def run_figures_markdown(run_dir) -> str:
     "This run's figures in Markdown: the split, each model's validation and test accuracy, the study's model."

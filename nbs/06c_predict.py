@@ -8,7 +8,7 @@
 
 # %% [markdown]
 # A checkpoint holds the model, its feature parameters, class names and clip length (notebook 04a), so it classifies
-# any file soundfile reads. The file becomes windows as notebook 07a cuts them; each goes through
+# any file soundfile reads. The file becomes windows as notebook 06b cuts them; each goes through
 # `WaveformClassifier`, and the windows' probabilities are averaged (`per_window=True` returns each). Empty,
 # unreadable or silent files get an error entry, never a guess, and never stop the others. `urbansound-nb predict`
 # prints what `predict_files` returns.
@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from urbansound_nb.calibration import check_calibration
 from urbansound_nb.core import NoChoice, read_choice
 from urbansound_nb.models import CheckpointError, load_checkpoint
 from urbansound_nb.pretrained import feature_params
-from urbansound_nb.windows import classify_files, file_windows, in_batches
+from urbansound_nb.windows import check_timeline_rule, classify_files, file_windows, in_batches
 
 
 def resolve_checkpoint(path) -> Path:
@@ -44,16 +45,19 @@ def resolve_checkpoint(path) -> Path:
 # ## Waveform in, probabilities out
 #
 # `WaveformClassifier` is a checkpoint for deployment: waveforms at the model's rate, its front end, the frames fitted
-# to the input as training fits a clip (`batch_frames`, notebook 02b), the network and a softmax, written with tensor
-# arithmetic so that it exports to ONNX with any batch and length (notebook 07c).
+# to the input as training fits a clip (`batch_frames`, notebook 02b), the network and a softmax at the checkpoint's
+# temperature (notebook 06a: 1 where it has none), written with tensor arithmetic so that it exports to ONNX with any
+# batch and length (notebook 06d), calibration inside.
 
 # %%
 #| export
 class WaveformClassifier(nn.Module):
     "Waveforms [batch, samples] at the model's rate -> class probabilities [batch, classes]: front end, fit, network."
-    def __init__(self, front: nn.Module, model: nn.Module, n_frames: int):
+    def __init__(self, front: nn.Module, model: nn.Module, n_frames: int, temperature: float = 1.0):
         super().__init__()
         self.front, self.model, self.n_frames = front, model, int(n_frames)
+        # softmax(output / T): calibrated whether the network returns logits or an ensemble's log-probabilities
+        self.register_buffer("temperature", torch.tensor(float(temperature)), persistent=False)
 
     def fit_frames(self, x: torch.Tensor) -> torch.Tensor:
         "Frames [batch, bands, T] -> [batch, bands, n_frames]: the centre of a longer input, a shorter one repeated."
@@ -62,17 +66,20 @@ class WaveformClassifier(nn.Module):
         return x.index_select(2, torch.remainder(offset + torch.arange(self.n_frames, device=x.device), total))
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.model(self.fit_frames(self.front(wave))).softmax(-1)
+        return (self.model(self.fit_frames(self.front(wave))) / self.temperature).softmax(-1)
 
 # %%
 import soundfile as sf
-from fastcore.test import test_eq
+from fastcore.test import test_eq, test_close
 from urbansound_nb.batches import LogMelSet, batch_frames
 _w = WaveformClassifier(nn.Identity(), nn.Flatten(), 5)
 _x = torch.arange(12.).reshape(1, 1, 12)
 test_eq(_w.fit_frames(_x), batch_frames(LogMelSet([_x[0].T.numpy()]), [0], 5))           # centre crop, as in training
 _x = torch.arange(3.).reshape(1, 1, 3)
 test_eq(_w.fit_frames(_x), batch_frames(LogMelSet([_x[0].T.numpy()]), [0], 5))           # repeated, as in training
+_logits = torch.tensor([[[2.0], [0.0]]])                                                  # two classes, one frame
+_p = lambda t: WaveformClassifier(nn.Identity(), nn.Flatten(), 1, t)(_logits)
+test_close(_p(2.0), _p(1.0).log().div(2).softmax(-1))                       # T = 2: calibration's softmax(log p / T)
 
 # %%
 #| export
@@ -83,7 +90,13 @@ class Predictor:
         model, self.ck = load_checkpoint(self.path, device)
         self.fp, self.classes, self.device = feature_params(self.ck["feature_params"]), self.ck["classes"], device
         self.clip_seconds = float(self.ck["clip_seconds"])
-        self.net = WaveformClassifier(self.fp.front_end(), model, self.fp.frames(self.clip_seconds)).to(device).eval()
+        try:
+            calibration = check_calibration(self.ck.get("calibration"), str(self.path))
+            self.timeline_rule = check_timeline_rule(self.ck.get("timeline_rule"), f"{self.path}: timeline rule")
+        except ValueError as e: raise CheckpointError(str(e)) from None
+        self.temperature, self.rejection = calibration["temperature"], calibration["rejection"]
+        self.net = WaveformClassifier(self.fp.front_end(), model, self.fp.frames(self.clip_seconds),
+                                      self.temperature).to(device).eval()
 
     @torch.no_grad()
     def classify(self, windows) -> np.ndarray:
@@ -108,6 +121,7 @@ def predict_files(checkpoint, files, top_k: int = 3, per_window: bool = False, p
 import os
 import tempfile
 from fastcore.test import test_eq, test_close, test_fail
+from urbansound_nb.calibration import calibrated
 from urbansound_nb.core import CHOICE, write_results
 from urbansound_nb.features import FeatureParams
 from urbansound_nb.models import build_model, checkpoint_dict, save_checkpoint
@@ -131,6 +145,17 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: resolve_checkpoint(d), contains="no results/06_choice.json")   # a run stands for its choice
     write_results(d, CHOICE, {}, served=dict(model="small_cnn", checkpoint="model.pt"))
     test_eq(predict_files(d, [d/"short.wav"]), predict_files(d/"model.pt", [d/"short.wav"]))
+    # a calibrated checkpoint: its temperature softens every probability, and under its threshold it says unknown
+    plain = Predictor(d/"model.pt").file_probs(d/"long.flac")[0]
+    rule = dict(score="max_probability", threshold=1.0)
+    save_checkpoint(checkpoint_dict(model, "small_cnn", config, fp, classes, 1.0,
+                                    calibration=dict(temperature=4.0, rejection=rule)), d/"calibrated.pt")
+    softer = Predictor(d/"calibrated.pt")
+    test_close(softer.file_probs(d/"long.flac")[0], calibrated(plain, 4.0), eps=1e-5)
+    test_eq(predict_files(None, [d/"long.flac"], predictor=softer)[0]["answer"], "unknown")
+    save_checkpoint(checkpoint_dict(model, "small_cnn", config, fp, classes, 1.0,
+                                    calibration=dict(temperature="hot")), d/"crafted.pt")
+    test_fail(lambda: Predictor(d/"crafted.pt"), contains="crafted.pt: temperature must be")
 
 # %% [markdown]
 # A window is classified as a training clip is: its frames equal the cached features of the same samples, and

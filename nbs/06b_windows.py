@@ -9,7 +9,7 @@
 # %% [markdown]
 # The models classify clips of `clip_seconds` (4 s); a user's file is anything from milliseconds to hours, at any
 # rate. This notebook turns a file into the clips a model reads, and the answers back into "what happened when", with
-# NumPy and soundfile alone, so that the torch checkpoints (notebook 07b) and the torch-free ONNX file (07c) share it:
+# NumPy and soundfile alone, so that the torch checkpoints (notebook 06c) and the torch-free ONNX file (06d) share it:
 #
 # * **resampling** with training's own filter (torchaudio's windowed sinc) ported to NumPy, equal to float32 rounding;
 # * **windows**: a file up to one clip long is one window; a longer one gives half-overlapping windows of one clip,
@@ -33,10 +33,11 @@ import numpy as np
 import soundfile as sf
 
 from urbansound_nb.audio import AudioDecodeError, decode_audio, window_starts
+from urbansound_nb.calibration import UNKNOWN, answer
 from urbansound_nb.params import INFERENCE_BATCH
 
 # %%
-from fastcore.test import test_eq, test_close
+from fastcore.test import test_eq, test_close, test_fail
 
 # %% [markdown]
 # ## The training filter, in NumPy
@@ -234,9 +235,10 @@ with tempfile.TemporaryDirectory() as d:
 # %% [markdown]
 # ## Classifying files
 #
-# A predictor (a torch checkpoint, notebook 07b, or an ONNX file, 07c) has `classes` and `file_probs(path)`.
-# `classify_files` runs one over many files past a bad one: each gets its top classes, or the error naming its
-# problem.
+# A predictor (a torch checkpoint, notebook 06c, or an ONNX file, 06d) has `classes` and `file_probs(path)`.
+# `classify_files` runs one over many files past a bad one: each gets its top classes and its answer, or the error
+# naming its problem. The answer is the top class, or `unknown` where the predictor's `rejection` rule (notebook
+# 06a: a score and a threshold chosen on validation) declines.
 
 # %%
 #| export
@@ -255,7 +257,7 @@ def _top(probs, classes, k):
     return [{"class": classes[i], "probability": round(float(probs[i]), 4)} for i in np.argsort(-probs)[:k]]
 
 def classify_files(predictor, files, top_k: int = 3, per_window: bool = False, with_probs: bool = False) -> list[dict]:
-    "Top-k classes of each file: {'file', 'predictions', 'error'} (+ 'windows' with `per_window`); errors never stop."
+    "Each file's top-k classes and answer (a class or `unknown`), + 'windows' with `per_window`; errors never stop."
     out = []
     for f in files:
         rec = {"file": str(f), "predictions": [], "error": None}
@@ -263,10 +265,12 @@ def classify_files(predictor, files, top_k: int = 3, per_window: bool = False, w
             p = Path(f)
             if not p.is_file(): raise AudioDecodeError(f"{f}: no such file")
             probs, starts = predictor.file_probs(p)
+            rejection = getattr(predictor, "rejection", None)    # the model's "none of these" rule, if it has one
             rec["predictions"] = _top(probs.mean(0), predictor.classes, top_k)
+            rec["answer"] = answer(probs.mean(0), predictor.classes, rejection)
             if per_window:
-                rec["windows"] = [{"start_seconds": round(s, 3), "predictions": _top(w, predictor.classes, top_k)}
-                                  for s, w in zip(starts, probs)]
+                rec["windows"] = [{"start_seconds": round(s, 3), "predictions": _top(w, predictor.classes, top_k),
+                                   "answer": answer(w, predictor.classes, rejection)} for s, w in zip(starts, probs)]
             if with_probs: rec["probabilities"], rec["start_seconds"] = probs, starts     # for a timeline
         except (AudioDecodeError, OSError) as e: rec["error"] = str(e)
         except Exception as e:   # whatever else one file does, the others keep their results
@@ -284,8 +288,11 @@ class _Constant:
 with tempfile.TemporaryDirectory() as d:
     sf.write(f"{d}/x.wav", 0.1 * np.ones(12000, np.float32), 8000)
     recs = classify_files(_Constant(), [f"{d}/x.wav", f"{d}/none.wav"], top_k=1)
-    test_eq((recs[0]["predictions"], recs[1]["error"]),
-            ([{"class": "b", "probability": 0.75}], f"{d}/none.wav: no such file"))
+    test_eq((recs[0]["predictions"], recs[0]["answer"], recs[1]["error"]),
+            ([{"class": "b", "probability": 0.75}], "b", f"{d}/none.wav: no such file"))
+    _Constant.rejection = dict(score="max_probability", threshold=0.8)     # a model that declines under 0.8
+    test_eq(classify_files(_Constant(), [f"{d}/x.wav"], per_window=True)[0]["windows"][0]["answer"], UNKNOWN)
+    del _Constant.rejection
 
 # %% [markdown]
 # ## A timeline of a long recording
@@ -298,7 +305,17 @@ with tempfile.TemporaryDirectory() as d:
 
 # %%
 #| export
-TIMELINE_RULE = dict(threshold=0.5, hysteresis=0.1, min_gap=1.0, min_seconds=1.0)
+TIMELINE_RULE = dict(threshold=0.5, hysteresis=0.1, min_gap=1.0, min_seconds=1.0)   # chapter 10 chooses a model's own
+
+def check_timeline_rule(rule, where: str = "timeline rule") -> dict | None:
+    "A timeline rule a model carries, checked (untrusted metadata): known keys, finite numbers; None stays None."
+    if rule is None: return None
+    unknown = sorted(set(rule) - set(TIMELINE_RULE)) if isinstance(rule, dict) else None
+    if unknown is None or unknown:
+        raise ValueError(f"{where}: expected a dict of {sorted(TIMELINE_RULE)}, got {rule!r}")
+    bad = [k for k, v in rule.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad: raise ValueError(f"{where}: {bad} must be finite numbers, got {rule!r}")
+    return {**TIMELINE_RULE, **{k: float(v) for k, v in rule.items()}}
 
 def window_spans(starts, window_seconds: float, total_seconds: float) -> np.ndarray:
     "[windows, 2] start and end times each window stands for: its middle half, the outer windows to the file's ends."
@@ -331,6 +348,9 @@ def segments(probs: np.ndarray, spans: np.ndarray, classes, rule: dict | None = 
     return sorted(out, key=lambda s: (s["start"], s["class"]))
 
 # %%
+test_eq(check_timeline_rule(dict(threshold=0.6))["threshold"], 0.6)
+test_fail(lambda: check_timeline_rule(dict(threshold="x"), "m.onnx"), contains="m.onnx: ['threshold'] must be")
+test_fail(lambda: check_timeline_rule(dict(colour=1)), contains="expected a dict")
 _probs = np.array([[0.9, 0.1], [0.45, 0.55], [0.2, 0.8], [0.3, 0.7], [0.7, 0.3], [0.6, 0.4]])
 _spans = window_spans([0, 2, 4, 6, 8, 10], 4.0, 14.0)
 test_eq(_spans[[0, -1]].tolist(), [[0.0, 3.0], [11.0, 14.0]])
@@ -346,14 +366,17 @@ test_eq(segments(_probs, _spans, ["a", "b"]),
 # %%
 #| export
 def timeline(probs: np.ndarray, starts, classes, window_seconds: float, total_seconds: float,
-             rule: dict | None = None) -> dict:
-    "A recording's timeline: each window's span and probabilities, and the merged segments, with the rule used."
+             rule: dict | None = None, rejection: dict | None = None) -> dict:
+    "A recording's timeline: each window's span, probabilities and answer, the merged segments, the rules used."
     spans = window_spans(starts, window_seconds, total_seconds)
-    windows = [dict(start=round(float(s), 3), end=round(float(e), 3),
+    answers = [answer(row, classes, rejection) for row in probs]
+    windows = [dict(start=round(float(s), 3), end=round(float(e), 3), answer=said,
                     probabilities={c: round(float(p), 4) for c, p in zip(classes, row)})
-               for (s, e), row in zip(spans, probs)]
-    return dict(rule={**TIMELINE_RULE, **(rule or {})}, seconds=round(float(total_seconds), 3), windows=windows,
-                segments=segments(probs, spans, classes, rule))
+               for (s, e), row, said in zip(spans, probs, answers)]
+    # a window the model declines ("none of these") starts and holds no segment
+    held = np.where(np.array([a == UNKNOWN for a in answers])[:, None], 0.0, probs) if len(probs) else probs
+    return dict(rule={**TIMELINE_RULE, **(rule or {})}, rejection=rejection, seconds=round(float(total_seconds), 3),
+                windows=windows, segments=segments(held, spans, classes, rule))
 
 def write_timeline(tl: dict, path) -> list[Path]:
     "Write a timeline as JSON, or as CSV (windows) with the segments beside it (`NAME.segments.csv`); the paths."
@@ -364,8 +387,9 @@ def write_timeline(tl: dict, path) -> list[Path]:
     classes = list(tl["windows"][0]["probabilities"]) if tl["windows"] else []
     table = io.StringIO()
     w = csv.writer(table)
-    w.writerow(["start", "end", *classes])
-    for row in tl["windows"]: w.writerow([row["start"], row["end"], *row["probabilities"].values()])
+    w.writerow(["start", "end", "answer", *classes])
+    for row in tl["windows"]:
+        w.writerow([row["start"], row["end"], row.get("answer", ""), *row["probabilities"].values()])
     path.write_text(table.getvalue())
     seg_path = path.with_name(path.stem + ".segments.csv")
     table = io.StringIO()
@@ -399,6 +423,11 @@ def plot_timeline(tl: dict, title: str = "", path=None):
 
 # %%
 _tl = timeline(_probs, [0, 2, 4, 6, 8, 10], ["a", "b"], 4.0, 14.0)
+_declining = timeline(_probs, [0, 2, 4, 6, 8, 10], ["a", "b"], 4.0, 14.0, rejection=dict(score="max_probability",
+                                                                                          threshold=0.65))
+test_eq([w["answer"] for w in _declining["windows"]], ["a", UNKNOWN, "b", "b", "a", UNKNOWN])
+test_eq([(s["class"], s["start"], s["end"]) for s in _declining["segments"]],     # no segment starts or holds on
+        [("a", 0.0, 3.0), ("b", 5.0, 9.0), ("a", 9.0, 11.0)])                    # a window it declines
 with tempfile.TemporaryDirectory() as d:
     test_eq([p.name for p in write_timeline(_tl, Path(d)/"t.csv")], ["t.csv", "t.segments.csv"])
     test_eq(json.loads(write_timeline(_tl, Path(d)/"t.json")[0].read_text())["segments"], _tl["segments"])

@@ -7,10 +7,10 @@
 # > The study's model as one ONNX file, run by ONNX Runtime: the same windows and answers as torch, with no torch.
 
 # %% [markdown]
-# `urbansound-nb export` (notebook 07d) writes the study's model as one ONNX graph from a mono waveform to class
+# `urbansound-nb export` (notebook 06e) writes the study's model as one ONNX graph from a mono waveform to class
 # probabilities, front end included, with its facts as metadata. `OnnxPredictor` reads and checks such a file and
 # classifies audio with ONNX Runtime, importing nothing but NumPy, soundfile, ONNX Runtime and this package's
-# torch-free audio and windows (notebooks 00b, 07a), so a small machine runs:
+# torch-free audio and windows (notebooks 00b, 06b), so a small machine runs:
 #
 # ```sh
 # pip install --no-deps urbansound_nb && pip install onnxruntime numpy soundfile
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from urbansound_nb.windows import file_windows, in_batches
+from urbansound_nb.calibration import check_rejection
+from urbansound_nb.windows import check_timeline_rule, file_windows, in_batches
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -76,14 +77,18 @@ def model_facts(session: ort.InferenceSession, path) -> dict:
         raise OnnxModelError(f"{path}: its inputs ({described}) are not one float tensor of waveforms [batch, samples]")
     try:
         facts = dict(classes=json.loads(meta["classes"]), sample_rate=int(meta["sample_rate"]),
-                     clip_seconds=float(meta["clip_seconds"]), min_samples=int(meta["min_samples"]))
+                     clip_seconds=float(meta["clip_seconds"]), min_samples=int(meta["min_samples"]),
+                     # the "none of these" rule (the temperature is inside the graph); older files have none
+                     rejection=check_rejection(json.loads(meta.get("rejection") or "null"), f"{path}: rejection"),
+                     timeline_rule=check_timeline_rule(json.loads(meta.get("timeline_rule") or "null"),
+                                                       f"{path}: timeline rule"))
     except (ValueError, TypeError) as e: raise OnnxModelError(f"{path}: unreadable metadata ({e})") from None
     return {**meta, **facts}
 
 # %% [markdown]
 # ## The predictor
 #
-# `OnnxPredictor` has what `classify_files` (notebook 07a) asks of a predictor: the same records, options and bad-file
+# `OnnxPredictor` has what `classify_files` (notebook 06b) asks of a predictor: the same records, options and bad-file
 # handling as a checkpoint.
 
 # %%
@@ -97,6 +102,7 @@ class OnnxPredictor:
         self.facts = model_facts(self.session, self.path)
         self.classes, self.sample_rate = self.facts["classes"], self.facts["sample_rate"]
         self.clip_seconds, self.min_samples = self.facts["clip_seconds"], self.facts["min_samples"]
+        self.rejection, self.timeline_rule = self.facts["rejection"], self.facts["timeline_rule"]
         self.input = self.session.get_inputs()[0].name
 
     def classify(self, windows) -> np.ndarray:
@@ -109,7 +115,7 @@ class OnnxPredictor:
         return self.classify(windows), starts
 
 # %% [markdown]
-# Files that are not this study's model are refused before any audio is read (notebook 07d checks a real export):
+# Files that are not this study's model are refused before any audio is read (notebook 06e checks a real export):
 
 # %%
 import tempfile
@@ -139,5 +145,11 @@ with tempfile.TemporaryDirectory() as d:
     test_fail(lambda: OnnxPredictor(d/"bare.onnx"), contains="without this study's metadata")
     _tiny_model(d/"two.onnx", good, inputs=(["batch", "samples"], ["batch"]))
     test_fail(lambda: OnnxPredictor(d/"two.onnx"), contains="are not one float tensor of waveforms")
+    _tiny_model(d/"declines.onnx", dict(good, rejection='{"score": "max_probability", "threshold": 0.7}'))
+    test_eq(OnnxPredictor(d/"declines.onnx").rejection, dict(score="max_probability", threshold=0.7))
+    _tiny_model(d/"ruled.onnx", dict(good, timeline_rule='{"threshold": 0.6, "min_seconds": 2.0}'))
+    test_eq(OnnxPredictor(d/"ruled.onnx").timeline_rule["min_seconds"], 2.0)
+    _tiny_model(d/"odd.onnx", dict(good, rejection='{"score": "max_probability", "threshold": "high"}'))
+    test_fail(lambda: OnnxPredictor(d/"odd.onnx"), contains="odd.onnx: rejection: threshold must be")
     _tiny_model(d/"future.onnx", good, opset=99)
     test_fail(lambda: OnnxPredictor(d/"future.onnx"), contains="future.onnx: ONNX Runtime")
