@@ -25,6 +25,7 @@ import numpy as np
 
 HUB_ID = "danavery/urbansound8K"
 DATASET_ENV = "URBANSOUND_DATASET"  # the documented way to point every chapter at a local copy
+OTHER_SOUNDS_ENV = "URBANSOUND_OTHER_SOUNDS"  # sounds that are none of the ten, for chapter 06's "none of these"
 
 class ParameterError(ValueError):
     "A notebook parameter has a value the study cannot use."

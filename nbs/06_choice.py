@@ -2,15 +2,16 @@
 #| default_exp choice
 
 # %% [markdown]
-# # The study's model: every family side by side, one rule, one refit
+# # The study's model: every family side by side, one rule, one refit, calibrated
 #
-# > Every model of chapters 03-05 on the same rotations; the rule, stated first; the chosen model refit and served.
+# > Every model of chapters 03-05 on the same rotations; the rule, stated first; the chosen model refit, calibrated.
 
 # %% [markdown]
 # Chapters 03-05 fitted every model of the registry on the same rotations and tested each once. This chapter sets them
 # side by side and chooses the study's model by the rule of notebook 03b, stated below before its figures, on
 # validation averaged over the rotations; the test figures are shown and play no part. The chosen model, whatever its
-# family, is trained again on every non-test fold (as `GridSearchCV(refit=True)` does), tested once and served:
+# family, is trained again on every non-test fold (as `GridSearchCV(refit=True)` does), tested once, given a
+# temperature and a "none of these" threshold chosen on validation (notebook 06a), and served:
 # `predict RUN_DIR`, chapters 07 and 10, the reports and the site read the choice through `read_choice` (notebook 00).
 
 # %%
@@ -39,7 +40,7 @@ from urbansound_nb.calibration import (calibrated, calibration_error, choose_rej
 from urbansound_nb.core import CHOICE, make_run_dir, write_results
 from urbansound_nb.metrics import evaluate
 from urbansound_nb.calibration import ANSWER_SHARE
-from urbansound_nb.params import as_bool, as_fraction, as_int, study_params, use_test_values
+from urbansound_nb.params import OTHER_SOUNDS_ENV, as_bool, as_fraction, as_int, study_params, use_test_values
 from urbansound_nb.registry import fit_grid, present_folds
 from urbansound_nb.models import read_checkpoint, save_checkpoint
 from urbansound_nb.predict import Predictor
@@ -195,8 +196,6 @@ Markdown(line + f" `urbansound-nb predict {params.run_dir}` serves `{served['che
 
 # %%
 #| export
-OTHER_SOUNDS_ENV = "URBANSOUND_OTHER_SOUNDS"   # where a run finds sounds that are none of the ten, by default
-
 def read_other_sounds(folder) -> pd.DataFrame:
     "Sounds that are none of the ten, one row a file (`path`, `kind`), from `folder`'s checked `metadata.csv`."
     folder = Path(folder).resolve()

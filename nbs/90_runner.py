@@ -29,7 +29,7 @@ import nbformat
 import yaml
 
 from urbansound_nb.core import atomic_write_bytes, save_json
-from urbansound_nb.params import SHARED
+from urbansound_nb.params import DATASET_ENV, OTHER_SOUNDS_ENV, SHARED
 
 # %% [markdown]
 # ## From text to notebooks with stable ids
@@ -274,10 +274,10 @@ def prepare_run(names=None, params: dict | None = None, run_dir="runs/latest", r
     root = project_root(root)
     params = dict(params or {})
     run_dir = Path(run_dir).expanduser().resolve()
-    for key in ("cache_dir", "dataset", "weights"):  # paths are relative to where the command was typed, not nbs/
+    for key in ("cache_dir", "dataset", "weights", "other_sounds"):  # paths are relative to where the command was typed
         if isinstance(params.get(key), str) and Path(params[key]).expanduser().exists():
             params[key] = str(Path(params[key]).expanduser().resolve())
-    for var in ("URBANSOUND_DATASET", "URBANSOUND_PRETRAINED"):  # the same for the paths the chapters read from these
+    for var in (DATASET_ENV, "URBANSOUND_PRETRAINED", OTHER_SOUNDS_ENV):  # the same for the paths chapters read there
         if os.environ.get(var) and Path(os.environ[var]).expanduser().exists():
             os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
     params.setdefault("cache_dir", str(root/"cache"))

@@ -1,4 +1,4 @@
-"""Every model of chapters 03-05 on the same rotations; the rule, stated first; the chosen model refit and served.
+"""Every model of chapters 03-05 on the same rotations; the rule, stated first; the chosen model refit, calibrated.
 
 Docs: https://urbansound-nb.github.io/urbansound_nb/choice.html.md"""
 
@@ -19,8 +19,8 @@ from .selection import SELECTION_RULE, choose_model
 from .windows import file_windows
 
 # %% auto #0
-__all__ = ['OTHER_SOUNDS_ENV', 'study_candidates', 'comparison_table', 'refit_task', 'plan_alternatives', 'read_other_sounds',
-           'split_other_sounds', 'synthetic_others', 'file_probabilities', 'model_card_facts']
+__all__ = ['study_candidates', 'comparison_table', 'refit_task', 'plan_alternatives', 'read_other_sounds', 'split_other_sounds',
+           'synthetic_others', 'file_probabilities', 'model_card_facts']
 
 # %% ../nbs/06_choice.ipynb #91fd964fad
 def study_candidates(run_dir) -> dict:
@@ -52,9 +52,7 @@ def plan_alternatives(params, present, refit: bool = True) -> dict:
     best = lambda n: (candidates.get(n) or {}).get("rotation_best_epochs") or [None]
     return {n: grid_cells([refit_task(study_tasks(params, [n], present)[n][0], best(n))]) for n in names}
 
-# %% ../nbs/06_choice.ipynb #423ded0ceb
-OTHER_SOUNDS_ENV = "URBANSOUND_OTHER_SOUNDS"   # where a run finds sounds that are none of the ten, by default
-
+# %% ../nbs/06_choice.ipynb #adc254f19c
 def read_other_sounds(folder) -> pd.DataFrame:
     "Sounds that are none of the ten, one row a file (`path`, `kind`), from `folder`'s checked `metadata.csv`."
     folder = Path(folder).resolve()
