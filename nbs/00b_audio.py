@@ -103,6 +103,21 @@ def window_starts(total: int, length: int) -> list[int]:
 test_eq(window_starts(11, 4), [0, 2, 4, 6, 7])
 
 # %% [markdown]
+# `pink_noise` makes a background of no class (chapters 06 and 10 put it where nothing is to be heard):
+
+# %%
+#| export
+def pink_noise(n: int, rng) -> np.ndarray:
+    "Pink (1/f power) noise of `n` samples from the generator `rng`, peak 1."
+    x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.arange(n // 2 + 1) + 1.0), n)
+    return x / max(np.abs(x).max(), 1e-12)
+
+# %%
+_power = np.abs(np.fft.rfft(pink_noise(1 << 14, np.random.default_rng(0)))) ** 2
+assert _power[100:200].mean() > 5 * _power[1000:2000].mean()       # 1/f: ten times the frequency, a tenth the power
+test_eq(np.abs(pink_noise(100, np.random.default_rng(0))).max(), 1.0)
+
+# %% [markdown]
 # The reverse, `encode_audio`, makes test clips in any format soundfile writes:
 
 # %%

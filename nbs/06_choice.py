@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from urbansound_nb.audio import AudioDecodeError
+from urbansound_nb.audio import AudioDecodeError, pink_noise
 from urbansound_nb.core import read_results, results_files
 from urbansound_nb.registry import grid_cells, refit_epochs, study_models, study_tasks
 from urbansound_nb.selection import SELECTION_RULE, choose_model
@@ -35,8 +35,8 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 import soundfile as sf
 from fastcore.test import test_eq, test_fail
-from urbansound_nb.calibration import (calibrated, calibration_error, choose_rejection, confidence, fit_temperature,
-                                       plot_reliability, risk_coverage)
+from urbansound_nb.calibration import (answered_share, calibrated, calibration_error, choose_rejection, confidence,
+                                       fit_temperature, plot_reliability, risk_coverage)
 from urbansound_nb.core import CHOICE, make_run_dir, write_results
 from urbansound_nb.metrics import evaluate
 from urbansound_nb.calibration import ANSWER_SHARE
@@ -224,9 +224,8 @@ def synthetic_others(rate: int, seconds: float = 4.0, seed: int = 0) -> dict:
     out = {}
     for level in (0.01, 0.1, 0.5):
         white = rng.standard_normal(n)
-        pink = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.arange(n // 2 + 1) + 1.0), n)
         out[f"white noise, peak {level}"] = level * white / np.abs(white).max()
-        out[f"pink noise, peak {level}"] = level * pink / np.abs(pink).max()
+        out[f"pink noise, peak {level}"] = level * pink_noise(n, rng)
     for hz in (100, 440, 1000, 3000, 8000):
         out[f"tone {hz} Hz"] = 0.3 * np.sin(2 * np.pi * hz * np.arange(n) / rate)
     out["silence"] = np.zeros(n)
@@ -317,7 +316,8 @@ if not stand_in:
         counts["made"] = len(made)
     rule = choose_rejection(calibrated(val_proba, temperature), others["choose"] if counts["choose"] else None,
                             answer_share)
-    answered = lambda probs, n: float((confidence(probs, rule["score"]) >= rule["threshold"]).sum() / n) if n else None
+    # of every file, those it refused (silence) counted as not answered
+    answered = lambda probs, n: (answered_share(probs, rule) * len(probs) / n if len(probs) else 0.0) if n else None
     test_cal = calibrated(test_proba, temperature)
     kept = confidence(test_cal, rule["score"]) >= rule["threshold"]
     calibration = dict(temperature=temperature, ece_validation=ece["validation"]["ece"],

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from urbansound_nb.audio import pink_noise
+
 # %%
 from fastcore.test import test_eq, test_close, test_fail
 
@@ -35,11 +37,6 @@ GAP_KINDS = ("silence", "background", "other sound")   # what lies between two e
 GAP_SECONDS = (1.0, 3.0)                                # a silence or background gap lasts this long, uniformly drawn
 BACKGROUND_PEAK = 0.01                                  # pink noise, this peak amplitude: a quiet street
 
-def _pink(n: int, rng) -> np.ndarray:
-    "Pink (1/f) noise of `n` samples, peak 1."
-    x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.arange(n // 2 + 1) + 1.0), n)
-    return x / max(np.abs(x).max(), 1e-12)
-
 def street_recording(events: list, others: list, rate: int, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
     "Events [(samples, class)] at `rate` with a gap before each (silence, background or one of `others`); the truth."
     if not events: raise ValueError("street_recording: no events to place")
@@ -50,7 +47,7 @@ def street_recording(events: list, others: list, rate: int, seed: int = 0) -> tu
         if kind == "other sound": gap = np.asarray(others[rng.integers(len(others))], dtype=np.float32)
         else:
             n = int(rng.uniform(*GAP_SECONDS) * rate)
-            gap = np.zeros(n) if kind == "silence" else BACKGROUND_PEAK * _pink(n, rng)
+            gap = np.zeros(n) if kind == "silence" else BACKGROUND_PEAK * pink_noise(n, rng)
         parts += [gap, np.asarray(samples, dtype=np.float32)]
         t += len(gap)
         truth.append(dict(start=round(t / rate, 4), end=round((t + len(samples)) / rate, 4), gap=kind,

@@ -45,7 +45,7 @@ def decode_audio(data: bytes, name: str = "clip") -> tuple[np.ndarray, int]:
 
 # %% auto #0
 __all__ = ['COLUMNS', 'URBANSOUND_CLASSES', 'ALL_FOLDS', 'MIN_SECONDS', 'AudioDecodeError', 'check_length', 'decode_audio',
-           'audio_file', 'audio_bytes', 'decode_row', 'first_decodable', 'window_starts', 'encode_audio',
+           'audio_file', 'audio_bytes', 'decode_row', 'first_decodable', 'window_starts', 'pink_noise', 'encode_audio',
            'dataset_from_rows', 'is_synthetic', 'synthetic_urbansound']
 
 # %% ../nbs/00b_audio.ipynb #79ae4e9dd0
@@ -79,6 +79,12 @@ def window_starts(total: int, length: int) -> list[int]:
     starts = list(range(0, max(total - length, 0) + 1, max(length // 2, 1)))
     if total > length and starts[-1] + length < total: starts.append(total - length)
     return starts
+
+# %% ../nbs/00b_audio.ipynb #fa484c262c
+def pink_noise(n: int, rng) -> np.ndarray:
+    "Pink (1/f power) noise of `n` samples from the generator `rng`, peak 1."
+    x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.arange(n // 2 + 1) + 1.0), n)
+    return x / max(np.abs(x).max(), 1e-12)
 
 # %% ../nbs/00b_audio.ipynb #64c10b2804
 def encode_audio(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
